@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Start or stop the project's own PostgreSQL and Redis on loopback, under var/.
+#
+#   scripts/services.sh start [--durable]   # --durable: fsync on (benchmarks); default is test speed
+#   scripts/services.sh stop
+#   scripts/services.sh restart-redis | stop-redis | start-redis
+#   scripts/services.sh status              # exit 0 when both are up
+#   scripts/services.sh env                 # print the URLs to export
+#
+# PostgreSQL refuses to run as root; as root the cluster runs as the 'postgres' system
+# user (created by Debian's package). Ports: PG_PORT (54329) and REDIS_PORT (63799).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VAR=${GROWTH_SERVICES_DIR:-$ROOT/var/services}
+PG_PORT=${PG_PORT:-54329}
+REDIS_PORT=${REDIS_PORT:-63799}
+PG_DATA=$VAR/pg
+REDIS_DIR=$VAR/redis
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_start() {
+  [ -n "$PG_BIN" ] || { echo "PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 1; }
+  mkdir -p "$VAR"
+  if [ ! -s "$PG_DATA/PG_VERSION" ]; then
+    mkdir -p "$PG_DATA"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$PG_DATA"
+    local pw; pw=$(mktemp); echo growth > "$pw"; chmod 644 "$pw"
+    as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U growth --pwfile="$pw" --auth-host=scram-sha-256 --auth-local=peer \
+      -E UTF8 --locale=C.UTF-8 >/dev/null
+    rm -f "$pw"
+  fi
+  local fsync=off
+  [ "${1:-}" = "--durable" ] && fsync=on
+  if ! as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 start -o \
+      "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$PG_DATA \
+       -c max_connections=300 -c shared_buffers=1GB -c work_mem=64MB -c maintenance_work_mem=512MB \
+       -c max_wal_size=8GB -c fsync=$fsync -c synchronous_commit=$fsync -c full_page_writes=$fsync \
+       -c max_parallel_workers_per_gather=2 -c jit=off" >/dev/null
+  fi
+  if ! PGPASSWORD=growth "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U growth -d postgres -tAc \
+      "SELECT 1 FROM pg_database WHERE datname = 'growth'" | grep -q 1; then
+    PGPASSWORD=growth "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U growth growth
+  fi
+  echo "PostgreSQL on 127.0.0.1:$PG_PORT"
+}
+
+pg_stop() {
+  [ -s "$PG_DATA/PG_VERSION" ] || return 0
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+redis_start() {
+  command -v redis-server >/dev/null || { echo "Redis is not installed (apt-get install redis-server)" >&2; exit 1; }
+  mkdir -p "$REDIS_DIR"
+  if ! redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    # The append-only file keeps queued tasks across a broker restart.
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --dir "$REDIS_DIR" \
+      --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" \
+      --save '' --appendonly yes --appendfsync everysec --protected-mode yes
+    for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+  echo "Redis on 127.0.0.1:$REDIS_PORT"
+}
+
+redis_stop() {
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 || break; sleep 0.1; done
+}
+
+case "${1:-}" in
+  start) pg_start "${2:-}"; redis_start ;;
+  stop) redis_stop; pg_stop; echo "stopped" ;;
+  start-redis) redis_start ;;
+  stop-redis) redis_stop ;;
+  restart-redis) redis_stop; redis_start ;;
+  status)
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 \
+      && [ -s "$PG_DATA/PG_VERSION" ] && as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1 ;;
+  env)
+    echo "DATABASE_URL=postgres://growth:growth@127.0.0.1:$PG_PORT/growth"
+    echo "CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0"
+    echo "CACHE_URL=redis://127.0.0.1:$REDIS_PORT/1"
+    ;;
+  *) echo "usage: $0 start [--durable] | stop | start-redis | stop-redis | restart-redis | status | env" >&2; exit 2 ;;
+esac

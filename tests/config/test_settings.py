@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PRODUCTION_ENV = {
+    "DJANGO_DEBUG": "false",
+    "DJANGO_SECRET_KEY": "p7#x" + "q9Zr2Lm4Vt8Kw3Hs6Nd1Bf5Gj0Yc" * 3,
+    "DJANGO_ALLOWED_HOSTS": "growth.example.com",
+    "DATABASE_URL": "postgres://growth:secret@db.internal:5432/growth",
+    "CELERY_BROKER_URL": "redis://redis.internal:6379/0",
+    "CACHE_URL": "redis://redis.internal:6379/1",
+}
+
+
+def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_", "CELERY_", "CACHE_"))}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings", **env},
+    )
+
+
+def test_settings__no_secret_outside_debug__improperly_configured() -> None:
+    env = {k: v for k, v in PRODUCTION_ENV.items() if k != "DJANGO_SECRET_KEY"}
+    result = _manage("check", **env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_settings__production_env__check_deploy_passes_at_warning_level() -> None:
+    result = _manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION_ENV)
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_settings__production_env__uses_postgres_redis_broker_and_cache() -> None:
+    code = (
+        "from django.conf import settings as s;"
+        "print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, s.CACHES['default']['BACKEND'])"
+    )
+    result = _manage("shell", "-c", code, **PRODUCTION_ENV)
+    assert result.returncode == 0, result.stderr
+    engine, broker, cache = result.stdout.split()[-3:]
+    assert engine == "django.db.backends.postgresql"
+    assert broker.startswith("redis://")
+    assert cache == "django_redis.cache.RedisCache" or cache.endswith("RedisCache")
+
+
+def test_settings__embedded_default__sqlite_and_filesystem_broker(tmp_path: Path) -> None:
+    code = "from django.conf import settings as s; print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL)"
+    result = _manage("shell", "-c", code, DJANGO_DEBUG="true", GROWTH_VAR_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["django.db.backends.sqlite3", "filesystem://localhost//"]

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from access.services import api_key_create
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Safety net for a bare `pytest` run: PostgreSQL-only tests skip on SQLite.
+    if settings.IS_POSTGRES:
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL + Redis (run through `make test`)")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> Iterable[None]:
+    # Throttle counters and rate limits live in the shared cache.
+    cache.clear()
+    yield
+
+
+@pytest.fixture
+def api_client_factory(db: None) -> Callable[..., APIClient]:
+    """``api_client_factory("events:write", ...)`` → an APIClient holding a fresh key with those scopes."""
+
+    def make(*scopes: str, name: str = "test client") -> APIClient:
+        _, raw = api_key_create(name=name, scopes=scopes)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
+        client.raw_key = raw  # type: ignore[attr-defined]
+        return client
+
+    return make
+
+
+@pytest.fixture
+def growth_user(db: None):  # type: ignore[no-untyped-def]
+    from tests.factories import UserFactory
+
+    return UserFactory(groups=["growth"])
+
+
+@pytest.fixture
+def marketer_user(db: None):  # type: ignore[no-untyped-def]
+    from tests.factories import UserFactory
+
+    return UserFactory(groups=["marketer"])
