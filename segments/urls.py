@@ -1,4 +1,4 @@
-from django.urls import path  # noqa: F401
+from segments.api import customer_segments, ingestion
 
 app_name = "segments"
-urlpatterns: list = []
+urlpatterns = [*ingestion.urlpatterns, *customer_segments.urlpatterns]

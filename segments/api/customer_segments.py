@@ -1,0 +1,3 @@
+"""Placeholder: routes are added with the views."""
+
+urlpatterns: list = []
