@@ -36,7 +36,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
         if change:
             return  # keys are immutable once issued; revoke and issue a new one instead
-        key, raw = api_key_create(name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"], created_by=request.user)
+        key, raw = api_key_create(
+            name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"], created_by=request.user
+        )
         obj.pk = key.pk
         messages.warning(request, f"The new key is shown only this once; copy it now: {raw}")
 

@@ -14,7 +14,9 @@ from access.models import ApiKey, Scope
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
-def api_key_create(*, name: str, scopes: Iterable[str], created_by: AbstractBaseUser | None = None) -> tuple[ApiKey, str]:
+def api_key_create(
+    *, name: str, scopes: Iterable[str], created_by: AbstractBaseUser | None = None
+) -> tuple[ApiKey, str]:
     """Create a key; return it with the raw key, which is shown once and never stored."""
     scopes = sorted(set(scopes))
     unknown = [s for s in scopes if s not in Scope.values]

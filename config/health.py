@@ -61,5 +61,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
     started = time.monotonic()
     checks = {"database": _run(_check_database), "broker": _run(_check_broker)}
     ready = all(v == "ok" for v in checks.values())
-    body = {"status": "ready" if ready else "unavailable", "checks": checks, "elapsed_ms": round((time.monotonic() - started) * 1000)}
+    body = {
+        "status": "ready" if ready else "unavailable",
+        "checks": checks,
+        "elapsed_ms": round((time.monotonic() - started) * 1000),
+    }
     return JsonResponse(body, status=200 if ready else 503)

@@ -65,14 +65,21 @@ class Experiment(models.Model):
     key = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=150)
     hypothesis = models.TextField(blank=True)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, editable=False)
 
     coverage = models.DecimalField(
-        max_digits=5, decimal_places=4, default=Decimal(1), validators=UNIT_INTERVAL,
+        max_digits=5,
+        decimal_places=4,
+        default=Decimal(1),
+        validators=UNIT_INTERVAL,
         help_text="Share of targeted customers who enter the experiment (0–1).",
     )
-    namespace = models.ForeignKey(Namespace, null=True, blank=True, on_delete=models.PROTECT, related_name="experiments")
+    namespace = models.ForeignKey(
+        Namespace, null=True, blank=True, on_delete=models.PROTECT, related_name="experiments"
+    )
     namespace_start = models.DecimalField(max_digits=5, decimal_places=4, default=Decimal(0), validators=UNIT_INTERVAL)
     namespace_end = models.DecimalField(max_digits=5, decimal_places=4, default=Decimal(1), validators=UNIT_INTERVAL)
     holdout = models.ForeignKey(Holdout, null=True, blank=True, on_delete=models.PROTECT, related_name="experiments")
@@ -83,7 +90,9 @@ class Experiment(models.Model):
     exclude_layers = models.ManyToManyField(Layer, blank=True, related_name="+")
 
     minimum_detectable_effect = models.DecimalField(
-        max_digits=6, decimal_places=4, default=Decimal("0.10"),
+        max_digits=6,
+        decimal_places=4,
+        default=Decimal("0.10"),
         help_text="Smallest relative lift worth detecting (0.10 = +10%); drives the power status.",
     )
 
@@ -100,7 +109,9 @@ class Experiment(models.Model):
             ("view_report", "Can view lift reports"),
         ]
         constraints = [
-            models.CheckConstraint(condition=Q(namespace_start__lt=models.F("namespace_end")), name="experiment_namespace_range"),
+            models.CheckConstraint(
+                condition=Q(namespace_start__lt=models.F("namespace_end")), name="experiment_namespace_range"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -190,6 +201,9 @@ class Assignment(models.Model):
         constraints = [models.UniqueConstraint(fields=["phase", "customer"], name="assignment_phase_customer_unique")]
         indexes = [models.Index(fields=["experiment", "phase", "variant"], name="assignment_exp_phase_idx")]
 
+    def __str__(self) -> str:
+        return f"{self.phase_id}:{self.customer_id}→{self.variant_id}"
+
 
 class Conversion(models.Model):
     """The first goal event of a metric within its window after first exposure."""
@@ -200,3 +214,6 @@ class Conversion(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["assignment", "metric"], name="conversion_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.assignment_id}:{self.metric_id}@{self.converted_at:%Y-%m-%d %H:%M}"

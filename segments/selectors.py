@@ -6,11 +6,12 @@ reaching into segments' models.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 
-from segments.models import Customer, CustomerLayer, Event, SegmentMembership
+from segments.models import Customer, CustomerLayer, Event, Layer, SegmentMembership
 
 
 def customer_get(*, external_id: str) -> Customer | None:
@@ -31,11 +32,22 @@ def audience_queryset(
     exclude_layer_ids: Iterable[int] = (),
     base: QuerySet[Customer] | None = None,
 ) -> QuerySet[Customer]:
-    """Customers in any included segment or layer (everyone when none is given), and in
-    no excluded one. One SQL query with EXISTS subqueries over the materialized members."""
+    """The customers a targeting definition selects, as one SQL query (EXISTS subqueries
+    over the materialized members):
+
+    - in at least one included segment (when any is given);
+    - for each dimension with included layers, in one of that dimension's included
+      layers (OR within a dimension, AND across dimensions: "important value or
+      important retention" and "expiring within 3 months");
+    - in no excluded segment and no excluded layer.
+    """
     qs = base if base is not None else Customer.objects.all()
     include_segment_ids, exclude_segment_ids = list(include_segment_ids), list(exclude_segment_ids)
-    include_layer_ids, exclude_layer_ids = list(include_layer_ids), list(exclude_layer_ids)
+    exclude_layer_ids = list(exclude_layer_ids)
+    layers_by_dimension: dict[int, list[int]] = defaultdict(list)
+    included = Layer.objects.filter(pk__in=list(include_layer_ids)).values_list("pk", "dimension_id")
+    for layer_id, dimension_id in included:
+        layers_by_dimension[dimension_id].append(layer_id)
 
     def in_segments(ids: list[int]) -> Exists:
         return Exists(SegmentMembership.objects.filter(customer_id=OuterRef("pk"), segment_id__in=ids))
@@ -43,13 +55,10 @@ def audience_queryset(
     def in_layers(ids: list[int]) -> Exists:
         return Exists(CustomerLayer.objects.filter(customer_id=OuterRef("pk"), layer_id__in=ids))
 
-    include = Q()
     if include_segment_ids:
-        include |= Q(in_segments(include_segment_ids))
-    if include_layer_ids:
-        include |= Q(in_layers(include_layer_ids))
-    if include:
-        qs = qs.filter(include)
+        qs = qs.filter(in_segments(include_segment_ids))
+    for layer_ids in layers_by_dimension.values():
+        qs = qs.filter(in_layers(layer_ids))
     if exclude_segment_ids:
         qs = qs.exclude(in_segments(exclude_segment_ids))
     if exclude_layer_ids:

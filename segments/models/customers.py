@@ -145,7 +145,9 @@ class Membership(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["customer", "plan", "started_at"], name="membership_term_unique"),
-            models.CheckConstraint(condition=Q(expires_at__gt=models.F("started_at")), name="membership_expires_after_start"),
+            models.CheckConstraint(
+                condition=Q(expires_at__gt=models.F("started_at")), name="membership_expires_after_start"
+            ),
         ]
         indexes = [models.Index(fields=["expires_at"], name="membership_expires_idx")]
 

@@ -26,7 +26,9 @@ class Segment(models.Model):
     description = models.TextField(blank=True)
     rule = models.JSONField(help_text="The segment rule; validated against the rule schema when saved.")
     is_active = models.BooleanField(default=True, help_text="Inactive segments are not recomputed.")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
     computed_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -47,6 +49,9 @@ class SegmentMembership(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["segment", "customer"], name="segment_membership_unique")]
 
+    def __str__(self) -> str:
+        return f"{self.segment_id}:{self.customer_id}"
+
 
 class Dimension(models.Model):
     class Kind(models.TextChoices):
@@ -59,7 +64,9 @@ class Dimension(models.Model):
     key = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=16, choices=Kind.choices)
-    config = models.JSONField(default=dict, blank=True, help_text="Thresholds and windows; validated per kind when saved.")
+    config = models.JSONField(
+        default=dict, blank=True, help_text="Thresholds and windows; validated per kind when saved."
+    )
     is_active = models.BooleanField(default=True)
     computed_at = models.DateTimeField(null=True, blank=True, editable=False)
 
@@ -76,7 +83,11 @@ class Layer(models.Model):
     name = models.CharField(max_length=100)
     position = models.PositiveSmallIntegerField(default=0)
     tag = models.OneToOneField(
-        Tag, null=True, blank=True, on_delete=models.SET_NULL, related_name="layer",
+        Tag,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="layer",
         help_text="Tier tag (family 'tier') written back onto the layer's customers.",
     )
 
@@ -101,6 +112,9 @@ class CustomerLayer(models.Model):
         constraints = [models.UniqueConstraint(fields=["customer", "dimension"], name="customer_layer_unique")]
         indexes = [models.Index(fields=["dimension", "layer"], name="customer_layer_dim_idx")]
 
+    def __str__(self) -> str:
+        return f"{self.customer_id}:{self.layer_id}"
+
 
 class LayerHistory(models.Model):
     """When a customer entered and left a layer; ``left_at`` is empty while they are in it."""
@@ -123,6 +137,9 @@ class LayerHistory(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.customer_id}:{self.layer_id} {self.entered_at:%Y-%m-%d}–{self.left_at or ''}"
+
 
 class RecomputeRun(models.Model):
     class Status(models.TextChoices):
@@ -136,7 +153,9 @@ class RecomputeRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     customers = models.PositiveIntegerField(null=True, blank=True, help_text="Customers placed or matched.")
-    changed = models.PositiveIntegerField(null=True, blank=True, help_text="Customers whose layer or membership changed.")
+    changed = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Customers whose layer or membership changed."
+    )
     error = models.TextField(blank=True)
     details = models.JSONField(default=dict, blank=True, help_text="Layer sizes, transition counts, the MECE check.")
 

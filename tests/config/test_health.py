@@ -30,7 +30,11 @@ def _readyz_in_subprocess(**env: str) -> dict:
         "print(json.dumps({'status': r.status_code, 'body': r.json(), 'elapsed': time.monotonic() - t}))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings_test", **env},
     )
     assert out.returncode == 0, out.stderr
