@@ -11,6 +11,16 @@ from access.services import api_key_create
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Data migrations seed reference data (event types, groups, built-in dimensions,
+    # schedules). A transactional test ends with a flush that deletes it, breaking every
+    # later test, unless the test restores it with serialized_rollback.
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker and marker.kwargs.get("transaction") and not marker.kwargs.get("serialized_rollback"):
+            raise pytest.UsageError(
+                f"{item.nodeid}: use @pytest.mark.django_db(transaction=True, serialized_rollback=True) "
+                "so the reference data seeded by migrations survives the flush."
+            )
     # Safety net for a bare `pytest` run: PostgreSQL-only tests skip on SQLite.
     if settings.IS_POSTGRES:
         return
