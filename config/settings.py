@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "segments",
     "experiments",
     "campaigns",
+    "demo",
 ]
 
 MIDDLEWARE = [
@@ -226,6 +227,11 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes the database connection before and after every task unless
+# DB_REUSE_MAX is set; then it closes it only every N tasks (celery/fixups/django.py,
+# close_database). Tasks call close_old_connections() first, which honours CONN_MAX_AGE and
+# CONN_HEALTH_CHECKS, so a broken connection is still replaced.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 # --- Email ------------------------------------------------------------------------------
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="smtp://127.0.0.1:1025")

@@ -18,6 +18,16 @@ unset DATABASE_URL CELERY_BROKER_URL CACHE_URL
 echo "Demo users:"
 "$PY" manage.py demo_users
 
+# A small synthetic business (fixed seed), generated once into var/demo-data/ and imported
+# with the import commands, which are idempotent: re-running `make demo` stores nothing twice.
+DEMO_DATA=var/demo-data
+if [ ! -s "$DEMO_DATA/customers.csv" ] || [ ! -s "$DEMO_DATA/events.jsonl" ] || [ ! -e "$DEMO_DATA/memberships.jsonl" ]; then
+  "$PY" manage.py generate_demo_data --customers "${DEMO_CUSTOMERS:-2000}" --seed 42 --out "$DEMO_DATA"
+fi
+"$PY" manage.py import_customers "$DEMO_DATA/customers.csv"
+"$PY" manage.py import_memberships "$DEMO_DATA/memberships.jsonl"
+"$PY" manage.py import_events "$DEMO_DATA/events.jsonl"
+
 [ "${DEMO_SERVE:-1}" = 0 ] && exit 0
 
 pids=()

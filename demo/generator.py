@@ -1,0 +1,376 @@
+"""A deterministic synthetic business: customers, what they did, and their memberships.
+
+``generate(spec, out_dir)`` writes three files the import commands load:
+
+- ``customers.csv``: external ids ``cust-000000``…, signups spread over ``spec.months``
+  (more of them recently, as a growing business has), time zones and locales from nine
+  markets, attributes (city tier, age band, acquisition channel, persona), and contact
+  points (email, E.164 phone, push token) with consent and some opt-outs;
+- ``events.jsonl``: per customer, in time order: ``signup``; ``referral_signup`` (with the
+  referrer's ``external_id`` in ``properties.referrer_id``) for referred customers, whose
+  referrer always signed up earlier; ``login`` / ``visit`` / ``add_to_cart`` as Poisson
+  processes; ``order`` with log-normal amounts (a few customers bring most of the
+  revenue), some ``coupon_redeemed`` and ``refund``; ``membership_renewed`` at renewals;
+- ``memberships.jsonl``: terms on ``plus`` / ``premium`` plans whose latest expiry is
+  spread over four windows relative to ``spec.end`` (expired over 3 months ago, expired
+  within 3 months, expiring within 3 months, valid for more than 3 months), so every
+  expiry window has members.
+
+Each customer is generated from its own random stream (seeded with ``(seed, index)``),
+so the output is a pure function of the spec, any customer can be generated alone
+(``customer_story``), and one customer is in memory at a time. No Django import: the
+command and the benchmarks call it directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+DAY = dt.timedelta(days=1)
+CUSTOMER_COLUMNS = (
+    "external_id",
+    "signed_up_at",
+    "timezone",
+    "locale",
+    "attributes",
+    "email",
+    "email_consent_at",
+    "email_opt_out_at",
+    "phone",
+    "sms_consent_at",
+    "sms_opt_out_at",
+    "push_token",
+    "push_consent_at",
+    "push_opt_out_at",
+)
+
+
+@dataclass(frozen=True)
+class Market:
+    timezone: str
+    locale: str
+    phone_prefix: str
+    phone_digits: int
+    currency: str
+    price_scale: float  # typical order value in the local currency, relative to EUR
+    weight: float
+
+
+MARKETS: tuple[Market, ...] = (
+    Market("Europe/Paris", "fr-FR", "+33", 9, "EUR", 1.0, 18),
+    Market("Europe/Berlin", "de-DE", "+49", 10, "EUR", 1.0, 14),
+    Market("Europe/London", "en-GB", "+44", 10, "GBP", 0.85, 12),
+    Market("America/New_York", "en-US", "+1", 10, "USD", 1.1, 20),
+    Market("America/Sao_Paulo", "pt-BR", "+55", 11, "BRL", 5.5, 9),
+    Market("Asia/Tokyo", "ja-JP", "+81", 10, "JPY", 160.0, 8),
+    Market("Asia/Shanghai", "zh-CN", "+86", 11, "CNY", 7.8, 8),
+    Market("Asia/Kolkata", "en-IN", "+91", 10, "INR", 90.0, 6),
+    Market("Australia/Sydney", "en-AU", "+61", 9, "AUD", 1.6, 5),
+)
+
+
+@dataclass(frozen=True)
+class Persona:
+    """How a kind of customer behaves: daily rates, order value, churn."""
+
+    name: str
+    weight: float
+    visits_per_day: float
+    logins_per_day: float
+    orders_per_day: float
+    order_mu: float  # log-normal location of the order value in EUR (median = e^mu)
+    churn_probability: float
+    churn_mean_days: float
+    membership_probability: float
+
+
+PERSONAS: tuple[Persona, ...] = (
+    Persona("vip", 5, 0.35, 0.2, 0.12, math.log(120), 0.05, 200, 0.8),
+    Persona("regular", 25, 0.15, 0.07, 0.04, math.log(55), 0.15, 150, 0.45),
+    Persona("occasional", 40, 0.05, 0.025, 0.01, math.log(35), 0.35, 100, 0.2),
+    Persona("dormant", 30, 0.03, 0.02, 0.002, math.log(25), 0.9, 20, 0.05),
+)
+ORDER_SIGMA = 0.7
+CHANNELS = ("organic", "paid_search", "social", "email", "partner")
+AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
+PLANS = (("plus", 365, ("silver", "gold")), ("premium", 365, ("gold", "platinum")), ("plus", 90, ("silver",)))
+# Latest-expiry windows relative to spec.end, in days: the four renewal windows.
+EXPIRY_WINDOWS = ((-270, -91), (-90, -1), (1, 90), (91, 360))
+REFERRAL_PROBABILITY = 0.12
+
+
+def _utc_midnight_today() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    customers: int = 2000
+    seed: int = 42
+    months: int = 18
+    # "Now" for the synthetic business: nothing happens after it. The output is a pure
+    # function of the spec, so pin it for reproducible files (default: today, 00:00 UTC).
+    end: dt.datetime = field(default_factory=_utc_midnight_today)
+
+    @property
+    def start(self) -> dt.datetime:
+        return self.end - dt.timedelta(days=round(self.months * 30.44))
+
+
+@dataclass(frozen=True)
+class CustomerStory:
+    customer: dict[str, Any]
+    events: list[dict[str, Any]]
+    memberships: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    customers: int
+    events: int
+    memberships: int
+    files: dict[str, Path]
+
+
+def external_id(index: int) -> str:
+    return f"cust-{index:06d}"
+
+
+def _ts(value: dt.datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _pick(rng: random.Random, options: tuple[Any, ...], weights: list[float]) -> Any:
+    return rng.choices(options, weights=weights)[0]
+
+
+def _poisson_times(
+    rng: random.Random, rate_per_day: float, start: dt.datetime, end: dt.datetime
+) -> Iterator[dt.datetime]:
+    if rate_per_day <= 0 or end <= start:
+        return
+    moment = start
+    while True:
+        moment += dt.timedelta(days=rng.expovariate(rate_per_day))
+        if moment >= end:
+            return
+        yield moment
+
+
+def signup_time(spec: DemoSpec, index: int, rng: random.Random) -> dt.datetime:
+    """Monotonic in ``index`` (a referrer always signed up before the customers it referred);
+    the density grows over the period (quantile of t^1.6 on [0, 1])."""
+    position = ((index + rng.random()) / max(spec.customers, 1)) ** (1 / 1.6)
+    span = (spec.end - spec.start).total_seconds()
+    return spec.start + dt.timedelta(seconds=int(position * span * 0.995))
+
+
+def customer_story(spec: DemoSpec, index: int) -> CustomerStory:
+    rng = random.Random(f"{spec.seed}:{index}")
+    ext = external_id(index)
+    market = _pick(rng, MARKETS, [m.weight for m in MARKETS])
+    persona = _pick(rng, PERSONAS, [p.weight for p in PERSONAS])
+    signed_up = signup_time(spec, index, rng)
+    referrer = external_id(rng.randrange(index)) if index > 0 and rng.random() < REFERRAL_PROBABILITY else None
+    channel = "referral" if referrer else _pick(rng, CHANNELS, [40, 20, 20, 10, 10])
+
+    # Activity stops at churn (if this customer churns) or at the end of the period.
+    active_until = spec.end
+    if rng.random() < persona.churn_probability:
+        active_until = min(spec.end, signed_up + dt.timedelta(days=rng.expovariate(1 / persona.churn_mean_days)))
+
+    customer = _customer_row(rng, spec, ext, market, persona, signed_up, channel)
+    events: list[dict[str, Any]] = []
+
+    def add(kind: str, at: dt.datetime, **extra: Any) -> None:
+        events.append({"event_id": f"ev-{index:06d}-{len(events):05d}", "customer_id": ext, "type": kind,
+                       "occurred_at": at, **extra})  # fmt: skip
+
+    add("signup", signed_up, properties={"channel": channel})
+    if referrer:
+        add("referral_signup", signed_up + dt.timedelta(seconds=5), properties={"referrer_id": referrer})
+    for moment in _poisson_times(rng, persona.logins_per_day, signed_up, active_until):
+        add("login", moment)
+    for moment in _poisson_times(rng, persona.visits_per_day, signed_up, active_until):
+        add("visit", moment, properties={"page": _pick(rng, ("home", "product", "search", "offers"), [3, 4, 2, 1])})
+    first_order = True
+    for moment in _poisson_times(rng, persona.orders_per_day, signed_up + DAY / 24, active_until):
+        eur = rng.lognormvariate(persona.order_mu, ORDER_SIGMA)
+        amount = round(eur * market.price_scale, 2 if market.currency != "JPY" else 0)
+        sku = f"SKU{rng.randrange(1, 60):03d}"
+        add("add_to_cart", moment - dt.timedelta(minutes=rng.randint(2, 50)), properties={"sku": sku})
+        properties: dict[str, Any] = {"sku": sku, "items": rng.randint(1, 4), "first_order": first_order}
+        coupon = (first_order and rng.random() < 0.4) or rng.random() < 0.08
+        if coupon:
+            properties["coupon"] = "WELCOME10" if first_order else f"PROMO{rng.randrange(1, 9)}"
+        order_id = f"ord-{index:06d}-{len(events):05d}"
+        add(
+            "order",
+            moment,
+            amount=f"{amount:.2f}",
+            currency=market.currency,
+            properties={**properties, "order_id": order_id},
+        )
+        if coupon:
+            add("coupon_redeemed", moment, properties={"code": properties["coupon"]})
+        if rng.random() < 0.03:
+            refund_at = moment + dt.timedelta(days=rng.uniform(1, 20))
+            if refund_at < spec.end:
+                add(
+                    "refund",
+                    refund_at,
+                    amount=f"{amount:.2f}",
+                    currency=market.currency,
+                    properties={"order_id": order_id},
+                )
+        first_order = False
+
+    memberships = _memberships(rng, spec, ext, persona, market, signed_up, add)
+    events.sort(key=lambda e: (e["occurred_at"], e["event_id"]))
+    for event in events:
+        event["occurred_at"] = _ts(event["occurred_at"])
+    return CustomerStory(customer, events, memberships)
+
+
+def _customer_row(
+    rng: random.Random, spec: DemoSpec, ext: str, market: Market, persona: Persona, signed_up: dt.datetime, channel: str
+) -> dict[str, Any]:
+    def later(base: dt.datetime, max_days: float) -> dt.datetime:
+        return min(spec.end - dt.timedelta(seconds=1), base + dt.timedelta(days=rng.uniform(0, max_days)))
+
+    row: dict[str, Any] = {name: "" for name in CUSTOMER_COLUMNS}
+    row.update(
+        external_id=ext,
+        signed_up_at=_ts(signed_up),
+        timezone=market.timezone,
+        locale=market.locale,
+        attributes=json.dumps(
+            {
+                "city_tier": _pick(rng, (1, 2, 3, 4), [25, 35, 25, 15]),
+                "age_band": _pick(rng, AGE_BANDS, [15, 32, 25, 16, 12]),
+                "channel": channel,
+                "persona": persona.name,
+            },
+            separators=(",", ":"),
+        ),
+    )
+    if rng.random() < 0.92:
+        row["email"] = f"{ext}@example.com"
+        if rng.random() < 0.75:
+            consent = later(signed_up, 0.01)
+            row["email_consent_at"] = _ts(consent)
+            if rng.random() < 0.06:
+                row["email_opt_out_at"] = _ts(later(consent, 300))
+    if rng.random() < 0.6:
+        row["phone"] = (
+            market.phone_prefix
+            + str(rng.randint(1, 9))
+            + "".join(str(rng.randint(0, 9)) for _ in range(market.phone_digits - 1))
+        )
+        if rng.random() < 0.45:
+            consent = later(signed_up, 2)
+            row["sms_consent_at"] = _ts(consent)
+            if rng.random() < 0.08:
+                row["sms_opt_out_at"] = _ts(later(consent, 200))
+    if rng.random() < 0.5:
+        row["push_token"] = f"push-{rng.getrandbits(96):024x}"
+        if rng.random() < 0.8:
+            row["push_consent_at"] = _ts(later(signed_up, 1))
+    return row
+
+
+def _memberships(
+    rng: random.Random,
+    spec: DemoSpec,
+    ext: str,
+    persona: Persona,
+    market: Market,
+    signed_up: dt.datetime,
+    add: Callable[..., None],
+) -> list[dict[str, Any]]:
+    if rng.random() >= persona.membership_probability:
+        return []
+    plan, term_days, levels = PLANS[rng.randrange(len(PLANS))]
+    earliest_expiry = signed_up + dt.timedelta(days=30)
+    # The latest term's expiry falls in one of the four windows; a customer too new for
+    # the chosen window moves to the next feasible one.
+    window = rng.randrange(len(EXPIRY_WINDOWS))
+    for low, high in EXPIRY_WINDOWS[window:]:
+        expires = spec.end + dt.timedelta(days=rng.uniform(low, high))
+        if expires >= earliest_expiry:
+            break
+    else:
+        expires = max(earliest_expiry, spec.end + DAY)
+    terms: list[tuple[dt.datetime, dt.datetime]] = []
+    start = max(signed_up + DAY, expires - dt.timedelta(days=term_days))
+    terms.append((start, expires))
+    # Earlier terms, each renewed into the next one.
+    while rng.random() < 0.6:
+        previous_start = start - dt.timedelta(days=term_days)
+        if previous_start < signed_up + DAY:
+            break
+        terms.append((previous_start, start))
+        start = previous_start
+    terms.reverse()
+    level = levels[min(len(levels) - 1, len(terms) - 1)]
+    rows = []
+    price = {"plus": 49.0, "premium": 99.0}[plan] * (term_days / 365) * market.price_scale
+    for number, (term_start, term_end) in enumerate(terms):
+        rows.append(
+            {"customer_id": ext, "plan": plan, "level": level, "started_at": _ts(term_start),
+             "expires_at": _ts(term_end)}
+        )  # fmt: skip
+        if number > 0 and term_start < spec.end:
+            add("membership_renewed", term_start, amount=f"{price:.2f}", currency=market.currency,
+                properties={"plan": plan, "term": number + 1})  # fmt: skip
+    return rows
+
+
+def generate(spec: DemoSpec, out_dir: Path, *, progress: bool | None = None) -> DemoSummary:
+    """Write customers.csv, events.jsonl and memberships.jsonl into ``out_dir``.
+
+    Files are written under temporary names and renamed at the end, so an interrupted
+    run never leaves a half-written file behind a complete-looking name."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "customers": out_dir / "customers.csv",
+        "events": out_dir / "events.jsonl",
+        "memberships": out_dir / "memberships.jsonl",
+    }
+    partial = {name: path.with_name(path.name + ".part") for name, path in files.items()}
+    counts = {"customers": 0, "events": 0, "memberships": 0}
+    with (
+        partial["customers"].open("w", newline="", encoding="utf-8") as customers_file,
+        partial["events"].open("w", encoding="utf-8") as events_file,
+        partial["memberships"].open("w", encoding="utf-8") as memberships_file,
+    ):
+        writer = csv.DictWriter(customers_file, fieldnames=CUSTOMER_COLUMNS)
+        writer.writeheader()
+        dumps = json.JSONEncoder(separators=(",", ":")).encode
+        bar = tqdm(
+            range(spec.customers),
+            desc="demo customers",
+            unit="cust",
+            disable=None if progress is None else not progress,
+        )
+        for index in bar:
+            story = customer_story(spec, index)
+            writer.writerow(story.customer)
+            events_file.writelines(dumps(event) + "\n" for event in story.events)
+            memberships_file.writelines(dumps(row) + "\n" for row in story.memberships)
+            counts["customers"] += 1
+            counts["events"] += len(story.events)
+            counts["memberships"] += len(story.memberships)
+    for name, path in files.items():
+        partial[name].replace(path)
+    return DemoSummary(counts["customers"], counts["events"], counts["memberships"], files)

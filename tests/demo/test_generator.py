@@ -1,0 +1,126 @@
+"""The synthetic business generator: deterministic, coherent, and loadable by the import commands."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from demo.generator import EXPIRY_WINDOWS, DemoSpec, customer_story, generate
+from segments.models import Customer, Event, Membership
+
+END = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
+SPEC = DemoSpec(customers=400, seed=11, months=18, end=END)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def parse(ts: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(ts)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    generate(SPEC, out, progress=False)
+    return out
+
+
+@pytest.mark.pure
+def test_generate__same_spec__identical_files_other_seed_differs(generated: Path, tmp_path: Path) -> None:
+    generate(SPEC, tmp_path / "again", progress=False)
+    generate(DemoSpec(customers=400, seed=12, months=18, end=END), tmp_path / "other", progress=False)
+    assert digest(tmp_path / "again") == digest(generated)
+    assert digest(tmp_path / "other")["events.jsonl"] != digest(generated)["events.jsonl"]
+
+
+@pytest.mark.pure
+def test_customer_story__alone__same_as_in_the_whole_file(generated: Path) -> None:
+    # Each customer has its own random stream: one can be generated without the others.
+    story = customer_story(SPEC, 42)
+    rows = list(csv.DictReader((generated / "customers.csv").open()))
+    assert rows[42] == story.customer
+    events = [json.loads(line) for line in (generated / "events.jsonl").open()]
+    assert [e for e in events if e["customer_id"] == "cust-000042"] == story.events
+
+
+@pytest.mark.pure
+def test_generate__customers__signups_in_period_contacts_valid(generated: Path) -> None:
+    rows = list(csv.DictReader((generated / "customers.csv").open()))
+    assert len(rows) == 400
+    signups = [parse(r["signed_up_at"]) for r in rows]
+    assert all(SPEC.start <= s < END for s in signups)
+    assert signups == sorted(signups)  # referrers always signed up before those they referred
+    assert len({r["timezone"] for r in rows}) >= 6 and len({r["locale"] for r in rows}) >= 6
+    phones = [r["phone"] for r in rows if r["phone"]]
+    assert phones and all(p.startswith("+") and p[1:].isdigit() and 8 <= len(p) <= 16 for p in phones)
+    consented = [r for r in rows if r["email_consent_at"]]
+    assert consented and any(r["email_opt_out_at"] for r in consented)
+
+
+@pytest.mark.pure
+def test_generate__events__ordered_in_period_referrals_point_back(generated: Path) -> None:
+    signup_of = {
+        r["external_id"]: parse(r["signed_up_at"]) for r in csv.DictReader((generated / "customers.csv").open())
+    }
+    revenue: dict[str, float] = defaultdict(float)
+    referrals = 0
+    for line in (generated / "events.jsonl").open():
+        event = json.loads(line)
+        occurred = parse(event["occurred_at"])
+        assert signup_of[event["customer_id"]] - dt.timedelta(hours=1) <= occurred <= END
+        if event["type"] == "referral_signup":
+            referrals += 1
+            referrer = event["properties"]["referrer_id"]
+            assert signup_of[referrer] < signup_of[event["customer_id"]]
+        if event["type"] == "order":
+            assert float(event["amount"]) > 0 and len(event["currency"]) == 3
+            revenue[event["customer_id"]] += float(event["amount"]) if event["currency"] == "EUR" else 0.0
+    assert referrals >= 10
+    # Skewed value: the top fifth of buyers brings at least half the revenue.
+    totals = sorted(revenue.values(), reverse=True)
+    assert sum(totals[: len(totals) // 5]) >= 0.5 * sum(totals)
+
+
+@pytest.mark.pure
+def test_generate__memberships__every_expiry_window_populated(generated: Path) -> None:
+    latest: dict[str, dt.datetime] = {}
+    for line in (generated / "memberships.jsonl").open():
+        term = json.loads(line)
+        assert parse(term["expires_at"]) > parse(term["started_at"])
+        latest[term["customer_id"]] = max(latest.get(term["customer_id"], END - dt.timedelta(days=9999)),
+                                          parse(term["expires_at"]))  # fmt: skip
+    days = [(expiry - END).total_seconds() / 86400 for expiry in latest.values()]
+    for low, high in EXPIRY_WINDOWS:
+        assert any(low <= d <= high + 1 for d in days), (low, high)
+
+
+@pytest.mark.django_db
+def test_generated_files__import_commands__load_cleanly_and_rerun_stores_nothing(tmp_path: Path) -> None:
+    spec = DemoSpec(customers=60, seed=5, end=END)
+    summary = generate(spec, tmp_path, progress=False)
+    for _ in range(2):
+        for command, name in [("import_customers", "customers.csv"), ("import_memberships", "memberships.jsonl"),
+                              ("import_events", "events.jsonl")]:  # fmt: skip
+            call_command(command, str(tmp_path / name), "--no-progress", stdout=io.StringIO(), stderr=io.StringIO())
+    assert Customer.objects.count() == summary.customers == 60
+    assert Event.objects.count() == summary.events
+    assert Membership.objects.count() == summary.memberships
+
+
+@pytest.mark.pure
+def test_generate_demo_data_command__writes_the_three_files(tmp_path: Path) -> None:
+    out = io.StringIO()
+    call_command("generate_demo_data", "--customers", "20", "--seed", "1", "--end", "2025-06-01",
+                 "--out", str(tmp_path), stdout=out)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["customers.csv", "events.jsonl", "memberships.jsonl"]
+    assert "20 customers" in out.getvalue()
