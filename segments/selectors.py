@@ -6,12 +6,15 @@ reaching into segments' models.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Count, Exists, OuterRef, QuerySet
 
-from segments.models import Customer, CustomerLayer, Event, Layer, SegmentMembership
+from segments.models import Customer, CustomerLayer, Dimension, Event, Layer, RecomputeRun, SegmentMembership
 
 
 def customer_get(*, external_id: str) -> Customer | None:
@@ -52,17 +55,25 @@ def audience_queryset(
     def in_segments(ids: list[int]) -> Exists:
         return Exists(SegmentMembership.objects.filter(customer_id=OuterRef("pk"), segment_id__in=ids))
 
-    def in_layers(ids: list[int]) -> Exists:
-        return Exists(CustomerLayer.objects.filter(customer_id=OuterRef("pk"), layer_id__in=ids))
+    def in_layers(dimension_id: int, ids: list[int]) -> Exists:
+        # Filtering on the dimension too lets every backend probe the unique
+        # (customer, dimension) index once per customer (SQLite would otherwise scan the
+        # layer's members through the layer index for each customer).
+        return Exists(
+            CustomerLayer.objects.filter(customer_id=OuterRef("pk"), dimension_id=dimension_id, layer_id__in=ids)
+        )
 
     if include_segment_ids:
         qs = qs.filter(in_segments(include_segment_ids))
-    for layer_ids in layers_by_dimension.values():
-        qs = qs.filter(in_layers(layer_ids))
+    for dimension_id, layer_ids in layers_by_dimension.items():
+        qs = qs.filter(in_layers(dimension_id, layer_ids))
     if exclude_segment_ids:
         qs = qs.exclude(in_segments(exclude_segment_ids))
-    if exclude_layer_ids:
-        qs = qs.exclude(in_layers(exclude_layer_ids))
+    excluded_by_dimension: dict[int, list[int]] = defaultdict(list)
+    for layer_id, dimension_id in Layer.objects.filter(pk__in=exclude_layer_ids).values_list("pk", "dimension_id"):
+        excluded_by_dimension[dimension_id].append(layer_id)
+    for dimension_id, layer_ids in excluded_by_dimension.items():
+        qs = qs.exclude(in_layers(dimension_id, layer_ids))
     return qs
 
 
@@ -72,3 +83,162 @@ def events_queryset(*, event_type_codes: Iterable[str] | None = None) -> QuerySe
     if event_type_codes is not None:
         qs = qs.filter(event_type__code__in=list(event_type_codes))
     return qs
+
+
+# --- Layers and segments of customers (read by the API, experiments and campaigns) --------
+
+
+@dataclass(frozen=True)
+class CustomerLayerInfo:
+    dimension: str  # dimension key, e.g. "rfm"
+    dimension_name: str
+    layer: str  # layer key, e.g. "important_value"
+    layer_name: str
+    since: dt.datetime  # when the customer entered the layer
+    computed_at: dt.datetime | None  # the dimension's last successful recompute
+    valid_until: dt.datetime | None  # membership levels: held until then at least
+
+    @property
+    def qualified_key(self) -> str:
+        return f"{self.dimension}:{self.layer}"
+
+
+@dataclass(frozen=True)
+class CustomerSegmentInfo:
+    segment: str  # segment key
+    name: str
+    since: dt.datetime
+    computed_at: dt.datetime | None
+
+
+def customer_layers(*, customer_id: int) -> list[CustomerLayerInfo]:
+    """The customer's current layer in every dimension, ordered by dimension key."""
+    rows = (
+        CustomerLayer.objects.filter(customer_id=customer_id)
+        .select_related("dimension", "layer")
+        .order_by("dimension__key")
+    )
+    return [
+        CustomerLayerInfo(
+            dimension=row.dimension.key,
+            dimension_name=row.dimension.name,
+            layer=row.layer.key,
+            layer_name=row.layer.name,
+            since=row.since,
+            computed_at=row.dimension.computed_at,
+            valid_until=row.valid_until,
+        )
+        for row in rows
+    ]
+
+
+def customer_segments(*, customer_id: int) -> list[CustomerSegmentInfo]:
+    """The active segments the customer is a member of (as of each segment's last recompute)."""
+    rows = (
+        SegmentMembership.objects.filter(customer_id=customer_id, segment__is_active=True)
+        .select_related("segment")
+        .order_by("segment__key")
+    )
+    return [
+        CustomerSegmentInfo(
+            segment=row.segment.key, name=row.segment.name, since=row.since, computed_at=row.segment.computed_at
+        )
+        for row in rows
+    ]
+
+
+def layer_snapshot_queryset(
+    *,
+    customer_ids: Iterable[int] | QuerySet[Any] | None = None,
+    dimension_keys: Iterable[str] | None = None,
+) -> QuerySet[Any]:
+    """Set-based snapshot for bulk work: ``(customer_id, dimension_key, layer_key)`` rows.
+
+    ``customer_ids`` may be a queryset of ids (``Customer.objects.filter(...).values("pk")``
+    or an experiment's assignments' ``values("customer_id")``): it stays a subquery, so
+    millions of customers are read in one statement, e.g. ``INSERT … SELECT`` them into a
+    snapshot table or iterate with ``.iterator(chunk_size=…)``. Ordered by customer id.
+    """
+    qs = CustomerLayer.objects.all()
+    if customer_ids is not None:
+        qs = qs.filter(customer_id__in=customer_ids if isinstance(customer_ids, QuerySet) else list(customer_ids))
+    if dimension_keys is not None:
+        qs = qs.filter(dimension__key__in=list(dimension_keys))
+    return qs.order_by("customer_id", "dimension__key").values_list("customer_id", "dimension__key", "layer__key")
+
+
+def customer_layer_snapshots(*, customer_ids: Iterable[int]) -> dict[int, dict[str, str]]:
+    """``{customer_id: {dimension key: layer key}}`` for a bounded batch of customers
+    (one query); customers without any layer map to ``{}``."""
+    ids = list(customer_ids)
+    snapshots: dict[int, dict[str, str]] = {pk: {} for pk in ids}
+    for customer_id, dimension_key, layer_key in layer_snapshot_queryset(customer_ids=ids):
+        snapshots[customer_id][dimension_key] = layer_key
+    return snapshots
+
+
+def layer_ids_by_keys(*, keys: Iterable[str]) -> dict[str, int]:
+    """``{"rfm:important_value": layer id, …}`` for qualified layer keys that exist."""
+    wanted = set(keys)
+    dimensions = {key.split(":", 1)[0] for key in wanted if ":" in key}
+    rows = Layer.objects.filter(dimension__key__in=dimensions).values_list("dimension__key", "key", "pk")
+    return {f"{d}:{k}": pk for d, k, pk in rows if f"{d}:{k}" in wanted}
+
+
+def layer_members_queryset(*, layer_id: int) -> QuerySet[Customer]:
+    """Customers currently in the layer (one EXISTS subquery)."""
+    dimension_id = Layer.objects.filter(pk=layer_id).values_list("dimension_id", flat=True).first()
+    return Customer.objects.filter(
+        Exists(CustomerLayer.objects.filter(customer_id=OuterRef("pk"), dimension_id=dimension_id, layer_id=layer_id))
+    )
+
+
+def segment_members_queryset(*, segment_id: int) -> QuerySet[Customer]:
+    """Customers in the segment as of its last recompute."""
+    return Customer.objects.filter(
+        Exists(SegmentMembership.objects.filter(customer_id=OuterRef("pk"), segment_id=segment_id))
+    )
+
+
+def rule_members_queryset(*, rule: dict[str, Any], as_of: dt.datetime | None = None) -> QuerySet[Customer]:
+    """Customers matching a rule *now* (validated, compiled to one query, not materialized)."""
+    from segments.rules import rule_queryset
+
+    return rule_queryset(rule=rule, as_of=as_of)
+
+
+@dataclass(frozen=True)
+class LayerSize:
+    key: str
+    name: str
+    size: int
+
+
+def dimension_layer_sizes(*, dimension_id: int) -> list[LayerSize]:
+    """Each layer of the dimension with its current number of customers, in layer order."""
+    counts = dict(
+        CustomerLayer.objects.filter(dimension_id=dimension_id)
+        .order_by()
+        .values("layer_id")
+        .annotate(n=Count("pk"))
+        .values_list("layer_id", "n")
+    )
+    return [
+        LayerSize(key=layer.key, name=layer.name, size=counts.get(layer.pk, 0))
+        for layer in Layer.objects.filter(dimension_id=dimension_id).order_by("position", "key")
+    ]
+
+
+def recompute_runs_queryset(*, target: str | None = None) -> QuerySet[RecomputeRun]:
+    qs = RecomputeRun.objects.all()
+    return qs.filter(target=target) if target else qs
+
+
+def dimension_last_run(*, dimension_id: int, succeeded_only: bool = True) -> RecomputeRun | None:
+    dimension = Dimension.objects.filter(pk=dimension_id).first()
+    if dimension is None:
+        return None
+    runs = RecomputeRun.objects.filter(target=f"dimension:{dimension.key}")
+    if succeeded_only:
+        runs = runs.filter(status=RecomputeRun.Status.SUCCEEDED)
+    return runs.order_by("-started_at").first()

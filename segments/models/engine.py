@@ -105,8 +105,15 @@ class CustomerLayer(models.Model):
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="layers", db_index=False)
     dimension = models.ForeignKey(Dimension, on_delete=models.CASCADE, related_name="+", db_index=False)
     layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="members")
-    since = models.DateTimeField(default=timezone.now)
-    computed_at = models.DateTimeField(default=timezone.now)
+    since = models.DateTimeField(default=timezone.now, help_text="When the customer entered this layer.")
+    computed_at = models.DateTimeField(
+        default=timezone.now, help_text="When this row was last written (the dimension's computed_at is the last run)."
+    )
+    valid_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Membership levels: the level is kept until then even if its condition is no longer met.",
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["customer", "dimension"], name="customer_layer_unique")]
@@ -147,8 +154,19 @@ class RecomputeRun(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule", "Schedule"
+        COMMAND = "command", "Management command"
+        ADMIN = "admin", "Admin"
+        API = "api", "Service call"
+
     target = models.CharField(max_length=80, help_text="'dimension:<key>' or 'segment:<key>'.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.API)
+    as_of = models.DateTimeField(null=True, blank=True, help_text="The instant relative dates were computed from.")
+    mece_ok = models.BooleanField(
+        null=True, blank=True, help_text="Dimensions: whether every customer sits in exactly one layer after the run."
+    )
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)

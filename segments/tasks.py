@@ -1,0 +1,38 @@
+"""Celery entry points: take ids, re-fetch, call one service, record the outcome.
+
+Idempotent by construction: a recompute is a no-op while the same target runs (the guard
+in ``segments.services.recompute``), and rerunning a finished one rewrites nothing that
+did not change. Transient database errors are retried with backoff.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from segments.models import RecomputeRun
+from segments.services.recompute import dimension_recompute, segment_recompute
+from segments.services.recompute import recompute_all as recompute_all_service
+
+
+@shared_task(bind=True, max_retries=3, retry_backoff=True)
+def recompute_dimension(self: Any, dimension_id: int, trigger: str = RecomputeRun.Trigger.ADMIN) -> dict[str, Any]:
+    outcome = dimension_recompute(dimension_id=dimension_id, trigger=trigger)
+    if outcome.retryable:
+        raise self.retry(countdown=30 * 2**self.request.retries)
+    return outcome.as_dict()
+
+
+@shared_task(bind=True, max_retries=3, retry_backoff=True)
+def recompute_segment(self: Any, segment_id: int, trigger: str = RecomputeRun.Trigger.ADMIN) -> dict[str, Any]:
+    outcome = segment_recompute(segment_id=segment_id, trigger=trigger)
+    if outcome.retryable:
+        raise self.retry(countdown=30 * 2**self.request.retries)
+    return outcome.as_dict()
+
+
+@shared_task
+def recompute_all() -> list[dict[str, Any]]:
+    """The nightly schedule: every active dimension, then every active segment."""
+    return [outcome.as_dict() for outcome in recompute_all_service(trigger=RecomputeRun.Trigger.SCHEDULE)]

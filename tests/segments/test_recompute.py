@@ -1,0 +1,318 @@
+"""Materialization: history, transitions, tier tags, failures, MECE, the guard, entry points."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import override_settings
+from django_celery_beat.models import PeriodicTask
+
+from segments.dimensions import expiry
+from segments.models import (
+    CustomerLayer,
+    CustomerTag,
+    Dimension,
+    LayerHistory,
+    RecomputeRun,
+    Segment,
+    SegmentMembership,
+)
+from segments.services import materialize
+from segments.services.recompute import dimension_recompute, recompute_all, segment_recompute
+from segments.services.segments import segment_create
+from segments.tasks import recompute_dimension, recompute_segment
+from tests.segments.conftest import AS_OF, DAY, World, layers_of, recompute
+
+pytestmark = pytest.mark.django_db
+
+T1 = AS_OF + 10 * DAY
+
+
+@pytest.fixture
+def members(world: World) -> dict[str, Any]:
+    """Expiry windows move as time passes: 'a' expires in 5 days, 'b' in 95, 'c' never had one."""
+    a, b, c = world.customer("a"), world.customer("b"), world.customer("c")
+    world.membership(a, expires_in=5)
+    world.membership(b, expires_in=95)
+    return {"a": a, "b": b, "c": c}
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["fast-path", "portable-path"])
+def test_recompute__second_run__history_closed_and_opened_for_movers_only(members: dict, portable: bool) -> None:
+    # On PostgreSQL the fast path is MERGE; the portable path (UPDATE … FROM + INSERT … SELECT)
+    # is what SQLite always runs.
+    recompute("expiry", portable=portable)
+    assert layers_of("expiry") == {"a": "expiring_soon", "b": "valid", "c": "none"}
+    outcome = recompute("expiry", as_of=T1, portable=portable)  # a expired 5 days ago, b now expires within 85 days
+    assert layers_of("expiry") == {"a": "expired_recently", "b": "expiring_soon", "c": "none"}
+    assert outcome.changed == 2
+    rows = LayerHistory.objects.filter(dimension__key="expiry").order_by("customer__external_id", "entered_at")
+    assert [(h.customer.external_id, h.layer.key, h.entered_at, h.left_at) for h in rows] == [
+        ("a", "expiring_soon", AS_OF, T1),
+        ("a", "expired_recently", T1, None),
+        ("b", "valid", AS_OF, T1),
+        ("b", "expiring_soon", T1, None),
+        ("c", "none", AS_OF, None),
+    ]
+    a_layer = CustomerLayer.objects.get(customer=members["a"], dimension__key="expiry")
+    assert a_layer.since == T1
+    c_layer = CustomerLayer.objects.get(customer=members["c"], dimension__key="expiry")
+    assert c_layer.since == AS_OF  # unchanged row: not rewritten
+
+
+def test_recompute__transitions_and_sizes__recorded_on_the_run(members: dict) -> None:
+    first = recompute("expiry")
+    assert sorted(first.details["transitions"]) == sorted(
+        [[None, "expiring_soon", 1], [None, "valid", 1], [None, "none", 1]]
+    )
+    second = recompute("expiry", as_of=T1)
+    assert sorted(second.details["transitions"], key=str) == sorted(
+        [["expiring_soon", "expired_recently", 1], ["valid", "expiring_soon", 1], ["none", "none", 1]], key=str
+    )
+    assert second.details["layer_sizes"] == {"expired_recently": 1, "expiring_soon": 1, "valid": 0, "none": 1}
+    run = RecomputeRun.objects.get(pk=second.run_id)
+    assert (run.status, run.customers, run.changed, run.mece_ok) == ("succeeded", 3, 2, True)
+    assert run.duration_ms is not None and run.finished_at is not None and run.as_of == T1
+    assert Dimension.objects.get(key="expiry").computed_at is not None
+
+
+def test_recompute__tier_tags__written_back_and_swapped(members: dict) -> None:
+    recompute("expiry")
+    tags = dict(CustomerTag.objects.filter(tag__family="tier").values_list("customer__external_id", "tag__code"))
+    assert tags == {"a": "expiry.expiring_soon", "b": "expiry.valid", "c": "expiry.none"}
+    recompute("expiry", as_of=T1)
+    tags = sorted(CustomerTag.objects.filter(tag__family="tier").values_list("customer__external_id", "tag__code"))
+    assert tags == [("a", "expiry.expired_recently"), ("b", "expiry.expiring_soon"), ("c", "expiry.none")]
+
+
+def test_recompute__full_tags__reconciles_a_removed_tier_tag(members: dict) -> None:
+    recompute("expiry")
+    CustomerTag.objects.filter(customer=members["c"]).delete()
+    recompute("expiry")
+    assert not CustomerTag.objects.filter(customer=members["c"]).exists()  # nobody moved: untouched
+    recompute("expiry", full_tags=True)
+    assert CustomerTag.objects.filter(customer=members["c"], tag__code="expiry.none").exists()
+
+
+def test_recompute__failure_mid_write__previous_memberships_intact_and_next_run_retries(
+    members: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    recompute("expiry")
+    before = layers_of("expiry")
+
+    def broken_history(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(materialize, "_write_history", broken_history)
+    dimension = Dimension.objects.get(key="expiry")
+    with caplog.at_level(logging.ERROR):
+        outcome = dimension_recompute(dimension_id=dimension.pk, as_of=T1)
+    assert outcome.status == "failed"
+    assert "disk on fire" in outcome.error and "disk on fire" in caplog.text
+    run = RecomputeRun.objects.get(pk=outcome.run_id)
+    assert run.status == "failed" and "RuntimeError: disk on fire" in run.error
+    assert layers_of("expiry") == before  # the layer writes before the failure were rolled back
+    assert LayerHistory.objects.filter(dimension=dimension).count() == 3
+    monkeypatch.undo()
+    retry = dimension_recompute(dimension_id=dimension.pk, as_of=T1)
+    assert retry.status == "succeeded" and retry.changed == 2
+
+
+@pytest.mark.parametrize("fault", ["duplicate", "missing"])
+def test_recompute__mece_violation__run_failed_logged_and_layers_kept(
+    members: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    recompute("expiry")
+    before = layers_of("expiry")
+    real_select = expiry.stage_select
+
+    def faulty_select(ctx: Any) -> tuple[str, list]:
+        sql, params = real_select(ctx)
+        if fault == "duplicate":  # a customer placed twice
+            return (
+                f"SELECT * FROM ({sql}) x UNION ALL SELECT * FROM ({sql}) y WHERE y.customer_id = %s",
+                [*params, *params, members["a"].pk],
+            )
+        return f"SELECT * FROM ({sql}) x WHERE x.customer_id <> %s", [*params, members["c"].pk]  # placed nowhere
+
+    monkeypatch.setattr(expiry, "stage_select", faulty_select)
+    with caplog.at_level(logging.ERROR):
+        outcome = dimension_recompute(dimension_id=Dimension.objects.get(key="expiry").pk, as_of=T1)
+    assert outcome.status == "failed" and "MECE violation" in outcome.error
+    assert "MECE violation" in caplog.text
+    run = RecomputeRun.objects.get(pk=outcome.run_id)
+    assert run.mece_ok is False
+    assert run.details["mece"]["ok"] is False
+    assert run.details["mece"]["duplicates" if fault == "duplicate" else "unplaced"] >= 1
+    assert layers_of("expiry") == before
+
+
+def test_mece__every_builtin_dimension__every_customer_in_exactly_one_layer(world: World) -> None:
+    for i in range(12):
+        customer = world.customer(f"m{i}", signed_up=i * 20)
+        if i % 2:
+            world.orders(customer, [i, i + 30], str(50 * i))
+        if i % 3:
+            world.membership(customer, expires_in=i * 30 - 150)
+    outcomes = recompute_all(as_of=AS_OF)
+    assert {o.status for o in outcomes} == {"succeeded"}
+    for dimension in Dimension.objects.all():
+        run = RecomputeRun.objects.filter(target=f"dimension:{dimension.key}").latest("started_at")
+        assert run.details["mece"] == {
+            "ok": True,
+            "customers": 12,
+            "placed": 12,
+            "rows": 12,
+            "duplicates": 0,
+            "unplaced": 0,
+            "foreign": 0,
+        }
+        assert CustomerLayer.objects.filter(dimension=dimension).count() == 12
+        assert sum(run.details["layer_sizes"].values()) == 12
+
+
+# --- the guard -----------------------------------------------------------------------------
+
+
+def _running(target: str, started: dt.datetime) -> RecomputeRun:
+    return RecomputeRun.objects.create(target=target, status="running", started_at=started)
+
+
+@pytest.mark.skipif("connection.vendor == 'postgresql'", reason="SQLite guard: the running row")
+def test_guard__fresh_running_row_on_sqlite__second_trigger_is_a_noop(members: dict) -> None:
+    from django.utils import timezone
+
+    running = _running("dimension:expiry", timezone.now())
+    outcome = dimension_recompute(dimension_id=Dimension.objects.get(key="expiry").pk, as_of=AS_OF)
+    assert outcome.status == "skipped"
+    assert RecomputeRun.objects.filter(target="dimension:expiry").count() == 1
+    running.refresh_from_db()
+    assert running.status == "running"
+    assert not CustomerLayer.objects.exists()
+
+
+@override_settings(GROWTH={"RECOMPUTE_STALE_AFTER_SECONDS": 60})
+def test_guard__stale_running_row_of_a_dead_process__abandoned_and_recomputed(members: dict) -> None:
+    # SQLite: older than the stale timeout. PostgreSQL: nobody holds the target's lock.
+    from django.utils import timezone
+
+    stale = _running("dimension:expiry", timezone.now() - dt.timedelta(minutes=5))
+    outcome = dimension_recompute(dimension_id=Dimension.objects.get(key="expiry").pk, as_of=AS_OF)
+    assert outcome.status == "succeeded"
+    stale.refresh_from_db()
+    assert stale.status == "failed" and stale.error.startswith("abandoned")
+
+
+def test_recompute__as_of_before_last_run__refused_history_kept(members: dict) -> None:
+    recompute("expiry", as_of=T1)
+    outcome = dimension_recompute(dimension_id=Dimension.objects.get(key="expiry").pk, as_of=AS_OF)
+    assert outcome.status == "failed" and "before the last recompute" in outcome.error
+    assert not LayerHistory.objects.filter(left_at__isnull=False).exists()
+
+
+def test_recompute__unknown_dimension__skipped_not_crashed(db: None) -> None:
+    assert dimension_recompute(dimension_id=999_999).status == "skipped"
+    assert segment_recompute(segment_id=999_999).status == "skipped"
+
+
+# --- segments -------------------------------------------------------------------------------
+
+
+def test_segment_recompute__members_added_and_removed__since_kept(world: World) -> None:
+    a, b = world.customer("a"), world.customer("b")
+    world.orders(a, [1, 2], "20")
+    world.order(b, 50)
+    segment = segment_create(
+        key="recent",
+        name="Ordered in 30 days",
+        rule={"event": "order", "agg": "count", "window": {"last_days": 30}, "op": "gte", "value": 1},
+    )
+    first = segment_recompute(segment_id=segment.pk, as_of=AS_OF)
+    assert first.status == "succeeded" and first.details["size"] == 1
+    world.order(b, -5)  # b orders after AS_OF; 30 days later a's orders (1–2 days before AS_OF) are out
+    second = segment_recompute(segment_id=segment.pk, as_of=AS_OF + 30 * DAY)
+    assert second.details == {**second.details, "size": 1, "added": 1, "removed": 1}
+    member = SegmentMembership.objects.get(segment=segment)
+    assert (member.customer.external_id, member.since) == ("b", AS_OF + 30 * DAY)
+    segment.refresh_from_db()
+    assert segment.size == 1 and segment.computed_at is not None
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+
+def test_command__one_dimension__prints_json_and_recomputes(members: dict) -> None:
+    out = StringIO()
+    call_command("recompute_segments", "--dimension", "expiry", "--as-of", AS_OF.isoformat(), stdout=out)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["target"], line["status"]) for line in lines] == [("dimension:expiry", "succeeded")]
+    assert RecomputeRun.objects.get().trigger == "command"
+    assert layers_of("expiry")["a"] == "expiring_soon"
+
+
+def test_command__unknown_key__refused(db: None) -> None:
+    with pytest.raises(CommandError, match="nope"):
+        call_command("recompute_segments", "--segment", "nope")
+
+
+def test_command__no_option__every_active_dimension_then_segments(members: dict) -> None:
+    segment_create(key="s", name="S", rule={"membership": {}, "agg": "active"})
+    Dimension.objects.filter(key="journey").update(is_active=False)
+    out = StringIO()
+    call_command("recompute_segments", stdout=out)
+    targets = [json.loads(line)["target"] for line in out.getvalue().splitlines()]
+    assert targets == ["dimension:expiry", "dimension:level", "dimension:lifecycle", "dimension:rfm", "segment:s"]
+
+
+def test_tasks__run_twice__second_changes_nothing(members: dict) -> None:
+    dimension = Dimension.objects.get(key="expiry")
+    first = recompute_dimension.apply(args=[dimension.pk]).get()
+    second = recompute_dimension.apply(args=[dimension.pk]).get()
+    assert (first["status"], first["changed"]) == ("succeeded", 3)
+    assert (second["status"], second["changed"]) == ("succeeded", 0)
+    segment = segment_create(key="s", name="S", rule={"membership": {}, "agg": "count", "op": "gte", "value": 1})
+    assert recompute_segment.apply(args=[segment.pk]).get()["customers"] == 2
+    assert recompute_segment.apply(args=[999_999]).get()["status"] == "skipped"
+
+
+def test_schedule__data_migration__nightly_recompute_task_exists(db: None) -> None:
+    task = PeriodicTask.objects.get(name="segments: nightly recompute")
+    assert task.task == "segments.tasks.recompute_all" and task.enabled
+    assert (task.crontab.hour, task.crontab.minute) == ("2", "30")
+    from celery import current_app
+
+    import segments.tasks  # noqa: F401 - registers the tasks
+
+    assert "segments.tasks.recompute_all" in current_app.tasks
+
+
+def test_builtin_dimensions__data_migration__documented_layer_keys_and_tier_tags(db: None) -> None:
+    from segments.models import Layer
+
+    keys = {f"{d}:{k}" for d, k in Layer.objects.values_list("dimension__key", "key")}
+    assert {
+        "rfm:important_value",
+        "rfm:general_win_back",
+        "rfm:no_purchase",
+        "lifecycle:churn_warning",
+        "lifecycle:churned",
+        "lifecycle:visitor",
+        "journey:vip",
+        "level:basic",
+        "expiry:expiring_soon",
+        "expiry:expired_recently",
+        "expiry:valid",
+        "expiry:none",
+    } <= keys
+    assert len([k for k in keys if k.startswith("rfm:")]) == 9
+    assert not Layer.objects.filter(tag__isnull=True).exists()
+    assert set(Layer.objects.values_list("tag__family", flat=True)) == {"tier"}
+    assert Segment.objects.count() == 0
+    assert connection.vendor in ("sqlite", "postgresql")
