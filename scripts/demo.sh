@@ -27,6 +27,8 @@ fi
 "$PY" manage.py import_customers "$DEMO_DATA/customers.csv"
 "$PY" manage.py import_memberships "$DEMO_DATA/memberships.jsonl"
 "$PY" manage.py import_events "$DEMO_DATA/events.jsonl"
+# Place every customer in a layer of every dimension and materialize the rule segments.
+"$PY" manage.py recompute_segments
 
 [ "${DEMO_SERVE:-1}" = 0 ] && exit 0
 
