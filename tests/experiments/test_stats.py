@@ -669,7 +669,7 @@ def test_srm__traffic_in_zero_weight_arm__flagged_and_dropped_from_test() -> Non
 
 
 def test_srm__empty_zero_weight_arm__ignored() -> None:
-    assert srm([500, 510, 0], [1, 1, 0]) .p_value == pytest.approx(float(sps.chisquare([500, 510]).pvalue))
+    assert srm([500, 510, 0], [1, 1, 0]).p_value == pytest.approx(float(sps.chisquare([500, 510]).pvalue))
     assert not srm([500, 510, 0], [1, 1, 0]).flagged
 
 
@@ -869,38 +869,55 @@ def _statsmodels_lr(cells: Sequence[Cell], control: str) -> tuple[float, int]:
     rhs = f"C(variant, Treatment({control!r})) + C(layer)"
     with quiet():
         reduced = smf.glm(f"x + f ~ {rhs}", frame, family=sm.families.Binomial()).fit(tol=1e-12)
-        full = smf.glm(f"x + f ~ {rhs} + C(variant, Treatment({control!r})):C(layer)", frame,
-                       family=sm.families.Binomial()).fit(tol=1e-12)
+        full = smf.glm(
+            f"x + f ~ {rhs} + C(variant, Treatment({control!r})):C(layer)", frame, family=sm.families.Binomial()
+        ).fit(tol=1e-12)
     return 2 * (full.llf - reduced.llf), round(full.df_model - reduced.df_model)
 
 
 HETEROGENEITY_CASES = {
     "three_layers_one_lifted": [
-        ("new", "control", 2000, 200), ("new", "offer", 2000, 300),
-        ("returning", "control", 2000, 210), ("returning", "offer", 2000, 205),
-        ("vip", "control", 2000, 190), ("vip", "offer", 2000, 200),
+        ("new", "control", 2000, 200),
+        ("new", "offer", 2000, 300),
+        ("returning", "control", 2000, 210),
+        ("returning", "offer", 2000, 205),
+        ("vip", "control", 2000, 190),
+        ("vip", "offer", 2000, 200),
     ],
     "two_layers_three_variants": [
-        ("a", "control", 500, 50), ("a", "t1", 500, 60), ("a", "t2", 500, 45),
-        ("b", "control", 800, 90), ("b", "t1", 800, 70), ("b", "t2", 800, 100),
+        ("a", "control", 500, 50),
+        ("a", "t1", 500, 60),
+        ("a", "t2", 500, 45),
+        ("b", "control", 800, 90),
+        ("b", "t1", 800, 70),
+        ("b", "t2", 800, 100),
     ],
     "no_difference": [
-        ("a", "control", 1000, 100), ("a", "offer", 1000, 120),
-        ("b", "control", 1000, 50), ("b", "offer", 1000, 61),
+        ("a", "control", 1000, 100),
+        ("a", "offer", 1000, 120),
+        ("b", "control", 1000, 50),
+        ("b", "offer", 1000, 61),
     ],
     "millions_of_customers": [
-        ("a", "control", 1_000_000, 20_000), ("a", "offer", 1_000_000, 20_600),
-        ("b", "control", 1_000_000, 21_000), ("b", "offer", 1_000_000, 21_100),
-        ("c", "control", 500_000, 9_000), ("c", "offer", 4_500_000, 81_300),
+        ("a", "control", 1_000_000, 20_000),
+        ("a", "offer", 1_000_000, 20_600),
+        ("b", "control", 1_000_000, 21_000),
+        ("b", "offer", 1_000_000, 21_100),
+        ("c", "control", 500_000, 9_000),
+        ("c", "offer", 4_500_000, 81_300),
     ],
     "missing_cell": [
-        ("a", "control", 400, 40), ("a", "offer", 400, 60),
-        ("b", "control", 400, 45), ("b", "offer", 400, 44),
+        ("a", "control", 400, 40),
+        ("a", "offer", 400, 60),
+        ("b", "control", 400, 45),
+        ("b", "offer", 400, 44),
         ("c", "control", 400, 50),
     ],
     "one_zero_cell": [
-        ("a", "control", 100, 0), ("a", "offer", 100, 5),
-        ("b", "control", 100, 10), ("b", "offer", 100, 12),
+        ("a", "control", 100, 0),
+        ("a", "offer", 100, 5),
+        ("b", "control", 100, 10),
+        ("b", "offer", 100, 12),
     ],
 }
 
@@ -924,9 +941,11 @@ def test_heterogeneity__lift_in_one_layer__rejects() -> None:
 
 def test_heterogeneity__duplicate_and_empty_cells__summed_and_dropped() -> None:
     rows = HETEROGENEITY_CASES["no_difference"]
-    split = [*(Cell(layer, v, n // 2, x // 2) for layer, v, n, x in rows),
-             *(Cell(layer, v, n - n // 2, x - x // 2) for layer, v, n, x in rows),
-             Cell("c", "offer", 0, 0)]
+    split = [
+        *(Cell(layer, v, n // 2, x // 2) for layer, v, n, x in rows),
+        *(Cell(layer, v, n - n // 2, x - x // 2) for layer, v, n, x in rows),
+        Cell("c", "offer", 0, 0),
+    ]
     result = heterogeneity(split, "control")
     assert result.statistic == pytest.approx(heterogeneity(_cells(rows), "control").statistic, abs=1e-9)
     assert [note.code for note in result.notes] == ["empty_cells_dropped"]
@@ -947,15 +966,21 @@ def test_heterogeneity__layer_with_no_conversions__dropped_with_note() -> None:
         ([("a", "control", 100, 10), ("a", "offer", 100, 20)], "fewer_than_two_layers"),
         ([("a", "control", 100, 10), ("b", "control", 100, 20)], "fewer_than_two_variants"),
         ([("a", "offer", 100, 10), ("b", "offer", 100, 20)], "control_variant_missing"),
-        ([("a", "control", 0, 0), ("a", "offer", 100, 10), ("b", "control", 0, 0), ("b", "offer", 100, 20)],
-         "control_variant_missing"),
-        ([("a", "control", 100, 0), ("a", "offer", 100, 3), ("b", "control", 100, 0), ("b", "offer", 100, 9)],
-         "control_without_variation"),
+        (
+            [("a", "control", 0, 0), ("a", "offer", 100, 10), ("b", "control", 0, 0), ("b", "offer", 100, 20)],
+            "control_variant_missing",
+        ),
+        (
+            [("a", "control", 100, 0), ("a", "offer", 100, 3), ("b", "control", 100, 0), ("b", "offer", 100, 9)],
+            "control_without_variation",
+        ),
         ([("a", "control", 100, 10), ("b", "offer", 100, 20), ("c", "control", 100, 5)], "no_overlap"),
         # 0% control in a, 100% treatment in b: the additive logit model has
         # no finite maximum (quasi-complete separation).
-        ([("a", "control", 100, 0), ("a", "offer", 100, 10), ("b", "control", 100, 10), ("b", "offer", 100, 100)],
-         "separation"),
+        (
+            [("a", "control", 100, 0), ("a", "offer", 100, 10), ("b", "control", 100, 10), ("b", "offer", 100, 100)],
+            "separation",
+        ),
         ([], "control_variant_missing"),
     ],
 )
@@ -976,8 +1001,12 @@ def test_heterogeneity__identical_lift_everywhere__statistic_zero_with_perfect_f
 @settings(max_examples=120, deadline=None)
 @given(
     data=st.lists(
-        st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["control", "t1", "t2"]),
-                  st.integers(0, 6), st.integers(0, 6)),
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["control", "t1", "t2"]),
+            st.integers(0, 6),
+            st.integers(0, 6),
+        ),
         max_size=9,
     )
 )
