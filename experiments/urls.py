@@ -1,4 +1,4 @@
-from django.urls import path  # noqa: F401
+from experiments import api
 
 app_name = "experiments"
-urlpatterns: list = []
+urlpatterns = [*api.urlpatterns]

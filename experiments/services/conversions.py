@@ -1,0 +1,89 @@
+"""Conversions: the first goal event of each metric within its window after first exposure.
+
+Computed set-based, one ``INSERT … SELECT … ON CONFLICT`` per metric: the phase's exposed,
+non-conflicting assignments, each with the earliest event of the metric's type in
+``[first_exposed_at, first_exposed_at + window)`` read through ``segments.selectors``. An
+existing conversion is moved earlier when an earlier qualifying event turns up (late
+arrival), never later, so re-runs are harmless.
+
+Incremental refresh (the periodic task) only looks at customers with events received
+since the metric's watermark (minus ``LATE_ARRIVAL_SLACK``, for transactions that were
+still open) and at assignments exposed since then; ``full=True`` looks at every exposed
+assignment of the phase.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.db import connection, transaction
+from django.db.models import DateTimeField, ExpressionWrapper, OuterRef, Q, Subquery, Value
+from django.db.models import IntegerField as _IntegerField
+from django.utils import timezone
+
+from experiments.models import Assignment, Conversion, Experiment, Metric, Phase
+from experiments.selectors import experiment_current_phase
+from segments import selectors as segment_selectors
+
+LATE_ARRIVAL_SLACK = dt.timedelta(minutes=10)
+
+_C = Conversion._meta.db_table
+
+
+def conversions_refresh(
+    *, experiment: Experiment, full: bool = False, now: dt.datetime | None = None
+) -> dict[int, int]:
+    """Refresh the conversions of the experiment's current phase; ``{metric id: rows
+    written or moved earlier}``."""
+    phase = experiment_current_phase(experiment=experiment)
+    if phase is None:
+        return {}
+    now = now or timezone.now()
+    written: dict[int, int] = {}
+    for metric in Metric.objects.filter(experiment=experiment).order_by("pk"):
+        since = None if full or metric.conversions_watermark is None else metric.conversions_watermark
+        with transaction.atomic():
+            written[metric.pk] = _refresh_metric(phase=phase, metric=metric, since=since)
+            Metric.objects.filter(pk=metric.pk).update(conversions_watermark=now)
+    return written
+
+
+def _refresh_metric(*, phase: Phase, metric: Metric, since: dt.datetime | None) -> int:
+    events = segment_selectors.events_queryset().filter(event_type_id=metric.event_type_id)
+    assignments = Assignment.objects.filter(phase=phase, first_exposed_at__isnull=False, conflicting_exposure=False)
+    if since is not None:
+        since = since - LATE_ARRIVAL_SLACK
+        recent_customers = events.filter(received_at__gte=since).values("customer_id")
+        assignments = assignments.filter(Q(customer_id__in=recent_customers) | Q(last_exposed_at__gte=since))
+    window_end = ExpressionWrapper(
+        OuterRef("first_exposed_at") + Value(dt.timedelta(hours=metric.window_hours)), output_field=DateTimeField()
+    )
+    first_event = (
+        events.filter(
+            customer_id=OuterRef("customer_id"),
+            occurred_at__gte=OuterRef("first_exposed_at"),
+            occurred_at__lt=window_end,
+        )
+        .order_by("occurred_at")
+        .values("occurred_at")[:1]
+    )
+    rows = (
+        assignments.annotate(
+            converted_at=Subquery(first_event, output_field=DateTimeField()),
+            metric_ref=Value(metric.pk, output_field=_IntegerField()),
+        )
+        .filter(converted_at__isnull=False)
+        .values("id", "metric_ref", "phase_id", "variant_id", "snapshot_id", "converted_at")
+    )
+    select_sql, params = rows.query.sql_with_params()
+    # Columns are picked by name from the compiled SELECT, whatever order Django emits.
+    sql = (
+        f"INSERT INTO {_C} (assignment_id, metric_id, phase_id, variant_id, snapshot_id, converted_at) "
+        f"SELECT src.id, src.metric_ref, src.phase_id, src.variant_id, src.snapshot_id, src.converted_at "
+        f"FROM ({select_sql}) AS src WHERE true "
+        f"ON CONFLICT (assignment_id, metric_id) DO UPDATE SET converted_at = excluded.converted_at "
+        f"WHERE excluded.converted_at < {_C}.converted_at"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return max(cursor.rowcount, 0)
