@@ -8,6 +8,7 @@ api_v1 = [
     path("", include("segments.urls")),
     path("", include("experiments.urls")),
     path("", include("campaigns.urls")),
+    path("", include(("experiments.reports.api", "reports"))),
 ]
 
 urlpatterns = [
@@ -16,5 +17,7 @@ urlpatterns = [
     path("api/v1/", include((api_v1, "api"), namespace="v1")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    # Lift report pages, admin-styled; before the admin's catch-all.
+    path("admin/reports/", include("experiments.reports.urls", namespace="reports")),
     path("admin/", admin.site.urls),
 ]

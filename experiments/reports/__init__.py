@@ -1,0 +1,2 @@
+"""Lift reports: database aggregates (``aggregation``) -> statistics (``assemble``, on
+``experiments.stats``) -> admin pages (``views``), exports (``exports``) and the API (``api``)."""

@@ -1,0 +1,291 @@
+"""The lift report as frozen dataclasses (built by ``experiments.reports.assemble``).
+
+Every number that can be undefined is ``None`` with a ``Reason`` under the enclosing
+object's ``undefined[field]``; :func:`to_jsonable` turns a report into JSON-ready data and
+refuses NaN and infinity. The API's OpenAPI schema is derived from these classes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+from experiments.stats import Interval, Reason
+
+__all__ = [
+    "ArmResult",
+    "DailyPoint",
+    "DimensionResult",
+    "Direction",
+    "ExperimentInfo",
+    "Family",
+    "HeterogeneityView",
+    "LiftResult",
+    "MetricInfo",
+    "MetricReport",
+    "PhaseInfo",
+    "PowerResult",
+    "Report",
+    "RowResult",
+    "Settings",
+    "SrmStatus",
+    "VariantInfo",
+    "VerdictResult",
+    "to_jsonable",
+]
+
+Direction = Literal["higher_is_better", "higher_is_worse"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentInfo:
+    key: str
+    name: str
+    status: str
+    hypothesis: str
+    minimum_detectable_effect: float
+    started_at: dt.datetime | None
+    stopped_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseInfo:
+    number: int
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    days_elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    alpha: float
+    comparison_method: str
+    adjustment: str
+    adjustment_name: str
+    min_customers_per_arm: int
+    power: float
+
+
+@dataclass(frozen=True, slots=True)
+class VariantInfo:
+    key: str
+    name: str
+    is_control: bool
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    event_type: str
+    name: str
+    role: str
+    window_hours: int
+    direction: Direction
+
+
+@dataclass(frozen=True, slots=True)
+class ArmResult:
+    """One variant in one row: customers, conversions, rate = conversions / customers."""
+
+    variant: str
+    is_control: bool
+    customers: int
+    conversions: int
+    rate: float | None
+    undefined: dict[str, Reason] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictResult:
+    """``label``: significant win / significant loss / inconclusive / not enough data,
+    from the business's point of view (direction applied); ``harm``: a significant change
+    in the bad direction; ``caveats``: why not to trust it yet (SRM)."""
+
+    label: str
+    reason: str
+    message: str
+    harm: bool
+    caveats: tuple[Reason, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LiftResult:
+    """One treatment variant against the control in one row."""
+
+    variant: str
+    absolute_lift: float | None
+    absolute_lift_ci: Interval | None
+    relative_lift: float | None
+    relative_lift_ci: Interval | None
+    z: float | None
+    p_value: float | None
+    adjusted_p_value: float | None
+    verdict: VerdictResult
+    notes: tuple[Reason, ...] = ()
+    undefined: dict[str, Reason] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SrmStatus:
+    """Sample-ratio-mismatch check of one row's traffic (variants in the phase's order)."""
+
+    variants: tuple[str, ...]
+    observed: tuple[int, ...]
+    expected: tuple[float, ...]
+    weights: tuple[float, ...]
+    statistic: float | None
+    df: int | None
+    p_value: float | None
+    threshold: float
+    flagged: bool
+    message: str
+    flags: tuple[Reason, ...] = ()
+    notes: tuple[Reason, ...] = ()
+    undefined: dict[str, Reason] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PowerResult:
+    """Customers so far versus needed for the experiment's minimum detectable effect at
+    the control's observed rate (two-sided, alpha 5%, 80% power, per treatment)."""
+
+    baseline_rate: float | None
+    relative_mde: float
+    required_per_arm: dict[str, int] | None
+    customers_per_arm: dict[str, int]
+    progress: float | None
+    reached: bool
+    daily_traffic: float
+    days_remaining: int | None
+    message: str
+    undefined: dict[str, Reason] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """The overall row (``dimension`` None) or one layer of a dimension (``layer`` None:
+    customers who were in no layer of that dimension when assigned)."""
+
+    dimension: str | None
+    layer: str | None
+    label: str
+    customers: int
+    arms: tuple[ArmResult, ...]
+    lifts: tuple[LiftResult, ...]
+    srm: SrmStatus
+    power: PowerResult
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """The comparisons adjusted together (``method``), described in words."""
+
+    scope: str
+    method: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeterogeneityView:
+    """Does the lift differ between the layers of this dimension? (log-odds scale)"""
+
+    statistic: float | None
+    df: int | None
+    p_value: float | None
+    differs: bool | None
+    message: str
+    notes: tuple[Reason, ...] = ()
+    undefined: dict[str, Reason] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DimensionResult:
+    key: str
+    name: str
+    family: Family
+    heterogeneity: HeterogeneityView
+    layers: tuple[RowResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricReport:
+    metric: MetricInfo
+    overall: RowResult
+    overall_family: Family
+    dimensions: tuple[DimensionResult, ...]
+    harms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DailyPoint:
+    """Per UTC day and variant: first exposures and conversions (primary metric) that
+    day, and the cumulative conversion rate = conversions so far / exposed so far."""
+
+    day: dt.date
+    variant: str
+    exposed: int
+    conversions: int
+    cumulative_exposed: int
+    cumulative_conversions: int
+    cumulative_rate: float | None
+    undefined: dict[str, Reason] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    experiment: ExperimentInfo
+    phase: PhaseInfo | None
+    settings: Settings
+    variants: tuple[VariantInfo, ...]
+    srm: SrmStatus
+    caveats: tuple[Reason, ...]
+    metrics: tuple[MetricReport, ...]
+    timeseries: tuple[DailyPoint, ...]
+    generated_at: dt.datetime
+    undefined: dict[str, Reason] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> MetricReport | None:
+        return next((m for m in self.metrics if m.metric.role == "primary"), None)
+
+    @property
+    def secondary(self) -> tuple[MetricReport, ...]:
+        return tuple(m for m in self.metrics if m.metric.role == "secondary")
+
+    @property
+    def guardrails(self) -> tuple[MetricReport, ...]:
+        return tuple(m for m in self.metrics if m.metric.role == "guardrail")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Report dataclasses (and the stats results inside) to JSON-ready data.
+
+    Floats are finite or the call fails (an undefined number is None with its reason);
+    datetimes are ISO 8601 in UTC, dates ISO, Decimals floats, tuples lists.
+    """
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite number {value!r} in the report")
+        return value
+    if isinstance(value, Decimal):
+        return to_jsonable(float(value))
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -1,0 +1,535 @@
+"""Admin pages of the lift report (growth and marketer users: ``experiments.view_report``).
+
+- ``reports:index``            experiments with links to their reports (paginated);
+- ``reports:experiment``       the report: tables, forest plots, conversion over time, SRM banner;
+- ``reports:experiment-csv`` / ``reports:experiment-json``   the exports;
+- ``reports:planner``          the power planner.
+
+Pages extend the admin's ``base_site.html`` with ``admin.site.each_context`` so they look
+and navigate like the admin; every view is wrapped in ``admin.site.admin_view`` (staff
+login, else the admin login page) and refuses users without the permission (403).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import wraps
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.safestring import SafeString
+
+from experiments.models import Experiment
+from experiments.reports import charts, planner, present
+from experiments.reports.api import BOOLEANS
+from experiments.reports.assemble import ADJUSTMENTS, ALPHA, POWER, ExperimentNotFound, report_build
+from experiments.reports.exports import report_csv, report_filename, report_json
+from experiments.reports.results import DimensionResult, MetricReport, Report, RowResult
+
+PERMISSION = "experiments.view_report"
+# Notes that repeat on many rows are shortened in the tables (the full text is in
+# "How to read this report", the CSV and the JSON).
+SHORT_NOTES = {
+    "underpowered": "Fewer customers than the plan needs: 'inconclusive' is expected for now.",
+}
+PAGE_SIZE = 50
+
+
+def report_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Staff login (admin login page otherwise) and ``experiments.view_report`` (403)."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.has_perm(PERMISSION):
+            raise PermissionDenied("You need the 'Can view lift reports' permission.")
+        return view(request, *args, **kwargs)
+
+    return admin.site.admin_view(guarded)
+
+
+def _context(request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
+    return {**admin.site.each_context(request), "title": title, **extra}
+
+
+def _adjustment(request: HttpRequest) -> str:
+    value = request.GET.get("adjustment", "holm")
+    return value if value in ADJUSTMENTS else "holm"
+
+
+def _report_or_404(key: str, adjustment: str, timeseries: bool = False) -> Report:
+    try:
+        return report_build(experiment_key=key, adjustment=adjustment, timeseries=timeseries)
+    except ExperimentNotFound:
+        raise Http404(f"No experiment with key '{key}'.") from None
+
+
+# --------------------------------------------------------------------------------------
+# View models: the report's numbers as words
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Line:
+    """One variant in one row of a table."""
+
+    variant: str
+    is_control: bool
+    customers: str
+    conversions: str
+    rate: present.Shown
+    absolute: present.Shown | None = None
+    absolute_ci: present.Shown | None = None
+    relative: present.Shown | None = None
+    relative_ci: present.Shown | None = None
+    p_value: present.Shown | None = None
+    adjusted_p: present.Shown | None = None
+    verdict: str = ""
+    verdict_message: str = ""
+    verdict_css: str = ""
+    harm: bool = False
+    caveats: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RowView:
+    label: str
+    customers: str
+    lines: tuple[Line, ...]
+    srm_flagged: bool
+    srm_message: str
+    srm_p: present.Shown
+    power_message: str
+    power_progress: present.Shown
+    power_reached: bool
+
+
+@dataclass(frozen=True)
+class DimensionView:
+    key: str
+    name: str
+    family: str
+    family_size: int
+    heterogeneity: str
+    heterogeneity_p: present.Shown
+    differs: bool | None
+    rows: tuple[RowView, ...]
+    forest: SafeString
+
+
+@dataclass(frozen=True)
+class MetricView:
+    event_type: str
+    name: str
+    role: str
+    direction: str
+    window_hours: int
+    overall: RowView
+    overall_family: str
+    dimensions: tuple[DimensionView, ...]
+    harms: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def overall_rows(self) -> tuple[RowView, ...]:
+        return (self.overall,)
+
+
+def _row_view(row: RowResult) -> RowView:
+    lifts = {lift.variant: lift for lift in row.lifts}
+    lines = []
+    for arm in row.arms:
+        lift = lifts.get(arm.variant)
+        if lift is None:
+            lines.append(
+                Line(
+                    arm.variant,
+                    arm.is_control,
+                    f"{arm.customers:,}",
+                    f"{arm.conversions:,}",
+                    present.rate(arm.rate, arm.undefined),
+                )
+            )
+            continue
+        u = lift.undefined
+        lines.append(
+            Line(
+                variant=arm.variant,
+                is_control=arm.is_control,
+                customers=f"{arm.customers:,}",
+                conversions=f"{arm.conversions:,}",
+                rate=present.rate(arm.rate, arm.undefined),
+                absolute=present.points(lift.absolute_lift, u, "absolute_lift"),
+                absolute_ci=present.interval_points(lift.absolute_lift_ci, u, "absolute_lift_ci"),
+                relative=present.pct(lift.relative_lift, u, "relative_lift"),
+                relative_ci=present.interval_pct(lift.relative_lift_ci, u, "relative_lift_ci"),
+                p_value=present.p_value(lift.p_value, u, "p_value"),
+                adjusted_p=present.p_value(lift.adjusted_p_value, u, "adjusted_p_value"),
+                verdict=lift.verdict.label,
+                verdict_message=lift.verdict.message,
+                verdict_css=present.verdict_css(lift.verdict.label),
+                harm=lift.verdict.harm,
+                caveats=tuple(c.message for c in lift.verdict.caveats),
+                notes=tuple(SHORT_NOTES.get(n.code, n.message) for n in lift.notes),
+            )
+        )
+    return RowView(
+        label=row.label,
+        customers=f"{row.customers:,}",
+        lines=tuple(lines),
+        srm_flagged=row.srm.flagged,
+        srm_message=row.srm.message,
+        srm_p=present.p_value(row.srm.p_value, row.srm.undefined, "p_value"),
+        power_message=row.power.message,
+        power_progress=present.shown(row.power.progress, row.power.undefined, "progress", "{:.0%}"),
+        power_reached=row.power.reached,
+    )
+
+
+def _forest(metric: MetricReport, dimension: DimensionResult, several_treatments: bool) -> SafeString:
+    rows = []
+    for row in [metric.overall, *dimension.layers]:
+        for lift in row.lifts:
+            why = lift.undefined.get("relative_lift") or lift.undefined.get("relative_lift_ci")
+            rows.append(
+                charts.ForestRow(
+                    label=row.label + (f" · {lift.variant}" if several_treatments else ""),
+                    estimate=lift.relative_lift,
+                    low=lift.relative_lift_ci.low if lift.relative_lift_ci else None,
+                    high=lift.relative_lift_ci.high if lift.relative_lift_ci else None,
+                    verdict=lift.verdict.label,
+                    why_undefined=why.message if why else "",
+                )
+            )
+    return charts.forest_svg(rows, title=f"Relative lift by {dimension.name}, {metric.metric.event_type}")
+
+
+def _metric_view(report: Report, metric: MetricReport) -> MetricView:
+    several = sum(not v.is_control for v in report.variants) > 1
+    dimensions = tuple(
+        DimensionView(
+            key=d.key,
+            name=d.name,
+            family=d.family.scope,
+            family_size=d.family.size,
+            heterogeneity=d.heterogeneity.message,
+            heterogeneity_p=present.p_value(d.heterogeneity.p_value, d.heterogeneity.undefined, "p_value"),
+            differs=d.heterogeneity.differs,
+            rows=tuple(_row_view(row) for row in d.layers),
+            forest=_forest(metric, d, several),
+        )
+        for d in metric.dimensions
+    )
+    info = metric.metric
+    return MetricView(
+        event_type=info.event_type,
+        name=info.name,
+        role=info.role,
+        direction="higher is better" if info.direction == "higher_is_better" else "higher is worse (guardrail)",
+        window_hours=info.window_hours,
+        overall=_row_view(metric.overall),
+        overall_family=metric.overall_family.scope,
+        dimensions=dimensions,
+        harms=metric.harms,
+    )
+
+
+def _timeseries_chart(report: Report) -> dict[str, Any]:
+    days = sorted({p.day for p in report.timeseries})
+    datasets = []
+    for variant in report.variants:
+        points = {p.day: p for p in report.timeseries if p.variant == variant.key}
+        datasets.append(
+            {
+                "label": variant.name + (" (control)" if variant.is_control else ""),
+                "data": [
+                    round(points[d].cumulative_rate * 100, 4)
+                    if d in points and points[d].cumulative_rate is not None
+                    else None
+                    for d in days
+                ],
+                "exposed": [points[d].cumulative_exposed if d in points else 0 for d in days],
+            }
+        )
+    return {"labels": [d.isoformat() for d in days], "datasets": datasets}
+
+
+# --------------------------------------------------------------------------------------
+# Pages
+# --------------------------------------------------------------------------------------
+
+
+@report_view
+def index(request: HttpRequest) -> HttpResponse:
+    experiments = Experiment.objects.order_by("-created_at", "key").only("key", "name", "status", "started_at")
+    page = Paginator(experiments, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "experiments/reports/index.html", _context(request, "Lift reports", page=page))
+
+
+@report_view
+def experiment_report(request: HttpRequest, key: str) -> HttpResponse:
+    adjustment = _adjustment(request)
+    report = _report_or_404(key, adjustment)
+    primary = report.primary
+    context = _context(
+        request,
+        f"Lift report: {report.experiment.name}",
+        report=report,
+        adjustment=adjustment,
+        adjustments=ADJUSTMENTS,
+        primary=_metric_view(report, primary) if primary else None,
+        others=[_metric_view(report, m) for m in (*report.secondary, *report.guardrails)],
+        timeseries_url=reverse("reports:experiment-timeseries", args=[key]),
+        srm_banner=report.srm.flagged,
+        srm_pairs=list(zip(report.srm.variants, report.srm.observed, report.srm.expected, strict=True)),
+        mde_percent=f"{report.experiment.minimum_detectable_effect:+.1%}",
+        other_caveats=[c for c in report.caveats if c.code != "srm"],
+        csv_url=reverse("reports:experiment-csv", args=[key]) + f"?adjustment={adjustment}",
+        json_url=reverse("reports:experiment-json", args=[key]) + f"?adjustment={adjustment}",
+        planner_url=reverse("reports:planner") + f"?experiment={key}",
+    )
+    return render(request, "experiments/reports/report.html", context)
+
+
+@report_view
+def experiment_timeseries(request: HttpRequest, key: str) -> HttpResponse:
+    """The chart data of the report page (fetched after the tables have rendered)."""
+    try:
+        report = report_build(experiment_key=key, timeseries=True)
+    except ExperimentNotFound:
+        raise Http404(f"No experiment with key '{key}'.") from None
+    return HttpResponse(json.dumps(_timeseries_chart(report), allow_nan=False), content_type="application/json")
+
+
+@report_view
+def experiment_report_csv(request: HttpRequest, key: str) -> HttpResponse:
+    report = _report_or_404(key, _adjustment(request))
+    response = HttpResponse(report_csv(report), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{report_filename(report, "csv")}"'
+    return response
+
+
+@report_view
+def experiment_report_json(request: HttpRequest, key: str) -> HttpResponse:
+    timeseries = BOOLEANS.get(request.GET.get("timeseries", "false").lower(), False)
+    report = _report_or_404(key, _adjustment(request), timeseries)
+    response = HttpResponse(report_json(report, indent=2), content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{report_filename(report, "json")}"'
+    return response
+
+
+# --- Power planner ----------------------------------------------------------------------------
+
+
+OVERALL = "overall"
+
+
+class PlannerForm(forms.Form):
+    experiment = forms.SlugField(
+        required=False, help_text="Optional: an experiment key, to use its layers, observed rates, traffic and weights."
+    )
+    segment = forms.ChoiceField(required=False, choices=[(OVERALL, "All customers")])
+    baseline = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0.001"),
+        max_value=Decimal("99.999"),
+        decimal_places=3,
+        label="Baseline conversion rate (%)",
+        help_text="The control's conversion rate. Empty: the selected segment's observed control rate.",
+    )
+    mde = forms.DecimalField(
+        required=False,
+        min_value=Decimal("-99.9"),
+        max_value=Decimal("1000"),
+        decimal_places=2,
+        label="Minimum detectable lift (%)",
+        help_text="The smallest relative lift worth detecting, e.g. 10 for +10%. Empty: the experiment's setting.",
+    )
+    daily_traffic = forms.DecimalField(
+        required=False,
+        min_value=Decimal(0),
+        decimal_places=1,
+        label="Customers per day",
+        help_text="Customers entering the experiment per day, all variants together. Empty: the observed traffic.",
+    )
+    power = forms.TypedChoiceField(
+        choices=[("0.8", "80%"), ("0.9", "90%")],
+        initial="0.8",
+        coerce=float,
+        required=False,
+        empty_value=POWER,
+        label="Power",
+        help_text="The chance of detecting the lift if it is real.",
+    )
+
+    def clean_mde(self) -> Decimal | None:
+        value = self.cleaned_data.get("mde")
+        if value is not None and value == 0:
+            raise forms.ValidationError("A lift of 0% can never be detected; enter a non-zero lift.")
+        return value
+
+
+@dataclass(frozen=True)
+class PlanLine:
+    label: str
+    baseline: present.Shown
+    daily_traffic: present.Shown
+    required: tuple[tuple[str, str], ...] | None
+    total: present.Shown
+    days_from_zero: present.Shown
+    days_remaining: present.Shown
+
+
+def _plan_line(
+    *,
+    label: str,
+    baseline: float | None,
+    mde: float,
+    arms: Sequence[planner.Arm],
+    daily_traffic: float | None,
+    power: float,
+    customers_so_far: dict[str, int] | None,
+    baseline_why: str = "",
+) -> PlanLine:
+    if baseline is None:
+        missing = present.Shown("not defined", baseline_why or "The baseline rate is unknown.")
+        return PlanLine(label, missing, _traffic(daily_traffic), None, missing, missing, missing)
+    need = planner.requirement(baseline_rate=baseline, relative_mde=mde, arms=arms, alpha=ALPHA, power=power)
+    if need.required_per_arm is None:
+        why = need.undefined["required_per_arm"].message
+        missing = present.Shown("not defined", why)
+        return PlanLine(
+            label, present.Shown(f"{baseline:.2%}"), _traffic(daily_traffic), None, missing, missing, missing
+        )
+
+    def days(so_far: dict[str, int] | None) -> present.Shown:
+        if daily_traffic is None:
+            return present.Shown("not defined", "Enter the customers per day (or choose an experiment).")
+        value, why = planner.days_to_reach(
+            required_per_arm=need.required_per_arm or {},
+            arms=arms,
+            daily_traffic=daily_traffic,
+            customers_so_far=so_far,
+        )
+        return (
+            present.Shown(f"{value:,}")
+            if value is not None
+            else present.Shown("not defined", why.message if why else "")
+        )
+
+    return PlanLine(
+        label=label,
+        baseline=present.Shown(f"{baseline:.2%}"),
+        daily_traffic=_traffic(daily_traffic),
+        required=tuple((key, f"{n:,}") for key, n in need.required_per_arm.items()),
+        total=present.Shown(f"{need.total:,}"),
+        days_from_zero=days(None),
+        days_remaining=days(customers_so_far) if customers_so_far is not None else present.Shown("—"),
+    )
+
+
+def _traffic(value: float | None) -> present.Shown:
+    if value is None:
+        return present.Shown("not defined", "Enter the customers per day (or choose an experiment).")
+    return present.Shown(f"{value:,.1f}")
+
+
+@report_view
+def power_planner(request: HttpRequest) -> HttpResponse:
+    form = PlannerForm(request.GET or None)
+    report: Report | None = None
+    rows: dict[str, RowResult] = {}
+    labels: dict[str, str] = {OVERALL: "All customers"}
+    experiment_key = request.GET.get("experiment", "").strip()
+    if experiment_key:
+        try:
+            report = report_build(experiment_key=experiment_key)
+        except ExperimentNotFound:
+            report = None
+    if report is not None and report.primary is not None:
+        rows[OVERALL] = report.primary.overall
+        for dimension in report.primary.dimensions:
+            for row in dimension.layers:
+                rows[f"{dimension.key}:{row.layer or ''}"] = row
+                labels[f"{dimension.key}:{row.layer or ''}"] = f"{dimension.name}: {row.label}"
+        form.fields["segment"].choices = [
+            (OVERALL, "All customers"),
+            *[
+                (f"{d.key}:{row.layer or ''}", f"{d.name}: {row.label}")
+                for d in report.primary.dimensions
+                for row in d.layers
+            ],
+        ]
+    result: PlanLine | None = None
+    table: list[PlanLine] = []
+    if form.is_bound and form.is_valid():
+        data = form.cleaned_data
+        if experiment_key and report is None:
+            form.add_error("experiment", f"No experiment with key '{experiment_key}'.")
+        else:
+            if report is not None:
+                arms = [planner.Arm(v.key, v.weight, v.is_control) for v in report.variants]
+                default_mde = report.experiment.minimum_detectable_effect
+            else:
+                arms = [planner.Arm("control", 0.5, True), planner.Arm("treatment", 0.5, False)]
+                default_mde = 0.10
+            mde = float(data["mde"]) / 100 if data["mde"] is not None else default_mde
+            power = data["power"]
+            row = rows.get(data.get("segment") or OVERALL)
+            observed_baseline = row.power.baseline_rate if row else None
+            baseline = float(data["baseline"]) / 100 if data["baseline"] is not None else observed_baseline
+            traffic = (
+                float(data["daily_traffic"])
+                if data["daily_traffic"] is not None
+                else (row.power.daily_traffic if row else None)
+            )
+            why = (
+                row.power.undefined.get("baseline_rate").message
+                if row and row.power.undefined.get("baseline_rate")
+                else ""
+            )
+            result = _plan_line(
+                label=labels.get(data.get("segment") or OVERALL, row.label) if row else "Your numbers",
+                baseline=baseline,
+                mde=mde,
+                arms=arms,
+                daily_traffic=traffic,
+                power=power,
+                customers_so_far=row.power.customers_per_arm if row else None,
+                baseline_why=why or "Enter the baseline conversion rate (or choose an experiment with data).",
+            )
+            if report is not None and report.primary is not None:
+                for key, each in rows.items():
+                    reason = each.power.undefined.get("baseline_rate")
+                    table.append(
+                        _plan_line(
+                            label=labels[key],
+                            baseline=each.power.baseline_rate,
+                            mde=mde,
+                            arms=arms,
+                            daily_traffic=each.power.daily_traffic,
+                            power=power,
+                            customers_so_far=each.power.customers_per_arm,
+                            baseline_why=reason.message if reason else "",
+                        )
+                    )
+    context = _context(
+        request,
+        "Power planner",
+        form=form,
+        report=report,
+        result=result,
+        table=table,
+        alpha=ALPHA,
+        default_power=POWER,
+        report_url=reverse("reports:experiment", args=[experiment_key]) if report is not None else None,
+    )
+    return render(request, "experiments/reports/planner.html", context)
