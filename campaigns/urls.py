@@ -1,4 +1,10 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from campaigns.api import CouponRedeemView, CustomerOffersView, ReferralCodeView
 
 app_name = "campaigns"
-urlpatterns: list = []
+urlpatterns = [
+    path("customers/<str:external_id>/offers", CustomerOffersView.as_view(), name="customer-offers"),
+    path("customers/<str:external_id>/referral-code", ReferralCodeView.as_view(), name="customer-referral-code"),
+    path("coupons/<str:code>/redeem", CouponRedeemView.as_view(), name="coupon-redeem"),
+]

@@ -90,3 +90,45 @@ class CustomerTagFactory(factory.django.DjangoModelFactory):
 
     customer = factory.SubFactory(CustomerFactory)
     tag = factory.SubFactory(TagFactory)
+
+
+# --- campaigns ---------------------------------------------------------------------------
+
+
+class OfferFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "campaigns.Offer"
+
+    key = factory.Sequence(lambda n: f"offer-{n}")
+    name = factory.Sequence(lambda n: f"Offer {n}")
+    benefit_kind = "percent_off"
+    value = Decimal("10")
+    validity_days = 14
+
+
+class CampaignFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "campaigns.Campaign"
+
+    key = factory.Sequence(lambda n: f"campaign-{n}")
+    name = factory.Sequence(lambda n: f"Campaign {n}")
+    kind = "custom"
+    channels = factory.LazyFunction(lambda: ["email"])
+
+
+class TreatmentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "campaigns.Treatment"
+
+    campaign = factory.SubFactory(CampaignFactory)
+    offer = factory.SubFactory(OfferFactory)
+
+
+class ContentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "campaigns.Content"
+
+    treatment = factory.SubFactory(TreatmentFactory)
+    channel = "email"
+    subject = "Hello {{ customer.external_id }}"
+    text = "Your code {{ coupon.code }}: {{ offer.benefit }}."

@@ -1,0 +1,273 @@
+"""Campaign delivery end to end: launch → assignment → outbox → Celery on Redis → SMTP.
+
+100,000 customers (default) in an experiment whose two variants both get an email (the
+control a baseline offer, the treatment a new one), so every customer is assigned and
+messaged. One real ``celery worker`` with concurrency 2 consumes a private redis-server; an
+aiosmtpd server on loopback counts every message by its delivery key. The periodic tick is
+sent every 10 s, as beat would.
+
+Reported: messages per second from launch to the last message recorded sent, the phases
+(audience resolved, all batches decided, first/last message), duplicates and losses seen
+by the SMTP peer, and in the same run the anchor: a no-op Celery task's throughput through
+the same broker and worker.
+
+Floor (issue 6): the full send completes in under 2 minutes with 0 duplicates and 0 lost.
+
+Run: ``python bench/delivery.py [--customers 100000] [--noop 5000] [--concurrency 2]``.
+Uses its own database (``bench_delivery``) on the shared PostgreSQL server and a private
+redis-server; prints JSON and saves bench/results/delivery.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import bench_database, django_env, emit, ensure_services, log, machine, manage  # noqa: E402
+from tests.campaigns.peers import PrivateRedis, SmtpSink, Worker, wait_until  # noqa: E402
+
+FLOOR_SECONDS = 120.0
+
+
+def _redis(port: int, *args: str) -> str:
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True).stdout.strip()
+
+
+def seed(customers: int, *, with_experiment: bool = True) -> Any:
+    """Customers with email consent, an experiment (control = baseline offer) and a campaign."""
+    from django.utils import timezone
+
+    from campaigns.models import Campaign, Content, Offer, Treatment
+    from experiments import services as experiments
+    from segments.models import Customer
+
+    consent = timezone.now() - dt.timedelta(days=30)
+    zones = ["UTC", "Europe/Paris", "America/New_York", "Asia/Shanghai"]
+    for start in range(0, customers, 10_000):
+        Customer.objects.bulk_create(
+            [
+                Customer(
+                    external_id=f"b{i:07d}",
+                    email=f"b{i:07d}@example.com",
+                    email_consent_at=consent,
+                    timezone=zones[i % len(zones)],
+                    attributes={"first_name": f"N{i}"},
+                )
+                for i in range(start, min(customers, start + 10_000))
+            ],
+            batch_size=10_000,
+        )
+    experiment = None
+    if with_experiment:
+        experiment = experiments.experiment_create(
+            key="bench-offer",
+            name="Bench offer",
+            variants=[
+                experiments.VariantSpec(key="control", name="Baseline", weight=Decimal("0.5"), is_control=True),
+                experiments.VariantSpec(key="bigger", name="Bigger offer", weight=Decimal("0.5")),
+            ],
+        )
+        experiments.experiment_start(experiment=experiment)
+    baseline = Offer.objects.create(key="five", name="Five off", benefit_kind="percent_off", value=5, validity_days=14)
+    bigger = Offer.objects.create(
+        key="fifteen", name="Fifteen off", benefit_kind="percent_off", value=15, validity_days=14
+    )
+    campaign = Campaign.objects.create(key="bench", name="Bench", channels=["email"], experiment=experiment)
+    for variant, offer in (("control", baseline), ("", bigger)) if with_experiment else (("", bigger),):
+        treatment = Treatment.objects.create(campaign=campaign, variant_key=variant, offer=offer)
+        Content.objects.create(
+            treatment=treatment,
+            channel="email",
+            subject="{{ customer.first_name }}, {{ offer.benefit }} for you",
+            text="Hello {{ customer.first_name }},\n\nUse {{ coupon.code }} for {{ offer.benefit }} "
+            "until {{ coupon.expires_at|date:'Y-m-d' }}.\n",
+        )
+    return campaign
+
+
+def noop_anchor(redis: PrivateRedis, count: int) -> dict[str, Any]:
+    """No-op tasks through the same broker and worker: tasks per second, publish included."""
+    from campaigns.tasks import noop
+
+    started = time.perf_counter()
+    for _ in range(count):
+        noop.delay()
+    published = time.perf_counter() - started
+
+    def drained() -> bool:
+        return _redis(redis.port, "llen", "celery") == "0" and _redis(redis.port, "hlen", "unacked") == "0"
+
+    wait_until(drained, timeout=600, interval=0.05, message="no-op tasks drained")
+    seconds = time.perf_counter() - started
+    return {"tasks": count, "seconds": round(seconds, 2), "publish_seconds": round(published, 2),
+            "tasks_per_second": round(count / seconds, 1)}  # fmt: skip
+
+
+def run_send(campaign: Any, expected: int, *, timeout: float) -> dict[str, Any]:
+    from django.db.models import Count, Max, Min
+
+    from campaigns.models import AudienceBatch, Delivery
+    from campaigns.services import lifecycle
+    from campaigns.tasks import campaigns_tick
+
+    started_wall = dt.datetime.now(dt.UTC)
+    started = time.perf_counter()
+    lifecycle.campaign_launch(campaign=campaign)
+    last_tick = time.perf_counter()
+    progress_at = 0.0
+    while True:
+        now = time.perf_counter()
+        if now - started > timeout:
+            break
+        counts = dict(Delivery.objects.filter(campaign=campaign).values_list("status").annotate(n=Count("pk")))
+        final = sum(n for status, n in counts.items() if status in ("sent", "failed", "suppressed"))
+        if final >= expected and not any(counts.get(s) for s in ("pending", "held", "sending")):
+            break
+        if now - last_tick >= 10:
+            campaigns_tick.delay()
+            last_tick = now
+        if now - progress_at >= 10:
+            log(f"  {now - started:5.1f}s {counts}")
+            progress_at = now
+        time.sleep(0.25)
+    seconds = time.perf_counter() - started
+    campaign.refresh_from_db()
+    span = Delivery.objects.filter(campaign=campaign, status="sent").aggregate(
+        first=Min("sent_at"), last=Max("sent_at")
+    )
+    decided = AudienceBatch.objects.filter(campaign=campaign).aggregate(last=Max("done_at"), n=Count("pk"))
+
+    def since(moment: dt.datetime | None) -> float | None:
+        return round((moment - started_wall).total_seconds(), 2) if moment else None
+
+    counts = dict(Delivery.objects.filter(campaign=campaign).values_list("status").annotate(n=Count("pk")))
+    return {
+        "seconds": round(seconds, 2),
+        "counts": counts,
+        "phases_seconds_after_launch": {
+            "audience_assigned_and_batched": since(campaign.audience_resolved_at),
+            "all_batches_decided": since(decided["last"]),
+            "first_message_sent": since(span["first"]),
+            "last_message_sent": since(span["last"]),
+        },
+        "audience_batches": decided["n"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--noop", type=int, default=5_000)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument(
+        "--no-experiment",
+        action="store_true",
+        help="Skip the experiment (no assignment, no exposures): isolates the outbox and send path.",
+    )
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+
+    ensure_services()
+    redis = PrivateRedis().start()
+    smtp = SmtpSink()
+    smtp.keep_messages = False
+    smtp.start()
+    var_dir = tempfile.mkdtemp(prefix="bench-delivery-")
+    worker: Worker | None = None
+    try:
+        with bench_database("delivery", keep=args.keep_db) as database:
+            env = django_env(
+                database,
+                CELERY_BROKER_URL=redis.url,
+                CACHE_URL=f"redis://127.0.0.1:{redis.port}/1",
+                EMAIL_URL=f"smtp://127.0.0.1:{smtp.port}",
+                GROWTH_VAR_DIR=var_dir,
+                LOG_LEVEL="WARNING",
+            )
+            log("migrating bench_delivery")
+            manage("migrate", "--no-input", env=env)
+            os.environ.update(env)
+            import django
+
+            django.setup()
+            from django.db import connection
+
+            from campaigns.models import Delivery
+
+            log(f"seeding {args.customers:,} customers")
+            campaign = seed(args.customers, with_experiment=not args.no_experiment)
+            from campaigns.services.assignments import exposures_mode
+
+            connection.close()
+            worker = Worker({**env, "LOG_LEVEL": "INFO"}, concurrency=args.concurrency, name="bench-delivery")
+            worker.start()
+            log(f"anchor: {args.noop:,} no-op tasks")
+            anchor = noop_anchor(redis, args.noop)
+            log(f"anchor: {anchor['tasks_per_second']} tasks/s; launching the campaign")
+            send = run_send(campaign, args.customers, timeout=args.timeout)
+            keys = set(Delivery.objects.filter(campaign=campaign, status="sent").values_list("key", flat=True))
+            received = smtp.unique
+            sent = send["counts"].get("sent", 0)
+            duplicates = smtp.duplicates()
+            result = {
+                "benchmark": "delivery",
+                "machine": machine(),
+                "setup": {
+                    "customers": args.customers,
+                    "worker_concurrency": args.concurrency,
+                    "broker": "redis (private redis-server, appendonly)",
+                    "database": "PostgreSQL (shared server, own database)",
+                    "smtp": "aiosmtpd on loopback, in the benchmark process",
+                    "experiment": "none (--no-experiment)"
+                    if args.no_experiment
+                    else "2 variants, control = baseline offer (everyone messaged)",
+                    "exposures": "none" if args.no_experiment else exposures_mode(),
+                    "task_batch": int(os.environ.get("CAMPAIGNS_TASK_BATCH", "1000")),
+                },
+                "anchor_noop_tasks": anchor,
+                "send": send,
+                "messages_per_second": round(sent / send["seconds"], 1) if send["seconds"] else None,
+                "smtp_peer": {
+                    "messages_received": smtp.total,
+                    "unique_delivery_keys": len(received),
+                    "duplicates": sum(n - 1 for n in duplicates.values()),
+                    "lost": len(keys - received),
+                    "unknown_keys": len(received - keys),
+                },
+                "floor": {
+                    "full_send_under_seconds": FLOOR_SECONDS,
+                    "met": bool(
+                        sent == args.customers
+                        and send["seconds"] < FLOOR_SECONDS
+                        and not duplicates
+                        and not (keys - received)
+                    ),
+                },
+            }
+            connection.close()
+            worker.stop()
+            worker = None
+    finally:
+        if worker is not None:
+            worker.stop()
+        smtp.stop()
+        redis.cleanup()
+    emit("delivery", result, save=not args.no_save)
+
+
+if __name__ == "__main__":
+    main()

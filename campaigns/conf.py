@@ -1,0 +1,73 @@
+"""Delivery and provider settings, read from ``settings.CAMPAIGNS`` (a dict, if the project
+sets one) or else from the environment. Read on each call so tests and workers started with
+different environments see their own values.
+
+| Variable | Default | Meaning |
+| --- | --- | --- |
+| CAMPAIGNS_TASK_BATCH | 1000 | recipients per delivery task |
+| CAMPAIGNS_CLAIM_CHUNK | 100 | rows claimed per conditional UPDATE inside a task |
+| CAMPAIGNS_LEASE_SECONDS | 600 | a claimed row not finished by then is in doubt and resent (same key) |
+| CAMPAIGNS_REQUEUE_AFTER_SECONDS | 120 | the sweeper re-enqueues pending rows due and not enqueued for this long |
+| CAMPAIGNS_RETRY_BASE_SECONDS | 30 | first retry delay; doubles per try, with jitter |
+| CAMPAIGNS_RETRY_MAX_SECONDS | 900 | longest retry delay (kept below the broker visibility timeout) |
+| CAMPAIGNS_SMS_URL / CAMPAIGNS_SMS_TOKEN | — | SMS provider endpoint (POST JSON) and bearer token |
+| CAMPAIGNS_PUSH_URL / CAMPAIGNS_PUSH_TOKEN | — | push provider endpoint and bearer token |
+| CAMPAIGNS_HTTP_TIMEOUT | 10 | seconds per provider request |
+| CAMPAIGNS_EMAIL_BACKEND | EMAIL_BACKEND | the Django email backend used for campaign email |
+| CAMPAIGNS_SMS_BACKEND | campaigns.channels.http.SmsBackend | dotted path of the SMS channel backend |
+| CAMPAIGNS_PUSH_BACKEND | campaigns.channels.http.PushBackend | dotted path of the push channel backend |
+| CAMPAIGNS_MESSAGE_ID_DOMAIN | growth.local | the domain part of email Message-IDs |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from django.conf import settings
+
+
+def _get(name: str, default: str) -> str:
+    overrides = getattr(settings, "CAMPAIGNS", None) or {}
+    if name in overrides:
+        return str(overrides[name])
+    return os.environ.get(f"CAMPAIGNS_{name}", default)
+
+
+@dataclass(frozen=True)
+class CampaignSettings:
+    task_batch: int
+    claim_chunk: int
+    lease_seconds: float
+    requeue_after_seconds: float
+    retry_base_seconds: float
+    retry_max_seconds: float
+    sms_url: str
+    sms_token: str
+    push_url: str
+    push_token: str
+    http_timeout: float
+    email_backend: str
+    sms_backend: str
+    push_backend: str
+    message_id_domain: str
+
+
+def get() -> CampaignSettings:
+    return CampaignSettings(
+        task_batch=int(_get("TASK_BATCH", "1000")),
+        claim_chunk=int(_get("CLAIM_CHUNK", "100")),
+        lease_seconds=float(_get("LEASE_SECONDS", "600")),
+        requeue_after_seconds=float(_get("REQUEUE_AFTER_SECONDS", "120")),
+        retry_base_seconds=float(_get("RETRY_BASE_SECONDS", "30")),
+        retry_max_seconds=float(_get("RETRY_MAX_SECONDS", "900")),
+        sms_url=_get("SMS_URL", ""),
+        sms_token=_get("SMS_TOKEN", ""),
+        push_url=_get("PUSH_URL", ""),
+        push_token=_get("PUSH_TOKEN", ""),
+        http_timeout=float(_get("HTTP_TIMEOUT", "10")),
+        email_backend=_get("EMAIL_BACKEND", settings.EMAIL_BACKEND),
+        sms_backend=_get("SMS_BACKEND", "campaigns.channels.http.SmsBackend"),
+        push_backend=_get("PUSH_BACKEND", "campaigns.channels.http.PushBackend"),
+        message_id_domain=_get("MESSAGE_ID_DOMAIN", "growth.local"),
+    )

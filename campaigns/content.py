@@ -1,0 +1,149 @@
+"""Message templates: Django templates over a known set of variables.
+
+A separate template ``Engine`` (not the site's) renders content, with a ``string_if_invalid``
+that *raises* instead of printing an empty string: a template that names a variable outside
+the known set fails validation when it is saved (``content_validate``), and could never
+render an empty hole at send time. ``{% if var %}`` still works for optional values (Django
+resolves tag arguments with ``ignore_failures``); a ``default`` filter on an unknown name
+does not, on purpose.
+
+Variables::
+
+    customer.external_id .email .phone .first_name .locale .timezone
+    campaign.name .key .ends_at
+    offer.name .benefit .kind .value .currency .valid_until       (treatments with an offer)
+    coupon.code .expires_at                                        (offers that issue codes)
+    layer.key .name                                                (per-layer treatments)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.template import Context, Engine, TemplateSyntaxError
+from django.template.base import Template
+
+VARIABLES: dict[str, tuple[str, ...]] = {
+    "customer": ("external_id", "email", "phone", "first_name", "locale", "timezone"),
+    "campaign": ("name", "key", "ends_at"),
+    "offer": ("name", "benefit", "kind", "value", "currency", "valid_until"),
+    "coupon": ("code", "expires_at"),
+    "layer": ("key", "name"),
+}
+
+CONTENT_FIELDS = ("subject", "title", "text", "html")
+# Which fields each channel needs (required) and may use.
+CHANNEL_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "email": (("subject", "text"), ("subject", "text", "html")),
+    "sms": (("text",), ("text",)),
+    "push": (("title", "text"), ("title", "text")),
+    "in_app": (("title", "text"), ("title", "text")),
+}
+SMS_MAX_LENGTH = 480  # three concatenated segments
+
+
+class MissingVariable(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Unknown variable '{name}'.")
+        self.name = name
+
+
+class _RaiseOnInvalid(str):
+    """``string_if_invalid`` that raises: Django formats it with the variable name."""
+
+    def __contains__(self, item: object) -> bool:
+        return item == "%s"
+
+    def __mod__(self, name: object) -> str:
+        raise MissingVariable(str(name))
+
+
+_ENGINES = {
+    autoescape: Engine(
+        autoescape=autoescape, string_if_invalid=_RaiseOnInvalid("!"), builtins=[], libraries={}, debug=False
+    )
+    for autoescape in (False, True)
+}
+
+
+@lru_cache(maxsize=512)
+def _compile(source: str, html: bool) -> Template:
+    return _ENGINES[html].from_string(source)
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    subject: str = ""
+    title: str = ""
+    text: str = ""
+    html: str = ""
+
+
+def available_groups(*, has_offer: bool, has_coupon: bool, has_layer: bool) -> set[str]:
+    groups = {"customer", "campaign"}
+    if has_offer:
+        groups.add("offer")
+    if has_offer and has_coupon:
+        groups.add("coupon")
+    if has_layer:
+        groups.add("layer")
+    return groups
+
+
+def sample_context(groups: set[str]) -> dict[str, dict[str, Any]]:
+    """Every known variable of the available groups, with a plausible value."""
+    samples: dict[str, Any] = {
+        "ends_at": dt.datetime(2030, 1, 31, tzinfo=dt.UTC),
+        "valid_until": dt.datetime(2030, 1, 31, tzinfo=dt.UTC),
+        "expires_at": dt.datetime(2030, 1, 31, tzinfo=dt.UTC),
+        "value": "10",
+    }
+    return {group: {name: samples.get(name, f"[{group}.{name}]") for name in VARIABLES[group]} for group in groups}
+
+
+def render_one(source: str, context: dict[str, Any], *, html: bool = False) -> str:
+    if not source:
+        return ""
+    return _compile(source, html).render(Context(context, autoescape=html)).strip()
+
+
+def render_message(fields: dict[str, str], context: dict[str, Any]) -> RenderedMessage:
+    return RenderedMessage(
+        subject=" ".join(render_one(fields.get("subject", ""), context).split()),
+        title=render_one(fields.get("title", ""), context),
+        text=render_one(fields.get("text", ""), context),
+        html=render_one(fields.get("html", ""), context, html=True),
+    )
+
+
+def content_validate(*, channel: str, fields: dict[str, str], groups: set[str]) -> None:
+    """Raise ``ValidationError`` naming the field for a syntax error, a variable outside the
+    known set (or of a group this treatment does not have), or a missing required field."""
+    errors: dict[str, list[str]] = {}
+    required, allowed = CHANNEL_FIELDS[channel]
+    for name in required:
+        if not fields.get(name, "").strip():
+            errors.setdefault(name, []).append(f"Required for {channel} messages.")
+    for name in CONTENT_FIELDS:
+        source = fields.get(name, "")
+        if not source:
+            continue
+        if name not in allowed:
+            errors.setdefault(name, []).append(f"Not used by {channel} messages; leave it empty.")
+            continue
+        try:
+            rendered = render_one(source, sample_context(groups), html=name == "html")
+        except TemplateSyntaxError as exc:
+            errors.setdefault(name, []).append(f"Template error: {exc}")
+        except MissingVariable as exc:
+            known = ", ".join(f"{g}.{v}" for g in sorted(groups) for v in VARIABLES[g])
+            errors.setdefault(name, []).append(f"Unknown variable '{exc.name}'. Available here: {known}.")
+        else:
+            if channel == "sms" and name == "text" and len(rendered) > SMS_MAX_LENGTH:
+                errors.setdefault(name, []).append(f"SMS text renders to {len(rendered)} characters (max 480).")
+    if errors:
+        raise ValidationError(errors)

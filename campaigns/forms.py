@@ -1,0 +1,145 @@
+"""Admin forms: campaigns (with per-kind defaults), content (validated against the known
+variables when saved), previews and coupon pool uploads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from campaigns.models import Campaign, Content, Treatment
+from campaigns.services.render import content_check
+from segments.models import Channel, EventType
+
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    Campaign.Kind.NEW_USER: {"trigger": Campaign.Trigger.EVENT, "event": "signup", "within": 48},
+    Campaign.Kind.REFERRAL: {"trigger": Campaign.Trigger.EVENT, "event": "referral_signup"},
+}
+
+
+class ChannelListField(forms.CharField):
+    """Channels in order of preference, comma separated."""
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
+        if isinstance(value, list):
+            return value
+        items = [item.strip() for item in (value or "").split(",") if item.strip()]
+        unknown = [item for item in items if item not in Channel.values]
+        if unknown:
+            raise ValidationError(f"Unknown channel(s): {', '.join(unknown)}. Use: {', '.join(Channel.values)}.")
+        if len(set(items)) != len(items):
+            raise ValidationError("List each channel once.")
+        return items
+
+    def prepare_value(self, value: Any) -> str:
+        if isinstance(value, list):
+            return ", ".join(value)
+        return value or ""
+
+
+class CampaignForm(forms.ModelForm):
+    channels = ChannelListField(
+        help_text="In order of preference, comma separated: email, sms, push, in_app. 'First reachable' "
+        "uses the first one that reaches the customer (win-back: the channel that still reaches them).",
+    )
+
+    class Meta:
+        model = Campaign
+        fields = [
+            "key",
+            "name",
+            "kind",
+            "description",
+            "experiment",
+            "include_segments",
+            "exclude_segments",
+            "include_layers",
+            "exclude_layers",
+            "split_dimension",
+            "trigger",
+            "trigger_event_type",
+            "trigger_layer",
+            "trigger_within_hours",
+            "channels",
+            "channel_strategy",
+            "is_transactional",
+            "send_at",
+            "ends_at",
+            "max_attempts",
+            "referral_reward_to",
+            "referral_qualifying_event_type",
+            "referral_cap_per_inviter",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        defaults = KIND_DEFAULTS.get(data.get("kind", ""))
+        if defaults:
+            if data.get("trigger") == Campaign.Trigger.BROADCAST:
+                data["trigger"] = defaults["trigger"]
+            if data.get("trigger_event_type") is None:
+                data["trigger_event_type"] = EventType.objects.filter(code=defaults["event"]).first()
+            if data.get("trigger_within_hours") is None and defaults.get("within"):
+                data["trigger_within_hours"] = defaults["within"]
+        if data.get("kind") == Campaign.Kind.REFERRAL and data.get("referral_qualifying_event_type") is None:
+            data["referral_qualifying_event_type"] = data.get("trigger_event_type")
+        if data.get("trigger") == Campaign.Trigger.EVENT and data.get("trigger_event_type") is None:
+            self.add_error("trigger_event_type", "An event trigger needs an event type.")
+        if data.get("trigger") == Campaign.Trigger.LAYER_ENTRY and data.get("trigger_layer") is None:
+            self.add_error("trigger_layer", "A layer-entry trigger needs a layer.")
+        return data
+
+
+class ContentForm(forms.ModelForm):
+    class Meta:
+        model = Content
+        fields = ["channel", "subject", "title", "text", "html"]
+        widgets = {
+            "text": forms.Textarea(attrs={"rows": 4, "cols": 60}),
+            "html": forms.Textarea(attrs={"rows": 4, "cols": 60}),
+        }
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        treatment: Treatment | None = getattr(self.instance, "treatment", None)
+        if treatment is None or not data.get("channel"):
+            return data
+        fields = ("channel", "subject", "title", "text", "html")
+        candidate = Content(treatment=treatment, **{k: data.get(k, "") or "" for k in fields})
+        try:
+            content_check(content=candidate)
+        except ValidationError as exc:
+            for name, messages in exc.message_dict.items():
+                self.add_error(name if name in self.fields else None, messages)
+        return data
+
+
+class PreviewForm(forms.Form):
+    customer = forms.CharField(label="Customer external id", max_length=128)
+    content = forms.ModelChoiceField(queryset=Content.objects.none(), label="Content")
+
+    def __init__(self, *args: Any, campaign: Campaign, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["content"].queryset = Content.objects.filter(treatment__campaign=campaign).select_related(
+            "treatment__layer", "treatment__campaign"
+        )
+
+
+class CouponPoolForm(forms.Form):
+    codes = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 10, "cols": 40}), required=False, help_text="One code per line."
+    )
+    file = forms.FileField(required=False, help_text="Or a text/CSV file, one code per line (first column).")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        lines = (data.get("codes") or "").splitlines()
+        upload = data.get("file")
+        if upload is not None:
+            text = upload.read().decode("utf-8", "replace")
+            lines += [line.split(",")[0] for line in text.splitlines()]
+        if not any(line.strip() for line in lines):
+            raise ValidationError({"codes": "Paste codes or choose a file."})
+        data["lines"] = lines
+        return data

@@ -1,0 +1,23 @@
+from campaigns.models.campaigns import Campaign, CampaignQuerySet, Content, Treatment
+from campaigns.models.delivery import AudienceBatch, CapSlot, ChannelPolicy, Delivery, Recipient
+from campaigns.models.mailbox import MailboxMessage
+from campaigns.models.offers import Coupon, Offer
+from campaigns.models.referrals import Referral, ReferralAudit, ReferralCode
+
+__all__ = [
+    "AudienceBatch",
+    "Campaign",
+    "CampaignQuerySet",
+    "CapSlot",
+    "ChannelPolicy",
+    "Content",
+    "Coupon",
+    "Delivery",
+    "MailboxMessage",
+    "Offer",
+    "Recipient",
+    "Referral",
+    "ReferralAudit",
+    "ReferralCode",
+    "Treatment",
+]

@@ -1,0 +1,287 @@
+"""A campaign's status, moved only by these services (each checks the transition it allows)::
+
+    draft ──schedule──► scheduled ──(send_at reached, or launch)──► running ⇄ paused
+      └────────────────────launch──────────────────────────────────┘    │
+                                                              finish ───►  finished
+    (any of draft, scheduled, running, paused) ──finish──► finished
+
+Launching a broadcast records ``running`` and, after commit, asks a task to resolve the
+audience: assign everyone through the experiment (intent to treat), then split the audience
+into ``AudienceBatch`` rows of ~1,000 customer ids, each decided by its own task. Everything
+is recorded in the database first, so a broker that is down at launch loses nothing: the
+periodic tick publishes whatever is due.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from campaigns import conf
+from campaigns.models import AudienceBatch, Campaign, Content, Delivery, Treatment
+from campaigns.services import assignments
+from campaigns.services.decide import DecideResult, Target, campaign_audience, recipients_decide
+from campaigns.services.outbox import PUBLISH_RETRY, audience_batches_enqueue, deliveries_enqueue
+from campaigns.services.render import content_check
+from segments.models import Channel
+from segments.selectors import events_queryset
+
+logger = logging.getLogger(__name__)
+
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "schedule": (Campaign.Status.DRAFT,),
+    "launch": (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED),
+    "pause": (Campaign.Status.RUNNING,),
+    "resume": (Campaign.Status.PAUSED,),
+    "finish": (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.RUNNING, Campaign.Status.PAUSED),
+}
+
+
+class TransitionError(ValidationError):
+    pass
+
+
+def _locked(campaign: Campaign, action: str) -> Campaign:
+    row = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    if row.status not in TRANSITIONS[action]:
+        allowed = ", ".join(TRANSITIONS[action])
+        raise TransitionError({"status": f"Cannot {action} a {row.status} campaign (only from: {allowed})."})
+    return row
+
+
+def campaign_validate(*, campaign: Campaign) -> None:
+    """Everything a campaign needs before it may send; raises ``ValidationError`` by field."""
+    errors: dict[str, list[str]] = {}
+
+    def err(name: str, message: str) -> None:
+        errors.setdefault(name, []).append(message)
+
+    unknown = [c for c in campaign.channels if c not in Channel.values]
+    if not campaign.channels:
+        err("channels", "List at least one channel.")
+    if unknown:
+        err("channels", f"Unknown channel(s): {', '.join(map(str, unknown))}. Known: {', '.join(Channel.values)}.")
+    treatments = list(Treatment.objects.filter(campaign=campaign).select_related("offer", "layer", "campaign"))
+    if not treatments:
+        err("treatments", "Add at least one treatment (offer and content per channel).")
+    contents = list(Content.objects.filter(treatment__campaign=campaign).select_related("treatment__campaign"))
+    for content in contents:
+        try:
+            content_check(content=content)
+        except ValidationError as exc:
+            for name, messages in exc.message_dict.items():
+                for message in messages:
+                    err(f"content.{content.treatment_id}.{content.channel}.{name}", message)
+    used = {c.channel for c in contents}
+    for channel in campaign.channels:
+        if channel in Channel.values and channel not in used:
+            err("channels", f"No treatment has {channel} content.")
+    experiment = campaign.experiment
+    if experiment is not None:
+        if experiment.status != "running":
+            err("experiment", f"Experiment '{experiment.key}' is {experiment.status}; start it first.")
+        variant_keys = set(experiment.variants.values_list("key", flat=True))
+        for treatment in treatments:
+            if treatment.variant_key and treatment.variant_key not in variant_keys:
+                err("treatments", f"Variant '{treatment.variant_key}' is not a variant of '{experiment.key}'.")
+    for treatment in treatments:
+        if treatment.layer_id and campaign.split_dimension_id != treatment.layer.dimension_id:
+            err("treatments", f"Layer '{treatment.layer}' is not a layer of the campaign's split dimension.")
+    if campaign.trigger == Campaign.Trigger.EVENT and campaign.trigger_event_type_id is None:
+        err("trigger_event_type", "An event trigger needs an event type.")
+    if campaign.trigger == Campaign.Trigger.LAYER_ENTRY and campaign.trigger_layer_id is None:
+        err("trigger_layer", "A layer-entry trigger needs a layer.")
+    if campaign.kind == Campaign.Kind.RENEWAL and campaign.split_dimension_id is None:
+        err("split_dimension", "A renewal campaign is split by the expiry-window dimension.")
+    if campaign.kind == Campaign.Kind.NEW_USER and campaign.trigger != Campaign.Trigger.EVENT:
+        err("trigger", "A new-user incentive is triggered by an event (signup).")
+    if campaign.kind == Campaign.Kind.REFERRAL:
+        if campaign.trigger != Campaign.Trigger.EVENT:
+            err("trigger", "A referral campaign attributes invitees from an event carrying 'referral_code'.")
+        if campaign.referral_qualifying_event_type_id is None:
+            err("referral_qualifying_event_type", "Name the invitee's qualifying event (signup, order).")
+    if campaign.ends_at and campaign.send_at and campaign.ends_at <= campaign.send_at:
+        err("ends_at", "Must be after send_at.")
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def campaign_schedule(*, campaign: Campaign, send_at: dt.datetime | None = None) -> Campaign:
+    row = _locked(campaign, "schedule")
+    if send_at is not None:
+        row.send_at = send_at
+    if row.send_at is None:
+        raise ValidationError({"send_at": "Set when the campaign starts sending."})
+    campaign_validate(campaign=row)
+    row.status, row.scheduled_at = Campaign.Status.SCHEDULED, timezone.now()
+    row.save(update_fields=["status", "scheduled_at", "send_at", "updated_at"])
+    return row
+
+
+@transaction.atomic
+def campaign_launch(*, campaign: Campaign, now: dt.datetime | None = None) -> Campaign:
+    """Start sending now (a broadcast) or start listening to its trigger."""
+    now = now or timezone.now()
+    row = _locked(campaign, "launch")
+    campaign_validate(campaign=row)
+    row.status, row.started_at = Campaign.Status.RUNNING, now
+    if row.send_at is None or row.send_at > now:
+        row.send_at = now
+    if row.is_triggered:
+        row.trigger_cursor = _initial_cursor(row, now)
+    row.save(update_fields=["status", "started_at", "send_at", "trigger_cursor", "updated_at"])
+    if not row.is_triggered:
+        transaction.on_commit(lambda: _publish_resolve(row.pk))
+    return row
+
+
+def _initial_cursor(campaign: Campaign, now: dt.datetime) -> int:
+    """Triggers fire for what happens from now on, and for the last ``trigger_within_hours``."""
+    if campaign.trigger == Campaign.Trigger.EVENT:
+        events = events_queryset(event_type_codes=[campaign.trigger_event_type.code])
+        if campaign.trigger_within_hours:
+            since = now - dt.timedelta(hours=campaign.trigger_within_hours)
+            events = events.filter(received_at__lt=since)
+        return events.aggregate(m=Max("pk"))["m"] or 0
+    from campaigns.selectors import layer_entries_queryset
+
+    return layer_entries_queryset(layer_id=campaign.trigger_layer_id).aggregate(m=Max("pk"))["m"] or 0
+
+
+def _publish_resolve(campaign_id: int) -> None:
+    from campaigns.tasks import campaign_audience_resolve
+
+    try:
+        campaign_audience_resolve.apply_async(args=[campaign_id], retry=True, retry_policy=PUBLISH_RETRY)
+    except Exception as exc:  # noqa: BLE001 - the tick resolves running campaigns left unresolved
+        logger.warning("broker unavailable at launch of campaign %s; the tick will resume it: %r", campaign_id, exc)
+
+
+@transaction.atomic
+def campaign_pause(*, campaign: Campaign) -> Campaign:
+    row = _locked(campaign, "pause")
+    row.status, row.paused_at = Campaign.Status.PAUSED, timezone.now()
+    row.save(update_fields=["status", "paused_at", "updated_at"])
+    return row
+
+
+@transaction.atomic
+def campaign_resume(*, campaign: Campaign) -> Campaign:
+    row = _locked(campaign, "resume")
+    row.status = Campaign.Status.RUNNING
+    row.save(update_fields=["status", "updated_at"])
+    pending = list(Delivery.objects.filter(campaign=row, status=Delivery.Status.PENDING).values_list("pk", flat=True))
+    transaction.on_commit(lambda: deliveries_enqueue(delivery_ids=pending))
+    return row
+
+
+@transaction.atomic
+def campaign_finish(*, campaign: Campaign) -> Campaign:
+    """Finish: nothing more is decided or sent; messages not sent yet are suppressed
+    (``campaign_ended``). Coupons already issued stay valid until they expire."""
+    row = _locked(campaign, "finish")
+    row.status, row.finished_at = Campaign.Status.FINISHED, timezone.now()
+    row.save(update_fields=["status", "finished_at", "updated_at"])
+    Delivery.objects.filter(campaign=row, status__in=[Delivery.Status.PENDING, Delivery.Status.HELD]).update(
+        status=Delivery.Status.SUPPRESSED, reason=Delivery.Reason.CAMPAIGN_ENDED, not_before=None
+    )
+    return row
+
+
+def campaigns_start_due(*, now: dt.datetime | None = None) -> list[int]:
+    now = now or timezone.now()
+    started = []
+    for campaign in Campaign.objects.filter(status=Campaign.Status.SCHEDULED, send_at__lte=now):
+        try:
+            campaign_launch(campaign=campaign, now=now)
+        except ValidationError as exc:
+            logger.error("scheduled campaign %s cannot start: %s", campaign.key, exc)
+            continue
+        started.append(campaign.pk)
+    return started
+
+
+def campaigns_finish_due(*, now: dt.datetime | None = None) -> list[int]:
+    now = now or timezone.now()
+    finished = []
+    for campaign in Campaign.objects.filter(
+        status__in=[Campaign.Status.RUNNING, Campaign.Status.PAUSED], ends_at__lte=now
+    ):
+        campaign_finish(campaign=campaign)
+        finished.append(campaign.pk)
+    return finished
+
+
+def campaigns_unresolved(*, now: dt.datetime | None = None) -> list[int]:
+    """Running broadcasts whose audience is still unresolved some time after launch (the
+    broker was down, or the resolve task was lost)."""
+    now = now or timezone.now()
+    grace = dt.timedelta(seconds=conf.get().requeue_after_seconds)
+    return list(
+        Campaign.objects.filter(
+            status=Campaign.Status.RUNNING,
+            trigger=Campaign.Trigger.BROADCAST,
+            audience_resolved_at__isnull=True,
+            started_at__lte=now - grace,
+        ).values_list("pk", flat=True)
+    )
+
+
+def campaign_audience_resolve(*, campaign_id: int) -> int:
+    """Assign the whole audience through the experiment, then record the batches to decide.
+    Idempotent: a campaign resolved before is left alone. Returns the number of batches."""
+    campaign = Campaign.objects.filter(pk=campaign_id).select_related("experiment").first()
+    if campaign is None or campaign.status != Campaign.Status.RUNNING or campaign.audience_resolved_at:
+        return 0
+    audience = campaign_audience(campaign=campaign)
+    if campaign.experiment is not None:
+        assignments.audience_assign(experiment=campaign.experiment, customers=audience)
+    size = conf.get().task_batch
+    ids = list(audience.order_by("pk").values_list("pk", flat=True))
+    bounds = [(chunk[0], chunk[-1]) for chunk in (ids[i : i + size] for i in range(0, len(ids), size))]
+    with transaction.atomic():
+        row = Campaign.objects.select_for_update().get(pk=campaign_id)
+        if row.audience_resolved_at:
+            return 0
+        batches = AudienceBatch.objects.bulk_create(
+            [AudienceBatch(campaign=row, first_customer_id=a, last_customer_id=b) for a, b in bounds],
+            batch_size=1000,
+        )
+        row.audience_resolved_at = timezone.now()
+        row.save(update_fields=["audience_resolved_at", "updated_at"])
+        batch_ids = [b.pk for b in batches]
+        transaction.on_commit(lambda: audience_batches_enqueue(batch_ids=batch_ids))
+    logger.info("campaign %s: %d customers in %d batches", campaign.key, len(ids), len(bounds))
+    return len(bounds)
+
+
+def audience_batch_decide(*, batch_id: int) -> DecideResult:
+    """Decide one audience batch. The batch row is locked for the transaction, so a
+    duplicate task waits and then finds the batch done."""
+    with transaction.atomic():
+        batch = (
+            AudienceBatch.objects.select_for_update(of=("self",))
+            .select_related("campaign__experiment")
+            .filter(pk=batch_id)
+            .first()
+        )
+        if batch is None or batch.done_at is not None:
+            return DecideResult()
+        campaign = batch.campaign
+        if campaign.status != Campaign.Status.RUNNING:
+            return DecideResult()
+        base = campaign_audience(campaign=campaign).filter(
+            pk__gte=batch.first_customer_id, pk__lte=batch.last_customer_id
+        )
+        ids: Sequence[int] = list(base.order_by("pk").values_list("pk", flat=True))
+        result = recipients_decide(campaign=campaign, targets=[Target(cid, "broadcast") for cid in ids])
+        batch.done_at, batch.decided = timezone.now(), result.recipients
+        batch.save(update_fields=["done_at", "decided"])
+    return result

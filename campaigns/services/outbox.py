@@ -1,0 +1,175 @@
+"""The outbox: publishing delivery ids to the broker, and the sweeper that makes the
+database, not the broker, the source of truth.
+
+A delivery row is created ``pending`` in the transaction that decides it; its id is
+published after commit. Whatever happens to that message (broker down at launch, worker
+killed, message lost), the sweeper finds the row again:
+
+- ``sending`` rows whose claim lease expired (their worker died mid-batch) are in doubt and
+  go back to ``pending`` (or ``failed`` once out of tries) and are resent with the same key;
+- ``held`` rows whose quiet hours ended become ``pending``;
+- ``pending`` rows that are due and were not enqueued recently are published again;
+- audience batches not decided yet are published again.
+
+Publishing twice is harmless: a task claims rows with a conditional UPDATE, so a row is
+sent by at most one task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from campaigns import conf
+from campaigns.models import AudienceBatch, Campaign, Delivery
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+SWEEP_LIMIT = 500_000
+
+
+def chunked(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def deliveries_enqueue(*, delivery_ids: Sequence[int], countdown: float | None = None) -> int:
+    """Publish ``deliveries_send`` tasks of ``task_batch`` ids; return how many ids were
+    published. A broker failure is logged, not raised: the rows stay in the outbox."""
+    from campaigns.tasks import deliveries_send
+
+    ids = sorted(delivery_ids)
+    published: list[int] = []
+    for chunk in chunked(ids, conf.get().task_batch):
+        try:
+            deliveries_send.apply_async(args=[chunk], countdown=countdown, retry=True, retry_policy=PUBLISH_RETRY)
+        except Exception as exc:  # noqa: BLE001 - any broker failure: the sweeper publishes later
+            logger.warning("broker unavailable, %d deliveries left in the outbox: %r", len(ids) - len(published), exc)
+            break
+        published += chunk
+    if published and countdown is None:
+        now = timezone.now()
+        for chunk in chunked(published, 5000):
+            Delivery.objects.filter(pk__in=chunk, status=Delivery.Status.PENDING).update(enqueued_at=now)
+    return len(published)
+
+
+def deliveries_enqueue_on_commit(*, delivery_ids: Sequence[int]) -> None:
+    ids = list(delivery_ids)
+    transaction.on_commit(lambda: deliveries_enqueue(delivery_ids=ids))
+
+
+def audience_batches_enqueue(*, batch_ids: Sequence[int]) -> int:
+    from campaigns.tasks import audience_batch_decide
+
+    published: list[int] = []
+    for batch_id in batch_ids:
+        try:
+            audience_batch_decide.apply_async(args=[batch_id], retry=True, retry_policy=PUBLISH_RETRY)
+        except Exception as exc:  # noqa: BLE001 - the sweeper publishes later
+            logger.warning("broker unavailable, audience batches left for the sweeper: %r", exc)
+            break
+        published.append(batch_id)
+    if published:
+        AudienceBatch.objects.filter(pk__in=published).update(enqueued_at=timezone.now())
+    return len(published)
+
+
+def worker_token(hostname: str | None = None) -> str:
+    """Who claims a row: the worker's node name and the process id."""
+    return f"{hostname or socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    released: int = 0
+    gave_up: int = 0
+    unheld: int = 0
+    enqueued: int = 0
+    batches: int = 0
+
+
+def outbox_sweep(*, now: dt.datetime | None = None) -> SweepResult:
+    settings = conf.get()
+    now = now or timezone.now()
+    expired = Delivery.objects.filter(status=Delivery.Status.SENDING, lease_until__lt=now)
+    gave_up = expired.filter(attempts__gte=F("max_attempts")).update(
+        status=Delivery.Status.FAILED,
+        reason=Delivery.Reason.GAVE_UP,
+        last_error="Out of tries; the last try's worker was lost before it finished.",
+        lease_until=None,
+    )
+    released = expired.update(
+        status=Delivery.Status.PENDING,
+        enqueued_at=None,
+        lease_until=None,
+        last_error="In doubt: the worker's claim expired before it finished; resent with the same key.",
+    )
+    unheld = Delivery.objects.filter(status=Delivery.Status.HELD, not_before__lte=now).update(
+        status=Delivery.Status.PENDING, enqueued_at=None
+    )
+    stale_before = now - dt.timedelta(seconds=settings.requeue_after_seconds)
+    stale = (
+        Delivery.objects.filter(status=Delivery.Status.PENDING, campaign__status=Campaign.Status.RUNNING)
+        .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lte=stale_before))
+        .order_by("pk")
+        .values_list("pk", flat=True)[:SWEEP_LIMIT]
+    )
+    enqueued = deliveries_enqueue(delivery_ids=list(stale))
+    batches = list(
+        AudienceBatch.objects.filter(done_at__isnull=True, campaign__status=Campaign.Status.RUNNING)
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lte=stale_before))
+        .values_list("pk", flat=True)
+    )
+    published = audience_batches_enqueue(batch_ids=batches)
+    result = SweepResult(released=released, gave_up=gave_up, unheld=unheld, enqueued=enqueued, batches=published)
+    if any((released, gave_up, unheld, enqueued, published)):
+        logger.info("outbox sweep: %s", result)
+    return result
+
+
+def deliveries_release_dead_claims(*, hostname: str) -> int:
+    """At worker start: rows claimed by a process of this node that no longer exists are in
+    doubt (the worker was killed); put them back without waiting for the lease to expire.
+    A process still alive (an orphaned pool child) keeps its rows until its lease ends."""
+    released = 0
+    claims = (
+        Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_by__startswith=f"{hostname}:")
+        .values_list("claimed_by", flat=True)
+        .distinct()
+    )
+    for claimed_by in list(claims):
+        pid = claimed_by.rsplit(":", 1)[-1]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        released += Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_by=claimed_by).update(
+            status=Delivery.Status.PENDING,
+            enqueued_at=None,
+            lease_until=None,
+            last_error="In doubt: the worker was restarted while sending; resent with the same key.",
+        )
+    if released:
+        logger.warning("released %d deliveries claimed by dead processes of %s", released, hostname)
+    return released
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

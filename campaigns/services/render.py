@@ -1,0 +1,108 @@
+"""Building a message's template context from a delivery's rows, and previews."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ValidationError
+
+from campaigns.content import RenderedMessage, available_groups, content_validate, render_message
+from campaigns.models import Campaign, Content, Coupon, Offer, Treatment
+from segments.models import Customer, Layer
+
+
+def _value(value: Any) -> str:
+    return format(value.normalize(), "f") if hasattr(value, "normalize") else str(value)
+
+
+def message_context(
+    *,
+    campaign: Campaign,
+    customer: Customer,
+    offer: Offer | None = None,
+    coupon: Coupon | None = None,
+    layer: Layer | None = None,
+    coupon_placeholder: bool = False,
+) -> dict[str, dict[str, Any]]:
+    context: dict[str, dict[str, Any]] = {
+        "customer": {
+            "external_id": customer.external_id,
+            "email": customer.email,
+            "phone": customer.phone,
+            "first_name": str((customer.attributes or {}).get("first_name", "")),
+            "locale": customer.locale,
+            "timezone": customer.timezone,
+        },
+        "campaign": {"name": campaign.name, "key": campaign.key, "ends_at": campaign.ends_at or ""},
+    }
+    if offer is not None:
+        context["offer"] = {
+            "name": offer.name,
+            "benefit": offer.describe(),
+            "kind": offer.benefit_kind,
+            "value": _value(offer.value),
+            "currency": offer.currency,
+            "valid_until": offer.valid_until or "",
+        }
+        if coupon is not None:
+            context["coupon"] = {"code": coupon.code, "expires_at": coupon.expires_at or ""}
+        elif coupon_placeholder and offer.code_source != Offer.CodeSource.NONE:
+            context["coupon"] = {"code": "PREVIEW-CODE", "expires_at": campaign.ends_at or ""}
+    if layer is not None:
+        context["layer"] = {"key": layer.key, "name": layer.name}
+    return context
+
+
+def content_fields(content: Content) -> dict[str, str]:
+    return {"subject": content.subject, "title": content.title, "text": content.text, "html": content.html}
+
+
+def treatment_groups(treatment: Treatment) -> set[str]:
+    offer = treatment.offer
+    return available_groups(
+        has_offer=offer is not None,
+        has_coupon=offer is not None and offer.code_source != Offer.CodeSource.NONE,
+        has_layer=treatment.layer_id is not None or treatment.campaign.split_dimension_id is not None,
+    )
+
+
+def content_check(*, content: Content) -> None:
+    """Validate a content row against the variables its treatment provides; raises
+    ``ValidationError`` naming the field."""
+    content_validate(
+        channel=content.channel, fields=content_fields(content), groups=treatment_groups(content.treatment)
+    )
+
+
+@dataclass(frozen=True)
+class Preview:
+    channel: str
+    message: RenderedMessage
+    customer_external_id: str
+
+
+def content_preview(*, content: Content, customer: Customer) -> Preview:
+    """Render ``content`` for ``customer`` as they would receive it (the coupon code shown as
+    a placeholder unless the customer already holds one from this campaign)."""
+    treatment = content.treatment
+    campaign = treatment.campaign
+    coupon = Coupon.objects.filter(campaign=campaign, customer=customer, offer=treatment.offer).first()
+    layer = treatment.layer
+    if layer is None and campaign.split_dimension_id is not None:
+        layer = Layer.objects.filter(dimension_id=campaign.split_dimension_id, members__customer=customer).first()
+        if layer is None:
+            layer = Layer(key="(none)", name="(not in a layer)")
+    context = message_context(
+        campaign=campaign,
+        customer=customer,
+        offer=treatment.offer,
+        coupon=coupon,
+        layer=layer,
+        coupon_placeholder=True,
+    )
+    try:
+        message = render_message(content_fields(content), context)
+    except Exception as exc:  # any template failure is shown to the author as a field error
+        raise ValidationError({"content": f"Cannot render: {exc}"}) from exc
+    return Preview(channel=content.channel, message=message, customer_external_id=customer.external_id)
