@@ -83,21 +83,15 @@ def test_view_without_declared_scope__refused_even_with_every_scope(api_client_f
     assert api_client_factory(*Scope.values).get("/undeclared").status_code == 403
 
 
-def test_throttle__over_rate__429_with_retry_after(api_client_factory, settings) -> None:  # type: ignore[no-untyped-def]
-    from rest_framework.settings import api_settings
-
+def test_throttle__over_rate__429_with_retry_after(api_client_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from access.throttling import ApiKeyRateThrottle
 
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"api_key": "3/min"}}
-    ApiKeyRateThrottle.THROTTLE_RATES = api_settings.user_settings["DEFAULT_THROTTLE_RATES"]
-    try:
-        client = api_client_factory("events:write")
-        other = api_client_factory("events:write", name="other")
-        codes = [client.get("/probe").status_code for _ in range(4)]
-        assert codes == [200, 200, 200, 429]
-        retry_after = int(client.get("/probe")["Retry-After"])
-        assert 1 <= retry_after <= 60
-        # The limit is per key: another key is unaffected.
-        assert other.get("/probe").status_code == 200
-    finally:
-        ApiKeyRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+    monkeypatch.setattr(ApiKeyRateThrottle, "THROTTLE_RATES", {"api_key": "3/min"})
+    client = api_client_factory("events:write")
+    other = api_client_factory("events:write", name="other")
+    codes = [client.get("/probe").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    retry_after = int(client.get("/probe")["Retry-After"])
+    assert 1 <= retry_after <= 60
+    # The limit is per key: another key is unaffected.
+    assert other.get("/probe").status_code == 200
