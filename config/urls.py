@@ -19,5 +19,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     # Lift report pages, admin-styled; before the admin's catch-all.
     path("admin/reports/", include("experiments.reports.urls", namespace="reports")),
+    # The tier playbook (campaigns x layers, from the lift reports); admin-styled, likewise.
+    path("admin/playbook/", include("campaigns.urls_admin", namespace="playbook")),
     path("admin/", admin.site.urls),
 ]

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -102,12 +102,34 @@ def app_server(django_db_setup: None, django_db_blocker) -> Iterator[str]:  # ty
         proc.wait(timeout=10)
 
 
+def _serialized_contents() -> dict[str, str]:
+    return {
+        alias: connections[alias]._test_serialized_contents  # type: ignore[attr-defined]
+        for alias in connections
+        if hasattr(connections[alias], "_test_serialized_contents")
+    }
+
+
+def _carry_serialized_contents(contents: dict[str, str]) -> None:
+    """Starting Playwright's sync API switches this thread to another contextvars context
+    (it runs on greenlets), and Django keeps its connections in context-local storage: from
+    then on ``connections[alias]`` is a new wrapper without the serialized reference data
+    that ``serialized_rollback`` restores after each test's flush. Without this, every
+    transactional test after the first browser test would start with no event types,
+    dimensions or schedules (only the groups and permissions that post_migrate recreates)."""
+    for alias, data in contents.items():
+        connections[alias]._test_serialized_contents = data  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+def browser(django_db_setup: None) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
+    contents = _serialized_contents()
     with sync_playwright() as p:
+        _carry_serialized_contents(contents)
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        _carry_serialized_contents(contents)
         yield b
         b.close()
 
