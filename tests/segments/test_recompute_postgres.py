@@ -84,8 +84,10 @@ def test_guard__two_concurrent_recomputes__second_is_a_noop_and_first_sees_one_s
 
     thread = threading.Thread(target=first)
     thread.start()
-    # The first recompute has committed its running row and is now blocked on the table.
+    # The first recompute has committed its running row, taken its snapshot and is now
+    # waiting for the table lock (waiting on the running row alone raced the snapshot).
     _wait_for(lambda: RecomputeRun.objects.filter(target="dimension:expiry", status="running").exists())
+    _wait_for(lambda: _waiting_for_lock_on(CustomerLayer._meta.db_table))
     second = dimension_recompute(dimension_id=expiry_world.pk, as_of=AS_OF)
     assert second.status == "skipped"
     assert RecomputeRun.objects.filter(target="dimension:expiry").count() == 1
@@ -100,6 +102,16 @@ def test_guard__two_concurrent_recomputes__second_is_a_noop_and_first_sees_one_s
     assert list(RecomputeRun.objects.values_list("status", flat=True)) == ["succeeded"]
     # The next run places the late customer.
     assert dimension_recompute(dimension_id=expiry_world.pk, as_of=AS_OF).customers == 4
+
+
+def _waiting_for_lock_on(table: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COUNT(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE c.relname = %s AND NOT l.granted",
+            [table],
+        )
+        return cursor.fetchone()[0] > 0
 
 
 def _advisory_lock_held(dimension: Dimension) -> bool:
