@@ -29,3 +29,17 @@ def test_marketer__admin_change_form__refused(client, marketer_user) -> None:  #
     client.force_login(marketer_user)
     assert client.get("/admin/segments/segment/add/").status_code == 403
     assert client.post("/admin/segments/segment/add/", {"key": "x", "name": "x", "rule": "{}"}).status_code == 403
+
+
+def test_admin_index__marketer__links_to_reports_playbook_and_planner(client, marketer_user) -> None:  # type: ignore[no-untyped-def]
+    client.force_login(marketer_user)
+    html = client.get("/admin/").content.decode()
+    for url in ("/admin/reports/", "/admin/playbook/", "/admin/reports/planner/"):
+        assert f'href="{url}"' in html
+
+
+def test_admin_index__staff_without_report_permission__no_insights(client) -> None:  # type: ignore[no-untyped-def]
+    from tests.factories import UserFactory
+
+    client.force_login(UserFactory())
+    assert "Lift reports" not in client.get("/admin/").content.decode()
