@@ -14,11 +14,32 @@ from typing import Any
 
 from django.db.models import Count, Exists, OuterRef, QuerySet
 
-from segments.models import Customer, CustomerLayer, Dimension, Event, Layer, RecomputeRun, SegmentMembership
+from segments.models import (
+    Customer,
+    CustomerLayer,
+    Dimension,
+    Event,
+    EventType,
+    Layer,
+    RecomputeRun,
+    SegmentMembership,
+)
 
 
 def customer_get(*, external_id: str) -> Customer | None:
     return Customer.objects.filter(external_id=external_id).first()
+
+
+def customers_queryset(*, ids: Iterable[int] | QuerySet[Any] | None = None) -> QuerySet[Customer]:
+    """All customers, or those whose primary key is in ``ids`` (a list, or a queryset of
+    ids that stays a subquery)."""
+    if ids is None:
+        return Customer.objects.all()
+    return Customer.objects.filter(pk__in=ids if isinstance(ids, QuerySet) else list(ids))
+
+
+def event_type_get(*, code: str) -> EventType | None:
+    return EventType.objects.filter(code=code).first()
 
 
 def customer_layer_snapshot(*, customer_id: int) -> dict[str, str]:
@@ -175,6 +196,42 @@ def customer_layer_snapshots(*, customer_ids: Iterable[int]) -> dict[int, dict[s
     for customer_id, dimension_key, layer_key in layer_snapshot_queryset(customer_ids=ids):
         snapshots[customer_id][dimension_key] = layer_key
     return snapshots
+
+
+def customer_layers_in_range_queryset(*, first_pk: int, last_pk: int) -> QuerySet[CustomerLayer]:
+    """Current layer rows of the customers whose id is in ``[first_pk, last_pk]``, unordered:
+    one range scan of the (customer, dimension) unique index and no join, for bulk readers
+    that group by customer themselves (bulk assignment) and map layer ids to keys once with
+    ``layer_keys_by_id``."""
+    return CustomerLayer.objects.filter(customer_id__gte=first_pk, customer_id__lte=last_pk).order_by()
+
+
+def layer_keys_by_id() -> dict[int, tuple[str, str]]:
+    """``{layer id: (dimension key, layer key)}`` for every layer."""
+    return {pk: (d, k) for pk, d, k in Layer.objects.values_list("pk", "dimension__key", "key")}
+
+
+@dataclass(frozen=True)
+class DimensionLayers:
+    key: str
+    name: str
+    layers: tuple[tuple[str, str], ...]  # (layer key, layer name) in the configured order
+
+
+def dimension_layers(*, dimension_keys: Iterable[str]) -> dict[str, DimensionLayers]:
+    """Names of the given dimensions and their layers, layers in their configured order;
+    dimensions that no longer exist are absent."""
+    keys = list(dimension_keys)
+    names = dict(Dimension.objects.filter(key__in=keys).values_list("key", "name"))
+    layers: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    rows = (
+        Layer.objects.filter(dimension__key__in=keys)
+        .order_by("dimension__key", "position", "key")
+        .values_list("dimension__key", "key", "name")
+    )
+    for dimension_key, layer_key, layer_name in rows:
+        layers[dimension_key].append((layer_key, layer_name))
+    return {key: DimensionLayers(key=key, name=name, layers=tuple(layers[key])) for key, name in names.items()}
 
 
 def layer_ids_by_keys(*, keys: Iterable[str]) -> dict[str, int]:

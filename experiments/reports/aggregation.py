@@ -51,7 +51,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import connection, transaction
 
 from experiments.models import Assignment, Conversion, SegmentSnapshot
-from segments.models import Dimension, Layer
+from segments import selectors as segment_selectors
 
 __all__ = [
     "DailyCounts",
@@ -348,13 +348,10 @@ def layer_labels(*, dimension_keys: Sequence[str]) -> dict[str, DimensionLabels]
     """Names of the dimensions and layers seen in snapshots, layers in their configured
     order (keys stand in for the names of dimensions or layers deleted since)."""
     keys = list(dimension_keys)
-    names = dict(Dimension.objects.filter(key__in=keys).values_list("key", "name"))
-    layers: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    rows = (
-        Layer.objects.filter(dimension__key__in=keys)
-        .order_by("dimension__key", "position", "key")
-        .values_list("dimension__key", "key", "name")
-    )
-    for dimension_key, layer_key, layer_name in rows:
-        layers[dimension_key].append((layer_key, layer_name))
-    return {key: DimensionLabels(key=key, name=names.get(key, key), layers=tuple(layers.get(key, ()))) for key in keys}
+    known = segment_selectors.dimension_layers(dimension_keys=keys)
+    return {
+        key: DimensionLabels(key=key, name=known[key].name, layers=known[key].layers)
+        if key in known
+        else DimensionLabels(key=key, name=key, layers=())
+        for key in keys
+    }

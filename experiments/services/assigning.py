@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,9 @@ from experiments.services._sql import ASSIGNMENT_TABLE, exposure_params, exposur
 from experiments.services._sql import db_datetime as _dt
 from experiments.services.snapshots import snapshot_id_for_customer, snapshot_ids_get_or_create
 from segments import selectors as segment_selectors
-from segments.models import Customer, CustomerLayer, Layer
+
+if TYPE_CHECKING:
+    from segments.models import Customer
 
 
 class Reason(StrEnum):
@@ -161,7 +163,7 @@ def _held_out_phases(*, customer_id: int, phase_ids: Sequence[int]) -> set[int]:
 
 
 def _is_targeted(config: ExperimentConfig, customer_id: int) -> bool:
-    return _audience(config, Customer.objects.filter(pk=customer_id)).exists()
+    return _audience(config, segment_selectors.customers_queryset(ids=[customer_id])).exists()
 
 
 def _audience(config: ExperimentConfig, base: QuerySet[Customer]) -> QuerySet[Customer]:
@@ -285,12 +287,11 @@ def _layer_ids(*, first_pk: int, last_pk: int) -> dict[int, str]:
     """``{customer id: "layer id,layer id,…"}`` for the customers in ``[first_pk, last_pk]``:
     one range scan of the (customer, dimension) unique index, grouped by the database, no
     join (ids are mapped to keys once per distinct combination)."""
-    # CustomerLayer directly rather than ``segments.selectors.layer_snapshot_queryset``: that
-    # selector joins dimensions and layers for their keys, which doubled the cost of this,
-    # the hottest read of a bulk assignment (the keys are resolved once per combination).
+    # Not ``layer_snapshot_queryset``: that selector joins dimensions and layers for their
+    # keys, which doubled the cost of this, the hottest read of a bulk assignment (the keys
+    # are resolved once per combination).
     rows = (
-        CustomerLayer.objects.filter(customer_id__gte=first_pk, customer_id__lte=last_pk)
-        .order_by()
+        segment_selectors.customer_layers_in_range_queryset(first_pk=first_pk, last_pk=last_pk)
         .values("customer_id")
         .annotate(ids=_LayerIds("layer_id"))
         .values_list("customer_id", "ids")
@@ -302,7 +303,7 @@ class _SnapshotIds:
     """Raw layer-id strings -> snapshot ids, memoized for one bulk run."""
 
     def __init__(self) -> None:
-        self.layer_keys = {pk: (d, k) for pk, d, k in Layer.objects.values_list("pk", "dimension__key", "key")}
+        self.layer_keys = segment_selectors.layer_keys_by_id()
         self.by_raw: dict[str, int] = {}
 
     def ids(self, raws: list[str]) -> np.ndarray:
@@ -333,7 +334,7 @@ def audience_assign(
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     config = experiment_config_get(experiment_id=experiment.pk)
-    base = Customer.objects.all() if customers is None else Customer.objects.filter(pk__in=customers.values("pk"))
+    base = segment_selectors.customers_queryset(ids=None if customers is None else customers.values("pk"))
     excluded: Counter[str] = Counter({r.value: 0 for r in _EXCLUSION_REASONS})
     if config is None or not config.is_running:
         excluded[Reason.NOT_RUNNING] = base.count()

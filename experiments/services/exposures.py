@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -18,7 +19,9 @@ from django.utils import timezone
 from experiments.models import Assignment, Conversion, Experiment, Variant
 from experiments.selectors import experiment_current_phase
 from experiments.services._sql import exposure_params, exposure_sql
-from segments.models import Customer
+
+if TYPE_CHECKING:
+    from segments.models import Customer
 
 # Ids per UPDATE of exposures_record (well under SQLite's bound-parameter limit).
 EXPOSURE_BATCH = 5000

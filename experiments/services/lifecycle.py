@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from experiments.models import Experiment, Holdout, Metric, Namespace, Phase, Variant
 from experiments.selectors import experiment_configs_invalidate
-from segments.models import EventType
+from segments import selectors as segment_selectors
 
 ONE = Decimal(1)
 RESERVED_KEY_PREFIX = "__"  # hash seeds of namespaces and holdouts start with it
@@ -199,7 +199,7 @@ def experiment_create(
     _targeting_apply(experiment, targeting, save=True)
     _variants_write(experiment, variants)
     for spec in metrics:
-        event_type = EventType.objects.filter(code=spec.event_type_code).first()
+        event_type = segment_selectors.event_type_get(code=spec.event_type_code)
         if event_type is None:
             raise ValidationError({"metrics": f"Unknown event type '{spec.event_type_code}'."})
         Metric.objects.create(
