@@ -216,6 +216,13 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # Broadcast/pidbox files (worker remote control); kombu's default is ./control.
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # kombu's virtual transports sleep ``polling_interval`` (1 s by default) whenever a
+        # poll finds nothing to take, and with a prefetch of 1 a poll finds nothing as soon
+        # as every pool process holds a task: a 2-process worker then starts at most ~2
+        # tasks a second however short they are. 50 ms lifts that ceiling twentyfold for a
+        # few idle directory reads a second (the demo's referral rewards went from 60 s to
+        # 7 s at 5,000 customers). Redis does not poll.
+        "polling_interval": 0.05,
     }
 else:
     # A task must be acknowledged within this time or the broker redelivers it; nothing

@@ -1,49 +1,76 @@
 #!/usr/bin/env bash
-# `make demo`: the product on the embedded default (SQLite under var/, a Celery broker on
-# local files, a real worker), served by gunicorn on loopback. Idempotent.
-# DEMO_SERVE=0 sets everything up and exits instead of serving (used by tests).
+# `make demo`: the whole product on the embedded default (SQLite under var/, a Celery broker
+# on local files, a real worker): a synthetic business of 50,000 customers, its tiers, one
+# campaign of each kind with an experiment, deliveries through the worker into the database
+# mailbox, simulated responses with planted effects, and the lift reports checked against
+# them (`manage.py run_demo`, see demo/pipeline.py). Then the admin is served by gunicorn
+# beside the worker and beat. Idempotent: a second run creates nothing new.
+#
+#   DEMO_SERVE=0        set everything up, print the summary and exit (tests, CI)
+#   DEMO_CUSTOMERS=N    business size (default 50000); DEMO_SEED=N (default 42)
+#   DEMO_PORT=N         port of the admin (default 8000)
+#   GROWTH_VAR_DIR=DIR  where the database, broker, logs and generated files live (default var/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=$PWD/.venv/bin/python
 PORT=${DEMO_PORT:-8000}
-mkdir -p var
-[ -s var/secret_key ] || "$PY" -c "import secrets; print(secrets.token_urlsafe(50))" > var/secret_key
-export DJANGO_SECRET_KEY=$(cat var/secret_key)
+export GROWTH_VAR_DIR=${GROWTH_VAR_DIR:-$PWD/var}
+VAR=$GROWTH_VAR_DIR
+mkdir -p "$VAR"
+[ -s "$VAR/secret_key" ] || "$PY" -c "import secrets; print(secrets.token_urlsafe(50))" > "$VAR/secret_key"
+export DJANGO_SECRET_KEY=$(cat "$VAR/secret_key")
 export DJANGO_DEBUG=false DJANGO_SECURE_SSL_REDIRECT=false DJANGO_SECURE_COOKIES=false DJANGO_SECURE_HSTS_SECONDS=0
 export DJANGO_ALLOWED_HOSTS=127.0.0.1,localhost
 unset DATABASE_URL CELERY_BROKER_URL CACHE_URL
+# Messages land in the database mailbox the admin shows: no SMTP server or SMS/push provider needed.
+export EMAIL_BACKEND=campaigns.mailbox.DatabaseMailboxBackend
+export CAMPAIGNS_SMS_BACKEND=campaigns.channels.mailbox.SmsMailboxBackend
+export CAMPAIGNS_PUSH_BACKEND=campaigns.channels.mailbox.PushMailboxBackend
+
+started=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - started )) s"; }
 
 "$PY" manage.py migrate --no-input -v 0
 "$PY" manage.py collectstatic --no-input -v 0
-echo "Demo users:"
-"$PY" manage.py demo_users
-
-# A small synthetic business (fixed seed), generated once into var/demo-data/ and imported
-# with the import commands, which are idempotent: re-running `make demo` stores nothing twice.
-DEMO_DATA=var/demo-data
-if [ ! -s "$DEMO_DATA/customers.csv" ] || [ ! -s "$DEMO_DATA/events.jsonl" ] || [ ! -e "$DEMO_DATA/memberships.jsonl" ]; then
-  "$PY" manage.py generate_demo_data --customers "${DEMO_CUSTOMERS:-2000}" --seed 42 --out "$DEMO_DATA"
-fi
-"$PY" manage.py import_customers "$DEMO_DATA/customers.csv"
-"$PY" manage.py import_memberships "$DEMO_DATA/memberships.jsonl"
-"$PY" manage.py import_events "$DEMO_DATA/events.jsonl"
-# Place every customer in a layer of every dimension and materialize the rule segments.
-"$PY" manage.py recompute_segments
-
-[ "${DEMO_SERVE:-1}" = 0 ] && exit 0
+"$PY" manage.py demo_users > "$VAR/demo-users.txt"
+echo "migrated, static files collected, demo users ready ($(elapsed))"
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
 trap cleanup EXIT INT TERM
-.venv/bin/celery -A config worker --concurrency 2 --loglevel INFO >var/worker.log 2>&1 &
+# The worker that delivers the demo's campaigns, and keeps serving afterwards.
+.venv/bin/celery -A config worker --concurrency 2 --hostname "demo@%h" --loglevel INFO \
+  --without-gossip --without-mingle --without-heartbeat >>"$VAR/worker.log" 2>&1 &
 pids+=($!)
-.venv/bin/celery -A config beat --loglevel INFO >var/beat.log 2>&1 &
+
+LOG_LEVEL=${DEMO_LOG_LEVEL:-WARNING} "$PY" manage.py run_demo \
+  --customers "${DEMO_CUSTOMERS:-50000}" --seed "${DEMO_SEED:-42}" ${DEMO_ARGS:-}
+echo "make demo: everything set up in $(elapsed)"
+echo
+echo "Sign in as (user / password (role)):"
+sed 's/^/  /' "$VAR/demo-users.txt"
+
+if [ "${DEMO_SERVE:-1}" = 0 ]; then
+  echo "Not serving (DEMO_SERVE=0): run 'make demo' again to serve the admin on http://127.0.0.1:$PORT/admin/"
+  exit 0
+fi
+
+.venv/bin/celery -A config beat --loglevel INFO >>"$VAR/beat.log" 2>&1 &
 pids+=($!)
-.venv/bin/gunicorn config.wsgi --bind 127.0.0.1:$PORT --workers 2 --access-logfile - >var/web.log 2>&1 &
+.venv/bin/gunicorn config.wsgi --bind "127.0.0.1:$PORT" --workers 2 --access-logfile - >>"$VAR/web.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+if ! curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
+  echo "The admin did not come up on port $PORT (is it in use? set DEMO_PORT); see $VAR/web.log" >&2
+  exit 1
+fi
 echo
-echo "Admin:   http://127.0.0.1:$PORT/admin/   (users above)"
-echo "API:     http://127.0.0.1:$PORT/api/docs/"
-echo "Logs:    var/web.log, var/worker.log, var/beat.log. Ctrl-C stops everything."
+echo "Admin:    http://127.0.0.1:$PORT/admin/   (users above)"
+echo "Reports:  http://127.0.0.1:$PORT/admin/reports/"
+echo "Playbook: http://127.0.0.1:$PORT/admin/playbook/"
+echo "API docs: http://127.0.0.1:$PORT/api/docs/"
+echo "Logs: $VAR/web.log, $VAR/worker.log, $VAR/beat.log. Ctrl-C stops everything."
 wait

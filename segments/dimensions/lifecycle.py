@@ -128,8 +128,8 @@ def stage_select(ctx: StageContext) -> tuple[str, list[Any]]:
             GROUP BY customer_id
         ),
         buyers AS (
-            SELECT DISTINCT customer_id FROM {table("Event")}
-            WHERE event_type_id = %s AND occurred_at <= %s
+            SELECT customer_id FROM {table("Event")}
+            WHERE event_type_id = %s AND occurred_at <= %s GROUP BY customer_id
         ),
         seen AS (
             SELECT c.id AS customer_id, c.signed_up_at,

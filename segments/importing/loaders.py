@@ -2,8 +2,9 @@
 
 Customers and memberships go through ``segments.services.ingestion`` in batches of 1,000
 (one ``INSERT … ON CONFLICT`` each). Events go through the PostgreSQL ``COPY`` path
-(``segments.importing.postgres``) on PostgreSQL, and through ``events_record`` in
-batches elsewhere. Every bad line is handed to ``on_error(line, field, message)`` while
+(``segments.importing.postgres``) on PostgreSQL, the ``INSERT OR IGNORE`` path
+(``segments.importing.sqlite``) on SQLite, and through ``events_record`` in batches
+elsewhere. Every bad line is handed to ``on_error(line, field, message)`` while
 the valid lines load; re-running an import stores nothing twice.
 """
 
@@ -165,6 +166,13 @@ def import_events(
         return copy_events(
             path, fmt, event_types=event_types, rule=rule, on_error=on_error, progress=progress,
             chunk_size=batch_size or COPY_CHUNK,
+        )  # fmt: skip
+    if connection.vendor == "sqlite":
+        from segments.importing.sqlite import SQLITE_CHUNK, insert_events
+
+        return insert_events(
+            path, fmt, event_types=event_types, rule=rule, on_error=on_error, progress=progress,
+            chunk_size=batch_size or SQLITE_CHUNK,
         )  # fmt: skip
     return _batched_import(
         path,

@@ -15,7 +15,9 @@ from segments.importing import ImportFileError, ImportStats
 
 SHOWN_ERRORS = 50
 EXIT_SOME_REJECTED = 2
-IMPORT_BATCH_HELP = "Rows per write (default 1,000; events on PostgreSQL: 50,000 per COPY chunk)."
+IMPORT_BATCH_HELP = (
+    "Rows per write (default 1,000; events: 10,000 per transaction on SQLite, 50,000 per COPY chunk on PostgreSQL)."
+)
 
 
 class BadLineReport:

@@ -1,0 +1,280 @@
+"""What the demo created, and what the lift reports found against what was planted.
+
+For each campaign experiment the report is read where the effects were planted: the
+layers of the plan's ``evaluate_dimension`` (one Holm family: those layers x the treatment
+variants, primary metric), or the overall row (family: the treatment variants) for an
+audience that sits in one layer. A planted effect is *recovered* when its cell's verdict
+is "significant win"; any other significant cell of that family is a *false positive*
+(no effect was planted there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.db.models import Count
+
+from campaigns.models import Campaign, Coupon, Delivery, MailboxMessage, Recipient, Referral, ReferralAudit
+from demo.plan import CampaignPlan, SegmentPlan
+from experiments.models import Assignment, Conversion, Experiment
+from experiments.reports.results import Report, RowResult
+from experiments.stats import SIGNIFICANT_LOSS, SIGNIFICANT_WIN
+from segments.models import Customer, Event, Membership, Segment, SegmentMembership
+
+SIGNIFICANT = (SIGNIFICANT_WIN, SIGNIFICANT_LOSS)
+
+
+@dataclass(frozen=True)
+class Cell:
+    layer: str | None  # None: the overall row
+    label: str
+    variant: str
+    control_rate: float | None
+    treatment_rate: float | None
+    customers: int
+    absolute_lift: float | None
+    ci: tuple[float, float] | None
+    adjusted_p: float | None
+    verdict: str
+
+    @property
+    def significant(self) -> bool:
+        return self.verdict in SIGNIFICANT
+
+
+@dataclass(frozen=True)
+class PlantedResult:
+    layer: str | None
+    variant: str
+    lift: float
+    cell: Cell | None
+
+    @property
+    def recovered(self) -> bool:
+        return self.cell is not None and self.cell.verdict == SIGNIFICANT_WIN
+
+
+@dataclass(frozen=True)
+class Findings:
+    campaign: str
+    experiment: str
+    metric: str
+    dimension: str | None
+    family_size: int
+    cells: tuple[Cell, ...]  # every cell of the family, in the report's order
+    planted: tuple[PlantedResult, ...]
+    significant: tuple[Cell, ...]
+    false_positives: tuple[Cell, ...]
+    caveats: tuple[str, ...]
+
+    @property
+    def significant_cells(self) -> set[tuple[str | None, str]]:
+        return {(c.layer, c.variant) for c in self.significant}
+
+    @property
+    def all_recovered(self) -> bool:
+        return all(p.recovered for p in self.planted)
+
+
+def _cells(row: RowResult) -> list[Cell]:
+    control = next((a for a in row.arms if a.is_control), None)
+    arms = {a.variant: a for a in row.arms}
+    cells = []
+    for lift in row.lifts:
+        ci = lift.absolute_lift_ci
+        cells.append(
+            Cell(
+                layer=row.layer if row.dimension is not None else None,
+                label=row.label,
+                variant=lift.variant,
+                control_rate=control.rate if control else None,
+                treatment_rate=arms[lift.variant].rate if lift.variant in arms else None,
+                customers=row.customers,
+                absolute_lift=lift.absolute_lift,
+                ci=(ci.low, ci.high) if ci is not None else None,
+                adjusted_p=lift.adjusted_p_value,
+                verdict=lift.verdict.label,
+            )
+        )
+    return cells
+
+
+def findings_from_report(*, plan: CampaignPlan, report: Report) -> Findings:
+    metric = report.primary
+    if metric is None:
+        raise RuntimeError(f"demo: experiment {plan.experiment.key} has no primary metric")
+    if plan.evaluate_dimension is None:
+        rows, family_size = [metric.overall], metric.overall_family.size
+    else:
+        dimension = next((d for d in metric.dimensions if d.key == plan.evaluate_dimension), None)
+        rows = list(dimension.layers) if dimension else []
+        family_size = dimension.family.size if dimension else 0
+    cells = [cell for row in rows for cell in _cells(row)]
+    by_key = {(c.layer, c.variant): c for c in cells}
+    planted = tuple(
+        PlantedResult(e.layer, e.variant, e.lift, by_key.get((e.layer, e.variant))) for e in plan.effects if e.lift > 0
+    )
+    significant = tuple(c for c in cells if c.significant)
+    false_positives = tuple(c for c in significant if (c.layer, c.variant) not in plan.planted())
+    return Findings(
+        campaign=plan.key,
+        experiment=plan.experiment.key,
+        metric=metric.metric.event_type,
+        dimension=plan.evaluate_dimension,
+        family_size=family_size,
+        cells=tuple(cells),
+        planted=planted,
+        significant=significant,
+        false_positives=false_positives,
+        caveats=tuple(c.message for c in report.caveats),
+    )
+
+
+# --- Counts ---------------------------------------------------------------------------------
+
+
+def demo_counts(*, campaigns: Sequence[CampaignPlan], segments: Sequence[SegmentPlan]) -> dict[str, int]:
+    """The numbers a re-run must leave unchanged (and the summary prints)."""
+    campaign_keys = [c.key for c in campaigns]
+    experiment_keys = [c.experiment.key for c in campaigns]
+    experiment_ids = list(Experiment.objects.filter(key__in=experiment_keys).values_list("pk", flat=True))
+    deliveries = Delivery.objects.filter(campaign__key__in=campaign_keys)
+    assignments = Assignment.objects.filter(experiment_id__in=experiment_ids)
+    counts = {
+        "customers": Customer.objects.count(),
+        "events": Event.objects.count(),
+        "memberships": Membership.objects.count(),
+        "segments": Segment.objects.filter(key__in=[s.key for s in segments]).count(),
+        "experiments": len(experiment_ids),
+        "campaigns": Campaign.objects.filter(key__in=campaign_keys).count(),
+        "assignments": assignments.count(),
+        "exposed": assignments.filter(first_exposed_at__isnull=False).count(),
+        "conversions": Conversion.objects.filter(assignment__experiment_id__in=experiment_ids).count(),
+        "recipients": Recipient.objects.filter(campaign__key__in=campaign_keys).count(),
+        "deliveries": deliveries.count(),
+        "mailbox": MailboxMessage.objects.count(),
+        "coupons": Coupon.objects.filter(campaign__key__in=campaign_keys).count(),
+        "coupons_redeemed": Coupon.objects.filter(campaign__key__in=campaign_keys, redeemed_at__isnull=False).count(),
+        "referrals": Referral.objects.filter(campaign__key__in=campaign_keys).count(),
+    }
+    for row in deliveries.values("status").annotate(n=Count("pk")):
+        counts[f"deliveries:{row['status']}"] = row["n"]
+    for row in MailboxMessage.objects.values("channel").annotate(n=Count("pk")):
+        counts[f"mailbox:{row['channel']}"] = row["n"]
+    return counts
+
+
+def segment_sizes(*, segments: Sequence[SegmentPlan]) -> dict[str, int]:
+    rows = (
+        SegmentMembership.objects.filter(segment__key__in=[s.key for s in segments])
+        .values("segment__key")
+        .annotate(n=Count("pk"))
+    )
+    sizes = {s.key: 0 for s in segments}
+    sizes.update({row["segment__key"]: row["n"] for row in rows})
+    return sizes
+
+
+def referral_audit_counts(*, campaign_key: str) -> dict[str, int]:
+    rows = ReferralAudit.objects.filter(campaign__key=campaign_key).values("action").annotate(n=Count("pk"))
+    return {row["action"]: row["n"] for row in rows}
+
+
+# --- Text ---------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "  n/a" if x is None else f"{100 * x:4.1f}%"
+
+
+def _pts(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f} pts"
+
+
+def _p(x: float | None) -> str:
+    return "n/a" if x is None else (f"{x:.3g}" if x >= 1e-4 else "<1e-4")
+
+
+def _where(layer: str | None, dimension: str | None) -> str:
+    return "all customers" if layer is None else f"{dimension}:{layer}"
+
+
+def _outcome(planted: bool, cell: Cell | None) -> str:
+    if planted:
+        return "RECOVERED" if cell is not None and cell.verdict == SIGNIFICANT_WIN else "MISSED"
+    return "FALSE POSITIVE" if cell is not None and cell.significant else "ok (nothing planted, nothing found)"
+
+
+def findings_text(findings: Findings, *, reach: dict[tuple[str | None, str], float] | None = None) -> list[str]:
+    """One line per cell of the family: what was planted (the lift on reached customers,
+    and what the report should see after the share reached: intent to treat) against what
+    the report found, then the outcome."""
+    scope = "overall row" if findings.dimension is None else f"layers of '{findings.dimension}'"
+    lines = [
+        f"  {findings.experiment} (campaign {findings.campaign}; {findings.metric}; {scope}; "
+        f"Holm family of {findings.family_size})"
+    ]
+    lifts = {(p.layer, p.variant): p.lift for p in findings.planted}
+    cells = {(c.layer, c.variant): c for c in findings.cells}
+    keys = list(cells) + [key for key in lifts if key not in cells]
+    width = max((len(f"{_where(layer, findings.dimension)} x {variant}") for layer, variant in keys), default=0)
+    for layer, variant in keys:
+        where = f"{_where(layer, findings.dimension)} x {variant}".ljust(width)
+        lift = lifts.get((layer, variant))
+        share = reach.get((layer, variant)) if reach else None
+        if lift is None:
+            planted = "planted none".ljust(38)
+        elif share is None:
+            planted = f"planted +{100 * lift:.0f} pts on reached".ljust(38)
+        else:
+            planted = f"planted +{100 * lift:.0f} pts x {share:.0%} reached = {100 * lift * share:+.1f}".ljust(38)
+        c = cells.get((layer, variant))
+        if c is None:
+            found = "no row in the report"
+        else:
+            ci = f" [{100 * c.ci[0]:+.1f}, {100 * c.ci[1]:+.1f}]" if c.ci else ""
+            found = (
+                f"found {_pct(c.control_rate)} -> {_pct(c.treatment_rate)}, {_pts(c.absolute_lift)}{ci}, "
+                f"Holm p {_p(c.adjusted_p)}"
+            )
+        lines.append(f"    {where}  {planted} | {found}: {_outcome(lift is not None, c)}")
+    for caveat in findings.caveats:
+        lines.append(f"    caveat: {caveat}")
+    return lines
+
+
+def verdict_text(findings: Sequence[Findings]) -> str:
+    planted = sum(len(f.planted) for f in findings)
+    recovered = sum(p.recovered for f in findings for p in f.planted)
+    false = sum(len(f.false_positives) for f in findings)
+    others = sum(len(f.cells) for f in findings) - planted
+    if recovered == planted and not false:
+        return (
+            f"  RESULT: all {planted} planted effects recovered (Holm-adjusted p < 0.05), and none of the other "
+            f"{others} layer x variant cells is significant: the reports found exactly what was planted."
+        )
+    missed = [
+        f"{f.campaign} {_where(p.layer, f.dimension)} x {p.variant}"
+        for f in findings
+        for p in f.planted
+        if not p.recovered
+    ]
+    wrong = [f"{f.campaign} {_where(c.layer, f.dimension)} x {c.variant}" for f in findings for c in f.false_positives]
+    why = []
+    if missed:
+        why.append(
+            "a planted effect is missed when its cell is too small: below the default 50,000 customers the "
+            "planted cells are found less reliably"
+        )
+    if wrong:
+        why.append("Holm keeps the chance of any false positive at or below 5% per experiment, not at zero")
+    return (
+        f"  RESULT: NOT exactly what was planted: recovered {recovered} of {planted} planted effects"
+        + (f" (missed: {'; '.join(missed)})" if missed else "")
+        + f"; {false} false positive(s)"
+        + (f" ({'; '.join(wrong)})" if wrong else "")
+        + ". "
+        + "; ".join(why)
+        + "."
+    )
