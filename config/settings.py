@@ -227,7 +227,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 else:
     # A task must be acknowledged within this time or the broker redelivers it; nothing
     # is ever scheduled further ahead than this (schedules live in the database).
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    # Redis emulates priorities with one list per step, read lowest number first: sending
+    # (priority 0) is served before deciding more audience batches (6, see
+    # campaigns.services.outbox.DECIDE_PRIORITY). These are kombu's defaults, written down.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "priority_steps": [0, 3, 6, 9]}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None

@@ -2,7 +2,9 @@
 the outbox rows that will carry it.
 
 Order (intent to treat): audience and assignment first, then treatment (offer + content by
-variant and layer), then channels (consent), then quiet hours and caps. Every customer the
+variant and layer), then channels (consent), then quiet hours and caps. A batch is read
+with one query per kind and written with one ``INSERT … SELECT`` per table (see
+``campaigns.services.bulk``); no model instance is built per row. Every customer the
 experiment assigned gets a ``Recipient`` row, control and holdout included, and a
 "would have sent" delivery row (suppressed, reason control/holdout). The deliveries to send
 are created ``pending`` in the same transaction (the transactional outbox) and enqueued after
@@ -16,6 +18,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import transaction
 from django.db.models import OuterRef, Subquery
@@ -23,6 +26,7 @@ from django.utils import timezone
 
 from campaigns.models import Campaign, Content, Coupon, Delivery, Offer, Recipient, Treatment
 from campaigns.models.delivery import delivery_key
+from campaigns.services import bulk
 from campaigns.services import policy as send_policy
 from campaigns.services.assignments import Split, exposures_record, splits_get
 from segments.models import CONTACT_FIELDS, Channel, Customer, Layer, Membership
@@ -58,7 +62,7 @@ def campaign_audience(*, campaign: Campaign, base=None):  # type: ignore[no-unty
 
 
 def generate_code(prefix: str = "", length: int = 10) -> str:
-    return prefix + "".join(secrets.choice(CODE_ALPHABET) for _ in range(length))
+    return generate_codes(prefix, length, 1)[0]
 
 
 def _layers_of(campaign: Campaign, customer_ids: Sequence[int]) -> dict[int, int]:
@@ -127,58 +131,99 @@ def _coupon_expiry(
     return min(present) if present else None
 
 
-def _issue_coupons(
-    *, campaign: Campaign, grants: list[tuple[Recipient, Offer, dt.datetime | None]], now: dt.datetime
-) -> set[int]:
-    """Issue one coupon per granted recipient; return the recipient ids left without one
-    (pool exhausted)."""
-    generated = [g for g in grants if g[1].code_source == Offer.CodeSource.GENERATED]
+def generate_codes(prefix: str, length: int, count: int) -> list[str]:
+    """``count`` codes from the unambiguous alphabet: one read of the OS's CSPRNG, each
+    byte mapped to one of 32 letters (256 = 8 × 32, so every letter is equally likely)."""
+    table = bytes.maketrans(bytes(range(256)), CODE_ALPHABET.encode() * 8)
+    letters = secrets.token_bytes(length * count).translate(table).decode()
+    return [prefix + letters[i * length : (i + 1) * length] for i in range(count)]
+
+
+@dataclass(slots=True)
+class _Decision:
+    """One ``Recipient`` row being decided (written set-based, not as a model instance)."""
+
+    customer_id: int
+    step: str
+    reason: str
+    variant_key: str
+    assignment_id: int | None
+    layer_id: int | None
+    outcome: str = ""
+    treatment: Treatment | None = None
+    membership_id: int | None = None
+    window_key: str = ""
+    membership_expires: dt.datetime | None = None
+    pk: int = 0
+
+    @property
+    def offer(self) -> Offer | None:
+        return self.treatment.offer if self.treatment is not None else None
+
+
+_RECIPIENT_FIELDS = (
+    "campaign",
+    "customer",
+    "step",
+    "outcome",
+    "reason",
+    "variant_key",
+    "assignment_id",
+    "layer",
+    "treatment",
+    "offer",
+    "membership",
+    "window_key",
+    "decided_at",
+)
+
+
+def _recipients_insert(*, campaign: Campaign, decisions: list[_Decision], now: dt.datetime) -> None:
     rows = [
-        Coupon(
-            offer=offer,
-            code=generate_code(offer.code_prefix),
-            source=Coupon.Source.GENERATED,
-            customer_id=recipient.customer_id,
-            campaign=campaign,
-            recipient=recipient,
-            issued_at=now,
-            expires_at=expires,
+        (
+            campaign.pk,
+            d.customer_id,
+            d.step,
+            d.outcome,
+            d.reason,
+            d.variant_key,
+            d.assignment_id,
+            d.layer_id,
+            d.treatment.pk if d.treatment is not None else None,
+            d.treatment.offer_id if d.treatment is not None else None,
+            d.membership_id,
+            d.window_key,
+            now,
         )
-        for recipient, offer, expires in generated
+        for d in decisions
     ]
-    Coupon.objects.bulk_create(rows, batch_size=1000)
-    missing: set[int] = set()
-    pooled: dict[int, list[tuple[Recipient, Offer, dt.datetime | None]]] = {}
-    for grant in grants:
-        if grant[1].code_source == Offer.CodeSource.POOL:
-            pooled.setdefault(grant[1].pk, []).append(grant)
-    for offer_id, offer_grants in pooled.items():
-        free = list(
-            Coupon.objects.select_for_update(skip_locked=True)
-            .filter(offer_id=offer_id, customer__isnull=True)
-            .order_by("pk")[: len(offer_grants)]
+    ids = {
+        (customer_id, step): pk
+        for pk, customer_id, step in bulk.rows_insert(
+            Recipient, _RECIPIENT_FIELDS, rows, returning=("id", "customer", "step")
         )
-        for coupon, (recipient, _, expires) in zip(free, offer_grants, strict=False):
-            coupon.customer_id = recipient.customer_id
-            coupon.campaign = campaign
-            coupon.recipient = recipient
-            coupon.issued_at = now
-            coupon.expires_at = expires
-        Coupon.objects.bulk_update(free, ["customer", "campaign", "recipient", "issued_at", "expires_at"])
-        missing |= {recipient.pk for recipient, _, _ in offer_grants[len(free) :]}
-    return missing
+    }
+    for d in decisions:
+        d.pk = ids[(d.customer_id, d.step)]
 
 
 @transaction.atomic
 def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.datetime | None = None) -> DecideResult:
     """Decide for ``targets`` (customers already known to be in the audience). Idempotent:
-    a (campaign, customer, step) decided before is skipped."""
+    a (campaign, customer, step) decided before is skipped.
+
+    Reads are one query per kind for the whole batch (existing decisions, customers,
+    assignments, layers, memberships); the decision itself is a dictionary lookup per
+    customer; writes are one ``INSERT … SELECT`` per table (recipients, coupons,
+    deliveries, cap slots) and one ``UPDATE`` for the exposures."""
     now = now or timezone.now()
     if not targets:
         return DecideResult()
     existing = set(
         Recipient.objects.filter(
-            campaign=campaign, customer_id__in={t.customer_id for t in targets}, step__in={t.step for t in targets}
+            bulk.id_in(Recipient, "customer", sorted({t.customer_id for t in targets})),
+            campaign=campaign,
+            step__in={t.step for t in targets},
         ).values_list("customer_id", "step")
     )
     targets = [t for t in targets if (t.customer_id, t.step) not in existing]
@@ -186,7 +231,10 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
         return DecideResult()
     customer_ids = sorted({t.customer_id for t in targets})
     contact_fields = [field for fields in CONTACT_FIELDS.values() for field in fields]
-    customers = {c.pk: c for c in Customer.objects.filter(pk__in=customer_ids).only("timezone", *contact_fields)}
+    customers = {
+        c.pk: c
+        for c in Customer.objects.filter(bulk.id_in(Customer, "id", customer_ids)).only("timezone", *contact_fields)
+    }
     splits = splits_get(experiment=campaign.experiment, customer_ids=customer_ids)
     layers = _layers_of(campaign, customer_ids)
     index = TreatmentIndex(campaign)
@@ -203,32 +251,28 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
     else:
         offered = set()
 
-    recipients: list[Recipient] = []
+    decisions: list[_Decision] = []
     for target in targets:
-        customer = customers.get(target.customer_id)
-        if customer is None:
+        if target.customer_id not in customers:
             continue
         split: Split = splits[target.customer_id]
         layer_id = layers.get(target.customer_id)
-        row = Recipient(
-            campaign=campaign,
+        row = _Decision(
             customer_id=target.customer_id,
             step=target.step,
             reason=split.reason,
             variant_key=split.variant_key,
             assignment_id=split.assignment_id,
             layer_id=layer_id,
-            decided_at=now,
         )
+        decisions.append(row)
         membership = memberships.get(target.customer_id)
         if membership is not None and layer_id is not None:
             window = window_keys.get(layer_id, "")
             if (membership[0], window) in offered:
                 row.outcome, row.reason = Recipient.Outcome.EXCLUDED, "renewal_already_offered"
-                recipients.append(row)
                 continue
-            row.membership_id, row.window_key = membership[0], window
-            row._membership_expires = membership[1]  # type: ignore[attr-defined]
+            row.membership_id, row.window_key, row.membership_expires = membership[0], window, membership[1]
         if split.reason == "holdout":
             row.outcome = Recipient.Outcome.HOLDOUT
         elif not split.is_assigned:
@@ -242,30 +286,28 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
             elif treatment is None:
                 row.outcome, row.reason = Recipient.Outcome.EXCLUDED, "no_treatment"
             else:
-                row.outcome = Recipient.Outcome.TREATED
-                row.treatment, row.offer = treatment, treatment.offer
+                row.outcome, row.treatment = Recipient.Outcome.TREATED, treatment
         if row.outcome != Recipient.Outcome.TREATED:
             row.membership_id, row.window_key = None, ""
-        recipients.append(row)
-    Recipient.objects.bulk_create(recipients, batch_size=1000)
+    _recipients_insert(campaign=campaign, decisions=decisions, now=now)
 
     grants = [
-        (r, r.offer, _coupon_expiry(offer=r.offer, campaign=campaign, now=now, membership_expires=_mexp(r)))
-        for r in recipients
-        if r.outcome == Recipient.Outcome.TREATED
-        and r.offer is not None
-        and r.offer.code_source != Offer.CodeSource.NONE
+        (d, offer, _coupon_expiry(offer=offer, campaign=campaign, now=now, membership_expires=d.membership_expires))
+        for d in decisions
+        if d.outcome == Recipient.Outcome.TREATED
+        and (offer := d.offer) is not None
+        and offer.code_source != Offer.CodeSource.NONE
     ]
     no_coupon = _issue_coupons(campaign=campaign, grants=grants, now=now)
     deliveries = _deliveries_for(
-        campaign=campaign, recipients=recipients, customers=customers, index=index, no_coupon=no_coupon, now=now
+        campaign=campaign, decisions=decisions, customers=customers, index=index, no_coupon=no_coupon, now=now
     )
     delivered = {d.recipient_id for d in deliveries if d.status != Delivery.Status.SUPPRESSED}
-    _void_coupons([r.pk for r, _, _ in grants if r.pk not in delivered])
+    _void_coupons([d.pk for d, _, _ in grants if d.pk not in delivered])
     exposed = [
-        (r.assignment_id, r.variant_key)
-        for r in recipients
-        if r.assignment_id is not None and r.outcome in (Recipient.Outcome.TREATED, Recipient.Outcome.CONTROL)
+        (d.assignment_id, d.variant_key)
+        for d in decisions
+        if d.assignment_id is not None and d.outcome in (Recipient.Outcome.TREATED, Recipient.Outcome.CONTROL)
     ]
     if exposed:
         exposures_record(assignments=exposed, at=now)
@@ -278,7 +320,48 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
         from campaigns.services.outbox import deliveries_enqueue_on_commit
 
         deliveries_enqueue_on_commit(delivery_ids=pending)
-    return DecideResult(recipients=len(recipients), pending_ids=pending, counts=counts)
+    return DecideResult(recipients=len(decisions), pending_ids=pending, counts=counts)
+
+
+def _issue_coupons(
+    *, campaign: Campaign, grants: list[tuple[_Decision, Offer, dt.datetime | None]], now: dt.datetime
+) -> set[int]:
+    """Issue one coupon per granted recipient; return the recipient ids left without one
+    (pool exhausted)."""
+    generated = [g for g in grants if g[1].code_source == Offer.CodeSource.GENERATED]
+    by_prefix: dict[str, list[tuple[_Decision, Offer, dt.datetime | None]]] = {}
+    for grant in generated:
+        by_prefix.setdefault(grant[1].code_prefix, []).append(grant)
+    rows = []
+    for prefix, prefix_grants in by_prefix.items():
+        codes = generate_codes(prefix, 10, len(prefix_grants))
+        rows += [
+            (offer.pk, code, Coupon.Source.GENERATED, d.customer_id, campaign.pk, d.pk, now, expires)
+            for (d, offer, expires), code in zip(prefix_grants, codes, strict=True)
+        ]
+    bulk.rows_insert(
+        Coupon, ("offer", "code", "source", "customer", "campaign", "recipient", "issued_at", "expires_at"), rows
+    )
+    missing: set[int] = set()
+    pooled: dict[int, list[tuple[_Decision, Offer, dt.datetime | None]]] = {}
+    for grant in grants:
+        if grant[1].code_source == Offer.CodeSource.POOL:
+            pooled.setdefault(grant[1].pk, []).append(grant)
+    for offer_id, offer_grants in pooled.items():
+        free = list(
+            Coupon.objects.select_for_update(skip_locked=True)
+            .filter(offer_id=offer_id, customer__isnull=True)
+            .order_by("pk")[: len(offer_grants)]
+        )
+        for coupon, (decision, _, expires) in zip(free, offer_grants, strict=False):
+            coupon.customer_id = decision.customer_id
+            coupon.campaign = campaign
+            coupon.recipient_id = decision.pk
+            coupon.issued_at = now
+            coupon.expires_at = expires
+        Coupon.objects.bulk_update(free, ["customer", "campaign", "recipient", "issued_at", "expires_at"])
+        missing |= {decision.pk for decision, _, _ in offer_grants[len(free) :]}
+    return missing
 
 
 def _void_coupons(recipient_ids: list[int]) -> None:
@@ -292,35 +375,63 @@ def _void_coupons(recipient_ids: list[int]) -> None:
     )
 
 
-def _mexp(recipient: Recipient) -> dt.datetime | None:
-    return getattr(recipient, "_membership_expires", None)
+@dataclass(slots=True)
+class _Outgoing:
+    """One ``Delivery`` row being written (set-based, not as a model instance)."""
+
+    recipient_id: int
+    customer_id: int
+    step: str
+    channel: str
+    key: str
+    status: str
+    reason: str = ""
+    not_before: dt.datetime | None = None
+    sent_at: dt.datetime | None = None
+    provider_ref: str = ""
+    pk: int = 0
+
+
+_DELIVERY_FIELDS = (
+    "recipient",
+    "campaign",
+    "customer",
+    "step",
+    "channel",
+    "key",
+    "status",
+    "reason",
+    "not_before",
+    "max_attempts",
+    "sent_at",
+    "provider_ref",
+    "created_at",
+)
 
 
 def _deliveries_for(
     *,
     campaign: Campaign,
-    recipients: Sequence[Recipient],
+    decisions: Sequence[_Decision],
     customers: dict[int, Customer],
     index: TreatmentIndex,
     no_coupon: set[int],
     now: dt.datetime,
-) -> list[Delivery]:
+) -> list[_Outgoing]:
     policies = send_policy.policies_get()
-    rows: list[Delivery] = []
+    rows: list[_Outgoing] = []
     default_channels = _ordered_channels(campaign, campaign.channels)
+    channels_of: dict[int, list[str]] = {}
 
-    def make(recipient: Recipient, channel: str, status: str, reason: str = "", **extra: object) -> Delivery:
-        return Delivery(
-            recipient=recipient,
-            campaign=campaign,
-            customer_id=recipient.customer_id,
-            step=recipient.step,
+    def make(decision: _Decision, channel: str, status: str, reason: str = "", **extra: Any) -> _Outgoing:
+        return _Outgoing(
+            recipient_id=decision.pk,
+            customer_id=decision.customer_id,
+            step=decision.step,
             channel=channel,
-            key=delivery_key(campaign.pk, recipient.customer_id, recipient.step, channel),
+            key=delivery_key(campaign.pk, decision.customer_id, decision.step, channel),
             status=status,
             reason=reason,
-            max_attempts=campaign.max_attempts,
-            created_at=now,
             **extra,
         )
 
@@ -339,41 +450,70 @@ def _deliveries_for(
             return [], refused[:1]
         return usable, refused
 
-    for recipient in recipients:
-        customer = customers[recipient.customer_id]
-        if recipient.outcome in (Recipient.Outcome.CONTROL, Recipient.Outcome.HOLDOUT):
+    for decision in decisions:
+        customer = customers[decision.customer_id]
+        if decision.outcome in (Recipient.Outcome.CONTROL, Recipient.Outcome.HOLDOUT):
             usable, _ = pick(customer, default_channels)
-            control = recipient.outcome == Recipient.Outcome.CONTROL
+            control = decision.outcome == Recipient.Outcome.CONTROL
             reason = Delivery.Reason.CONTROL if control else Delivery.Reason.HOLDOUT
             for channel in usable or default_channels[:1]:
-                rows.append(make(recipient, channel, Delivery.Status.SUPPRESSED, reason))
+                rows.append(make(decision, channel, Delivery.Status.SUPPRESSED, reason))
             continue
-        if recipient.outcome != Recipient.Outcome.TREATED:
+        if decision.outcome != Recipient.Outcome.TREATED or decision.treatment is None:
             continue
-        channels = _ordered_channels(campaign, index.channels.get(recipient.treatment_id, []))
+        treatment_id = decision.treatment.pk
+        if treatment_id not in channels_of:
+            channels_of[treatment_id] = _ordered_channels(campaign, index.channels.get(treatment_id, []))
+        channels = channels_of[treatment_id]
         if not channels:
-            rows.append(make(recipient, (default_channels or ["email"])[0], Delivery.Status.SUPPRESSED, "no_content"))
+            rows.append(make(decision, (default_channels or ["email"])[0], Delivery.Status.SUPPRESSED, "no_content"))
             continue
-        if recipient.pk in no_coupon:
-            rows.append(make(recipient, channels[0], Delivery.Status.SUPPRESSED, Delivery.Reason.NO_COUPON))
+        if decision.pk in no_coupon:
+            rows.append(make(decision, channels[0], Delivery.Status.SUPPRESSED, Delivery.Reason.NO_COUPON))
             continue
         usable, refused = pick(customer, channels)
         for channel, reason in refused:
-            rows.append(make(recipient, channel, Delivery.Status.SUPPRESSED, reason))
+            rows.append(make(decision, channel, Delivery.Status.SUPPRESSED, reason))
         for channel in usable:
             if channel == Channel.IN_APP:
-                rows.append(make(recipient, channel, Delivery.Status.SENT, sent_at=now, provider_ref="in_app"))
+                rows.append(make(decision, channel, Delivery.Status.SENT, sent_at=now, provider_ref="in_app"))
                 continue
             held_until = None
             if not campaign.is_transactional:
                 held_until = send_policy.quiet_until(policies.get(channel), tz=customer.timezone, at=now)
             if held_until is not None:
                 rows.append(
-                    make(recipient, channel, Delivery.Status.HELD, Delivery.Reason.QUIET_HOURS, not_before=held_until)
+                    make(decision, channel, Delivery.Status.HELD, Delivery.Reason.QUIET_HOURS, not_before=held_until)
                 )
             else:
-                rows.append(make(recipient, channel, Delivery.Status.PENDING))
-    Delivery.objects.bulk_create(rows, batch_size=1000)
+                rows.append(make(decision, channel, Delivery.Status.PENDING))
+    ids = dict(
+        bulk.rows_insert(
+            Delivery,
+            _DELIVERY_FIELDS,
+            [
+                (
+                    d.recipient_id,
+                    campaign.pk,
+                    d.customer_id,
+                    d.step,
+                    d.channel,
+                    d.key,
+                    d.status,
+                    d.reason,
+                    d.not_before,
+                    campaign.max_attempts,
+                    d.sent_at,
+                    d.provider_ref,
+                    now,
+                )
+                for d in rows
+            ],
+            returning=("key", "id"),
+        )
+    )
+    for d in rows:
+        d.pk = ids[d.key]
 
     if not campaign.is_transactional:
         requests = []
@@ -386,7 +526,7 @@ def _deliveries_for(
             )
         capped = send_policy.cap_slots_take(requests=requests, policies=policies, now=now)
         if capped:
-            Delivery.objects.filter(pk__in=capped).update(
+            Delivery.objects.filter(bulk.id_in(Delivery, "id", sorted(capped))).update(
                 status=Delivery.Status.SUPPRESSED, reason=Delivery.Reason.CAPPED, not_before=None
             )
             for d in rows:

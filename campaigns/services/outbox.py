@@ -30,10 +30,19 @@ from django.utils import timezone
 
 from campaigns import conf
 from campaigns.models import AudienceBatch, Campaign, Delivery
+from campaigns.services import bulk
 
 logger = logging.getLogger(__name__)
 
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+# Deciding an audience batch waits behind sending, so a worker sends what is decided before
+# it decides more and a broadcast's sending overlaps its deciding (measured with
+# bench/delivery.py at 30,000 messages: 13-20% longer with decides at the default priority,
+# every batch decided before the first send). kombu's Redis transport emulates priorities with one list per step of
+# ``priority_steps`` (default 0, 3, 6, 9) and BRPOPs them in that order: the LOWER number is
+# served first; sends are published at the default 0. Brokers without priorities (the
+# filesystem transport of the embedded default) ignore it: then batches and sends are FIFO.
+DECIDE_PRIORITY = 6
 SWEEP_LIMIT = 500_000
 
 
@@ -59,7 +68,9 @@ def deliveries_enqueue(*, delivery_ids: Sequence[int], countdown: float | None =
     if published and countdown is None:
         now = timezone.now()
         for chunk in chunked(published, 5000):
-            Delivery.objects.filter(pk__in=chunk, status=Delivery.Status.PENDING).update(enqueued_at=now)
+            Delivery.objects.filter(bulk.id_in(Delivery, "id", chunk), status=Delivery.Status.PENDING).update(
+                enqueued_at=now
+            )
     return len(published)
 
 
@@ -74,7 +85,9 @@ def audience_batches_enqueue(*, batch_ids: Sequence[int]) -> int:
     published: list[int] = []
     for batch_id in batch_ids:
         try:
-            audience_batch_decide.apply_async(args=[batch_id], retry=True, retry_policy=PUBLISH_RETRY)
+            audience_batch_decide.apply_async(
+                args=[batch_id], retry=True, retry_policy=PUBLISH_RETRY, priority=DECIDE_PRIORITY
+            )
         except Exception as exc:  # noqa: BLE001 - the sweeper publishes later
             logger.warning("broker unavailable, audience batches left for the sweeper: %r", exc)
             break

@@ -9,7 +9,9 @@
   so under any concurrency the database hands each slot to exactly one message; no count is
   read and then written.
 - **Rate limits**: a fixed one-second window per channel counted with atomic ``incr`` in the
-  shared cache (Redis in production), so the limit holds across every worker process.
+  shared cache (Redis in production), so the limit holds across every worker process. A
+  sender takes its tokens in small blocks (one ``incr`` of up to a tenth of the limit) and
+  uses them only inside the window that granted them.
 - Transactional campaigns are exempt from caps and quiet hours.
 """
 
@@ -23,9 +25,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from django.core.cache import cache
-from django.db import connection
 
 from campaigns.models import CapSlot, ChannelPolicy
+from campaigns.services import bulk
 
 
 @dataclass(frozen=True)
@@ -100,32 +102,20 @@ class CapRequest:
 
 
 def _insert_slots(rows: Sequence[tuple[CapRequest, str, dt.date, int]], now: dt.datetime) -> set[int]:
-    """Insert slot rows, skipping taken ones; return the refs that got theirs."""
+    """Insert slot rows, skipping taken ones (one ``INSERT … SELECT … ON CONFLICT DO
+    NOTHING RETURNING``); return the refs that got theirs."""
     if not rows:
         return set()
-    ops = connection.ops
-    table = CapSlot._meta.db_table
     # A stable order keeps concurrent inserters from taking keys in opposite orders.
     ordered = sorted(rows, key=lambda r: (r[0].customer_id, r[0].channel, r[1], r[2], r[3]))
-    placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(ordered))
-    params: list[object] = []
-    for request, period, start, slot in ordered:
-        params += [
-            request.customer_id,
-            request.channel,
-            period,
-            ops.adapt_datefield_value(start),
-            slot,
-            request.ref,
-            ops.adapt_datetimefield_value(now),
-        ]
-    sql = (
-        f"INSERT INTO {table} (customer_id, channel, period, period_start, slot, delivery_id, created_at) "
-        f"VALUES {placeholders} ON CONFLICT DO NOTHING RETURNING delivery_id"
+    inserted = bulk.rows_insert(
+        CapSlot,
+        ("customer", "channel", "period", "period_start", "slot", "delivery", "created_at"),
+        [(r.customer_id, r.channel, period, start, slot, r.ref, now) for r, period, start, slot in ordered],
+        returning=("delivery",),
+        skip_conflicts=True,
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return {row[0] for row in cursor.fetchall()}
+    return {ref for (ref,) in inserted}
 
 
 def _take_period(
@@ -212,3 +202,53 @@ def rate_limit_acquire(*, channel: str, per_second: int | None, max_wait: float 
             return
         time.sleep(delay)
         waited += delay
+
+
+def rate_limit_take(*, channel: str, per_second: int, wanted: int) -> tuple[int, float, int]:
+    """Take up to ``wanted`` messages from the channel's current one-second window with one
+    atomic ``incr``; return (granted, seconds to wait when none was granted, the window)."""
+    now = time.time()
+    window = int(now)
+    key = f"campaigns:rate:{channel}:{window}"
+    cache.add(key, 0, timeout=5)
+    try:
+        count = cache.incr(key, wanted)
+    except ValueError:  # expired between add and incr
+        cache.add(key, wanted, timeout=5)
+        count = wanted
+    granted = max(0, min(wanted, per_second - (count - wanted)))
+    return granted, (0.0 if granted else max(0.001, window + 1 - now)), window
+
+
+class RateLimiter:
+    """One process's view of a channel's shared rate limit: ``acquire()`` before each
+    message. Tokens are taken in blocks (one cache round trip per block, not per message)
+    and are only spent in the one-second window that granted them, so the limit holds
+    across every worker however the blocks are spread."""
+
+    def __init__(self, *, channel: str, per_second: int | None, max_wait: float = 60.0) -> None:
+        self.channel = channel
+        self.per_second = per_second
+        self.block = max(1, min(50, (per_second or 0) // 10))
+        self.max_wait = max_wait
+        self.allowance = 0
+        self.window = 0
+
+    def acquire(self) -> None:
+        if not self.per_second:
+            return
+        if self.allowance > 0 and int(time.time()) == self.window:
+            self.allowance -= 1
+            return
+        waited = 0.0
+        while True:
+            granted, delay, window = rate_limit_take(
+                channel=self.channel, per_second=self.per_second, wanted=self.block
+            )
+            if granted:
+                self.window, self.allowance = window, granted - 1
+                return
+            if waited >= self.max_wait:  # as rate_limit_acquire: never block a task forever
+                return
+            time.sleep(delay)
+            waited += delay

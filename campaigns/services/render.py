@@ -16,6 +16,58 @@ def _value(value: Any) -> str:
     return format(value.normalize(), "f") if hasattr(value, "normalize") else str(value)
 
 
+def customer_variables(
+    *, external_id: str, email: str, phone: str, attributes: dict[str, Any] | None, locale: str, timezone: str
+) -> dict[str, Any]:
+    return {
+        "external_id": external_id,
+        "email": email,
+        "phone": phone,
+        "first_name": str((attributes or {}).get("first_name", "")),
+        "locale": locale,
+        "timezone": timezone,
+    }
+
+
+def campaign_variables(campaign: Campaign) -> dict[str, Any]:
+    return {"name": campaign.name, "key": campaign.key, "ends_at": campaign.ends_at or ""}
+
+
+def offer_variables(offer: Offer) -> dict[str, Any]:
+    return {
+        "name": offer.name,
+        "benefit": offer.describe(),
+        "kind": offer.benefit_kind,
+        "value": _value(offer.value),
+        "currency": offer.currency,
+        "valid_until": offer.valid_until or "",
+    }
+
+
+def layer_variables(layer: Layer) -> dict[str, Any]:
+    return {"key": layer.key, "name": layer.name}
+
+
+def context_build(
+    *,
+    customer: dict[str, Any],
+    campaign: dict[str, Any],
+    offer: dict[str, Any] | None = None,
+    coupon: dict[str, Any] | None = None,
+    layer: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """A message's template context from its groups of variables (each group built once
+    per row it comes from; the sender caches campaign, offer and layer groups per task)."""
+    context: dict[str, dict[str, Any]] = {"customer": customer, "campaign": campaign}
+    if offer is not None:
+        context["offer"] = offer
+        if coupon is not None:
+            context["coupon"] = coupon
+    if layer is not None:
+        context["layer"] = layer
+    return context
+
+
 def message_context(
     *,
     campaign: Campaign,
@@ -25,33 +77,26 @@ def message_context(
     layer: Layer | None = None,
     coupon_placeholder: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    context: dict[str, dict[str, Any]] = {
-        "customer": {
-            "external_id": customer.external_id,
-            "email": customer.email,
-            "phone": customer.phone,
-            "first_name": str((customer.attributes or {}).get("first_name", "")),
-            "locale": customer.locale,
-            "timezone": customer.timezone,
-        },
-        "campaign": {"name": campaign.name, "key": campaign.key, "ends_at": campaign.ends_at or ""},
-    }
+    coupon_vars = None
     if offer is not None:
-        context["offer"] = {
-            "name": offer.name,
-            "benefit": offer.describe(),
-            "kind": offer.benefit_kind,
-            "value": _value(offer.value),
-            "currency": offer.currency,
-            "valid_until": offer.valid_until or "",
-        }
         if coupon is not None:
-            context["coupon"] = {"code": coupon.code, "expires_at": coupon.expires_at or ""}
+            coupon_vars = {"code": coupon.code, "expires_at": coupon.expires_at or ""}
         elif coupon_placeholder and offer.code_source != Offer.CodeSource.NONE:
-            context["coupon"] = {"code": "PREVIEW-CODE", "expires_at": campaign.ends_at or ""}
-    if layer is not None:
-        context["layer"] = {"key": layer.key, "name": layer.name}
-    return context
+            coupon_vars = {"code": "PREVIEW-CODE", "expires_at": campaign.ends_at or ""}
+    return context_build(
+        customer=customer_variables(
+            external_id=customer.external_id,
+            email=customer.email,
+            phone=customer.phone,
+            attributes=customer.attributes,
+            locale=customer.locale,
+            timezone=customer.timezone,
+        ),
+        campaign=campaign_variables(campaign),
+        offer=offer_variables(offer) if offer is not None else None,
+        coupon=coupon_vars,
+        layer=layer_variables(layer) if layer is not None else None,
+    )
 
 
 def content_fields(content: Content) -> dict[str, str]:

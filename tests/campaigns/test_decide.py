@@ -213,3 +213,50 @@ def test_pool_offer__pool_exhausted__suppressed_no_coupon(no_caps: None) -> None
     assert Coupon.objects.filter(offer=pool, customer__isnull=False).count() == 2
     assert Delivery.objects.filter(campaign=row, reason="no_coupon").count() == 1
     assert Delivery.objects.filter(campaign=row, status="pending").count() == 2
+
+
+def _decide_queries(n: int, key: str) -> int:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    people = customers(n, prefix=key)
+    row = campaign(key=key)
+    with CaptureQueriesContext(connection) as queries:
+        result = recipients_decide(campaign=row, targets=[Target(c.pk, "broadcast") for c in people])
+    assert result.recipients == n and Delivery.objects.filter(campaign=row, status="pending").count() == n
+    return len(queries)
+
+
+def test_recipients_decide__batch_size__same_number_of_statements(no_caps: None) -> None:
+    # Set-based: reads and writes per batch, not per customer.
+    assert _decide_queries(5, "small") == _decide_queries(300, "large")
+
+
+def test_rows_insert__conflicts_skipped_defaults_filled__ids_returned(no_caps: None) -> None:
+    from campaigns.models import CapSlot
+    from campaigns.services import bulk
+
+    person = CustomerFactory()
+    day = dt.date(2026, 3, 2)
+    fields = ("customer", "channel", "period", "period_start", "slot", "delivery")
+    first = bulk.rows_insert(
+        CapSlot, fields, [(person.pk, "email", "day", day, 1, 11), (person.pk, "email", "day", day, 2, 12)],
+        returning=("delivery",), skip_conflicts=True,
+    )  # fmt: skip
+    again = bulk.rows_insert(
+        CapSlot, fields, [(person.pk, "email", "day", day, 2, 13), (person.pk, "email", "day", day, 3, 14)],
+        returning=("delivery",), skip_conflicts=True,
+    )  # fmt: skip
+    assert sorted(first) == [(11,), (12,)] and again == [(14,)]
+    slots = CapSlot.objects.filter(customer=person).order_by("slot")
+    assert [(s.slot, s.period_start, s.delivery_id) for s in slots] == [(1, day, 11), (2, day, 12), (3, day, 14)]
+    assert all(s.created_at is not None for s in slots)  # the field's default, filled in
+
+
+def test_generate_codes__many__unique_alphabet_and_prefix() -> None:
+    from campaigns.services.decide import CODE_ALPHABET, generate_codes
+
+    codes = generate_codes("SPR", 10, 5000)
+    assert len(set(codes)) == 5000
+    assert all(c.startswith("SPR") and len(c) == 13 and set(c[3:]) <= set(CODE_ALPHABET) for c in codes)
+    assert set("".join(codes)[3:]) >= set(CODE_ALPHABET)  # every letter is used

@@ -257,3 +257,21 @@ def test_demo_mailbox__email_sms_push__captured_once_per_key(no_caps: None, sett
     assert sorted(MailboxMessage.objects.values_list("channel", flat=True)) == ["email", "push", "sms"]
     sms = MailboxMessage.objects.get(channel="sms")
     assert sms.to == "+33612345678" and "10% off" in sms.body_text
+
+
+def test_deliveries_send__chunk_of_messages__statements_per_chunk_plus_one_mark_each(no_caps: None, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    customers(60)
+    row = campaign()
+    run_broadcast(row)
+    ids = list(Delivery.objects.filter(campaign=row).values_list("pk", flat=True))
+    with CaptureQueriesContext(connection) as queries:
+        report = deliveries_send(delivery_ids=ids, worker="w:1")
+    marks = [q for q in queries.captured_queries if q["sql"].startswith("UPDATE") and "sent_at" in q["sql"]]
+    if connection.vendor != "postgresql":  # (PostgreSQL marks through a psycopg cursor Django does not log)
+        assert len(marks) == 60  # each acceptance recorded on its own, at once
+    assert report.sent == 60 and Delivery.objects.filter(pk__in=ids, status="sent").count() == 60
+    assert len(queries) - len(marks) <= 8  # the rest is per chunk: claim, rows, campaign, offer, content, policy
+    assert smtp_sink.unique == set(Delivery.objects.filter(pk__in=ids).values_list("key", flat=True))

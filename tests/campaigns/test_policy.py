@@ -96,3 +96,32 @@ def test_rate_limit_wait__over_per_second__waits_until_next_window() -> None:
     assert waits[:3] == [0.0, 0.0, 0.0]
     assert 0 < waits[3] <= 1.0
     assert policy.rate_limit_wait(channel="sms-test", per_second=None) == 0.0
+
+
+@pytest.mark.django_db
+def test_rate_limiter__two_senders_share_the_limit__never_over_per_second_in_a_window() -> None:
+    import collections
+    import time
+
+    first = policy.RateLimiter(channel="limiter-test", per_second=5)
+    second = policy.RateLimiter(channel="limiter-test", per_second=5)
+    stamps = []
+    for i in range(14):
+        limiter = first if i % 2 else second
+        limiter.acquire()
+        stamps.append(limiter.window)  # the one-second window that granted this message
+        assert limiter.window <= time.time()
+    per_window = collections.Counter(stamps)
+    assert max(per_window.values()) <= 5
+    assert len(per_window) >= 3  # 14 messages at 5/s need at least three one-second windows
+
+
+@pytest.mark.django_db
+def test_rate_limit_take__block_over_the_limit__partly_granted_then_wait() -> None:
+    import time_machine
+
+    with time_machine.travel(dt.datetime(2026, 3, 2, 12, 0, 0, 250_000, tzinfo=UTC), tick=False):
+        assert policy.rate_limit_take(channel="take-test", per_second=4, wanted=3)[:2] == (3, 0.0)
+        assert policy.rate_limit_take(channel="take-test", per_second=4, wanted=3)[:2] == (1, 0.0)
+        granted, wait, _ = policy.rate_limit_take(channel="take-test", per_second=4, wanted=3)
+        assert granted == 0 and wait == pytest.approx(0.75)

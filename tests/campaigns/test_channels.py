@@ -1,0 +1,223 @@
+"""The email channel's batch path against a real aiosmtpd server: SMTP pipelining when the
+server offers it (and only then), outcomes in order, one acceptance at a time, refusals
+mid-batch, a session closed by the server; the fast header folding and envelope
+addresses are byte-for-byte what Django and the standard library produce."""
+
+from __future__ import annotations
+
+import random
+import string
+import time
+from email._policybase import compat32
+
+import pytest
+from django.core.mail import EmailMultiAlternatives
+from django.core.mail.message import sanitize_address
+
+from campaigns.channels import OutgoingMessage, PermanentError, SendResult, TransientError
+from campaigns.channels.email import _PLAIN_ADDRESS, SMTP_POLICY, EmailBackend, envelope_address, message_bytes
+from tests.campaigns.peers import SmtpSink
+
+
+def _messages(n: int, *, prefix: str = "m") -> list[OutgoingMessage]:
+    return [
+        OutgoingMessage(
+            key=f"{prefix}-{i}", channel="email", to=f"{prefix}{i}@example.com", subject=f"Hi {i}", text=f"Body {i}"
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def plain_sink(settings):  # type: ignore[no-untyped-def]
+    """An SMTP server that does not advertise PIPELINING."""
+    sink = SmtpSink(pipelining=False).start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", sink.port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    yield sink
+    sink.stop()
+
+
+@pytest.mark.pure
+def test_send_many__server_offers_pipelining__pipelined_all_delivered_in_order(smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    backend = EmailBackend()
+    try:
+        assert backend._pipelining_smtp() is not None
+        outcomes = list(backend.send_many(_messages(25)))
+    finally:
+        backend.close()
+    assert "PIPELINING" in smtp_sink.ehlo_extensions
+    assert [i for i, _ in outcomes] == list(range(25))
+    assert all(isinstance(o, SendResult) for _, o in outcomes)
+    assert outcomes[3][1].provider_ref == "<m-3@growth.local>"
+    assert smtp_sink.unique == {f"m-{i}" for i in range(25)} and smtp_sink.total == 25
+
+
+@pytest.mark.pure
+def test_send_many__next_content_waits_for_the_caller__one_acceptance_at_a_time(smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    backend = EmailBackend()
+    outcomes = backend.send_many(_messages(3))
+    try:
+        assert next(outcomes)[0] == 0
+        time.sleep(0.3)  # the next envelope is on the wire; its content must not be
+        assert smtp_sink.total == 1
+        assert next(outcomes)[0] == 1
+        time.sleep(0.1)
+        assert smtp_sink.total == 2
+        assert next(outcomes)[0] == 2
+    finally:
+        outcomes.close()
+        backend.close()
+    assert smtp_sink.total == 3
+
+
+@pytest.mark.pure
+def test_send_many__recipient_refused_mid_batch__that_one_permanent_rest_delivered(smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    messages = _messages(5)
+    smtp_sink.refuse["m2@example.com"] = "550 5.1.1 No such user"
+    backend = EmailBackend()
+    try:
+        outcomes = dict(backend.send_many(messages))
+    finally:
+        backend.close()
+    assert isinstance(outcomes[2], PermanentError) and "550" in str(outcomes[2])
+    assert all(isinstance(outcomes[i], SendResult) for i in (0, 1, 3, 4))
+    assert smtp_sink.unique == {"m-0", "m-1", "m-3", "m-4"} and smtp_sink.total == 4
+
+
+@pytest.mark.pure
+def test_send_many__server_closes_session__transient_then_reconnects_for_the_rest(smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    smtp_sink.refuse["m1@example.com"] = "421 4.3.2 Service shutting down"
+    backend = EmailBackend()
+    try:
+        outcomes = dict(backend.send_many(_messages(4)))
+    finally:
+        backend.close()
+    assert isinstance(outcomes[1], TransientError) and "421" in str(outcomes[1])
+    assert all(isinstance(outcomes[i], SendResult) for i in (0, 2, 3))
+    assert smtp_sink.unique == {"m-0", "m-2", "m-3"}
+
+
+@pytest.mark.pure
+def test_send_many__no_pipelining_offered__one_command_at_a_time_all_delivered(plain_sink) -> None:  # type: ignore[no-untyped-def]
+    plain_sink.refuse["m1@example.com"] = "550 5.1.1 No such user"
+    backend = EmailBackend()
+    try:
+        assert backend._pipelining_smtp() is None
+        outcomes = dict(backend.send_many(_messages(4)))
+    finally:
+        backend.close()
+    assert "PIPELINING" not in plain_sink.ehlo_extensions
+    assert isinstance(outcomes[1], PermanentError) and "550" in str(outcomes[1])
+    assert plain_sink.unique == {"m-0", "m-2", "m-3"}
+
+
+@pytest.mark.pure
+def test_send_many__server_down__every_message_transient(settings) -> None:  # type: ignore[no-untyped-def]
+    from tests.campaigns.peers import free_port
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", free_port(), 2
+    outcomes = list(EmailBackend().send_many(_messages(3)))
+    assert [i for i, _ in outcomes] == [0, 1, 2]
+    assert all(isinstance(o, TransientError) for _, o in outcomes)
+
+
+@pytest.mark.pure
+def test_send_many__html_and_non_ascii__received_as_django_builds_them(smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    import email
+
+    message = OutgoingMessage(
+        key="u-1", channel="email", to="zoé@example.com", subject="Bonjour Zoé", text="Ça va ?\n.\nfin", html="<b>é</b>"
+    )
+    backend = EmailBackend()
+    try:
+        ((_, outcome),) = list(backend.send_many([message]))
+    finally:
+        backend.close()
+    assert isinstance(outcome, SendResult)
+    received = email.message_from_bytes(smtp_sink.messages[0])
+    assert received["X-Delivery-Key"] == "u-1" and received.is_multipart()
+    assert "Zo" in str(email.header.make_header(email.header.decode_header(received["Subject"])))
+    text = received.get_payload(0).get_payload(decode=True).decode()
+    assert text.replace("\r\n", "\n") == "Ça va ?\n.\nfin"  # the lone "." line was dot-stuffed, then undone
+
+
+@pytest.mark.pure
+def test_smtp_policy_fold__random_headers__identical_to_compat32() -> None:
+    reference = compat32.clone(linesep="\r\n")
+    rng = random.Random(6)
+    alphabet = string.ascii_letters + string.digits + " \t=?:;\"<>.,-_@%!'()[]é"
+    for _ in range(20_000):
+        name = rng.choice(["Subject", "To", "From", "Message-ID", "X-Delivery-Key", "Content-Type"])
+        length = rng.choice([1, 10, 60, 68, 69, 70, 71, 72, 73, 76, 77, 78, 79, 120])
+        chars = alphabet if rng.random() < 0.3 else string.ascii_letters + " "
+        value = "".join(rng.choice(chars) for _ in range(length))
+        assert SMTP_POLICY.fold_binary(name, value) == reference.fold_binary(name, value), (name, value)
+
+
+@pytest.mark.pure
+def test_message_bytes__text_html_non_ascii__identical_to_django() -> None:
+    cases = [
+        {"subject": "Hello N1, 15% off for you", "body": "Use CODE for 15% off.\n"},
+        {"subject": "Bonjour Zoé, une offre", "body": "Ça marche.\n" + "x" * 1200},
+        {"subject": "A very long subject " * 6, "body": "text", "html": "<p>html é</p>"},
+    ]
+    for case in cases:
+        email = EmailMultiAlternatives(
+            subject=case["subject"],
+            body=case["body"],
+            from_email="Growth <growth@localhost>",
+            to=["b1@example.com"],
+            headers={
+                "Message-ID": "<k@growth.local>",
+                "X-Delivery-Key": "k",
+                "Date": "Mon, 23 Nov 2026 06:00:00 -0000",
+            },
+        )
+        if "html" in case:
+            email.attach_alternative(case["html"], "text/html")
+        mime = email.message()
+        from email import generator
+        from io import BytesIO
+
+        ours = BytesIO()
+        generator.BytesGenerator(ours, mangle_from_=False, policy=SMTP_POLICY).flatten(mime)
+        assert ours.getvalue() == mime.as_bytes(linesep="\r\n")
+        assert message_bytes(email).startswith(b"Content-Type: ")
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize(
+    "address",
+    ["a@example.com", "first.last+tag@sub.example.org", "Name <a@example.com>", "zoé@example.com", "a@Example.COM"],
+)
+def test_envelope_address__any_address__same_as_django_sanitize(address: str) -> None:
+    import smtplib
+
+    assert envelope_address(address, "utf-8") == sanitize_address(address, "utf-8")
+    if _PLAIN_ADDRESS.fullmatch(address):  # the plain case _prepare writes itself
+        assert smtplib.quoteaddr(sanitize_address(address, "utf-8")) == f"<{address}>"
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_send_many__ready_called_before_each_handover__after_every_earlier_acceptance(settings, pipelining) -> None:  # type: ignore[no-untyped-def]
+    sink = SmtpSink(pipelining=pipelining).start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", sink.port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    yielded: list[int] = []
+    seen_at_ready: list[tuple[int, int]] = []  # (outcomes yielded, messages accepted) at each ready()
+    backend = EmailBackend()
+    try:
+        for index, _ in backend.send_many(_messages(6), ready=lambda: seen_at_ready.append((len(yielded), sink.total))):
+            yielded.append(index)
+    finally:
+        backend.close()
+        sink.stop()
+    # Before message i is handed over, the i earlier outcomes were yielded (and recorded by
+    # the caller) and no later message was accepted: one acceptance at a time.
+    assert seen_at_ready == [(i, i) for i in range(6)]
