@@ -201,9 +201,7 @@ _ADJUST_METHODS: Final[tuple[str, ...]] = ("holm", "bh")
 
 SRM_THRESHOLD: Final[float] = 0.001
 
-VerdictLabel = Literal[
-    "significant win", "significant loss", "inconclusive", "not enough data"
-]
+VerdictLabel = Literal["significant win", "significant loss", "inconclusive", "not enough data"]
 SIGNIFICANT_WIN: Final = "significant win"
 SIGNIFICANT_LOSS: Final = "significant loss"
 INCONCLUSIVE: Final = "inconclusive"
@@ -364,9 +362,7 @@ def _zero_variance(message: str) -> Reason:
     return Reason("zero_variance", message)
 
 
-_BOTH_FLAT = (
-    "Both arms converted at 0% (or both at 100%), so there is no variation to test."
-)
+_BOTH_FLAT = "Both arms converted at 0% (or both at 100%), so there is no variation to test."
 _WALD_FLAT = (
     "Every customer in each arm behaved the same way (each arm at 0% or 100%), "
     "so the standard error is zero and this test cannot be computed."
@@ -417,9 +413,7 @@ def _test_pooled(xt: int, nt: int, xc: int, nc: int) -> _TestOutcome:
     return _z_outcome(xt / nt - xc / nc, var, _BOTH_FLAT)
 
 
-def _mn_score_parts(
-    x1: int, n1: int, x0: int, n0: int, value: float, correction: bool
-) -> tuple[float, float]:
+def _mn_score_parts(x1: int, n1: int, x0: int, n0: int, value: float, correction: bool) -> tuple[float, float]:
     """Numerator and variance of the Miettinen-Nurminen score statistic for diff.
 
     H0: p1 - p0 = value.  The restricted MLE (prop1, prop0 with prop1 - prop0 =
@@ -484,9 +478,7 @@ def _test_fisher(xt: int, nt: int, xc: int, nc: int) -> _TestOutcome:
     """
     table = [[xt, nt - xt], [xc, nc - xc]]
     p = float(stats.fisher_exact(table, alternative="two-sided").pvalue)
-    reason = Reason(
-        "not_applicable", "Fisher's exact test has no z statistic; see the p-value."
-    )
+    reason = Reason("not_applicable", "Fisher's exact test has no z statistic; see the p-value.")
     return None, min(1.0, p), {"z": reason}
 
 
@@ -552,9 +544,7 @@ def _ci_newcombe(xt: int, nt: int, xc: int, nc: int, alpha: float) -> _IntervalO
 _EDGE: Final[float] = 1e-12
 
 
-def _ci_score(
-    xt: int, nt: int, xc: int, nc: int, alpha: float, correction: bool
-) -> _IntervalOutcome:
+def _ci_score(xt: int, nt: int, xc: int, nc: int, alpha: float, correction: bool) -> _IntervalOutcome:
     """Score interval: all differences v not rejected by the MN score test.
 
     {v : p_score(v) >= alpha}; roots by Brent's method on each side of the
@@ -600,9 +590,7 @@ def _ci_katz_relative(xt: int, nt: int, xc: int, nc: int, alpha: float) -> _Inte
         )
     var = 1 / xt - 1 / nt + 1 / xc - 1 / nc
     if var <= 0.0:
-        return _zero_variance(
-            "Every customer in both arms converted, so the interval would have zero width."
-        )
+        return _zero_variance("Every customer in both arms converted, so the interval would have zero width.")
     log_ratio = math.log((xt / nt) / (xc / nc))
     half = _z_crit(alpha) * math.sqrt(var)
     return Interval(math.exp(log_ratio - half) - 1.0, math.exp(log_ratio + half) - 1.0)
@@ -627,14 +615,10 @@ _METHOD_IMPL: Final[dict[str, tuple[_TestFn, _IntervalFn]]] = {
     "fisher": (_test_fisher, _ci_newcombe),
 }
 
-_NUMERICAL_FAILURE = Reason(
-    "numerical_failure", "This number could not be computed reliably for these counts."
-)
+_NUMERICAL_FAILURE = Reason("numerical_failure", "This number could not be computed reliably for these counts.")
 
 
-def _finite_or_none(
-    name: str, value: float | None, undefined: dict[str, Reason]
-) -> float | None:
+def _finite_or_none(name: str, value: float | None, undefined: dict[str, Reason]) -> float | None:
     if value is None:
         return None
     value = float(value)
@@ -644,9 +628,7 @@ def _finite_or_none(
     return None
 
 
-def _finite_interval(
-    name: str, value: _IntervalOutcome, undefined: dict[str, Reason]
-) -> Interval | None:
+def _finite_interval(name: str, value: _IntervalOutcome, undefined: dict[str, Reason]) -> Interval | None:
     if isinstance(value, Reason):
         undefined[name] = value
         return None
@@ -656,9 +638,7 @@ def _finite_interval(
     return None
 
 
-def compare(
-    control: Arm, treatment: Arm, alpha: float = 0.05, method: str = "wald"
-) -> Comparison:
+def compare(control: Arm, treatment: Arm, alpha: float = 0.05, method: str = "wald") -> Comparison:
     """Compare the conversion rate of ``treatment`` with ``control``.
 
     Returns rates, absolute lift (treatment - control) with its 1 - alpha
@@ -678,12 +658,8 @@ def compare(
     if nc == 0 or nt == 0:
         for arm_name, arm in (("control", control), ("treatment", treatment)):
             if arm.n == 0:
-                undefined[f"{arm_name}_rate"] = Reason(
-                    "no_traffic", f"The {arm_name} arm has no customers yet."
-                )
-        empty = " and ".join(
-            name for name, arm in (("control", control), ("treatment", treatment)) if arm.n == 0
-        )
+                undefined[f"{arm_name}_rate"] = Reason("no_traffic", f"The {arm_name} arm has no customers yet.")
+        empty = " and ".join(name for name, arm in (("control", control), ("treatment", treatment)) if arm.n == 0)
         reason = Reason(
             "no_traffic",
             f"The {empty} arm{'s have' if ' and ' in empty else ' has'} no customers yet, "
@@ -729,9 +705,7 @@ def compare(
     z, p, test_reasons = test_fn(xt, nt, xc, nc)
     undefined.update(test_reasons)
     abs_ci = _finite_interval("absolute_lift_ci", interval_fn(xt, nt, xc, nc, alpha), undefined)
-    rel_ci = _finite_interval(
-        "relative_lift_ci", _ci_katz_relative(xt, nt, xc, nc, alpha), undefined
-    )
+    rel_ci = _finite_interval("relative_lift_ci", _ci_katz_relative(xt, nt, xc, nc, alpha), undefined)
     return Comparison(
         control=control,
         treatment=treatment,
@@ -855,20 +829,16 @@ def verdict(
         return Verdict(
             NOT_ENOUGH_DATA,
             "test_undefined",
-            "Not enough data to test: "
-            + (why.message if why else "the p-value is not available."),
+            "Not enough data to test: " + (why.message if why else "the p-value is not available."),
         )
     if comparison.method != "fisher":
         pooled = (control.conversions + treatment.conversions) / (control.n + treatment.n)
-        expected = min(
-            min(pooled, 1.0 - pooled) * control.n, min(pooled, 1.0 - pooled) * treatment.n
-        )
+        expected = min(min(pooled, 1.0 - pooled) * control.n, min(pooled, 1.0 - pooled) * treatment.n)
         if expected < min_expected:
             return Verdict(
                 NOT_ENOUGH_DATA,
                 "too_few_conversions",
-                "Not enough data yet: there are too few conversions (or too few "
-                "non-conversions) for a reliable test.",
+                "Not enough data yet: there are too few conversions (or too few non-conversions) for a reliable test.",
             )
     diff = comparison.absolute_lift
     if adjusted_p < alpha and diff is not None and diff != 0:
@@ -974,9 +944,7 @@ def srm(
     p_value: float | None = None
     df: int | None = None
     if len(positive) < 2:
-        undefined_reason = Reason(
-            "fewer_than_two_arms", "Fewer than two arms are configured to get traffic."
-        )
+        undefined_reason = Reason("fewer_than_two_arms", "Fewer than two arms are configured to get traffic.")
     elif total == 0:
         undefined_reason = Reason("no_traffic", "No customers have been assigned yet.")
     else:
@@ -1007,8 +975,10 @@ def srm(
 
     flagged = bool(flags)
     if flagged:
-        message = "Sample ratio mismatch: " + " ".join(f.message for f in flags) + (
-            " Check assignment and tracking before trusting results."
+        message = (
+            "Sample ratio mismatch: "
+            + " ".join(f.message for f in flags)
+            + (" Check assignment and tracking before trusting results.")
         )
     elif undefined_reason is not None:
         message = "Sample ratio check not possible: " + undefined_reason.message
@@ -1237,17 +1207,20 @@ def power_status(
         for name in ("required_per_arm", "progress", "days_remaining"):
             undefined[name] = reason
         return PowerStatus(
-            counts, None, None, False, None,
-            "Cannot tell how much data is needed: " + reason.message, undefined,
+            counts,
+            None,
+            None,
+            False,
+            None,
+            "Cannot tell how much data is needed: " + reason.message,
+            undefined,
         )
     required = (plan.required_control,) + (plan.required_treatment,) * (len(counts) - 1)
     progress = min(c / r for c, r in zip(counts, required, strict=True))
     reached = progress >= 1.0
     days: int | None = None
     if daily_traffic is None:
-        undefined["days_remaining"] = Reason(
-            "no_traffic_given", "Daily traffic was not provided."
-        )
+        undefined["days_remaining"] = Reason("no_traffic_given", "Daily traffic was not provided.")
     else:
         remaining = max(r - c for c, r in zip(counts, required, strict=True))
         result = days_needed(max(remaining, 0), daily_traffic, arms=len(counts))
@@ -1256,10 +1229,7 @@ def power_status(
             undefined["days_remaining"] = result.undefined["days"]
     mde = f"{plan.relative_mde:+.1%} relative lift"
     if reached:
-        message = (
-            f"Enough customers to detect a {mde} with {plan.power:.0%} power "
-            f"(needed {max(required):,} per arm)."
-        )
+        message = f"Enough customers to detect a {mde} with {plan.power:.0%} power (needed {max(required):,} per arm)."
     else:
         behind = min(range(len(counts)), key=lambda i: counts[i] / required[i])
         message = (
@@ -1318,7 +1288,11 @@ def _undefined_heterogeneity(
     reason: Reason, layers: Sequence[str], variants: Sequence[str], notes: list[Reason]
 ) -> HeterogeneityResult:
     return HeterogeneityResult(
-        None, None, None, tuple(layers), tuple(variants),
+        None,
+        None,
+        None,
+        tuple(layers),
+        tuple(variants),
         "Cannot test whether the lift differs between layers: " + reason.message,
         tuple(notes),
         {"statistic": reason, "df": reason, "p_value": reason},
@@ -1502,14 +1476,10 @@ def heterogeneity(cells: Sequence[Cell], control_variant: str) -> HeterogeneityR
     if not (math.isfinite(statistic) and math.isfinite(p_value)):  # pragma: no cover
         return _undefined_heterogeneity(_NUMERICAL_FAILURE, layers, variants, notes)
     if p_value < 0.05:
-        message = (
-            f"The lift differs between layers (p = {p_value:.2g}): read the layers separately."
-        )
+        message = f"The lift differs between layers (p = {p_value:.2g}): read the layers separately."
     else:
         message = (
             f"No evidence that the lift differs between layers (p = {p_value:.2g}): "
             "differences between layers are consistent with noise."
         )
-    return HeterogeneityResult(
-        statistic, df, p_value, tuple(layers), tuple(variants), message, tuple(notes)
-    )
+    return HeterogeneityResult(statistic, df, p_value, tuple(layers), tuple(variants), message, tuple(notes))
