@@ -10,7 +10,7 @@ the valid lines load; re-running an import stores nothing twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,46 @@ def _report_record_error(number: int, exc: RecordError, stats: ImportStats, on_e
         on_error(number, name, message)
 
 
+def _parsed_chunks(
+    path: Path,
+    fmt: str,
+    *,
+    label: str,
+    columns: tuple[str, ...],
+    required: tuple[str, ...],
+    parse: Callable[[Any, bool], Any],
+    stats: ImportStats,
+    on_error: ErrorSink,
+    progress: bool | None,
+    size: int,
+) -> Iterator[list[tuple[int, Any]]]:
+    """Stream a file's valid records as chunks of ``(line number, parsed record)``, with a
+    progress bar; every unreadable or invalid line is counted in ``stats`` and reported to
+    ``on_error``. The file stays open while the caller writes each chunk."""
+    text = fmt == "csv"
+    with _progress_bar(path, label, progress) as bar:
+        lines, stream, tracker = _open_lines(path, fmt, columns=columns, required=required, bar=bar)
+        with stream:
+            chunk: list[tuple[int, Any]] = []
+            for number, record, error in lines:
+                stats.lines += 1
+                if error is not None:
+                    stats.rejected += 1
+                    on_error(number, *error)
+                    continue
+                try:
+                    chunk.append((number, parse(record, text)))
+                except RecordError as exc:
+                    _report_record_error(number, exc, stats, on_error)
+                    continue
+                if len(chunk) >= size:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+            tracker.flush()
+
+
 def _batched_import(
     path: Path,
     fmt: str,
@@ -85,30 +125,12 @@ def _batched_import(
     batch_size: int,
 ) -> ImportStats:
     stats = ImportStats()
-    text = fmt == "csv"
-    with _progress_bar(path, label, progress) as bar:
-        lines, stream, tracker = _open_lines(path, fmt, columns=columns, required=required, bar=bar)
-        with stream:
-            batch: list[Any] = []
-            numbers: list[int] = []
-            for number, record, error in lines:
-                stats.lines += 1
-                if error is not None:
-                    stats.rejected += 1
-                    on_error(number, *error)
-                    continue
-                try:
-                    batch.append(parse(record, text))
-                except RecordError as exc:
-                    _report_record_error(number, exc, stats, on_error)
-                    continue
-                numbers.append(number)
-                if len(batch) >= batch_size:
-                    _apply(write(batch), numbers, stats, on_error)
-                    batch, numbers = [], []
-            if batch:
-                _apply(write(batch), numbers, stats, on_error)
-            tracker.flush()
+    chunks = _parsed_chunks(
+        path, fmt, label=label, columns=columns, required=required, parse=parse, stats=stats,
+        on_error=on_error, progress=progress, size=batch_size,
+    )  # fmt: skip
+    for chunk in chunks:
+        _apply(write([record for _, record in chunk]), [number for number, _ in chunk], stats, on_error)
     return stats
 
 

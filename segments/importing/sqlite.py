@@ -27,9 +27,8 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from segments.importing.loaders import ErrorSink, ImportStats, _report_record_error
-from segments.importing.readers import _open_lines, _progress_bar
-from segments.importing.records import EVENT_COLUMNS, RecordError, parse_event
+from segments.importing.loaders import ErrorSink, ImportStats, _parsed_chunks
+from segments.importing.records import EVENT_COLUMNS, parse_event
 from segments.models import Customer, Event, EventType
 from segments.services.ingestion import (
     EventInput,
@@ -158,28 +157,11 @@ def insert_events(
 ) -> ImportStats:
     stats = ImportStats()
     writer = _Writer(rule=rule, type_ids=dict(EventType.objects.values_list("code", "id")))
-    text = fmt == "csv"
-    with _progress_bar(path, "events", progress) as bar:
-        lines, stream, tracker = _open_lines(
-            path, fmt, columns=EVENT_COLUMNS, required=("event_id", "customer_id", "type", "occurred_at"), bar=bar
-        )
-        with stream:
-            chunk: list[tuple[int, EventInput]] = []
-            for number, record, error in lines:
-                stats.lines += 1
-                if error is not None:
-                    stats.rejected += 1
-                    on_error(number, *error)
-                    continue
-                try:
-                    chunk.append((number, parse_event(record, event_types=event_types, text=text)))
-                except RecordError as exc:
-                    _report_record_error(number, exc, stats, on_error)
-                    continue
-                if len(chunk) >= chunk_size:
-                    writer.write(chunk, stats, on_error)
-                    chunk = []
-            if chunk:
-                writer.write(chunk, stats, on_error)
-            tracker.flush()
+    chunks = _parsed_chunks(
+        path, fmt, label="events", columns=EVENT_COLUMNS, required=("event_id", "customer_id", "type", "occurred_at"),
+        parse=lambda record, text: parse_event(record, event_types=event_types, text=text),
+        stats=stats, on_error=on_error, progress=progress, size=chunk_size,
+    )  # fmt: skip
+    for chunk in chunks:
+        writer.write(chunk, stats, on_error)
     return stats
