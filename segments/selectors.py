@@ -206,6 +206,11 @@ def customer_layers_in_range_queryset(*, first_pk: int, last_pk: int) -> QuerySe
     return CustomerLayer.objects.filter(customer_id__gte=first_pk, customer_id__lte=last_pk).order_by()
 
 
+def layers_queryset(*, ids: Iterable[int]) -> QuerySet[Layer]:
+    """The layers with these primary keys."""
+    return Layer.objects.filter(pk__in=list(ids))
+
+
 def layer_keys_by_id() -> dict[int, tuple[str, str]]:
     """``{layer id: (dimension key, layer key)}`` for every layer."""
     return {pk: (d, k) for pk, d, k in Layer.objects.values_list("pk", "dimension__key", "key")}

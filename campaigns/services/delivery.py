@@ -53,7 +53,7 @@ from campaigns.services.render import (
     layer_variables,
     offer_variables,
 )
-from segments.models import Layer
+from segments import selectors as segment_selectors
 
 logger = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ class _Sender:
         for offer in Offer.objects.filter(pk__in=offers):
             self.offer_vars[offer.pk] = offer_variables(offer)
         layers = {r.layer_id for r in rows if r.layer_id is not None} - self.layer_vars.keys()
-        for layer in Layer.objects.filter(pk__in=layers):
+        for layer in segment_selectors.layers_queryset(ids=layers):
             self.layer_vars[layer.pk] = layer_variables(layer)
         return statuses
 
