@@ -435,3 +435,62 @@ def test_bulk_insert__customer_assigned_concurrently__copy_falls_back_without_du
     assert sorted(written) == sorted([customers[0].pk, customers[2].pk])
     assert Assignment.objects.filter(experiment=experiment).count() == 3
     assert Assignment.objects.get(customer=customers[1]).pk == raced.assignment_id
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("exposed_at", [None, "set"], ids=["text-copy-for-null", "binary-copy"])
+def test_copy_rows__postgresql__stores_every_value_exactly(exposed_at, make_experiment, make_customers) -> None:
+    import datetime as dt
+
+    import numpy as np
+
+    from experiments.selectors import experiment_config_get
+    from experiments.services.assigning import _A, _copy_rows
+
+    experiment = make_experiment("copy-values", weights=("0.5", "0.5"))
+    customers = make_customers(3)
+    config = experiment_config_get(experiment_id=experiment.pk)
+    at = dt.datetime(2026, 3, 29, 1, 59, 58, 123457, tzinfo=dt.UTC)  # microseconds, around a DST change
+    seen = at + dt.timedelta(days=400) if exposed_at else None
+    variants = [v.id for v in config.variants]
+    constants = {
+        "experiment_id": config.id,
+        "phase_id": config.phase_id,
+        "assigned_at": at,
+        "exposure_count": 7,
+        "conflicting_exposure": True,
+    }
+    if seen is not None:
+        constants["first_exposed_at"] = seen  # with a None constant the text format is used
+    constants["last_exposed_at"] = seen
+
+    _copy_rows(
+        table=_A,
+        columns=("customer_id", "variant_id", "snapshot_id"),
+        arrays=(
+            np.array([c.pk for c in customers], dtype=np.int64),
+            np.array([variants[0], variants[1], variants[0]], dtype=np.int64),
+            np.array([0, 2**40, 5], dtype=np.int64),  # db_constraint=False: any bigint
+        ),
+        constants=constants,
+    )
+
+    rows = Assignment.objects.filter(experiment=experiment).order_by("customer_id")
+    assert [
+        (
+            r.customer_id,
+            r.variant_id,
+            r.snapshot_id,
+            r.phase_id,
+            r.assigned_at,
+            r.first_exposed_at,
+            r.last_exposed_at,
+            r.exposure_count,
+            r.conflicting_exposure,
+        )
+        for r in rows
+    ] == [
+        (customers[0].pk, variants[0], 0, config.phase_id, at, seen, seen, 7, True),
+        (customers[1].pk, variants[1], 2**40, config.phase_id, at, seen, seen, 7, True),
+        (customers[2].pk, variants[0], 5, config.phase_id, at, seen, seen, 7, True),
+    ]
