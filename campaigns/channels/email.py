@@ -13,12 +13,15 @@ any other email backend, each message goes through ``connection.send_messages``.
 
 from __future__ import annotations
 
+import random
 import re
 import smtplib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email import generator
 from email._policybase import Compat32
+from email.utils import formatdate
 from io import BytesIO
 from typing import Any
 
@@ -65,6 +68,90 @@ def message_bytes(email: EmailMessage) -> bytes:
     buffer = BytesIO()
     generator.BytesGenerator(buffer, mangle_from_=False, policy=SMTP_POLICY).flatten(email.message())
     return buffer.getvalue()
+
+
+# --- Building the common message directly ------------------------------------------------
+#
+# Django's ``EmailMessage.message()`` plus Python's ``BytesGenerator`` cost ~220 µs per
+# message on this machine, a quarter of a message's sending time. ``direct_message_bytes``
+# writes the same bytes (a test compares them with Django's for thousands of random
+# messages) for the shape campaigns send: short printable-ASCII headers, a UTF-8 text body
+# and optionally an HTML alternative, no line longer than RFC 5322's 998 bytes. Anything
+# else (a non-ASCII or long subject, a display name needing encoding, a long line that
+# Django would quoted-printable encode, another charset) returns ``None`` and goes through
+# Django.
+
+_NEWLINE = re.compile(rb"\r\n|\r|\n")
+_MAX_LINE = 998  # RFC 5322 section 2.1.1; Django's RFC5322_EMAIL_LINE_LENGTH_LIMIT
+_BOUNDARY_DIGITS = len(repr(sys.maxsize - 1))  # as email.generator._make_boundary
+
+
+def _plain_header(name: str, value: str) -> bytes | None:
+    """``name: value`` CRLF when the value is written unchanged (see ``_Compat32``)."""
+    if len(name) + 2 + len(value) <= 78 and _PLAIN_HEADER.fullmatch(value):
+        return f"{name}: {value}\r\n".encode("ascii")
+    return None
+
+
+def _text_part(text: str, subtype: str) -> tuple[bytes, bytes] | None:
+    """(headers, body) of a ``SafeMIMEText`` in UTF-8 as the generator writes it: 7bit
+    or 8bit by content, line ends CRLF; ``None`` when Django would encode it."""
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return None
+    if len(raw) > _MAX_LINE and any(len(line) > _MAX_LINE for line in raw.splitlines()):
+        return None
+    encoding = b"7bit" if raw.isascii() else b"8bit"
+    headers = (
+        b"Content-Type: text/" + subtype.encode("ascii") + b'; charset="utf-8"\r\nMIME-Version: 1.0\r\n'
+        b"Content-Transfer-Encoding: " + encoding + b"\r\n"
+    )
+    return headers, _NEWLINE.sub(b"\r\n", raw)
+
+
+def direct_message_bytes(
+    *, subject: str, from_email: str, to: str, message_id: str, key: str, text: str, html: str = ""
+) -> bytes | None:
+    """What ``message_bytes`` makes of ``EmailBackend.email()``'s message, or ``None``."""
+    if settings.DEFAULT_CHARSET.lower() != "utf-8" or not text:
+        return None
+    date = formatdate(localtime=settings.EMAIL_USE_LOCALTIME)
+    lines = [
+        _plain_header("Subject", subject),
+        _plain_header("From", from_email),
+        _plain_header("To", to),
+        _plain_header("Date", date),
+        _plain_header("Message-ID", message_id),
+        _plain_header("X-Delivery-Key", key),
+    ]
+    if any(line is None for line in lines):
+        return None
+    common = b"".join(lines)  # type: ignore[arg-type]
+    body = _text_part(text, "plain")
+    if body is None:
+        return None
+    if not html:
+        return body[0] + common + b"\r\n" + body[1]
+    alternative = _text_part(html, "html")
+    if alternative is None:
+        return None
+    boundary = ("=" * 15 + f"%0{_BOUNDARY_DIGITS}d" % random.randrange(sys.maxsize) + "==").encode("ascii")
+    delimiter = b"--" + boundary
+    if delimiter in body[1] or delimiter in alternative[1]:
+        return None
+    return b"".join(
+        [
+            b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\nMIME-Version: 1.0\r\n',
+            common,
+            b"\r\n",
+            delimiter + b"\r\n",
+            body[0] + b"\r\n" + body[1],
+            b"\r\n" + delimiter + b"\r\n",
+            alternative[0] + b"\r\n" + alternative[1],
+            b"\r\n" + delimiter + b"--\r\n",
+        ]
+    )
 
 
 def envelope_address(address: str, encoding: str) -> str:
@@ -173,14 +260,26 @@ class EmailBackend(ChannelBackend):
             raise TransientError(f"SMTP greeting failed: {exc}") from exc
         return smtp if smtp.has_extn("pipelining") else None
 
+    def message_bytes(self, message: OutgoingMessage) -> bytes:
+        """The message as Django would send it (built directly when it can be)."""
+        direct = direct_message_bytes(
+            subject=message.subject,
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            to=message.to,
+            message_id=self.message_id(message),
+            key=message.key,
+            text=message.text,
+            html=message.html,
+        )
+        return direct if direct is not None else message_bytes(self.email(message))
+
     def _prepare(self, message: OutgoingMessage) -> _Prepared:
-        email = self.email(message)
-        encoding = email.encoding or settings.DEFAULT_CHARSET
+        from_email, encoding = settings.DEFAULT_FROM_EMAIL, settings.DEFAULT_CHARSET  # as self.email()'s
         try:
-            mail_from = self._senders.get((email.from_email, encoding))
+            mail_from = self._senders.get((from_email, encoding))
             if mail_from is None:
-                sender = smtplib.quoteaddr(envelope_address(email.from_email, encoding))
-                mail_from = self._senders[(email.from_email, encoding)] = f"MAIL FROM:{sender}\r\n"
+                sender = smtplib.quoteaddr(envelope_address(from_email, encoding))
+                mail_from = self._senders[(from_email, encoding)] = f"MAIL FROM:{sender}\r\n"
             if _PLAIN_ADDRESS.fullmatch(message.to):
                 recipient = f"<{message.to}>"  # what sanitize_address and quoteaddr make of it
             else:
@@ -188,7 +287,7 @@ class EmailBackend(ChannelBackend):
             envelope = f"{mail_from}RCPT TO:{recipient}\r\nDATA\r\n".encode("ascii")
         except (ValueError, UnicodeError) as exc:
             raise PermanentError(f"Invalid address: {exc}") from exc
-        data = _LEADING_DOT.sub(b"..", message_bytes(email))
+        data = _LEADING_DOT.sub(b"..", self.message_bytes(message))
         if not data.endswith(b"\r\n"):
             data += b"\r\n"
         return _Prepared(envelope=envelope, data=data + b".\r\n")

@@ -6,6 +6,7 @@ addresses are byte-for-byte what Django and the standard library produce."""
 from __future__ import annotations
 
 import random
+import re
 import string
 import time
 from email._policybase import compat32
@@ -15,7 +16,14 @@ from django.core.mail import EmailMultiAlternatives
 from django.core.mail.message import sanitize_address
 
 from campaigns.channels import OutgoingMessage, PermanentError, SendResult, TransientError
-from campaigns.channels.email import _PLAIN_ADDRESS, SMTP_POLICY, EmailBackend, envelope_address, message_bytes
+from campaigns.channels.email import (
+    _PLAIN_ADDRESS,
+    SMTP_POLICY,
+    EmailBackend,
+    direct_message_bytes,
+    envelope_address,
+    message_bytes,
+)
 from tests.campaigns.peers import SmtpSink
 
 
@@ -187,6 +195,70 @@ def test_message_bytes__text_html_non_ascii__identical_to_django() -> None:
         generator.BytesGenerator(ours, mangle_from_=False, policy=SMTP_POLICY).flatten(mime)
         assert ours.getvalue() == mime.as_bytes(linesep="\r\n")
         assert message_bytes(email).startswith(b"Content-Type: ")
+
+
+def _random_message(rng: random.Random, i: int) -> OutgoingMessage:
+    """Campaign-like messages and the shapes around the direct builder's edges."""
+    words = ["Hello", "N1,", "15%", "off", "for", "you", "été", "Zoé", "--", "=?", ".", "\t", "", "x" * 70]
+
+    def text(lines: int) -> str:
+        newline = rng.choice(["\n", "\r\n", "\r", "\n\n"])
+        out = []
+        for _ in range(lines):
+            line = " ".join(rng.choice(words) for _ in range(rng.randint(0, 8)))
+            if rng.random() < 0.1:
+                line = "." + line  # dot-stuffing is the transport's business, not the message's
+            if rng.random() < 0.03:
+                line = "y" * rng.choice([997, 998, 999, 1200])  # around RFC 5322's 998
+            out.append(line)
+        body = newline.join(out)
+        return body + (newline if rng.random() < 0.5 else "")
+
+    subject = " ".join(rng.choice(words[:6]) for _ in range(rng.randint(1, 6)))
+    if rng.random() < 0.15:
+        subject = rng.choice(["Bonjour Zoé", "A long subject " * 6, "two  spaces", "tab\there", ""])
+    to = f"c{i}@example.com" if rng.random() < 0.9 else rng.choice(["zoé@example.com", "Name <n@example.com>"])
+    html = "" if rng.random() < 0.5 else "<p>" + text(rng.randint(1, 4)) + "</p>"
+    return OutgoingMessage(
+        key=f"key-{i}", channel="email", to=to, subject=subject, text=text(rng.randint(0, 6)), html=html
+    )
+
+
+_DATE = re.compile(rb"^Date: .*\r$", re.MULTILINE)
+_BOUNDARY = re.compile(rb"={15}\d+==")
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize(
+    "from_email", ["growth@localhost", "Growth team <growth@example.com>", "Équipe <g@example.com>"]
+)
+def test_direct_message_bytes__random_campaign_messages__identical_to_django(settings, from_email) -> None:  # type: ignore[no-untyped-def]
+    settings.DEFAULT_FROM_EMAIL = from_email
+    backend = EmailBackend()
+    rng = random.Random(11)
+    direct = 0
+    for i in range(3000):
+        message = _random_message(rng, i)
+        reference = message_bytes(backend.email(message))
+        ours = backend.message_bytes(message)
+        normalize = lambda b: _BOUNDARY.sub(b"BOUNDARY", _DATE.sub(b"Date: D\r", b))  # noqa: E731
+        assert normalize(ours) == normalize(reference), message
+        direct += (
+            direct_message_bytes(
+                subject=message.subject,
+                from_email=from_email,
+                to=message.to,
+                message_id=backend.message_id(message),
+                key=message.key,
+                text=message.text,
+                html=message.html,
+            )
+            is not None
+        )
+    if from_email.isascii():
+        assert direct > 1500  # the common shape is built directly...
+    else:
+        assert direct == 0  # ...and a From that needs encoding never is
 
 
 @pytest.mark.pure
