@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
@@ -208,6 +208,34 @@ def _recipients_insert(*, campaign: Campaign, decisions: list[_Decision], now: d
 
 
 @transaction.atomic
+def _decided_before(campaign: Campaign, targets: Sequence[Target]) -> set[tuple[int, str]]:
+    """The (customer, step) pairs of ``targets`` already decided in ``campaign``.
+
+    On PostgreSQL, one probe of the (campaign, customer, step) unique index per customer,
+    behind an optimization fence (``OFFSET 0`` in a ``LATERAL`` subquery). Left to itself,
+    the planner (recipients inserted since the last ANALYZE, so estimated at a handful of
+    rows) scanned every recipient of the campaign and step and tested each against the
+    batch's 1,000 ids: a cost growing with the campaign, 100-150 ms per batch at 15,000
+    recipients and most of the database's time in a 100,000-message send."""
+    customer_ids = sorted({t.customer_id for t in targets})
+    steps = sorted({t.step for t in targets})
+    if connection.vendor != "postgresql":
+        return set(
+            Recipient.objects.filter(
+                bulk.id_in(Recipient, "customer", customer_ids), campaign=campaign, step__in=steps
+            ).values_list("customer_id", "step")
+        )
+    table = connection.ops.quote_name(Recipient._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT r.customer_id, r.step FROM unnest(%s::bigint[]) AS t(id) CROSS JOIN LATERAL ("
+            f"SELECT customer_id, step FROM {table} "
+            "WHERE campaign_id = %s AND customer_id = t.id AND step = ANY(%s::text[]) OFFSET 0) AS r",
+            [customer_ids, campaign.pk, steps],
+        )
+        return {(customer_id, step) for customer_id, step in cursor.fetchall()}
+
+
 def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.datetime | None = None) -> DecideResult:
     """Decide for ``targets`` (customers already known to be in the audience). Idempotent:
     a (campaign, customer, step) decided before is skipped.
@@ -219,13 +247,7 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
     now = now or timezone.now()
     if not targets:
         return DecideResult()
-    existing = set(
-        Recipient.objects.filter(
-            bulk.id_in(Recipient, "customer", sorted({t.customer_id for t in targets})),
-            campaign=campaign,
-            step__in={t.step for t in targets},
-        ).values_list("customer_id", "step")
-    )
+    existing = _decided_before(campaign, targets)
     targets = [t for t in targets if (t.customer_id, t.step) not in existing]
     if not targets:
         return DecideResult()

@@ -44,6 +44,24 @@ def test_recipients_decide__run_twice__no_duplicate_rows(no_caps: None) -> None:
     assert Coupon.objects.filter(campaign=row).count() == 3
 
 
+def test_recipients_decide__some_already_decided__only_new_pairs_decided(no_caps: None) -> None:
+    people = customers(4)
+    row = campaign()
+    other = campaign(key="other-campaign")
+    recipients_decide(campaign=row, targets=[Target(c.pk, "broadcast") for c in people[:2]])
+    recipients_decide(campaign=other, targets=[Target(people[2].pk, "broadcast")])  # another campaign's decision
+
+    again = recipients_decide(
+        campaign=row,
+        targets=[Target(c.pk, "broadcast") for c in people] + [Target(people[0].pk, "reminder")],
+    )
+
+    assert again.recipients == 3  # people[2] and people[3] for "broadcast", people[0] for "reminder"
+    assert sorted(Recipient.objects.filter(campaign=row).values_list("customer_id", "step")) == sorted(
+        [(c.pk, "broadcast") for c in people] + [(people[0].pk, "reminder")]
+    )
+
+
 def test_channels__no_consent_or_contact__suppressed_with_reason(no_caps: None) -> None:
     consenting = CustomerFactory()
     opted_out = CustomerFactory(email_opt_out_at=timezone.now())
