@@ -59,3 +59,9 @@ def test_settings__embedded_default__sqlite_and_filesystem_broker(tmp_path: Path
     result = _manage("shell", "-c", code, DJANGO_DEBUG="true", GROWTH_VAR_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == ["django.db.backends.sqlite3", "filesystem://localhost//"]
+
+
+def test_migrations__models_as_committed__nothing_left_to_generate(tmp_path: Path) -> None:
+    """A model change without its migration would be applied nowhere: caught here."""
+    result = _manage("makemigrations", "--check", "--dry-run", DJANGO_DEBUG="true", GROWTH_VAR_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
