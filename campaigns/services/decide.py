@@ -207,7 +207,6 @@ def _recipients_insert(*, campaign: Campaign, decisions: list[_Decision], now: d
         d.pk = ids[(d.customer_id, d.step)]
 
 
-@transaction.atomic
 def _decided_before(campaign: Campaign, targets: Sequence[Target]) -> set[tuple[int, str]]:
     """The (customer, step) pairs of ``targets`` already decided in ``campaign``.
 
@@ -236,6 +235,7 @@ def _decided_before(campaign: Campaign, targets: Sequence[Target]) -> set[tuple[
         return {(customer_id, step) for customer_id, step in cursor.fetchall()}
 
 
+@transaction.atomic
 def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.datetime | None = None) -> DecideResult:
     """Decide for ``targets`` (customers already known to be in the audience). Idempotent:
     a (campaign, customer, step) decided before is skipped.

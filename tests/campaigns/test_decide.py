@@ -62,6 +62,21 @@ def test_recipients_decide__some_already_decided__only_new_pairs_decided(no_caps
     )
 
 
+def test_recipients_decide__fails_after_recipients_written__nothing_kept(no_caps: None, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from campaigns.services import decide
+
+    def broken(**kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("coupon pool unavailable")
+
+    monkeypatch.setattr(decide, "_issue_coupons", broken)
+    row = campaign()
+    with pytest.raises(RuntimeError):
+        recipients_decide(campaign=row, targets=[Target(c.pk, "broadcast") for c in customers(3)])
+    # One transaction: the recipients written before the failure are rolled back with it.
+    assert not Recipient.objects.filter(campaign=row).exists()
+    assert not Delivery.objects.filter(campaign=row).exists()
+
+
 def test_channels__no_consent_or_contact__suppressed_with_reason(no_caps: None) -> None:
     consenting = CustomerFactory()
     opted_out = CustomerFactory(email_opt_out_at=timezone.now())
