@@ -7,8 +7,10 @@ with one query per kind and written with one ``INSERT … SELECT`` per table (se
 ``campaigns.services.bulk``); no model instance is built per row. Every customer the
 experiment assigned gets a ``Recipient`` row, control and holdout included, and a
 "would have sent" delivery row (suppressed, reason control/holdout). The deliveries to send
-are created ``pending`` in the same transaction (the transactional outbox) and enqueued after
-it commits; if enqueueing fails the sweeper finds them.
+are created ``pending`` in the same transaction (the transactional outbox), stamped
+``enqueued_at``, and enqueued after it commits; if enqueueing fails the stamp is cleared and
+the sweeper finds them at its next run (after a crash between commit and publish, once the
+stamp is ``requeue_after_seconds`` old).
 """
 
 from __future__ import annotations
@@ -341,7 +343,7 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
     if pending:
         from campaigns.services.outbox import deliveries_enqueue_on_commit
 
-        deliveries_enqueue_on_commit(delivery_ids=pending)
+        deliveries_enqueue_on_commit(delivery_ids=pending, marked=True)
     return DecideResult(recipients=len(decisions), pending_ids=pending, counts=counts)
 
 
@@ -427,6 +429,7 @@ _DELIVERY_FIELDS = (
     "max_attempts",
     "sent_at",
     "provider_ref",
+    "enqueued_at",
     "created_at",
 )
 
@@ -527,6 +530,7 @@ def _deliveries_for(
                     campaign.max_attempts,
                     d.sent_at,
                     d.provider_ref,
+                    now if d.status == Delivery.Status.PENDING else None,  # published at commit
                     now,
                 )
                 for d in rows
@@ -549,7 +553,7 @@ def _deliveries_for(
         capped = send_policy.cap_slots_take(requests=requests, policies=policies, now=now)
         if capped:
             Delivery.objects.filter(bulk.id_in(Delivery, "id", sorted(capped))).update(
-                status=Delivery.Status.SUPPRESSED, reason=Delivery.Reason.CAPPED, not_before=None
+                status=Delivery.Status.SUPPRESSED, reason=Delivery.Reason.CAPPED, not_before=None, enqueued_at=None
             )
             for d in rows:
                 if d.pk in capped:

@@ -51,9 +51,17 @@ def chunked(items: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(items[start : start + size])
 
 
-def deliveries_enqueue(*, delivery_ids: Sequence[int], countdown: float | None = None) -> int:
+def deliveries_enqueue(*, delivery_ids: Sequence[int], countdown: float | None = None, marked: bool = False) -> int:
     """Publish ``deliveries_send`` tasks of ``task_batch`` ids; return how many ids were
-    published. A broker failure is logged, not raised: the rows stay in the outbox."""
+    published. A broker failure is logged, not raised: the rows stay in the outbox.
+
+    ``enqueued_at`` tells the sweeper when a pending row was last published (it waits
+    ``requeue_after_seconds`` before publishing it again). Rows are stamped after they are
+    published, except ``marked`` rows, which were stamped when inserted (the decide
+    transaction writes ``enqueued_at`` with the row, saving one write per message): for
+    those only the ids the broker refused are cleared, so the next sweep publishes them.
+    A process that dies between the commit and the publish leaves marked rows stamped:
+    the sweeper publishes them ``requeue_after_seconds`` later."""
     from campaigns.tasks import deliveries_send
 
     ids = sorted(delivery_ids)
@@ -65,18 +73,23 @@ def deliveries_enqueue(*, delivery_ids: Sequence[int], countdown: float | None =
             logger.warning("broker unavailable, %d deliveries left in the outbox: %r", len(ids) - len(published), exc)
             break
         published += chunk
-    if published and countdown is None:
-        now = timezone.now()
-        for chunk in chunked(published, 5000):
-            Delivery.objects.filter(bulk.id_in(Delivery, "id", chunk), status=Delivery.Status.PENDING).update(
-                enqueued_at=now
-            )
+    if marked:
+        _stamp(ids[len(published) :], None)
+    elif published and countdown is None:
+        _stamp(published, timezone.now())
     return len(published)
 
 
-def deliveries_enqueue_on_commit(*, delivery_ids: Sequence[int]) -> None:
+def _stamp(delivery_ids: Sequence[int], enqueued_at: dt.datetime | None) -> None:
+    for chunk in chunked(delivery_ids, 5000):
+        Delivery.objects.filter(bulk.id_in(Delivery, "id", chunk), status=Delivery.Status.PENDING).update(
+            enqueued_at=enqueued_at
+        )
+
+
+def deliveries_enqueue_on_commit(*, delivery_ids: Sequence[int], marked: bool = False) -> None:
     ids = list(delivery_ids)
-    transaction.on_commit(lambda: deliveries_enqueue(delivery_ids=ids))
+    transaction.on_commit(lambda: deliveries_enqueue(delivery_ids=ids, marked=marked))
 
 
 def audience_batches_enqueue(*, batch_ids: Sequence[int]) -> int:

@@ -221,6 +221,54 @@ def test_sweep__pending_never_published__enqueued_once_then_left_alone(no_caps: 
     assert outbox.outbox_sweep(now=later).enqueued == 3
 
 
+def test_decide__pending_rows__stamped_in_the_insert_and_not_written_again_when_published(  # type: ignore[no-untyped-def]
+    no_caps: None, django_capture_on_commit_callbacks, monkeypatch
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from campaigns.tasks import deliveries_send as task
+
+    published: list[list[int]] = []
+    monkeypatch.setattr(task, "apply_async", lambda args, **_: published.append(args[0]))
+    people = customers(3)
+    row = campaign()
+    lifecycle.campaign_launch(campaign=row)
+    with django_capture_on_commit_callbacks() as callbacks:
+        recipients_decide(campaign=row, targets=[Target(p.pk, "broadcast") for p in people])
+    stamped = dict(Delivery.objects.filter(campaign=row).values_list("pk", "enqueued_at"))
+    assert len(stamped) == 3 and None not in stamped.values()
+    with CaptureQueriesContext(connection) as queries:
+        for callback in callbacks:
+            callback()
+    assert sorted(pk for batch in published for pk in batch) == sorted(stamped)
+    assert not [q for q in queries.captured_queries if "campaigns_delivery" in q["sql"]]
+    assert dict(Delivery.objects.filter(campaign=row).values_list("pk", "enqueued_at")) == stamped
+    assert outbox.outbox_sweep().enqueued == 0  # published: the sweeper leaves them alone
+
+
+def test_decide__broker_refuses_the_publish__stamp_cleared_and_next_sweep_publishes(  # type: ignore[no-untyped-def]
+    no_caps: None, django_capture_on_commit_callbacks, monkeypatch
+) -> None:
+    from campaigns.tasks import deliveries_send as task
+
+    def refuse(*_, **__):  # type: ignore[no-untyped-def]
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(task, "apply_async", refuse)
+    people = customers(3)
+    row = campaign()
+    lifecycle.campaign_launch(campaign=row)
+    with django_capture_on_commit_callbacks(execute=True):
+        recipients_decide(campaign=row, targets=[Target(p.pk, "broadcast") for p in people])
+    rows = Delivery.objects.filter(campaign=row)
+    assert rows.count() == 3 and not rows.filter(enqueued_at__isnull=False).exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(task, "apply_async", lambda args, **_: None)
+    assert outbox.outbox_sweep().enqueued == 3
+    assert not rows.filter(enqueued_at__isnull=True).exists()
+
+
 def test_pause_resume_finish__rows_held_back_then_sent_or_suppressed(no_caps: None, smtp_sink) -> None:  # type: ignore[no-untyped-def]
     customers(3)
     row = campaign()
