@@ -43,6 +43,7 @@ from campaigns.channels import (
 )
 from campaigns.content import MissingVariable, render_message
 from campaigns.models import Campaign, Content, Delivery, Offer
+from campaigns.services import bulk
 from campaigns.services import policy as send_policy
 from campaigns.services.outbox import chunked
 from campaigns.services.render import (
@@ -87,11 +88,14 @@ def deliveries_claim(*, delivery_ids: Sequence[int], worker: str, now: dt.dateti
         return []
     ops = connection.ops
     lease_until = now + dt.timedelta(seconds=conf.get().lease_seconds)
-    placeholders = ", ".join(["%s"] * len(delivery_ids))
+    if connection.vendor == "postgresql":  # one array parameter: the same short statement for every chunk
+        ids_sql, ids = "id = ANY(%s::bigint[])", [list(delivery_ids)]
+    else:
+        ids_sql, ids = f"id IN ({', '.join(['%s'] * len(delivery_ids))})", list(delivery_ids)
     sql = (
         f"UPDATE {Delivery._meta.db_table} SET status = %s, attempts = attempts + 1, claimed_at = %s, "
         f"claimed_by = %s, lease_until = %s "
-        f"WHERE id IN ({placeholders}) AND status = %s AND (not_before IS NULL OR not_before <= %s) "
+        f"WHERE {ids_sql} AND status = %s AND (not_before IS NULL OR not_before <= %s) "
         f"RETURNING id"
     )
     params = [
@@ -99,7 +103,7 @@ def deliveries_claim(*, delivery_ids: Sequence[int], worker: str, now: dt.dateti
         ops.adapt_datetimefield_value(now),
         worker,
         ops.adapt_datetimefield_value(lease_until),
-        *delivery_ids,
+        *ids,
         Delivery.Status.PENDING,
         ops.adapt_datetimefield_value(now),
     ]
@@ -150,7 +154,7 @@ _ROW_FIELDS = (
 
 def _rows(claimed: Sequence[int]) -> list[_Row]:
     rows = []
-    for values in Delivery.objects.filter(pk__in=claimed).order_by("pk").values_list(*_ROW_FIELDS):
+    for values in Delivery.objects.filter(bulk.id_in(Delivery, "id", claimed)).order_by("pk").values_list(*_ROW_FIELDS):
         (pk, key, channel, attempts, max_attempts, campaign_id, external_id, email, phone, push_token) = values[:10]
         attributes, locale, tz, treatment_id, offer_id, layer_id, code, expires_at = values[10:]
         to = {"email": email, "sms": phone, "push": push_token}.get(channel, external_id)
