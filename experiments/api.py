@@ -102,7 +102,7 @@ class CustomerAssignmentsView(APIView):
     def get(self, request: Request, external_id: str) -> Response:
         query = AssignmentsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        customer = segment_selectors.customer_get(external_id=external_id)
+        customer = segment_selectors.customer_get(external_id=external_id, with_layers=True)
         if customer is None:
             raise NotFound(f"Unknown customer '{external_id}'.")
         configs: list[ExperimentConfig] = list(selectors.experiment_configs().values())

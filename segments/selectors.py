@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Count, Exists, OuterRef, QuerySet
+from django.db.models import Aggregate, Count, Exists, OuterRef, QuerySet, Subquery, TextField, Value
+from django.db.models.functions import Concat
 
 from segments.models import (
     Customer,
@@ -26,8 +27,39 @@ from segments.models import (
 )
 
 
-def customer_get(*, external_id: str) -> Customer | None:
-    return Customer.objects.filter(external_id=external_id).first()
+class _KeyPairs(Aggregate):
+    """``dimension=layer`` pairs joined by ``,`` (keys are slugs: neither sign occurs)."""
+
+    function = "STRING_AGG"
+    template = "%(function)s(%(expressions)s, ',')"
+    output_field = TextField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        return super().as_sql(compiler, connection, function="GROUP_CONCAT", **extra_context)
+
+
+def customer_get(*, external_id: str, with_layers: bool = False) -> Customer | None:
+    """The customer with this external id, or None.
+
+    ``with_layers`` also reads the customer's current layers in the same statement, as
+    ``customer.current_layers`` (``{dimension key: layer key}``, what
+    ``customer_layer_snapshot`` returns): the assignment API needs them for a customer's
+    first assignment and would otherwise spend a round trip on them."""
+    queryset = Customer.objects.filter(external_id=external_id)
+    if not with_layers:
+        return queryset.first()
+    pairs = (
+        CustomerLayer.objects.filter(customer_id=OuterRef("pk"))
+        .order_by()
+        .values("customer_id")
+        .annotate(pairs=_KeyPairs(Concat("dimension__key", Value("="), "layer__key", output_field=TextField())))
+        .values("pairs")
+    )
+    customer = queryset.annotate(layer_pairs=Subquery(pairs, output_field=TextField())).first()
+    if customer is not None:
+        pairs_text: str = customer.layer_pairs or ""  # type: ignore[attr-defined]
+        customer.current_layers = dict(pair.split("=", 1) for pair in pairs_text.split(",") if pair)  # type: ignore[attr-defined]
+    return customer
 
 
 def customers_queryset(*, ids: Iterable[int] | QuerySet[Any] | None = None) -> QuerySet[Customer]:

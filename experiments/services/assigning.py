@@ -224,7 +224,8 @@ def customer_decisions(
             decisions.append(_out(config.key, Reason.HOLDOUT))
         else:
             if snapshot_id is None:
-                snapshot_id = snapshot_id_for_customer(customer_id=customer.pk)
+                layers = getattr(customer, "current_layers", None)  # read with the customer by the API
+                snapshot_id = snapshot_id_for_customer(customer_id=customer.pk, layers=layers)
             decisions.append(
                 _decide_first(config=config, customer=customer, snapshot_id=snapshot_id, expose=expose, at=at)
             )

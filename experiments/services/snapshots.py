@@ -68,6 +68,9 @@ def snapshot_id_for_layers(*, layers: Mapping[str, str]) -> int:
     return snapshot_ids_get_or_create(keys=[key])[key]
 
 
-def snapshot_id_for_customer(*, customer_id: int) -> int:
-    """The snapshot of the customer's current layers (read through ``segments.selectors``)."""
-    return snapshot_id_for_layers(layers=segment_selectors.customer_layer_snapshot(customer_id=customer_id))
+def snapshot_id_for_customer(*, customer_id: int, layers: Mapping[str, str] | None = None) -> int:
+    """The snapshot of the customer's current layers: ``layers`` if the caller read them
+    already (``customer_get(with_layers=True)``), else read through ``segments.selectors``."""
+    if layers is None:
+        layers = segment_selectors.customer_layer_snapshot(customer_id=customer_id)
+    return snapshot_id_for_layers(layers=layers)

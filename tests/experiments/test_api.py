@@ -54,6 +54,35 @@ def test_get_assignments__first_request__assigns_exposes_and_returns_variant_pay
     assert row.exposure_count == 1 and row.first_exposed_at is not None
 
 
+def test_get_assignments__first_request__snapshot_of_current_layers_read_with_the_customer(
+    reader, make_experiment, make_customers
+) -> None:
+    from django.db import connection
+
+    make_experiment("pricing-page")
+    placed, bare = make_customers(2)
+    place([placed], Layer.objects.get(dimension__key="rfm", key="important_value"))
+    place([placed], Layer.objects.get(dimension__key="expiry", key="expiring_soon"))
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        assert reader.get(URL.format(placed.external_id)).status_code == 200
+    assert reader.get(URL.format(bare.external_id)).status_code == 200
+
+    layer_reads = [sql for sql in statements if "segments_customerlayer" in sql]
+    assert len(layer_reads) == 1  # inside the customer's own statement, no read of its own
+    assert layer_reads[0].split(" FROM ")[-1].lstrip().startswith('"segments_customer"')
+    assert Assignment.objects.get(customer=placed).snapshot.layers == {
+        "rfm": "important_value",
+        "expiry": "expiring_soon",
+    }
+    assert Assignment.objects.get(customer=bare).snapshot.layers == {}
+
+
 def test_get_assignments__repeated__same_answer_exposures_counted_first_time_kept(
     reader, make_experiment, make_customers
 ) -> None:

@@ -9,6 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from segments.models import Customer
 from segments.selectors import (
     audience_queryset,
+    customer_get,
     customer_layer_snapshot,
     customer_layer_snapshots,
     customer_layers,
@@ -42,6 +43,23 @@ def test_customer_layer_snapshot__one_customer__dimension_to_layer(placed: dict)
         "expiry": "expiring_soon",
         "rfm": "general_win_back",
     }
+
+
+def test_customer_get__with_layers__current_layers_in_the_same_statement(placed: dict, world: World) -> None:
+    new = world.customer("new")
+    with CaptureQueriesContext(connection) as queries:
+        a = customer_get(external_id="a", with_layers=True)
+        fresh = customer_get(external_id="new", with_layers=True)
+        missing = customer_get(external_id="nobody", with_layers=True)
+    assert len(queries) == 3
+    assert a is not None and a.pk == placed["a"].pk
+    assert a.current_layers == customer_layer_snapshot(customer_id=a.pk) == {  # type: ignore[attr-defined]
+        "expiry": "expiring_soon",
+        "rfm": "general_win_back",
+    }
+    assert fresh is not None and fresh.pk == new.pk and fresh.current_layers == {}  # type: ignore[attr-defined]
+    assert missing is None
+    assert not hasattr(customer_get(external_id="a"), "current_layers")
 
 
 def test_layer_snapshot_queryset__subquery_of_ids__one_statement_rows(placed: dict) -> None:
