@@ -120,7 +120,10 @@ class CustomerAssignmentsView(APIView):
             decisions = list(page)
         else:
             decisions = services.customer_decisions(
-                configs=page, customer=customer, expose=query.validated_data["expose"]
+                configs=page,
+                customer=customer,
+                expose=query.validated_data["expose"],
+                layers=customer.current_layers,  # type: ignore[attr-defined]  # read with the customer
             )
         return paginator.get_paginated_response(DecisionSerializer(decisions, many=True).data)
 

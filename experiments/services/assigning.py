@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -200,11 +200,14 @@ def customer_decisions(
     customer: Customer,
     expose: bool = False,
     at: dt.datetime | None = None,
+    layers: Mapping[str, str] | None = None,
 ) -> list[AssignmentDecision]:
     """Decisions for one customer in several experiments (the assignment API), in order.
 
     Already-decided customers cost one statement (which also records the exposures);
     first decisions add the targeting check, the snapshot and one insert per experiment.
+    ``layers``: the customer's current layers if the caller read them already
+    (``customer_get(with_layers=True)``); else they are read when a first decision needs them.
     """
     at = at or timezone.now()
     running = [c for c in configs if c.is_running]
@@ -224,7 +227,6 @@ def customer_decisions(
             decisions.append(_out(config.key, Reason.HOLDOUT))
         else:
             if snapshot_id is None:
-                layers = getattr(customer, "current_layers", None)  # read with the customer by the API
                 snapshot_id = snapshot_id_for_customer(customer_id=customer.pk, layers=layers)
             decisions.append(
                 _decide_first(config=config, customer=customer, snapshot_id=snapshot_id, expose=expose, at=at)
