@@ -286,6 +286,31 @@ def test_rows_insert__conflicts_skipped_defaults_filled__ids_returned(no_caps: N
     assert all(s.created_at is not None for s in slots)  # the field's default, filled in
 
 
+def test_rows_insert__constant_and_varying_columns__every_value_round_trips(no_caps: None) -> None:
+    # Columns with one value for the whole batch travel as parameters, the rest in the JSON:
+    # whichever way a value goes, it is stored the same.
+    from campaigns.services import bulk
+    from segments.models import Customer
+
+    at = timezone.now().replace(microsecond=123456)
+    fields = ("external_id", "attributes", "email_consent_at", "timezone", "locale", "updated_at")
+    rows = [
+        ("c1", {"tier": "gold", "n": [1, 2]}, at, "UTC", "en", at),  # attributes constant, consent varies
+        ("c2", {"tier": "gold", "n": [1, 2]}, None, "UTC", "en", at),
+        ("c3", {"tier": "gold", "n": [1, 2]}, at - dt.timedelta(days=1), "UTC", "en", at),
+        ("c4", {}, at, "Asia/Shanghai", "fr", at),  # a single row: every column constant
+    ]
+    ids = bulk.rows_insert(Customer, fields, rows[:3], returning=("id", "external_id"))
+    ids += bulk.rows_insert(Customer, fields, rows[3:], returning=("id", "external_id"))
+    assert [external_id for _, external_id in ids] == ["c1", "c2", "c3", "c4"]
+    stored = {
+        c.external_id: (c.external_id, c.attributes, c.email_consent_at, c.timezone, c.locale, c.updated_at)
+        for c in Customer.objects.filter(pk__in=[pk for pk, _ in ids])
+    }
+    assert [stored[row[0]] for row in rows] == rows
+    assert all(c.created_at is not None for c in Customer.objects.filter(pk__in=[pk for pk, _ in ids]))
+
+
 def test_generate_codes__many__unique_alphabet_and_prefix() -> None:
     from campaigns.services.decide import CODE_ALPHABET, generate_codes
 
