@@ -90,17 +90,30 @@ class Coupon(models.Model):
         GENERATED = "generated", "Generated"
         POOL = "pool", "Pool"
 
-    offer = models.ForeignKey(Offer, on_delete=models.PROTECT, related_name="coupons", db_index=False)
+    # No database constraints: see the note above ``Recipient`` (campaigns.models.delivery).
+    offer = models.ForeignKey(
+        Offer, on_delete=models.PROTECT, related_name="coupons", db_index=False, db_constraint=False
+    )
     code = models.CharField(max_length=64, unique=True, validators=[validate_code])
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.GENERATED)
     customer = models.ForeignKey(
-        Customer, null=True, blank=True, on_delete=models.CASCADE, related_name="+", db_index=False
+        Customer, null=True, blank=True, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
     )
     campaign = models.ForeignKey(
-        "campaigns.Campaign", null=True, blank=True, on_delete=models.PROTECT, related_name="coupons"
+        "campaigns.Campaign",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="coupons",
+        db_constraint=False,
     )
     recipient = models.OneToOneField(
-        "campaigns.Recipient", null=True, blank=True, on_delete=models.SET_NULL, related_name="coupon"
+        "campaigns.Recipient",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="coupon",
+        db_constraint=False,
     )
     issued_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
