@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.template import Context, Engine, TemplateSyntaxError
+from django.core.signals import setting_changed
+from django.template import Context, Engine, Library, TemplateSyntaxError, defaultfilters
 from django.template.base import Template
+from django.utils import timezone, translation
 
 VARIABLES: dict[str, tuple[str, ...]] = {
     "customer": ("external_id", "email", "phone", "first_name", "locale", "timezone"),
@@ -62,9 +65,54 @@ class _RaiseOnInvalid(str):
         raise MissingVariable(str(name))
 
 
+# --- Filters that replace Django's in message templates ------------------------------
+
+register = Library()  # the name Django looks up in a template library module
+
+
+@register.filter(is_safe=False)
+def date(value: Any, arg: str | None = None) -> str:
+    """Django's ``date`` filter, remembered per value, format, current time zone and
+    language. A message's dates are the coupon's expiry or the campaign's end, the same
+    for thousands of messages, and Django's filter costs 55-80 µs a call on this machine
+    (local time conversion, format lookup and the formatter each read asgiref locals):
+    three times the rest of a typical message body. The result is the same string
+    (``test_date_filter__same_as_djangos``); the memo is cleared when a setting changes."""
+    key = (
+        value,
+        getattr(value, "tzinfo", None),  # equal instants in other zones are equal datetimes
+        getattr(value, "fold", 0),
+        arg,
+        timezone.get_current_timezone(),
+        translation.get_language(),
+        settings.USE_TZ,
+    )
+    try:
+        hash(key)
+    except TypeError:  # an unhashable value: not remembered
+        return _django_date(value, arg)
+    return _date(key)
+
+
+def _django_date(value: Any, arg: str | None) -> str:
+    # Django's filter is registered with ``expects_localtime``: the template converts first.
+    return defaultfilters.date(timezone.template_localtime(value), arg)
+
+
+@lru_cache(maxsize=4096)
+def _date(key: tuple[Any, ...]) -> str:
+    return _django_date(key[0], key[3])
+
+
+setting_changed.connect(lambda **kwargs: _date.cache_clear(), weak=False, dispatch_uid="campaigns.content.date")
+
 _ENGINES = {
     autoescape: Engine(
-        autoescape=autoescape, string_if_invalid=_RaiseOnInvalid("!"), builtins=[], libraries={}, debug=False
+        autoescape=autoescape,
+        string_if_invalid=_RaiseOnInvalid("!"),
+        builtins=["campaigns.content"],  # after Django's: its ``date`` replaces theirs
+        libraries={},
+        debug=False,
     )
     for autoescape in (False, True)
 }
