@@ -129,7 +129,16 @@ def _customer_offer(campaign: Campaign, customer: Customer, recipient: Recipient
         return CustomerOffer(**base, status="none", reason="holdout")
     if recipient.outcome == Recipient.Outcome.EXCLUDED:
         return CustomerOffer(**base, status="none", reason=recipient.reason or "excluded")
-    deliveries = list(Delivery.objects.filter(recipient=recipient).values_list("channel", "status", "reason"))
+    # A recipient's deliveries share its (campaign, customer, step): the unique key's prefix
+    # finds them by index (there is no index on the recipient column).
+    deliveries = list(
+        Delivery.objects.filter(
+            campaign_id=recipient.campaign_id,
+            customer_id=recipient.customer_id,
+            step=recipient.step,
+            recipient=recipient,
+        ).values_list("channel", "status", "reason")
+    )
     if deliveries and not any(status in _OPEN for _, status, _ in deliveries):
         reasons = [reason for _, _, reason in deliveries if reason]
         return CustomerOffer(

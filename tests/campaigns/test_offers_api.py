@@ -138,6 +138,33 @@ def test_offers_api__treated_customer__offer_with_coupon_and_in_app_message(no_c
     assert client.get("/api/v1/customers/nobody/offers").status_code == 404
 
 
+@pytest.mark.postgres
+def test_offers_api__reads_deliveries_by_index__never_scans_the_outbox(no_caps: None, api_client_factory) -> None:  # type: ignore[no-untyped-def]
+    # The outbox holds a row per message ever sent: the API's read of one customer's
+    # deliveries must be an index lookup (here with sequential scans priced out, as a
+    # table of millions of rows would price them).
+    person = CustomerFactory()
+    CustomerFactory()
+    run_broadcast(campaign(key="indexed", channels=("in_app", "email"), channel_strategy="all"))
+    seen: list[tuple[str, object]] = []
+
+    def record(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if "campaigns_delivery" in sql and sql.lstrip().upper().startswith("SELECT"):
+            seen.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        response = api_client_factory("offers:read").get(f"/api/v1/customers/{person.external_id}/offers")
+    assert response.status_code == 200 and response.json()["results"][0]["status"] == "offer"
+    assert seen
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        for sql, params in seen:
+            cursor.execute("EXPLAIN " + sql, params)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "Seq Scan on campaigns_delivery" not in plan, plan
+
+
 def test_offers_api__reasons_when_none(no_caps: None, api_client_factory) -> None:  # type: ignore[no-untyped-def]
     ChannelPolicy.objects.filter(channel="email").update(daily_cap=1)
     capped = CustomerFactory()
