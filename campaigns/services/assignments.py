@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
+from campaigns.services.bulk import id_in
 from experiments.models import Experiment
 from segments.models import Customer
 
@@ -49,10 +50,9 @@ def splits_get(*, experiment: Experiment | None, customer_ids: Sequence[int]) ->
         return dict.fromkeys(customer_ids, NO_EXPERIMENT)
     from experiments import selectors as experiment_selectors
 
-    rows = (
-        experiment_selectors.assignments_queryset(experiment=experiment)
-        .filter(customer_id__in=list(customer_ids))
-        .values_list("customer_id", "variant__key", "variant__is_control", "id")
+    assigned = experiment_selectors.assignments_queryset(experiment=experiment)
+    rows = assigned.filter(id_in(assigned.model, "customer", customer_ids)).values_list(
+        "customer_id", "variant__key", "variant__is_control", "id"
     )
     splits = {cid: Split(key, bool(control), "assigned", aid) for cid, key, control, aid in rows}
     missing = [cid for cid in customer_ids if cid not in splits]

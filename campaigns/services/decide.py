@@ -72,7 +72,7 @@ def _layers_of(campaign: Campaign, customer_ids: Sequence[int]) -> dict[int, int
     if campaign.split_dimension_id is None:
         return {}
     result: dict[int, int] = {}
-    base = Customer.objects.filter(pk__in=list(customer_ids))
+    base = Customer.objects.filter(bulk.id_in(Customer, "id", customer_ids))
     for layer_id in Layer.objects.filter(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True):
         for cid in audience_queryset(include_layer_ids=[layer_id], base=base).values_list("pk", flat=True):
             result[cid] = layer_id
@@ -83,7 +83,7 @@ def _memberships_of(customer_ids: Sequence[int]) -> dict[int, tuple[int, dt.date
     """The customer's latest membership term (id, expires_at), for renewals."""
     latest = Membership.objects.filter(customer_id=OuterRef("pk")).order_by("-expires_at", "-pk")
     rows = (
-        Customer.objects.filter(pk__in=list(customer_ids))
+        Customer.objects.filter(bulk.id_in(Customer, "id", customer_ids))
         .annotate(mid=Subquery(latest.values("pk")[:1]), mexp=Subquery(latest.values("expires_at")[:1]))
         .filter(mid__isnull=False)
         .values_list("pk", "mid", "mexp")
