@@ -405,16 +405,19 @@ class _Sender:
     def _load_shared(self, rows: list[_Row]) -> dict[int, str]:
         """Campaign statuses (read for every chunk: a pause takes effect at the next
         chunk) and the variables of the campaigns, offers and layers not seen yet."""
-        statuses = {}
-        for campaign in Campaign.objects.filter(pk__in={r.campaign_id for r in rows}):
-            statuses[campaign.pk] = campaign.status
-            self.campaign_vars.setdefault(campaign.pk, campaign_variables(campaign))
+        campaign_ids = {r.campaign_id for r in rows}
+        statuses = dict(Campaign.objects.filter(pk__in=campaign_ids).order_by().values_list("pk", "status"))
+        if campaign_ids - self.campaign_vars.keys():
+            for campaign in Campaign.objects.filter(pk__in=campaign_ids - self.campaign_vars.keys()):
+                self.campaign_vars[campaign.pk] = campaign_variables(campaign)
         offers = {r.offer_id for r in rows if r.offer_id is not None} - self.offer_vars.keys()
-        for offer in Offer.objects.filter(pk__in=offers):
-            self.offer_vars[offer.pk] = offer_variables(offer)
+        if offers:
+            for offer in Offer.objects.filter(pk__in=offers):
+                self.offer_vars[offer.pk] = offer_variables(offer)
         layers = {r.layer_id for r in rows if r.layer_id is not None} - self.layer_vars.keys()
-        for layer in segment_selectors.layers_queryset(ids=layers):
-            self.layer_vars[layer.pk] = layer_variables(layer)
+        if layers:
+            for layer in segment_selectors.layers_queryset(ids=layers):
+                self.layer_vars[layer.pk] = layer_variables(layer)
         return statuses
 
     def _render(self, row: _Row) -> OutgoingMessage | None:
