@@ -51,7 +51,11 @@ def _adapter(field: Field) -> Callable[[Any], Any]:
         return lambda v: None if v is None else v.isoformat()
     if kind == "DecimalField":
         return lambda v: None if v is None else str(v)
-    return lambda v: v
+    return _same
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _select(casts: Sequence[str], constant: Sequence[bool]) -> str:
@@ -109,17 +113,19 @@ def rows_insert(
     result: list[tuple[Any, ...]] = []
     with connection.cursor() as cursor:
         for start in range(0, len(rows), BATCH):
-            defaults = [f.get_default() for f in omitted]
-            values = [
-                [adapt(value) for adapt, value in zip(adapters, (*row, *defaults), strict=True)]
-                for row in rows[start : start + BATCH]
-            ]
-            by_column = list(zip(*values, strict=True))
-            # ``count`` compares with ``==`` in C; a column's values share one type (or None).
-            constant = [column.count(column[0]) == len(column) for column in by_column]
-            varying = [j for j, fixed in enumerate(constant) if not fixed]
-            params = [_parameter(column[0]) for column, fixed in zip(by_column, constant, strict=True) if fixed]
-            params.append(json.dumps([[row[j] for j in varying] for row in values]))
+            batch = rows[start : start + BATCH]
+            # Column by column: ``zip`` transposes and ``count`` compares (with ``==``; a
+            # column's values share one type, or None) in C, and a value is adapted only
+            # if its column varies and its field needs it.
+            by_column = [*zip(*batch, strict=True), *((f.get_default(),) for f in omitted)]
+            constant = [len(column) == 1 or column.count(column[0]) == len(column) for column in by_column]
+            params, varying = [], []
+            for column, adapt, fixed in zip(by_column, adapters, constant, strict=True):
+                if fixed:
+                    params.append(_parameter(adapt(column[0])))
+                else:
+                    varying.append(column if adapt is _same else list(map(adapt, column)))
+            params.append(json.dumps(list(zip(*varying, strict=True)) if varying else [[]] * len(batch)))
             cursor.execute(insert + _select(casts, constant) + tail, params)
             if returning:
                 result += [tuple(r) for r in cursor.fetchall()]
