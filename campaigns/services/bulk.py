@@ -7,8 +7,8 @@ with one value for the whole batch (the campaign, the decision's time, a field's
 one parameter of the statement. On PostgreSQL a ``json`` value is text, and ``->> i``
 parses a row's array again for every column it extracts, so a row's cost grows with the
 square of its width: a 19-column delivery row cost ~40 µs of the database's time, against
-~8 µs with its 3 varying columns in the JSON (1,000-row inserts, bench of this change).
-``jsonb`` would parse once, but building it cost more than it saved (measured ~2× slower).
+~8 µs with its 3 varying columns in the JSON (timed on 1,000-row inserts when this was
+written). ``jsonb`` would parse once, but building it cost more than it saved (measured ~2× slower).
 
 Why not ``bulk_create``: with a thousand rows it builds a model instance per row and binds
 a dozen parameters per row, and the driver re-parses the long statement on every call
@@ -118,7 +118,7 @@ def rows_insert(
             # column's values share one type, or None) in C, and a value is adapted only
             # if its column varies and its field needs it.
             by_column = [*zip(*batch, strict=True), *((f.get_default(),) for f in omitted)]
-            constant = [len(column) == 1 or column.count(column[0]) == len(column) for column in by_column]
+            constant = [column.count(column[0]) == len(column) for column in by_column]
             params, varying = [], []
             for column, adapt, fixed in zip(by_column, adapters, constant, strict=True):
                 if fixed:
