@@ -407,8 +407,9 @@ class _Sender:
         chunk) and the variables of the campaigns, offers and layers not seen yet."""
         campaign_ids = {r.campaign_id for r in rows}
         statuses = dict(Campaign.objects.filter(pk__in=campaign_ids).order_by().values_list("pk", "status"))
-        if campaign_ids - self.campaign_vars.keys():
-            for campaign in Campaign.objects.filter(pk__in=campaign_ids - self.campaign_vars.keys()):
+        unseen = campaign_ids - self.campaign_vars.keys()
+        if unseen:
+            for campaign in Campaign.objects.filter(pk__in=unseen):
                 self.campaign_vars[campaign.pk] = campaign_variables(campaign)
         offers = {r.offer_id for r in rows if r.offer_id is not None} - self.offer_vars.keys()
         if offers:
