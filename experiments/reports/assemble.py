@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 ALPHA = 0.05
-COMPARISON_METHOD = "wald"
+COMPARISON_METHOD = stats.DECISION_METHOD  # pooled z + the score interval that inverts it
 MIN_CUSTOMERS_PER_ARM = 100
 POWER = 0.8
 ADJUSTMENTS: dict[str, str] = {

@@ -169,11 +169,12 @@ from experiments.stats.power import (
 from experiments.stats.power import (
     _solve_nobs1 as _solve_nobs1,
 )
-from experiments.stats.proportions import METHODS, Comparison, compare
+from experiments.stats.proportions import DECISION_METHOD, METHODS, Comparison, compare
 from experiments.stats.sample_ratio import SrmResult, srm
 from experiments.stats.verdicts import Verdict, verdict
 
 __all__ = [
+    "DECISION_METHOD",
     "INCONCLUSIVE",
     "METHODS",
     "NOT_ENOUGH_DATA",
