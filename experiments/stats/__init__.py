@@ -8,6 +8,9 @@ Public API (one entry point per question)
 -----------------------------------------
 ``Arm(n, conversions)``
     Customers and conversions in one arm of one segment.
+``compare_sequential(control, treatment, alpha=0.05, expected_n=5000) -> Comparison``
+    The always-valid version (``experiments.stats.sequential``): a normal-mixture
+    confidence sequence and an always-valid p-value, safe to read at every look.
 ``compare(control, treatment, alpha=0.05, method="wald") -> Comparison``
     Did the treatment change the conversion rate?  Rates, absolute lift with its
     interval, relative lift with its interval, z statistic, two-sided p-value.
@@ -171,10 +174,20 @@ from experiments.stats.power import (
 )
 from experiments.stats.proportions import DECISION_METHOD, METHODS, Comparison, compare
 from experiments.stats.sample_ratio import SrmResult, srm
+from experiments.stats.sequential import (
+    DEFAULT_EXPECTED_N,
+    always_valid_p,
+    always_valid_p_one_sided,
+    compare_sequential,
+    cs_halfwidth,
+    cs_halfwidth_one_sided,
+    mixture_rho,
+)
 from experiments.stats.verdicts import Verdict, verdict
 
 __all__ = [
     "DECISION_METHOD",
+    "DEFAULT_EXPECTED_N",
     "INCONCLUSIVE",
     "METHODS",
     "NOT_ENOUGH_DATA",
@@ -194,9 +207,15 @@ __all__ = [
     "Verdict",
     "VerdictLabel",
     "adjust",
+    "always_valid_p",
+    "always_valid_p_one_sided",
     "compare",
+    "compare_sequential",
+    "cs_halfwidth",
+    "cs_halfwidth_one_sided",
     "days_needed",
     "heterogeneity",
+    "mixture_rho",
     "power_status",
     "sample_size",
     "srm",
