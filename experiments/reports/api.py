@@ -112,8 +112,8 @@ class ExperimentReportView(APIView):
         tags=["reports"],
     )
     def get(self, request: Request, key: str) -> HttpResponse:
-        adjustment = request.query_params.get("adjustment", "holm")
-        if adjustment not in ADJUSTMENTS:
+        adjustment = request.query_params.get("adjustment")  # None: the plan's correction
+        if adjustment is not None and adjustment not in ADJUSTMENTS:
             raise ValidationError({"adjustment": [f"Choose one of: {', '.join(ADJUSTMENTS)}."]})
         timeseries = request.query_params.get("timeseries", "false").lower()
         if timeseries not in BOOLEANS:

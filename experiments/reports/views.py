@@ -60,12 +60,14 @@ def _context(request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
     return {**admin.site.each_context(request), "title": title, **extra}
 
 
-def _adjustment(request: HttpRequest) -> str:
-    value = request.GET.get("adjustment", "holm")
-    return value if value in ADJUSTMENTS else "holm"
+def _adjustment(request: HttpRequest) -> str | None:
+    """The exploratory families' correction; None: the plan's (the confirmatory family
+    always uses the plan's)."""
+    value = request.GET.get("adjustment")
+    return value if value in ADJUSTMENTS else None
 
 
-def _report_or_404(key: str, adjustment: str, timeseries: bool = False) -> Report:
+def _report_or_404(key: str, adjustment: str | None, timeseries: bool = False) -> Report:
     try:
         return report_build(experiment_key=key, adjustment=adjustment, timeseries=timeseries)
     except ExperimentNotFound:

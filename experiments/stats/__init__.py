@@ -159,15 +159,21 @@ from experiments.stats._common import (
     Reason,
     VerdictLabel,
 )
+from experiments.stats.guardrails import HarmTest, harm_test
 from experiments.stats.interaction import Cell, HeterogeneityResult, heterogeneity
 from experiments.stats.multiple_testing import adjust
 from experiments.stats.power import (
     DaysNeeded,
+    DetectableLift,
     PowerStatus,
     SampleSize,
     days_needed,
+    detectable_lift,
+    family_alpha,
     power_status,
     sample_size,
+    sequential_power,
+    sequential_sample_size,
 )
 from experiments.stats.power import (
     _solve_nobs1 as _solve_nobs1,
@@ -198,6 +204,8 @@ __all__ = [
     "Cell",
     "Comparison",
     "DaysNeeded",
+    "DetectableLift",
+    "HarmTest",
     "HeterogeneityResult",
     "Interval",
     "PowerStatus",
@@ -214,10 +222,15 @@ __all__ = [
     "cs_halfwidth",
     "cs_halfwidth_one_sided",
     "days_needed",
+    "detectable_lift",
+    "family_alpha",
+    "harm_test",
     "heterogeneity",
     "mixture_rho",
     "power_status",
     "sample_size",
+    "sequential_power",
+    "sequential_sample_size",
     "srm",
     "verdict",
 ]

@@ -250,3 +250,163 @@ def power_status(
         )
         message += f"; about {days:,} more days at current traffic." if days is not None else "."
     return PowerStatus(counts, required, progress, reached, days, message, undefined)
+
+
+# --------------------------------------------------------------------------
+# Power under the rules in use: the family's adjusted alpha, the sequential test,
+# a fixed audience (issue 14, bullet 5).
+# --------------------------------------------------------------------------
+
+
+def family_alpha(alpha: float, family_size: int) -> float:
+    """The per-comparison level to plan a family of ``family_size`` comparisons for.
+
+    alpha / m: the Bonferroni level, which is Holm's first (strictest) step, so the
+    power computed at it is a lower bound on each comparison's power under Holm (Holm
+    1979: a hypothesis rejected by Bonferroni is rejected by Holm).  Under
+    Benjamini-Hochberg the per-comparison level lies between alpha/m and alpha
+    depending on how many others are rejected; alpha / m is again the conservative
+    choice.  The report states the level used.
+    """
+    alpha = _check_probability("alpha", alpha)
+    size = _check_count("family_size", family_size)
+    return alpha / max(size, 1)
+
+
+def _sequential_boundary_factor(n: float, alpha: float, rho: float) -> float:
+    """sqrt(n) c(n): the CS half-width in units of the standard error (sequential module)."""
+    nr2 = n * rho * rho
+    return math.sqrt(n) * math.sqrt(2.0 * (nr2 + 1.0) / (n * rho) ** 2 * math.log(math.sqrt(nr2 + 1.0) / alpha))
+
+
+def _sequential_rho(alpha: float, expected_n: float) -> float:
+    # Same as sequential.mixture_rho (imported lazily there to avoid a cycle).
+    return math.sqrt((-2.0 * math.log(alpha) + math.log(1.0 - 2.0 * math.log(alpha))) / expected_n)
+
+
+def sequential_power(
+    p1: float, p2: float, n_control: float, n_treatment: float, alpha: float, expected_n: float | None = None
+) -> float:
+    """Chance that the always-valid test rejects at a look with these arm sizes.
+
+    Under H1 the lift estimate is ~ N(d, se^2), d = p2 - p1,
+    se^2 = p2(1-p2)/n_t + p1(1-p1)/n_c; the CS leaves out 0 when |estimate| > k se with
+    k = sqrt(n) c(n) (the half-width in se units; ``sequential.cs_halfwidth``), so
+    power = Phi(|d|/se - k) + Phi(-|d|/se - k).  It is the power *at that look*; a
+    sequential test read every day has rejected by then at least as often, so this is a
+    lower bound of the chance to have a verdict by the horizon.  ``expected_n`` tunes rho
+    (None: tightest at this n).
+    """
+    n = n_control + n_treatment
+    rho = _sequential_rho(alpha, expected_n if expected_n else n)
+    se = math.sqrt(p2 * (1 - p2) / n_treatment + p1 * (1 - p1) / n_control)
+    k = _sequential_boundary_factor(n, alpha, rho)
+    shift = abs(p2 - p1) / se
+    return float(special.ndtr(shift - k) + special.ndtr(-shift - k))
+
+
+def sequential_sample_size(
+    baseline_rate: float,
+    relative_mde: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    ratio: float = 1.0,
+    expected_n: float | None = None,
+) -> SampleSize:
+    """Customers per arm for the always-valid test to reach ``power`` at the MDE.
+
+    Solves sequential_power(n_c, ratio n_c) = power for n_c by Brent's method (it is
+    increasing in n_c).  ``expected_n=None`` tunes the mixture at the solution itself
+    (the plan's horizon equals the required size: the best case); otherwise at the
+    plan's horizon.  Undefined cases as ``sample_size``.
+    """
+    fixed = sample_size(baseline_rate, relative_mde, alpha=alpha, power=power, ratio=ratio)
+    if fixed.required_control is None or fixed.target_rate is None:
+        return fixed
+    p1, p2 = fixed.baseline_rate, fixed.target_rate
+
+    def excess(log_nc: float) -> float:
+        nc = math.exp(log_nc)
+        return sequential_power(p1, p2, nc, ratio * nc, alpha, expected_n) - power
+
+    low = math.log(max(fixed.required_control, 2) / 2.0)
+    high = math.log(fixed.required_control * 50.0 + 10.0)
+    while excess(high) < 0 and high < 60:
+        high += 2.0
+    if excess(low) >= 0:
+        nc = math.exp(low)
+    else:
+        nc = math.exp(optimize.brentq(excess, low, high, xtol=1e-12))
+    return SampleSize(
+        baseline_rate=p1,
+        relative_mde=fixed.relative_mde,
+        alpha=alpha,
+        power=power,
+        ratio=ratio,
+        target_rate=p2,
+        effect_size=fixed.effect_size,
+        required_control=math.ceil(nc),
+        required_treatment=math.ceil(nc * ratio),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DetectableLift:
+    """Smallest relative lift detectable with ``power`` at these (final) arm sizes."""
+
+    baseline_rate: float | None
+    n_control: int
+    n_treatment: int
+    alpha: float
+    power: float
+    sequential: bool
+    relative_lift: float | None
+    undefined: dict[str, Reason] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+
+def detectable_lift(
+    baseline_rate: float | None,
+    n_control: int,
+    n_treatment: int,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    sequential: bool = False,
+    expected_n: float | None = None,
+) -> DetectableLift:
+    """For a fixed audience: the smallest relative lift (upwards) detectable at its size.
+
+    Fixed horizon: Cohen's h = (z_{1-alpha/2} + z_power) / sqrt(n_c n_t / (n_c + n_t))
+    (NormalIndPower without the far tail), p2 = sin(asin(sqrt(p1)) + h/2)^2, lift =
+    p2/p1 - 1.  Sequential: the lift r solving sequential_power(p1, p1 (1 + r)) = power.
+    Undefined when the baseline is not in (0, 1), an arm is empty, or no lift up to
+    100% conversion is detectable.
+    """
+    alpha = _check_probability("alpha", alpha)
+    power = _check_probability("power", power)
+    nc, nt = _check_count("n_control", n_control), _check_count("n_treatment", n_treatment)
+
+    def undefined(reason: Reason) -> DetectableLift:
+        return DetectableLift(baseline_rate, nc, nt, alpha, power, sequential, None, {"relative_lift": reason})
+
+    if baseline_rate is None or not 0.0 < baseline_rate < 1.0:
+        return undefined(Reason("baseline_rate_out_of_range", "The control's conversion rate must be above 0%."))
+    if nc < 2 or nt < 2:
+        return undefined(Reason("no_traffic", "An arm has (almost) no customers."))
+    p1 = float(baseline_rate)
+    if not sequential:
+        h = (_z_crit(alpha) + float(special.ndtri(power))) / math.sqrt(nc * nt / (nc + nt))
+        angle = math.asin(math.sqrt(p1)) + h / 2.0
+        if angle >= math.pi / 2:
+            return undefined(Reason("not_detectable", "No lift is detectable with this audience."))
+        return DetectableLift(p1, nc, nt, alpha, power, False, math.sin(angle) ** 2 / p1 - 1.0)
+
+    def excess(r: float) -> float:
+        return sequential_power(p1, p1 * (1.0 + r), nc, nt, alpha, expected_n) - power
+
+    top = (1.0 - 1e-9) / p1 - 1.0
+    if excess(top) < 0:
+        return undefined(Reason("not_detectable", "No lift is detectable with this audience."))
+    return DetectableLift(p1, nc, nt, alpha, power, True, float(optimize.brentq(excess, 1e-9, top, xtol=1e-12)))
