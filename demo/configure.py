@@ -110,6 +110,10 @@ def experiment_ensure(*, plan: ExperimentPlan, holdout: Holdout | None) -> Exper
                 targeting=experiment_services.Targeting(holdout_id=holdout.pk if holdout else None),
                 metrics=[experiment_services.MetricSpec(event_type_code=plan.metric, window_hours=plan.window_hours)],
                 minimum_detectable_effect=plan.minimum_detectable_effect,
+                plan={
+                    "confirmatory_dimensions": list(plan.confirmatory_dimensions),
+                    "fixed_audience": plan.fixed_audience,
+                },
             )
         except ValidationError as exc:
             raise _fail(f"experiment {plan.key}", exc) from exc

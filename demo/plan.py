@@ -95,6 +95,11 @@ class ExperimentPlan:
     metric: str  # the primary metric's event type
     window_hours: int
     minimum_detectable_effect: Decimal = Decimal("0.30")
+    # The analysis plan recorded at start (issue 14): the dimension whose layers carry the
+    # planted effects is declared confirmatory, so its layers are in the decision family;
+    # broadcasts have a fixed audience. Verdicts are always valid (sequential), the default.
+    confirmatory_dimensions: tuple[str, ...] = ()
+    fixed_audience: bool = False
 
 
 @dataclass(frozen=True)
@@ -303,6 +308,7 @@ REFERRAL = CampaignPlan(
         ),
         metric="order",
         window_hours=7 * 24,
+        confirmatory_dimensions=("lifecycle",),
     ),
     treatments=(
         TreatmentPlan(
@@ -364,6 +370,8 @@ RENEWAL = CampaignPlan(
         ),
         metric="membership_renewed",
         window_hours=14 * 24,
+        confirmatory_dimensions=("expiry",),
+        fixed_audience=True,
     ),
     treatments=(
         TreatmentPlan(
@@ -443,6 +451,8 @@ WINBACK = CampaignPlan(
         ),
         metric="order",
         window_hours=14 * 24,
+        confirmatory_dimensions=("lifecycle",),
+        fixed_audience=True,
     ),
     treatments=(
         TreatmentPlan(

@@ -67,6 +67,8 @@ class Findings:
     significant: tuple[Cell, ...]
     false_positives: tuple[Cell, ...]
     caveats: tuple[str, ...]
+    # The analysis plan recorded at start, in words: mode and the declared decision family.
+    plan: str = ""
 
     @property
     def significant_cells(self) -> set[tuple[str | None, str]]:
@@ -128,6 +130,7 @@ def findings_from_report(*, plan: CampaignPlan, report: Report) -> Findings:
         significant=significant,
         false_positives=false_positives,
         caveats=tuple(c.message for c in report.caveats),
+        plan=f"{report.plan.inference_mode_name}; {report.confirmatory_family.scope}",
     )
 
 
@@ -215,6 +218,8 @@ def findings_text(findings: Findings, *, reach: dict[tuple[str | None, str], flo
         f"  {findings.experiment} (campaign {findings.campaign}; {findings.metric}; {scope}; "
         f"Holm family of {findings.family_size})"
     ]
+    if findings.plan:
+        lines.append(f"    plan: {findings.plan}")
     lifts = {(p.layer, p.variant): p.lift for p in findings.planted}
     cells = {(c.layer, c.variant): c for c in findings.cells}
     keys = list(cells) + [key for key in lifts if key not in cells]
