@@ -278,8 +278,8 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @report_view
 def experiment_report(request: HttpRequest, key: str) -> HttpResponse:
-    adjustment = _adjustment(request)
-    report = _report_or_404(key, adjustment)
+    report = _report_or_404(key, _adjustment(request))
+    adjustment = report.settings.adjustment
     primary = report.primary
     context = _context(
         request,

@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.urls import reverse
 from statsmodels.stats import proportion as smp
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
@@ -304,3 +305,39 @@ def test_report__fixed_audience__final_audience_and_smallest_detectable_lift_ins
     assert power.message.startswith("Final audience 4,000: the smallest detectable lift is +")
     assert "more days" not in power.message
     assert power.days_remaining is None and power.undefined["days_remaining"].code == "fixed_audience"
+
+
+# --- The plan, the family and the mode on every surface -------------------------------------
+
+
+def test_report_csv__confirmatory_layer__family_kind_mode_and_alpha_columns() -> None:
+    from experiments.reports.exports import report_csv
+
+    dimension_create("tier", ["new", "vip"])
+    experiment = experiment_create(plan={**FIXED_REACHED, "confirmatory_dimensions": ["tier"], "correction": "bh"})
+    populate(experiment, _tier_groups())
+
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(report_csv(report_build(experiment_key="offer-test", now=NOW)))))
+
+    tier = [r for r in rows if r["dimension"] == "tier"]
+    assert {r["family_kind"] for r in tier} == {"confirmatory"}
+    assert {r["adjustment"] for r in tier} == {"bh"}  # the plan's correction, not the page's
+    assert {(r["inference_mode"], r["alpha"]) for r in rows} == {("fixed", "0.05")}
+    assert {r["power_alpha"] for r in tier} == {str(0.05 / 3)}
+
+
+def test_report_page__plan_section__shows_mode_family_and_plan(client, django_user_model) -> None:  # type: ignore[no-untyped-def]
+    dimension_create("tier", ["new", "vip"])
+    experiment = experiment_create(plan={"planned_sample_size": 9000, "confirmatory_dimensions": ["tier"]})
+    populate(experiment, _tier_groups())
+    client.force_login(django_user_model.objects.create_superuser("admin", "a@example.com", "pw"))
+
+    html = client.get(reverse("reports:experiment", args=[experiment.key])).content.decode()
+
+    assert 'id="analysis-plan"' in html
+    assert "always valid (sequential)" in html
+    assert "Confirmatory (the declared decision family): primary metric order x 1 treatment variant(s)" in html
+    assert "tuned for 9000 planned customers" in html
