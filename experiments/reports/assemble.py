@@ -862,6 +862,23 @@ def report_build(
                 "used as its plan.",
             )
         )
+    if plan.recorded:
+        now_metrics = (
+            next((m.event_type.code for m in metrics if m.role == Metric.Role.PRIMARY), ""),
+            sorted(m.event_type.code for m in metrics if m.role == Metric.Role.SECONDARY),
+            sorted(m.event_type.code for m in metrics if m.role == Metric.Role.GUARDRAIL),
+        )
+        planned = (plan.primary_metric, sorted(plan.secondary_metrics), sorted(g.metric for g in plan.guardrails))
+        if now_metrics != planned:
+            caveats.append(
+                Reason(
+                    "metrics_differ_from_plan",
+                    f"The experiment's metrics changed after its analysis plan was recorded (plan: primary "
+                    f"{planned[0] or 'none'}, secondary {', '.join(planned[1]) or 'none'}, guardrails "
+                    f"{', '.join(planned[2]) or 'none'}): verdicts on metrics outside the plan were not "
+                    "pre-registered. Start a new phase to analyse the new metrics.",
+                )
+            )
     exploratory_adjustment = adjustment or plan.correction
     if plan.inference_mode == "fixed" and not plan.horizon_reached and phase is not None:
         caveats.append(
