@@ -92,7 +92,11 @@ class ExperimentReportView(APIView):
                 OpenApiTypes.STR,
                 enum=list(ADJUSTMENTS),
                 default="holm",
-                description="Multiple-comparison adjustment: `holm` (default) or `bh` (Benjamini-Hochberg).",
+                description=(
+                    "Multiple-comparison adjustment of the exploratory families: `holm` or `bh` "
+                    "(Benjamini-Hochberg); default: the plan's correction. The confirmatory family (the one "
+                    "that decides, `confirmatory_family`) always uses the plan's correction."
+                ),
             ),
             OpenApiParameter(
                 "timeseries",

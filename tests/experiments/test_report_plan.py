@@ -341,3 +341,22 @@ def test_report_page__plan_section__shows_mode_family_and_plan(client, django_us
     assert "always valid (sequential)" in html
     assert "Confirmatory (the declared decision family): primary metric order x 1 treatment variant(s)" in html
     assert "tuned for 9000 planned customers" in html
+
+
+def test_report__sequential_degenerate_counts__nulls_with_reasons_never_nan() -> None:
+    experiment = experiment_create(
+        metrics=(("order", "primary"), ("unsubscribe", "guardrail")),
+        plan={"planned_sample_size": 1000, "fixed_audience": True},
+    )
+    populate(experiment, [Group("control", 300, {"order": 0}), Group("treatment", 300, {"order": 0})])
+
+    report = report_build(experiment_key="offer-test", now=NOW)
+
+    [lift] = report.primary.overall.lifts  # type: ignore[union-attr]
+    assert lift.p_value is None and lift.undefined["p_value"].code == "zero_variance"
+    assert lift.relative_lift is None and lift.undefined["relative_lift"].code == "control_rate_zero"
+    power = report.primary.overall.power  # type: ignore[union-attr]
+    assert power.detectable_lift is None and "required_per_arm" in power.undefined
+    [guardrail] = report.guardrails
+    assert guardrail.overall.lifts[0].undefined["p_value"].code == "zero_variance"
+    json.loads(report_json(report))  # allow_nan=False inside: no NaN, no infinity
