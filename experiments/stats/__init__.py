@@ -1,5 +1,11 @@
 """Statistics for conversion lift per segment.
 
+A package by concern (no Django anywhere): ``proportions`` (two-proportion tests and
+intervals; ``DECISION_METHOD``), ``sequential`` (always-valid confidence sequences),
+``guardrails`` (one-sided harm tests), ``multiple_testing`` (Holm, BH), ``verdicts``,
+``sample_ratio`` (SRM), ``power`` (sample sizes, power under a family's correction),
+``interaction`` (heterogeneity).  Everything public is re-exported here.
+
 Pure functions over frozen dataclasses of counts.  This module must not import
 Django (or anything from the web app): it only needs numpy, scipy and
 statsmodels, and every function is deterministic.
@@ -28,6 +34,13 @@ Public API (one entry point per question)
     Days until that many customers per arm at a segment's daily traffic.
 ``power_status(plan, customers_per_arm, daily_traffic=None) -> PowerStatus``
     Customers so far versus customers needed (and days remaining).
+``harm_test(control, treatment, margin=0, alpha=0.05, sequential=False) -> HarmTest``
+    Guardrails (``experiments.stats.guardrails``): one-sided test of harm beyond a
+    non-inferiority margin, fixed horizon or always valid.
+``family_alpha(alpha, m)``, ``sequential_sample_size(...)``, ``sequential_power(...)``,
+``detectable_lift(baseline, n_control, n_treatment, ...) -> DetectableLift``
+    Power under the rules in use: the per-comparison level of a family, the always-valid
+    test's requirement, the smallest lift a fixed audience can detect.
 ``heterogeneity(cells, control_variant) -> HeterogeneityResult``
     Does the lift differ between the layers of one dimension?  Reported once per
     dimension, from ``Cell(layer, variant, n, conversions)`` counts.
