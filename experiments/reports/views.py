@@ -126,6 +126,8 @@ class DimensionView:
     differs: bool | None
     rows: tuple[RowView, ...]
     forest: SafeString
+    family_method: str = ""  # the family's own correction, in words (the plan's for the confirmatory one)
+    family_kind: str = "exploratory"
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,8 @@ class MetricView:
     overall_family: str
     dimensions: tuple[DimensionView, ...]
     harms: tuple[str, ...] = field(default_factory=tuple)
+    overall_family_method: str = ""
+    overall_family_kind: str = "exploratory"
 
     @property
     def overall_rows(self) -> tuple[RowView, ...]:
@@ -227,6 +231,8 @@ def _metric_view(report: Report, metric: MetricReport) -> MetricView:
             differs=d.heterogeneity.differs,
             rows=tuple(_row_view(row) for row in d.layers),
             forest=_forest(metric, d, several),
+            family_method=ADJUSTMENTS[d.family.method],
+            family_kind=d.family.kind,
         )
         for d in metric.dimensions
     )
@@ -241,6 +247,8 @@ def _metric_view(report: Report, metric: MetricReport) -> MetricView:
         overall_family=metric.overall_family.scope,
         dimensions=dimensions,
         harms=metric.harms,
+        overall_family_method=ADJUSTMENTS[metric.overall_family.method],
+        overall_family_kind=metric.overall_family.kind,
     )
 
 

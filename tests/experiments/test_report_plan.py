@@ -341,6 +341,8 @@ def test_report_page__plan_section__shows_mode_family_and_plan(client, django_us
     assert "always valid (sequential)" in html
     assert "Confirmatory (the declared decision family): primary metric order x 1 treatment variant(s)" in html
     assert "tuned for 9000 planned customers" in html
+    # The tables name each family's own kind and correction.
+    assert 'class="family family-confirmatory">Adjusted together (Holm' in html
 
 
 def test_report__sequential_degenerate_counts__nulls_with_reasons_never_nan() -> None:
