@@ -1,9 +1,10 @@
 """What the demo created, and what the lift reports found against what was planted.
 
 For each campaign experiment the report is read where the effects were planted: the
-layers of the plan's ``evaluate_dimension`` (one Holm family: those layers x the treatment
-variants, primary metric), or the overall row (family: the treatment variants) for an
-audience that sits in one layer. A planted effect is *recovered* when its cell's verdict
+layers of the plan's ``evaluate_dimension``, which the experiment's analysis plan declares
+confirmatory (one Holm family: primary metric x treatment variants x (all customers + those
+layers)), or the overall row (family: the treatment variants) for an audience that sits in
+one layer. A planted effect is *recovered* when its cell's verdict
 is "significant win"; any other significant cell of that family is a *false positive*
 (no effect was planted there).
 """
