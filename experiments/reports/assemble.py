@@ -511,7 +511,7 @@ def _finish_rows(
                 verdict = VerdictResult(
                     NOT_YET_EVALUABLE,
                     "before_planned_horizon",
-                    f"Not yet evaluable: {ctx.horizon_message} A fixed-horizon test is read once, at the horizon.",
+                    f"Not yet evaluable: {ctx.horizon_message}. A fixed-horizon test is read once, at the horizon.",
                     harm=False,
                 )
             elif family.kind == "exploratory" and verdict.label in (stats.SIGNIFICANT_WIN, stats.SIGNIFICANT_LOSS):
@@ -755,7 +755,7 @@ def _plan_info(experiment: Experiment, phase: Phase | None, *, overall_customers
         parts.append(f"planned end {planned_end.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC")
     if not parts:
         parts.append("no planned horizon")
-    horizon = "; ".join(parts) + ("." if parts else "")
+    horizon = "; ".join(parts)
     return PlanInfo(
         recorded=plan is not None,
         recorded_at=plan.recorded_at if plan is not None else None,
@@ -884,7 +884,7 @@ def report_build(
         caveats.append(
             Reason(
                 "before_planned_horizon",
-                f"Fixed-horizon test: verdicts are withheld until the planned horizon ({plan.horizon_message})",
+                f"Fixed-horizon test: verdicts are withheld until the planned horizon ({plan.horizon_message}).",
             )
         )
     ctx = _Context(
