@@ -258,6 +258,62 @@ def planted_recovery(runs: int, rng: np.random.Generator) -> dict[str, Any]:
     return out
 
 
+def aa_flags(runs: int, rng: np.random.Generator) -> dict[str, Any]:
+    """A/A reports: how often the guardrail harm banner and the heterogeneity headline
+    ("the lift differs between layers") fire, through assemble's own functions (issue 14
+    measured 10-17% and 57-62% before). Two guardrails x 2 treatments (one family, one-sided,
+    margin 0); three dimensions of 4 layers (Holm across them)."""
+    from experiments.reports.results import Family, MetricInfo
+
+    per_arm_layer, base = 2_000, 0.02
+    out: dict[str, Any] = {"runs": runs, "customers_per_arm_per_layer": per_arm_layer, "guardrail_rate": base}
+    for mode in ("fixed", "sequential"):
+        sim = Sim(variants=("control", "b", "c"), mode=mode, planned_total=3 * per_arm_layer * len(LAYERS))
+        guard_info = MetricInfo("unsubscribe", "Unsubscribe", "guardrail", 168, "higher_is_worse")
+        harm_reports = 0
+        differs_reports = 0
+        for _ in range(runs):
+            ctx = sim.ctx(3 * per_arm_layer * len(LAYERS))
+            rows = [sim.row(ctx, _overall(_report_counts(rng, per_arm_layer, base, {})), 4) for _ in range(2)]
+            harm = [sim.a._harm_tests(ctx, [row], 0.0) for row in rows]
+            p_values = [h.p_value for tests in harm for t in tests for h in t]
+            adjusted = sim.a.stats.adjust(p_values, method="holm")
+            family = Family("guardrails", "holm", len(p_values), "guardrail", ALPHA)
+            flagged = False
+            for i, (row, tests) in enumerate(zip(rows, harm, strict=True)):
+                (done,) = sim.a._finish_rows(
+                    ctx,
+                    [row],
+                    metric=guard_info,
+                    experiment_srm=row[0].srm,
+                    adjusted_p_values=adjusted[2 * i : 2 * i + 2],
+                    family=family,
+                    harm=tests,
+                )
+                flagged |= any(lift.verdict.harm for lift in done.lifts)
+            harm_reports += flagged
+            views = []
+            for _dimension in range(3):
+                cells = _report_counts(rng, per_arm_layer // 4, 0.08, {})
+                views.append(
+                    sim.a._heterogeneity(
+                        ctx,
+                        {layer: {k: sim.a._Cell(n, x) for k, (n, x) in cells[layer].items()} for layer in LAYERS},
+                        no_layer_key="(none)",
+                    )
+                )
+            het_adjusted = sim.a.stats.adjust([v.p_value for v in views], method="holm")
+            differs_reports += any(
+                sim.a._heterogeneity_adjusted(v, p, len(views)).differs
+                for v, p in zip(views, het_adjusted, strict=True)
+            )
+        out[mode] = {
+            "guardrail_harm_banner_per_report": harm_reports / runs,
+            "heterogeneity_headline_any_dimension_per_report": differs_reports / runs,
+        }
+    return out
+
+
 def power(runs: int, rng: np.random.Generator) -> dict[str, Any]:
     """Stated vs achieved: the requirement the report states for a confirmatory layer row,
     then that many customers per arm in every arm and layer, the MDE planted in one layer
@@ -313,6 +369,7 @@ def main() -> None:
         ("daily_looks", daily_looks),
         ("confirmatory_family", confirmatory_family),
         ("planted_recovery", planted_recovery),
+        ("aa_flags", aa_flags),
         ("power", power),
     ):
         if args.only and name not in args.only:
