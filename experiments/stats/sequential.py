@@ -44,10 +44,12 @@ z = (estimate - null) / se, and ``p = min(1, 1/E)``.  Algebra shows
 ``p <= alpha  <=>  |estimate - null| >= halfwidth``: the p-value and the CS never
 disagree.  For any stopping time tau, P(p_tau <= alpha) <= alpha under the null (Ville's
 inequality), so reading p every day is safe.  This holds at every level a, not only the
-alpha rho was tuned for (P(sup_t E_t >= 1/a) <= a), so Holm or BH over always-valid
-p-values keeps its guarantee at any stopping time: Holm rejects a true null only if the
+alpha rho was tuned for (P(sup_t E_t >= 1/a) <= a), so Holm over always-valid p-values
+keeps its family-wise guarantee at any stopping time: Holm rejects a true null only if the
 smallest null p is <= alpha/m0, and by the union bound over the m0 nulls that has
-probability <= alpha.  We report the p-value at the current look,
+probability <= alpha.  (Benjamini-Hochberg's FDR guarantee additionally needs its usual
+dependence condition, positive regression dependence, which a stopping rule can break;
+Holm is the default for that reason too.)  We report the p-value at the current look,
 not the running minimum (which would need the whole history); both are valid.
 
 One-sided p (H1: lift > null), by inverting the one-sided boundary at fixed rho:
