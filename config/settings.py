@@ -168,7 +168,11 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 
 # --- REST framework ----------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["access.authentication.ApiKeyAuthentication"],
+    # Server API keys first (their scheme names the 401 challenge), then customer tokens.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "access.authentication.ApiKeyAuthentication",
+        "access.authentication.CustomerTokenAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["access.permissions.HasScope"],
     "DEFAULT_THROTTLE_CLASSES": ["access.throttling.ApiKeyRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api_key": env.str("API_THROTTLE_RATE", default="6000/min")},
@@ -181,6 +185,11 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "access.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+
+# --- Customer tokens (JWTs an app sends for one customer; see access/tokens.py) ----------
+# Longest lifetime (exp - iat) accepted, in seconds, and the clock skew tolerated.
+CUSTOMER_TOKEN_MAX_LIFETIME = env.int("CUSTOMER_TOKEN_MAX_LIFETIME", default=3600)
+CUSTOMER_TOKEN_LEEWAY = env.int("CUSTOMER_TOKEN_LEEWAY", default=30)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Growth experimentation platform API",
