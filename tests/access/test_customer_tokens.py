@@ -412,3 +412,26 @@ def test_schema__customer_token_scheme__listed_on_the_four_client_operations_onl
         "GET /api/v1/customers/{external_id}/referral-code",
         "POST /api/v1/exposures",
     }
+
+
+def test_customer_token__over_rate__429_per_customer(
+    rs256_key: CustomerSigningKey, rsa_private: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from access.throttling import ApiKeyRateThrottle
+
+    monkeypatch.setattr(ApiKeyRateThrottle, "THROTTLE_RATES", {"api_key": "3/min"})
+    CustomerFactory(external_id="alice")
+    CustomerFactory(external_id="bob")
+
+    def client_for(sub: str) -> APIClient:
+        return _client(jwt.encode(_claims(sub), rsa_private, algorithm="RS256", headers={"kid": rs256_key.kid}))
+
+    alice = client_for("alice")
+    codes = [alice.get("/api/v1/customers/alice/referral-code").status_code for _ in range(4)]
+    # A fresh token for the same customer shares the budget; another customer has their own.
+    again = client_for("alice").get("/api/v1/customers/alice/referral-code")
+    bob = client_for("bob").get("/api/v1/customers/bob/referral-code")
+
+    assert codes == [200, 200, 200, 429]
+    assert again.status_code == 429 and int(again["Retry-After"]) >= 1
+    assert bob.status_code == 200
