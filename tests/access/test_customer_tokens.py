@@ -435,3 +435,31 @@ def test_customer_token__over_rate__429_per_customer(
     assert codes == [200, 200, 200, 429]
     assert again.status_code == 429 and int(again["Retry-After"]) >= 1
     assert bob.status_code == 200
+
+
+def test_create_signing_key_command__es256_public_key__kid_printed_and_token_accepted(
+    ec_private: Any, tmp_path: Any
+) -> None:
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    CustomerFactory(external_id="alice")
+    (tmp_path / "public.pem").write_text(_pem(ec_private))
+    (tmp_path / "private.pem").write_text(
+        ec_private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+    )
+    out = io.StringIO()
+    call_command(
+        "create_signing_key", "--name", "app", "--algorithm", "ES256", "--public-key-file", tmp_path / "public.pem",
+        stdout=out,
+    )  # fmt: skip
+    kid = out.getvalue().strip().removeprefix("kid=")
+    token = jwt.encode(_claims("alice"), ec_private, algorithm="ES256", headers={"kid": kid})
+    assert _client(token).get("/api/v1/customers/alice/referral-code").status_code == 200
+    with pytest.raises(CommandError, match="public_key: A private key"):
+        call_command(
+            "create_signing_key", "--name", "x", "--algorithm", "ES256", "--public-key-file", tmp_path / "private.pem"
+        )
