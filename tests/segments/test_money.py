@@ -214,7 +214,9 @@ def test_rule_rank__equal_spenders_at_the_boundary__both_in(spenders: None, worl
 
 @pytest.mark.django_db
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.integers(min_value=0, max_value=10**8), min_size=2, max_size=12))
+# Orders up to 10¹¹ (where doubles are 2⁻¹⁶ apart), totals below 10¹³: 15 significant
+# digits, so the float a JSON rule carries still prints as the exact total.
+@given(st.lists(st.integers(min_value=0, max_value=10**13), min_size=2, max_size=12))
 def test_rule_sum__any_decomposition_of_a_total__equals_the_single_order(world: World, hundredths: list[int]) -> None:
     total = sum(hundredths)
     value = float(Decimal(total) / 100)  # as a JSON rule carries it; prints as the exact decimal
