@@ -25,8 +25,10 @@ more rounding, ≤ 2⁻⁷ at 10¹⁴) it is within 0.01 of an integer, far from
 Why not a stored integer column: it would need a migration rewriting every event row (10⁷
 and more), and every writer (the API, both bulk importers with PostgreSQL's ``COPY``, the
 demo, the campaigns' redemption events) to fill it, for no gain on PostgreSQL, which is
-already exact; the rounding above costs SQLite a few VM instructions per row (measured with
-``bench/segments.py``, see the README's benchmark table).
+already exact; the rounding above costs SQLite a few VM instructions per row, within
+run-to-run noise when measured: RFM's aggregate over 1M events (400k orders, 100k
+customers) took 0.44–0.51 s with ``SUM(amount)`` and with this expression alike, and
+``bench/segments.py``'s quick mode kept its tiers equal to the hand-written anchor's.
 """
 
 from __future__ import annotations
