@@ -23,10 +23,9 @@ metric window needs a full refresh (the nightly one).
 from __future__ import annotations
 
 import datetime as dt
-
-from django.db import connection, transaction
 from collections.abc import Sequence
 
+from django.db import connection, transaction
 from django.db.models import DateTimeField, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models import IntegerField as _IntegerField
 from django.utils import timezone

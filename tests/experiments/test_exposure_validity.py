@@ -121,9 +121,7 @@ def test_post_exposure__skew_setting__governs_the_tolerance(writer, make_experim
 # --- Exposures the platform records itself -------------------------------------------------
 
 
-def test_exposure_record__server_time_before_assignment__clamped_to_assignment(
-    make_experiment, make_customers
-) -> None:
+def test_exposure_record__server_time_before_assignment__clamped_to_assignment(make_experiment, make_customers) -> None:
     now = timezone.now()
     _, _, decision = _assigned(make_experiment, make_customers, phase_start=now - 2 * H, assigned_at=now - H)
 
