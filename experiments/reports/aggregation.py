@@ -41,10 +41,13 @@ still inside the window may yet convert, so counting them as non-converted biase
 rate towards the arm that converts *sooner* (an offer that pulls purchases forward shows
 a lift that fades). In SQL, not per customer: statement 1 adds one
 ``SUM(CASE WHEN first_exposed_at <= as_of - window THEN 1 ELSE 0 END)`` per distinct
-window (one pass still); statement 2 keeps a conversion when ``converted_at <= cutoff``
-(then its first exposure, which came before it, is earlier still) or, for the few recent
-conversions, when its assignment's first exposure is ``<= cutoff`` (an index probe by
-primary key). ``VariantCounts.customers`` stays every analysed customer (SRM, traffic).
+window (one pass still); statement 2 keeps a conversion when its own copy of the first
+exposure (``Conversion.first_exposed_at``, written by the engine) is ``<= cutoff``, still
+from the conversion table alone. Rows written without that copy (by hand, by an old
+version) fall back to ``converted_at <= cutoff`` (the first exposure came before it) or an
+index probe of their assignment: measured at 1M customers with the last week's windows
+open, probing every recent conversion cost 3.3x the whole aggregation, the copy costs
+nothing measurable. ``VariantCounts.customers`` stays every analysed customer (SRM, traffic).
 
 No GROUPING SETS: on PostgreSQL 15 a grouping-sets aggregate is not parallelised; it
 measured 3x slower and more than separate statements. Days are calendar days in the database
@@ -260,11 +263,15 @@ def _conversions(
             f" = c.{_column(Conversion, 'assignment')} AND a.{_column(Assignment, 'first_exposed_at')} <= %s)"
         )
         converted_at = f"c.{_column(Conversion, 'converted_at')}"
+        exposed_at = f"c.{_column(Conversion, 'first_exposed_at')}"
         cases = []
         for metric_id in metric_ids:
-            cases.append(f"(c.{metric} = %s AND ({converted_at} <= %s OR {probe}))")
+            cases.append(
+                f"(c.{metric} = %s AND ({converted_at} <= %s OR {exposed_at} <= %s"
+                f" OR ({exposed_at} IS NULL AND {probe})))"
+            )
             cutoff = _db_time(cutoffs[metric_id])
-            closed_params += [metric_id, cutoff, cutoff]
+            closed_params += [metric_id, cutoff, cutoff, cutoff]
         closed = " AND (" + " OR ".join(cases) + ")"
     sql = (
         f"SELECT c.{metric}, c.{variant}, c.{snapshot}, COUNT(*) FROM {conversion} c"

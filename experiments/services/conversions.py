@@ -128,16 +128,23 @@ def _refresh_metric(
             metric_ref=Value(metric.pk, output_field=_IntegerField()),
         )
         .filter(converted_at__isnull=False)
-        .values("id", "metric_ref", "phase_id", "variant_id", "snapshot_id", "converted_at")
+        .values("id", "metric_ref", "phase_id", "variant_id", "snapshot_id", "converted_at", "first_exposed_at")
     )
     select_sql, params = rows.query.sql_with_params()
+    # A reconsidered row takes the recomputed values: after the delete above, the existing
+    # conversion is inside the window, so the first event found is never later than it;
+    # ``first_exposed_at`` follows a first exposure that moved. Unchanged rows are not written.
+    differs = "IS DISTINCT FROM" if connection.vendor == "postgresql" else "IS NOT"
     # Columns are picked by name from the compiled SELECT, whatever order Django emits.
     sql = (
-        f"INSERT INTO {_C} (assignment_id, metric_id, phase_id, variant_id, snapshot_id, converted_at) "
-        f"SELECT src.id, src.metric_ref, src.phase_id, src.variant_id, src.snapshot_id, src.converted_at "
-        f"FROM ({select_sql}) AS src WHERE true "
-        f"ON CONFLICT (assignment_id, metric_id) DO UPDATE SET converted_at = excluded.converted_at "
-        f"WHERE excluded.converted_at < {_C}.converted_at"
+        f"INSERT INTO {_C} (assignment_id, metric_id, phase_id, variant_id, snapshot_id, converted_at, "
+        f"first_exposed_at) "
+        f"SELECT src.id, src.metric_ref, src.phase_id, src.variant_id, src.snapshot_id, src.converted_at, "
+        f"src.first_exposed_at FROM ({select_sql}) AS src WHERE true "
+        f"ON CONFLICT (assignment_id, metric_id) DO UPDATE SET converted_at = excluded.converted_at, "
+        f"first_exposed_at = excluded.first_exposed_at "
+        f"WHERE excluded.converted_at < {_C}.converted_at "
+        f"OR excluded.first_exposed_at {differs} {_C}.first_exposed_at"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -245,3 +245,5 @@ def test_exposures_record__moves_first_exposure_earlier__earlier_event_becomes_t
     services.conversions_refresh(experiment=experiment)  # incremental: no new event, no new last exposure
 
     assert _converted(decision) == [now - 120 * H]
+    # The conversion's copy of its window start follows (the report's open-window filter reads it).
+    assert Conversion.objects.get(assignment_id=decision.assignment_id).first_exposed_at == now - 130 * H
