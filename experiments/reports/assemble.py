@@ -491,7 +491,7 @@ def _inconsistency_caveats(
 
 def _open_window_caveat(info: MetricInfo, analysed: int) -> Reason:
     days = info.window_hours / 24
-    window = f"{days:g} days" if info.window_hours % 24 == 0 else f"{info.window_hours} hours"
+    window = f"{days:g}-day" if info.window_hours % 24 == 0 else f"{info.window_hours}-hour"
     return Reason(
         "open_windows_excluded",
         f"{info.open_window_customers:,} of {analysed:,} customers are left out of {info.event_type}'s counts and "
