@@ -317,4 +317,11 @@ GROWTH = {
     "MAX_BATCH": 1000,
     # Events for an unknown customer: "reject" (default) or "create".
     "UNKNOWN_CUSTOMER_EVENTS": env.str("GROWTH_UNKNOWN_CUSTOMER_EVENTS", default="reject"),
+    # Client clocks (POST /exposures occurred_at) may be this far off the server's: a time up
+    # to this much in the future, or before the assignment / phase start, is clamped to
+    # [assignment, now]; further off it is refused (400 on occurred_at).
+    "EXPOSURE_CLOCK_SKEW_SECONDS": env.int("GROWTH_EXPOSURE_CLOCK_SKEW_SECONDS", default=300),
+    # Lift-report verdicts count only customers whose metric window has closed (first exposure
+    # + window <= now); a report view can turn it off (?exclude_open_windows=false).
+    "REPORT_EXCLUDE_OPEN_WINDOWS": env.bool("GROWTH_REPORT_EXCLUDE_OPEN_WINDOWS", default=True),
 }

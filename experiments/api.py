@@ -9,7 +9,9 @@ Routes (under ``/api/v1/``):
   ``not_running``. Only the requested customer's decisions are returned; seeds, weights
   and phases never are.
 - ``POST exposures`` (scope ``events:write``): client-side exposure logging, for clients
-  that fetch with ``expose=false`` and log when the variant is actually shown.
+  that fetch with ``expose=false`` and log when the variant is actually shown; an
+  ``occurred_at`` outside the experiment (before the assignment or phase start, or in the
+  future, beyond the clock skew) is refused on ``occurred_at``.
 """
 
 from __future__ import annotations
@@ -134,7 +136,15 @@ class ExposureInSerializer(serializers.Serializer):
     customer_id = serializers.CharField(max_length=128, help_text="The customer's external_id.")
     experiment = serializers.SlugField(max_length=64, help_text="The experiment key.")
     variant = serializers.SlugField(max_length=64, help_text="The variant the customer saw.")
-    occurred_at = serializers.DateTimeField(required=False, help_text="When it was shown (default: now).")
+    occurred_at = serializers.DateTimeField(
+        required=False,
+        help_text=(
+            "When it was shown (default: now), with a time zone. Refused (400 on occurred_at) when it is before "
+            "the customer's assignment or the experiment's current phase start, or in the future, by more than "
+            "the allowed clock skew (GROWTH_EXPOSURE_CLOCK_SKEW_SECONDS, 300 s); within it, clamped to "
+            "[assignment time, now]."
+        ),
+    )
 
 
 class ExposureOutSerializer(serializers.Serializer):
@@ -157,7 +167,11 @@ class ExposuresView(APIView):
         request=ExposureInSerializer,
         responses={
             200: ExposureOutSerializer,
-            400: ErrorSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="Invalid input, no assignment (`experiment`), or a time outside the experiment "
+                "(`occurred_at`).",
+            ),
             401: ErrorSerializer,
             403: ErrorSerializer,
             404: ErrorSerializer,
