@@ -6,6 +6,8 @@ precision (``repr``); an undefined number is the words ``undefined: <reason>``, 
 ``nan`` or ``inf``. Text cells that a spreadsheet would run as a formula (starting with
 ``=``, ``+``, ``-``, ``@``, a tab or a carriage return; OWASP "CSV injection") are
 prefixed with a single quote. Numbers are never text, so a negative lift stays a number.
+``open_window_customers_left_out``: the row's exposed customers left out of the metric's
+counts because their window is still open (0 when open windows are not excluded).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ CSV_COLUMNS = (
     "alpha",
     "power_alpha",
     "detectable_lift",
+    "open_window_customers_left_out",
 )
 
 
@@ -168,6 +171,8 @@ def report_csv(report: Report) -> str:
                 _number(row.power.detectable_lift, row.power.undefined, "detectable_lift")
                 if report.plan.fixed_audience
                 else "not applicable: the audience is not fixed",
+                # The row's exposed customers not in the arms' counts: their window is still open.
+                row.customers - sum(arm.customers for arm in row.arms),
             )
             writer.writerow([csv_cell(v) for v in values])
     return out.getvalue()
