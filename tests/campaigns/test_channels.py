@@ -52,7 +52,8 @@ def plain_sink(settings):  # type: ignore[no-untyped-def]
 def test_send_many__server_offers_pipelining__pipelined_all_delivered_in_order(smtp_sink) -> None:  # type: ignore[no-untyped-def]
     backend = EmailBackend()
     try:
-        assert backend._pipelining_smtp() is not None
+        backend.open()
+        assert backend.session is not None and backend.session.pipelining
         outcomes = list(backend.send_many(_messages(25)))
     finally:
         backend.close()
@@ -113,7 +114,8 @@ def test_send_many__no_pipelining_offered__one_command_at_a_time_all_delivered(p
     plain_sink.refuse["m1@example.com"] = "550 5.1.1 No such user"
     backend = EmailBackend()
     try:
-        assert backend._pipelining_smtp() is None
+        backend.open()
+        assert backend.session is not None and not backend.session.pipelining
         outcomes = dict(backend.send_many(_messages(4)))
     finally:
         backend.close()
