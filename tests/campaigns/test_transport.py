@@ -5,6 +5,7 @@ backoff cap, and messages rendered in the customer's own zone and language."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 import time_machine
@@ -168,3 +169,92 @@ def test_email__dates_and_numbers__in_the_customers_zone_and_language_sent_and_p
     preview = content_preview(content=content, customer=Delivery.objects.get(campaign=row).customer)
     assert preview.message.text == expected
     assert timezone.get_current_timezone_name() == "UTC"  # nothing left active after
+
+
+# --- PostgreSQL: the sending session lost, claims keyed by session --------------------------
+
+
+def _terminate(pid: int) -> None:
+    """Terminate a backend from a separate connection (as a restart or a failover would)."""
+    import psycopg
+    from django.conf import settings as django_settings
+
+    db = django_settings.DATABASES["default"]
+    with psycopg.connect(
+        host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"], dbname=db["NAME"], autocommit=True
+    ) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_deliveries_send__database_session_killed_mid_send__task_fails_fast_claims_back_acceptance_kept(
+    no_caps, smtp_sink
+) -> None:  # type: ignore[no-untyped-def]
+    from django.db import DatabaseError, connection
+
+    # Given a send whose database session is terminated while the SMTP server accepts message 10
+    customers(40)
+    row = campaign()
+    run_broadcast(row)
+    connection.ensure_connection()
+    backend_pid = connection.connection.info.backend_pid
+    accepted: list[str] = []
+
+    def before_accept(key: str) -> None:
+        accepted.append(key)
+        if len(accepted) == 10:
+            _terminate(backend_pid)
+
+    smtp_sink.before_accept = before_accept
+    # When
+    started = time.monotonic()
+    with pytest.raises(DatabaseError):
+        send_pending(row)
+    # Then the task ends at once, every acceptance is recorded, nothing stays claimed
+    assert time.monotonic() - started < 10
+    from django.db import connection as conn
+
+    conn.close()
+    statuses = dict(Delivery.objects.filter(campaign=row).values_list("key", "status"))
+    assert {k for k, s in statuses.items() if s == "sent"} == smtp_sink.unique
+    assert set(statuses.values()) <= {"sent", "pending"}
+    # and the next task sends the rest, each message once
+    send_pending(row)
+    assert set(Delivery.objects.filter(campaign=row).values_list("status", flat=True)) == {"sent"}
+    assert smtp_sink.total == 40 and not smtp_sink.duplicates()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_release_lost_sessions__claim_of_an_ended_session_released_live_ones_kept(no_caps) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+    from django.conf import settings as django_settings
+
+    from campaigns.services.delivery import claim_token, deliveries_claim
+
+    customers(6)
+    row = campaign()
+    run_broadcast(row)
+    ids = sorted(Delivery.objects.filter(campaign=row).values_list("pk", flat=True))
+    # Given three rows claimed by another process's session (another host), three by ours
+    db = django_settings.DATABASES["default"]
+    other = psycopg.connect(
+        host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"], dbname=db["NAME"], autocommit=True
+    )
+    pid, started = other.execute(
+        "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_activity "
+        "WHERE pid = pg_backend_pid()"
+    ).fetchone()
+    now = timezone.now()
+    deliveries_claim(delivery_ids=ids[:3], worker=f"gone-host:4242:pg{pid}.{started}", now=now)
+    mine = claim_token("here:1")
+    deliveries_claim(delivery_ids=ids[3:], worker=mine, now=now)
+    assert outbox.deliveries_release_lost_sessions() == 0  # both sessions alive
+    # When the other process dies (its session ends with it)
+    other.close()
+    time.sleep(0.3)
+    # Then the tick releases its claims, not ours
+    assert outbox.outbox_sweep().released == 3
+    statuses = dict(Delivery.objects.filter(campaign=row).values_list("pk", "status"))
+    assert [statuses[i] for i in ids] == ["pending"] * 3 + ["sending"] * 3
