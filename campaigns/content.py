@@ -150,17 +150,20 @@ class CustomerLocale:
     ``restore`` puts back what was active before."""
 
     def __init__(self) -> None:
-        self.current: tuple[str, str] | None = None
+        self.zone: str | None = None
+        self.language: str | None = None
         self.saved: tuple[dt.tzinfo, str | None] | None = None
 
     def activate(self, zone: str, locale: str) -> None:
-        if self.current == (zone, locale):
-            return
         if self.saved is None:
             self.saved = (timezone.get_current_timezone(), translation.get_language())
-        timezone.activate(customer_zone(zone))
-        translation.activate(customer_language(locale))
-        self.current = (zone, locale)
+        if zone != self.zone:
+            timezone.activate(customer_zone(zone))
+            self.zone = zone
+        language = customer_language(locale)
+        if language != self.language:
+            translation.activate(language)
+            self.language = language
 
     def restore(self) -> None:
         if self.saved is None:
@@ -171,7 +174,7 @@ class CustomerLocale:
             translation.activate(language)
         else:
             translation.deactivate_all()
-        self.saved = self.current = None
+        self.saved = self.zone = self.language = None
 
 
 @lru_cache(maxsize=512)

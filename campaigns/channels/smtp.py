@@ -109,6 +109,7 @@ class SmtpSession:
         self.pipelining = False
         self.busy = False
         self.needs_rset = False
+        self._timeout: float | None = None  # the socket's, set only when it changes (two syscalls)
 
     @property
     def is_open(self) -> bool:
@@ -140,6 +141,7 @@ class SmtpSession:
                 _close_socket(smtp)
             raise TransientError(f"SMTP connection to {config.host}:{config.port} failed: {exc}") from exc
         self.smtp = smtp
+        self._timeout = config.command_timeout
         self.pipelining = bool(smtp.does_esmtp and smtp.has_extn("pipelining"))
         self.busy = self.needs_rset = False
 
@@ -148,7 +150,7 @@ class SmtpSession:
         is busy until every reply it asks for is read."""
         assert self.smtp is not None and self.smtp.sock is not None
         self.busy = True
-        self.smtp.sock.settimeout(self.config.command_timeout)
+        self._set_timeout(self.config.command_timeout)
         self.smtp.sock.sendall(data)
 
     def reply(self, *, data: bool = False) -> tuple[int, bytes]:
@@ -156,8 +158,14 @@ class SmtpSession:
         end of a message's content). A timeout or a closed connection raises ``OSError`` /
         ``smtplib.SMTPServerDisconnected``; the caller aborts."""
         assert self.smtp is not None and self.smtp.sock is not None
-        self.smtp.sock.settimeout(self.config.data_timeout if data else self.config.command_timeout)
+        self._set_timeout(self.config.data_timeout if data else self.config.command_timeout)
         return self.smtp.getreply()
+
+    def _set_timeout(self, seconds: float) -> None:
+        if seconds != self._timeout:
+            assert self.smtp is not None and self.smtp.sock is not None
+            self.smtp.sock.settimeout(seconds)
+            self._timeout = seconds
 
     def idle(self) -> None:
         """Every reply of the last transaction was read."""

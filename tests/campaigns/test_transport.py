@@ -187,7 +187,7 @@ def _terminate(pid: int) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_deliveries_send__database_session_killed_mid_send__task_fails_fast_claims_back_acceptance_kept(
     no_caps, smtp_sink
 ) -> None:  # type: ignore[no-untyped-def]
@@ -226,7 +226,7 @@ def test_deliveries_send__database_session_killed_mid_send__task_fails_fast_clai
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_release_lost_sessions__claim_of_an_ended_session_released_live_ones_kept(no_caps) -> None:  # type: ignore[no-untyped-def]
     import psycopg
     from django.conf import settings as django_settings
@@ -258,3 +258,14 @@ def test_release_lost_sessions__claim_of_an_ended_session_released_live_ones_kep
     assert outbox.outbox_sweep().released == 3
     statuses = dict(Delivery.objects.filter(campaign=row).values_list("pk", "status"))
     assert [statuses[i] for i in ids] == ["pending"] * 3 + ["sending"] * 3
+
+
+def test_offers_api__in_app_message__expiry_in_the_customers_zone(no_caps, api_client_factory) -> None:  # type: ignore[no-untyped-def]
+    (person,) = customers(1, tz="America/New_York")
+    row = campaign(key="inapp-tz", channels=("in_app",))
+    run_broadcast(row)
+    Coupon.objects.filter(campaign=row).update(expires_at=EXPIRY)
+    response = api_client_factory("offers:read").get(f"/api/v1/customers/{person.external_id}/offers")
+    assert response.status_code == 200, response.content
+    (entry,) = response.json()["results"]
+    assert entry["message"]["body"].endswith("until 2026-12-18")
