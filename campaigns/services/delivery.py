@@ -367,17 +367,16 @@ class _SentMarks:
         """The asynchronous mark failed: drop the session if its state is unknown, then
         record the acceptance synchronously (the statement is idempotent)."""
         logger.warning("recording %s as sent asynchronously failed (%r); recording it synchronously", key, exc)
-        replaced = False
+        # A libpq connection is handed in when its session is dropped here or was already
+        # closed or replaced under the pending mark: the mark below runs on a new session.
+        replaced = pgconn is not None
         if pgconn is not None:
             _PREPARED.pop(pgconn, None)
             if getattr(connection.connection, "pgconn", None) is pgconn:
-                replaced = True
                 try:
                     connection.close()
                 except Exception:  # the session is being dropped anyway
                     logger.exception("closing the database connection failed")
-            elif connection.connection is not None:
-                replaced = True  # the connection was already replaced under the pending mark
         try:
             self._execute(key, params, again=True)
         except DjangoDatabaseError:
