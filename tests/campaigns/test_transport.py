@@ -269,3 +269,35 @@ def test_offers_api__in_app_message__expiry_in_the_customers_zone(no_caps, api_c
     assert response.status_code == 200, response.content
     (entry,) = response.json()["results"]
     assert entry["message"]["body"].endswith("until 2026-12-18")
+
+
+def test_email__customers_of_two_zones_in_one_task__each_their_own_date_from_the_memo(no_caps, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    import email
+
+    customers(2, prefix="ny", tz="America/New_York")
+    customers(2, prefix="sh", tz="Asia/Shanghai", locale="zh-Hans")
+    row = campaign(contents={"email": {"subject": "Hi", "text": "{{ coupon.expires_at|date:'Y-m-d' }}"}})
+    run_broadcast(row)
+    Coupon.objects.filter(campaign=row).update(expires_at=EXPIRY)
+    assert send_pending(row).sent == 4  # one task, zones alternating as the rows come
+    dates = {}
+    for raw in smtp_sink.messages:
+        message = email.message_from_bytes(raw)
+        dates[message["To"][:2]] = dates.get(message["To"][:2], set()) | {message.get_payload().strip()}
+    assert dates == {"ny": {"2026-12-18"}, "sh": {"2026-12-19"}}
+
+
+def test_sweep__email_lease_expired_after_max_attempts__resent_within_the_period_gave_up_after(no_caps) -> None:  # type: ignore[no-untyped-def]
+    customers(2)
+    row = campaign(max_attempts=2)
+    run_broadcast(row)
+    fresh, old = Delivery.objects.filter(campaign=row).order_by("pk")
+    now = timezone.now()
+    expired = {"status": "sending", "attempts": 3, "lease_until": now - dt.timedelta(seconds=1), "claimed_by": "h:1"}
+    Delivery.objects.filter(pk=fresh.pk).update(first_tried_at=now - dt.timedelta(hours=2), **expired)
+    Delivery.objects.filter(pk=old.pk).update(first_tried_at=now - dt.timedelta(hours=25), **expired)
+    outbox.outbox_sweep(now=now)
+    fresh.refresh_from_db()
+    old.refresh_from_db()
+    assert fresh.status == "pending"  # in doubt, resent: the 24 h are not over
+    assert (old.status, old.reason) == ("failed", "gave_up")
