@@ -282,6 +282,8 @@ CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 # --- Email ------------------------------------------------------------------------------
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="smtp://127.0.0.1:1025")
+# django-environ puts URL options (``?timeout=10``) under OPTIONS, which Django never reads.
+EMAIL_TIMEOUT = EMAIL_CONFIG.pop("OPTIONS", {}).get("TIMEOUT")
 globals().update(EMAIL_CONFIG)
 # The demo captures mail into a database mailbox shown in the admin.
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default=EMAIL_CONFIG["EMAIL_BACKEND"])
