@@ -88,7 +88,7 @@ class _Claims:
         # Lock under a temporary name, then rename into place: a recoverer scanning for
         # ``*.lock`` can never find the file before it is locked and take it for a dead one.
         tmp = root / f".{self.name}.locking"
-        self._lock_file = open(tmp, "a+b")  # noqa: SIM115 - held open for the life of the process
+        self._lock_file = open(tmp, "a+b")
         fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
         self.folder.mkdir(exist_ok=True)
         os.replace(tmp, root / f"{self.name}.lock")
@@ -119,7 +119,7 @@ def recover_dead_consumers(*, processing: Path, queue_folder: Path, own: str | N
             continue
         lock_path = processing / entry
         try:
-            f = open(lock_path, "a+b")  # noqa: SIM115 - closed below
+            f = open(lock_path, "a+b")
         except FileNotFoundError:
             continue
         with f:
@@ -193,7 +193,7 @@ class Channel(filesystem.Channel):
     # --- messages --------------------------------------------------------------------------
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
         # kombu's name: milliseconds, then a uuid, then the queue; sorted names are FIFO.
-        name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         try:
             _atomic_write(Path(self.data_folder_out) / name, str_to_bytes(dumps(payload)), self.staging_folder)
         except OSError as exc:
