@@ -60,6 +60,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Answers /healthz and /readyz before anything reads the Host header (config/health.py).
+    "config.health.HealthProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.logging.RequestIdMiddleware",
@@ -84,6 +86,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # The admin's "no worker seen" banner (templates/admin/base_site.html).
+                "config.health.worker_status_context",
             ],
         },
     },
@@ -153,7 +157,11 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=DEBUG)
 
 # --- Security (production defaults; relaxed only by DJANGO_DEBUG) ---------------------
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto says "the client used https" only when a TLS-terminating proxy in front
+# sets it (and strips the client's own): trusted only with DJANGO_TRUST_PROXY=true. Without a
+# proxy (gunicorn published directly) any client could send it and pass for https.
+TRUST_PROXY = env.bool("DJANGO_TRUST_PROXY", default=False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUST_PROXY else None
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
@@ -252,6 +260,14 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # close_database). Tasks call close_old_connections() first, which honours CONN_MAX_AGE and
 # CONN_HEALTH_CHECKS, so a broken connection is still replaced.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
+
+# --- Worker heartbeat (config/health.py, config/celery.py) -------------------------------
+# Every worker records a heartbeat in the cache this often; /readyz and the admin say
+# "no worker seen" when the newest is older than WORKER_STALE_SECONDS. /readyz then answers
+# 503 "degraded", or 200 "degraded" with READYZ_REQUIRE_WORKER=false.
+WORKER_HEARTBEAT_SECONDS = env.float("GROWTH_WORKER_HEARTBEAT_SECONDS", default=10.0)
+WORKER_STALE_SECONDS = env.int("GROWTH_WORKER_STALE_SECONDS", default=60)
+READYZ_REQUIRE_WORKER = env.bool("GROWTH_READYZ_REQUIRE_WORKER", default=True)
 
 # --- Email ------------------------------------------------------------------------------
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="smtp://127.0.0.1:1025")

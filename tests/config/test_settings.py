@@ -65,3 +65,26 @@ def test_migrations__models_as_committed__nothing_left_to_generate(tmp_path: Pat
     """A model change without its migration would be applied nowhere: caught here."""
     result = _manage("makemigrations", "--check", "--dry-run", DJANGO_DEBUG="true", GROWTH_VAR_DIR=str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _secure_redirect(**env: str) -> str:
+    """What production settings answer to a plain-HTTP request claiming X-Forwarded-Proto: https."""
+    code = (
+        "from django.test import Client;"
+        "r = Client().get('/api/schema/', HTTP_HOST='growth.example.com', HTTP_X_FORWARDED_PROTO='https');"
+        "print(r.status_code, r.headers.get('Location', '-'))"
+    )
+    result = _manage("shell", "-c", code, **{**PRODUCTION_ENV, **env})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("\n")[-2]
+
+
+def test_settings__x_forwarded_proto_from_a_client__not_trusted_by_default() -> None:
+    # Given: production settings, no proxy configured; When: a client claims https itself
+    # Then: it is still plain HTTP: redirected to https
+    assert _secure_redirect() == "301 https://growth.example.com/api/schema/"
+
+
+def test_settings__trust_proxy_on__x_forwarded_proto_trusted() -> None:
+    status, _ = _secure_redirect(DJANGO_TRUST_PROXY="true").split()
+    assert status == "200"
