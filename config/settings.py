@@ -28,14 +28,48 @@ env = environ.Env()
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
+# --- Secret key ---------------------------------------------------------------------------
+# The embedded default (no DATABASE_URL, or a sqlite:// one) generates a key once into
+# GROWTH_VAR_DIR/secret_key (mode 0600) so `manage.py ...` works from a fresh clone without
+# variables. Any other database means a deployment: DJANGO_SECRET_KEY is then required
+# (ImproperlyConfigured), unless DJANGO_DEBUG=true.
+EMBEDDED_DEFAULT = env.str("DATABASE_URL", default="sqlite://").startswith("sqlite:")
+
+
+def _local_secret_key(path: Path) -> str:
+    """Read the local key, creating it first if missing (atomically: a temporary file
+    linked into place, so concurrent first runs agree on one key and none reads half of it)."""
+    import os
+    import secrets
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(50) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)  # written world-readable by an older scripts/demo.sh
+    return path.read_text().strip()
+
+
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
 if not SECRET_KEY:
-    if not DEBUG:
+    if EMBEDDED_DEFAULT:
+        SECRET_KEY = _local_secret_key(VAR_DIR / "secret_key")
+    elif DEBUG:
+        SECRET_KEY = "insecure-development-key-do-not-use-in-production-" + "x" * 20
+    else:
         raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY is not set. Set it (50+ random characters) or run with "
-            "DJANGO_DEBUG=true for local development."
+            "DJANGO_SECRET_KEY is not set. Set it (50+ random characters); it is generated under "
+            "GROWTH_VAR_DIR only on the embedded default (SQLite), and DATABASE_URL names another database."
         )
-    SECRET_KEY = "insecure-development-key-do-not-use-in-production-" + "x" * 20
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])

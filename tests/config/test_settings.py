@@ -88,3 +88,35 @@ def test_settings__x_forwarded_proto_from_a_client__not_trusted_by_default() -> 
 def test_settings__trust_proxy_on__x_forwarded_proto_trusted() -> None:
     status, _ = _secure_redirect(DJANGO_TRUST_PROXY="true").split()
     assert status == "200"
+
+
+def test_create_api_key__fresh_embedded_default_no_variables__works_with_a_private_local_secret(
+    tmp_path: Path,
+) -> None:
+    # Given: a fresh clone's environment: no DJANGO_* variable, no DATABASE_URL
+    var = tmp_path / "var"
+    migrated = _manage("migrate", "--no-input", "-v", "0", GROWTH_VAR_DIR=str(var))
+    assert migrated.returncode == 0, migrated.stderr
+
+    # When: the README's command
+    created = _manage("create_api_key", "--name", "shop", "--scope", "events:write", GROWTH_VAR_DIR=str(var))
+
+    # Then: a key is printed, and the secret was generated once, readable by its owner only
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().startswith("gk_")
+    secret = var / "secret_key"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    first = secret.read_text()
+    assert len(first.strip()) >= 50
+    again = _manage("create_api_key", "--name", "shop 2", "--scope", "events:write", GROWTH_VAR_DIR=str(var))
+    assert again.returncode == 0, again.stderr
+    assert secret.read_text() == first
+
+
+def test_settings__no_secret_with_sqlite_database_url_outside_debug__local_secret(tmp_path: Path) -> None:
+    result = _manage(
+        "shell", "-c", "from django.conf import settings; print(len(settings.SECRET_KEY))",
+        DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3", GROWTH_VAR_DIR=str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) >= 50

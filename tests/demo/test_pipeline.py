@@ -21,8 +21,10 @@ import datetime as dt
 import io
 import os
 import re
+import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +117,25 @@ def _table_counts(db: Path) -> dict[str, int]:
         return {t: connection.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
 
 
-def _demo_sh(var: Path) -> subprocess.CompletedProcess[str]:
+def _demo_env(var: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("DJANGO_", "DATABASE_", "CELERY_", "CACHE_", "EMAIL_", "CAMPAIGNS_", "PYTEST"))
     }
     env.update(GROWTH_VAR_DIR=str(var), DEMO_SERVE="0", DEMO_CUSTOMERS="300", DEMO_SEED="7")
+    return env
+
+
+def _demo_sh(var: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=420, check=False
+        [str(ROOT / "scripts" / "demo.sh")],
+        cwd=ROOT,
+        env=_demo_env(var),
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
     )
 
 
@@ -151,3 +163,54 @@ def test_demo_script__tiny_business__a_real_worker_delivers_and_a_rerun_creates_
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "already imported" in second.stdout and "ingested before" in second.stdout
     assert _table_counts(var / "db.sqlite3") == before
+
+
+def test_demo_script__worker_killed_mid_delivery__restarted_and_every_message_sent_once(tmp_path: Path) -> None:
+    # Given: `make demo` (not serving) on the embedded default, its worker delivering
+    var = tmp_path / "var"
+    demo = subprocess.Popen(
+        [str(ROOT / "scripts" / "demo.sh")],
+        cwd=ROOT,
+        env=_demo_env(var),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        worker_log = var / "worker.log"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and demo.poll() is None:
+            if worker_log.exists() and "Task campaigns.deliveries_send" in worker_log.read_text():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the worker never started sending")
+        killed = int((var / "worker.pid").read_text())
+
+        # When: the worker is killed with SIGKILL in the middle of delivering
+        os.kill(killed, signal.SIGKILL)
+        with sqlite3.connect(var / "db.sqlite3", timeout=30) as connection:
+            sent_at_kill = connection.execute("SELECT COUNT(*) FROM campaigns_mailboxmessage").fetchone()[0]
+        out, err = demo.communicate(timeout=420)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+
+    # Then: the demo's supervisor started it again, and delivery completed
+    assert demo.returncode == 0, out[-4000:] + err[-4000:]
+    log = worker_log.read_text()
+    assert f"the Celery worker (pid {killed}) exited with status 137; starting it again" in log
+    assert int((var / "worker.pid").read_text()) != killed
+    after_restart = log.split(f"(pid {killed}) exited", 1)[1]
+    assert "succeeded" in after_restart, "the new worker ran nothing"
+    assert "NOT SETTLED" not in out, out[-4000:]
+    sent = re.search(r"deliver: through the Celery worker\n\s+[\d.]+ s\s+([\d,]+) sent", out)
+    assert sent and int(sent.group(1).replace(",", "")) > 0, out[-4000:]
+    # and nothing was sent twice: one mailbox message per sent delivery
+    with sqlite3.connect(var / "db.sqlite3") as connection:
+        sent_rows = connection.execute("SELECT COUNT(*) FROM campaigns_delivery WHERE status = 'sent'").fetchone()[0]
+        mailbox = connection.execute("SELECT COUNT(*) FROM campaigns_mailboxmessage").fetchone()[0]
+    assert mailbox == sent_rows == int(sent.group(1).replace(",", ""))
+    assert sent_at_kill < mailbox, "everything was sent before the kill: not mid-delivery"
+    assert not list((var / "broker" / "corrupt").iterdir())
