@@ -41,17 +41,20 @@ class ProgressLines:
         self.closed = False
 
     def _fmt(self, value: float) -> str:
+        """1.00MB with ``unit_scale`` (binary prefixes, as the bars), else 1,234 (the unit apart)."""
         return tqdm.format_sizeof(value, divisor=1024) if self.unit_scale else f"{value:,.0f}"
 
     def line(self, *, now: float | None = None) -> str:
         elapsed = (now or time.monotonic()) - self.started
-        parts = [f"{self.desc}: {self._fmt(self.n)}"]
+        unit = self.unit if self.unit_scale else f" {self.unit}"
         if self.total:
-            parts[0] += f" of {self._fmt(self.total)} {self.unit} ({100 * self.n / self.total:.0f}%)"
+            first = f"{self._fmt(self.n)}{self.unit if self.unit_scale else ''}"
+            done = f"{first} of {self._fmt(self.total)}{unit} ({100 * self.n / self.total:.0f}%)"
         else:
-            parts[0] += f" {self.unit}"
+            done = f"{self._fmt(self.n)}{unit}"
+        parts = [f"{self.desc}: {done}"]
         rate = self.n / elapsed if elapsed > 0 else 0.0
-        parts.append(f"{tqdm.format_interval(elapsed)} elapsed, {self._fmt(rate)} {self.unit}/s")
+        parts.append(f"{tqdm.format_interval(elapsed)} elapsed, {self._fmt(rate)}{unit}/s")
         if self.total and rate > 0 and self.n < self.total:
             parts.append(f"about {tqdm.format_interval((self.total - self.n) / rate)} left")
         if self.postfix:

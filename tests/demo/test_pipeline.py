@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 import re
 import signal
@@ -32,6 +33,7 @@ import pytest
 import time_machine
 from django.conf import settings
 
+from access.models import Scope
 from demo.pipeline import DemoOptions, DemoResult, run_demo, summary_text
 from demo.plan import CAMPAIGNS
 
@@ -163,6 +165,24 @@ def test_demo_script__tiny_business__a_real_worker_delivers_and_a_rerun_creates_
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "already imported" in second.stdout and "ingested before" in second.stdout
     assert _table_counts(var / "db.sqlite3") == before
+
+    # and each run printed an API key with every scope: the second run's works, the first's
+    # was revoked (only hashes are stored, so a run cannot show the previous key again)
+    keys = [re.search(r"API key \(every scope.*\): (gk_(\w+?)_\S+)", run.stdout) for run in (first, second)]
+    assert all(keys), second.stdout[-2000:]
+    assert (var / "demo-api-key.txt").read_text().strip() == keys[1].group(1)
+    assert (var / "demo-api-key.txt").stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(var / "db.sqlite3") as connection:
+        rows = dict(
+            connection.execute(
+                "SELECT prefix, revoked_at IS NULL FROM access_apikey WHERE name = 'demo (make demo)'"
+            ).fetchall()
+        )
+        scopes = json.loads(
+            connection.execute("SELECT scopes FROM access_apikey WHERE prefix = ?", (keys[1].group(2),)).fetchone()[0]
+        )
+    assert rows == {keys[0].group(2): 0, keys[1].group(2): 1}
+    assert sorted(scopes) == sorted(Scope.values)
 
 
 def test_demo_script__worker_killed_mid_delivery__restarted_and_every_message_sent_once(tmp_path: Path) -> None:
