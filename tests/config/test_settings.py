@@ -120,3 +120,19 @@ def test_settings__no_secret_with_sqlite_database_url_outside_debug__local_secre
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.split()[-1]) >= 50
+
+
+def test_readyz__production_env_probe_to_loopback_host__json_answer_not_disallowed_host() -> None:
+    # Given: the documented production environment (ALLOWED_HOSTS names the public host);
+    # When: docker-compose's health check probes http://127.0.0.1:8000/readyz
+    code = (
+        "from django.test import Client;"
+        "r = Client().get('/readyz', HTTP_HOST='127.0.0.1:8000');"
+        "print(r.status_code, r['Content-Type'], r.json()['status'])"
+    )
+    result = _manage("shell", "-c", code, **PRODUCTION_ENV)
+    # Then: the probe itself answers (here 503: this environment's database does not exist),
+    # instead of 400 DisallowedHost with a logged traceback
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "503 application/json unavailable"
+    assert "DisallowedHost" not in result.stderr
