@@ -75,7 +75,10 @@ def _atomic_write(path: Path, data: bytes, staging: Path) -> None:
 
 class _Claims:
     """This process's claim folder and the lock that says it is alive (one per process:
-    a forked child gets its own, see ``_for``)."""
+    a forked child gets its own, see ``for_root``). A child forked after the lock was taken
+    shares it (flock belongs to the open file, which fork shares), so a consumer's claims
+    are put back only once it and such children are all gone: scripts/demo.sh stops the
+    worker's whole process group when the worker dies."""
 
     _lock = threading.Lock()
     _by_pid: dict[tuple[int, str], _Claims] = {}
@@ -119,7 +122,7 @@ def recover_dead_consumers(*, processing: Path, queue_folder: Path, own: str | N
             continue
         lock_path = processing / entry
         try:
-            f = open(lock_path, "a+b")
+            f = open(lock_path, "r+b")  # not "a": never re-create a lock another recoverer removed
         except FileNotFoundError:
             continue
         with f:
