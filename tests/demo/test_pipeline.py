@@ -32,8 +32,10 @@ from typing import Any
 import pytest
 import time_machine
 from django.conf import settings
+from django.core.cache.backends.filebased import FileBasedCache
 
 from access.models import Scope
+from config.health import HEARTBEAT_KEY
 from demo.pipeline import DemoOptions, DemoResult, run_demo, summary_text
 from demo.plan import CAMPAIGNS
 
@@ -157,6 +159,9 @@ def test_demo_script__tiny_business__a_real_worker_delivers_and_a_rerun_creates_
     assert "campaigns.deliveries_send" in worker_log and "succeeded" in worker_log
     before = _table_counts(var / "db.sqlite3")
     assert before["campaigns_mailboxmessage"] > 0 and before["campaigns_campaign"] == 4
+    # and the worker recorded its heartbeat (for /readyz and the admin) in the demo's cache
+    beat = FileBasedCache(str(var / "cache"), {}).get(HEARTBEAT_KEY)
+    assert beat and beat["hostname"].startswith("demo@") and time.time() - beat["at"] < 300
 
     # When: again
     second = _demo_sh(var)
