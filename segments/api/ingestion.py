@@ -269,7 +269,7 @@ def _run_batch(
             if result.outcome.is_error:
                 key = ".".join(p for p in ("items", str(positions[result.index]), result.field) if p)
                 errors.setdefault(key, []).append(result.message)
-    rejected = len(items) - len(valid) + counts[Outcome.CONFLICT] + counts[Outcome.UNKNOWN_CUSTOMER]
+    rejected = len(items) - len(valid) + sum(counts[outcome] for outcome in Outcome if outcome.is_error)
     if rejected == 0:
         code, detail = status.HTTP_200_OK, f"All {len(items)} items were accepted."
     elif rejected < len(items):
@@ -411,12 +411,12 @@ class EventCreateApi(APIView):
             event = parse_event(request.data, event_types=event_type_map())
         except RecordError as exc:
             raise ValidationError(_record_errors(exc)) from None
-        result = events_record(events=[event]).items[0]
+        result = events_record(events=[event], from_client=True).items[0]
         if result.outcome == Outcome.CONFLICT:
             return Response(
                 {"detail": result.message, "errors": {result.field: [result.message]}}, status=status.HTTP_409_CONFLICT
             )
-        if result.outcome == Outcome.UNKNOWN_CUSTOMER:
+        if result.outcome.is_error:  # unknown customer, or a platform type / reserved id
             raise ValidationError({result.field: [result.message]})
         stored = Event.objects.select_related("customer", "event_type").get(event_id=event.event_id)
         code = status.HTTP_201_CREATED if result.outcome == Outcome.CREATED else status.HTTP_200_OK
@@ -448,7 +448,7 @@ class EventBatchApi(APIView):
         return _run_batch(
             request,
             parse=lambda item: parse_event(item, event_types=event_types),
-            write=lambda batch: events_record(events=batch),
+            write=lambda batch: events_record(events=batch, from_client=True),
         )
 
 
