@@ -88,7 +88,12 @@ class CustomerFieldsSerializer(serializers.Serializer):
         choices=sorted(time_zone_names()), required=False, help_text="IANA time zone name."
     )
     locale = serializers.RegexField(
-        LOCALE_RE.pattern, max_length=35, required=False, allow_blank=True, help_text="BCP 47 tag, e.g. pt-BR."
+        LOCALE_RE.pattern,
+        max_length=35,
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        help_text="BCP 47 tag, e.g. pt-BR; null or empty clears it.",
     )
     attributes = serializers.DictField(required=False, allow_null=True, help_text="Free attributes (JSON object).")
     email = serializers.EmailField(required=False, allow_blank=True, allow_null=True, max_length=254)
@@ -328,8 +333,9 @@ class CustomerUpsertApi(APIView):
         summary="Create or update one customer",
         description=(
             "Upsert by `external_id`: the fields sent are set, the fields left out keep their stored value "
-            "(a new customer gets the defaults: time zone UTC, locale en). `null` clears a timestamp or a "
-            "contact point. 201 when the customer was created, 200 when it was updated. "
+            "(a new customer gets the defaults: time zone UTC, locale en). `null` clears a timestamp, a "
+            "contact point, the locale or the attributes (the time zone cannot be cleared). "
+            "201 when the customer was created, 200 when it was updated. "
             "(An `external_id` of exactly `batch` or containing `/` can only be sent through the batch route.)"
             + _scope_note(Scope.CUSTOMERS_WRITE)
         ),
