@@ -16,6 +16,7 @@ Every variable is listed, with its default, in README.md.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -52,6 +53,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "axes",
     "access",
     "segments",
     "experiments",
@@ -69,6 +71,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into the lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -133,6 +137,24 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "admin:login"
 
+# Admin brute-force protection (django-axes). Its backend must come first: it refuses a
+# locked-out username+address before any password is checked. Failures are counted per
+# username AND client address, so an attacker elsewhere cannot lock a colleague out; the
+# count resets on a successful login and a lock lifts after the cool-off (or at once with
+# `manage.py axes_reset` / `axes_reset_username NAME`). Attempts are kept in the database.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "access.lockout.lockout_response"
+# The address is REMOTE_ADDR, never a client-supplied header (django-ipware is not
+# installed, so axes falls back to it). Behind a reverse proxy every client shares the
+# proxy's address and the lock becomes per username: stricter, never spoofable.
+
 # --- I18n / time -----------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -174,7 +196,11 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("API_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["access.authentication.ApiKeyAuthentication"],
+    # Server API keys first (their scheme names the 401 challenge), then customer tokens.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "access.authentication.ApiKeyAuthentication",
+        "access.authentication.CustomerTokenAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["access.permissions.HasScope"],
     "DEFAULT_THROTTLE_CLASSES": ["access.throttling.ApiKeyRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api_key": env.str("API_THROTTLE_RATE", default="6000/min")},
@@ -187,6 +213,11 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "access.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+
+# --- Customer tokens (JWTs an app sends for one customer; see access/tokens.py) ----------
+# Longest lifetime (exp - iat) accepted, in seconds, and the clock skew tolerated.
+CUSTOMER_TOKEN_MAX_LIFETIME = env.int("CUSTOMER_TOKEN_MAX_LIFETIME", default=3600)
+CUSTOMER_TOKEN_LEEWAY = env.int("CUSTOMER_TOKEN_LEEWAY", default=30)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Growth experimentation platform API",

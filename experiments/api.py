@@ -27,6 +27,7 @@ from rest_framework.views import APIView
 
 from access.models import Scope
 from access.pagination import LIMIT_SCHEMA, OFFSET_SCHEMA, ApiPagination
+from access.permissions import CustomerTokenAccess
 from experiments import selectors, services
 from experiments.selectors import ExperimentConfig
 from segments import selectors as segment_selectors
@@ -80,6 +81,7 @@ def _not_running(key: str) -> services.AssignmentDecision:
 
 class CustomerAssignmentsView(APIView):
     required_scope = Scope.OFFERS_READ
+    customer_token = CustomerTokenAccess(path_kwarg="external_id")
     pagination_class = AssignmentsPagination
 
     @extend_schema(
@@ -147,6 +149,7 @@ class ExposureOutSerializer(serializers.Serializer):
 
 class ExposuresView(APIView):
     required_scope = Scope.EVENTS_WRITE
+    customer_token = CustomerTokenAccess(body_field="customer_id")
 
     @extend_schema(
         operation_id="exposure_log",
