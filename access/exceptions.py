@@ -46,6 +46,29 @@ def flatten_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     return flat
 
 
+# Bodies up to this many times the limit are read (and dropped) before the 413 is sent.
+DRAIN_FACTOR = 4
+
+
+def discard_body(request: HttpRequest) -> None:
+    """Read and drop the body Django refused to load. A client sends the whole body before
+    it reads the answer; a 413 sent mid-upload reaches most clients as a connection reset
+    (measured with urllib against gunicorn). Reading costs only bandwidth (64 KiB at a
+    time, nothing kept) and is bounded: past ``DRAIN_FACTOR`` times the limit the
+    connection is dropped as before."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if length > DRAIN_FACTOR * settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+        return
+    try:
+        while request.read(64 * 1024):
+            pass
+    except OSError:
+        return  # the client went away
+
+
 def body_too_large_detail() -> str:
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     return (
@@ -56,6 +79,9 @@ def body_too_large_detail() -> str:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, RequestDataTooBig):
+        request = context.get("request")
+        if request is not None:
+            discard_body(getattr(request, "_request", request))
         return Response({"detail": body_too_large_detail()}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(as_serializer_error(exc))
@@ -88,6 +114,7 @@ def handler400(request: HttpRequest, exception: Exception | None = None) -> Http
     if not _is_api(request):
         return defaults.bad_request(request, exception)  # type: ignore[arg-type]
     if isinstance(exception, RequestDataTooBig):
+        discard_body(request)
         return _api_error(body_too_large_detail(), status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     return _api_error("Bad request.", status.HTTP_400_BAD_REQUEST)
 

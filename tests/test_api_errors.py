@@ -5,6 +5,8 @@ Django's own pages stay."""
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from django.test import Client
 from campaigns.services import lifecycle
 from segments.models import Customer, Event
 from tests.campaigns.builders import campaign
+from tests.experiments.conftest import app_server  # noqa: F401 - a gunicorn process on the test database
 from tests.factories import CustomerFactory
 
 pytestmark = pytest.mark.django_db
@@ -184,3 +187,26 @@ def test_customer_put__locale_null__clears_it(key_client: Client) -> None:
     response = key_client.put("/api/v1/customers/c-1", {"locale": None}, content_type="application/json")
     assert response.status_code == 200 and response.json()["locale"] == ""
     assert Customer.objects.get(external_id="c-1").locale == ""
+
+
+# --- Through a real server ------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_real_server__body_over_limit__client_reads_413_json_not_a_reset(app_server: str, api_client_factory) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    # A client writes the whole body before reading; a 413 sent mid-upload reached it as a
+    # connection reset. The server now reads the refused body (bounded) and answers.
+    key = api_client_factory("events:write").raw_key
+    payload = json.dumps({"items": [{"event_id": "x" * 100}] * 110_000}).encode()
+    assert 10 * MIB < len(payload) < 4 * 10 * MIB
+    request = urllib.request.Request(
+        f"{app_server}/api/v1/events/batch",
+        data=payload,
+        method="POST",
+        headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=60)
+    assert answer.value.code == 413
+    assert answer.value.headers["Content-Type"] == "application/json"
+    assert "10485760 bytes" in json.loads(answer.value.read())["detail"]
