@@ -146,10 +146,15 @@ class CustomerOutSerializer(serializers.ModelSerializer):
 
 
 class EventInSerializer(serializers.Serializer):
-    event_id = serializers.CharField(max_length=128, help_text="Client-supplied; makes ingestion idempotent.")
+    event_id = serializers.CharField(
+        max_length=128,
+        help_text="Client-supplied; makes ingestion idempotent. Ids starting with `platform:` are reserved (400).",
+    )
     customer_id = serializers.CharField(max_length=128, help_text="The customer's external_id.")
     type = serializers.CharField(
-        max_length=64, help_text="An event type code (built in: signup, login, visit, add_to_cart, order, …)."
+        max_length=64,
+        help_text="An event type code (built in: signup, login, visit, add_to_cart, order, …). "
+        "`coupon_redeemed` is written by the platform when a coupon is redeemed and refused here (400).",
     )
     occurred_at = serializers.DateTimeField(help_text=TIMESTAMP_HELP)
     properties = serializers.DictField(required=False, allow_null=True)

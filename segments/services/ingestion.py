@@ -45,6 +45,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, models, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from segments.models import Customer, Event, EventType, Membership
 
@@ -165,7 +166,9 @@ def _customer_ids(external_ids: Iterable[str]) -> dict[str, int]:
     return found
 
 
-def _insert_new(model: type[models.Model], rows: Sequence[Mapping[str, Any]], *, key: str) -> set[Any]:
+def _insert_new(
+    model: type[models.Model], rows: Sequence[Mapping[str, Any]], *, key: str | tuple[str, ...]
+) -> set[Any]:
     """``INSERT … ON CONFLICT (key) DO NOTHING RETURNING key``: insert the rows whose key is
     not stored yet and return the keys this statement inserted. Of concurrent writers of
     one key exactly one gets it back (PostgreSQL waits for the other transaction to
@@ -178,9 +181,10 @@ def _insert_new(model: type[models.Model], rows: Sequence[Mapping[str, Any]], *,
     by_attname = {column.attname: column for column in meta.concrete_fields}
     columns = [by_attname[attname] for attname in rows[0]]
     quote = connection.ops.quote_name
-    key_column = quote(meta.get_field(key).column)
+    keys = (key,) if isinstance(key, str) else key
+    key_columns = ", ".join(quote(by_attname[name].column) for name in keys)
     head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(c.column) for c in columns)}) VALUES "
-    tail = f" ON CONFLICT ({key_column}) DO NOTHING RETURNING {key_column}"
+    tail = f" ON CONFLICT ({key_columns}) DO NOTHING RETURNING {key_columns}"
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
     size = max(1, min(WRITE_BATCH, connection.ops.bulk_batch_size(columns, rows)))
     inserted: set[Any] = set()
@@ -190,8 +194,19 @@ def _insert_new(model: type[models.Model], rows: Sequence[Mapping[str, Any]], *,
             for row in chunk:
                 params.extend(column.get_db_prep_save(row[column.attname], connection) for column in columns)
             cursor.execute(head + ", ".join([one] * len(chunk)) + tail, params)
-            inserted.update(value for (value,) in cursor.fetchall())
+            for returned in cursor.fetchall():
+                values = tuple(_from_db(value) for value in returned)
+                inserted.add(values[0] if isinstance(key, str) else values)
     return inserted
+
+
+def _from_db(value: Any) -> Any:
+    """A returned key value as the ORM would give it: SQLite returns datetimes as text (naive UTC)."""
+    if isinstance(value, str) and connection.vendor == "sqlite":
+        parsed = parse_datetime(value) if len(value) >= 19 and value[4] == "-" and value[10] in " T" else None
+        if parsed is not None:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return value
 
 
 def customers_create_missing(*, external_ids: Iterable[str]) -> int:
@@ -473,8 +488,10 @@ def _membership_key(customer_pk: int, plan: str, started_at: dt.datetime) -> tup
 
 @transaction.atomic
 def memberships_upsert(*, memberships: Sequence[MembershipInput]) -> IngestResult:
-    """Insert or update membership terms keyed by (customer, plan, started_at): one
-    ``INSERT … ON CONFLICT DO UPDATE`` per 1,000 terms. Unknown customers are rejected."""
+    """Insert or update membership terms keyed by (customer, plan, started_at): new terms
+    with ``INSERT … ON CONFLICT DO NOTHING RETURNING`` (those returned were created by this
+    call), the others with ``INSERT … ON CONFLICT DO UPDATE``, 1,000 terms per statement.
+    Unknown customers are rejected."""
     customer_ids = _customer_ids(m.customer_id for m in memberships)
     existing: set[tuple[int, str, dt.datetime]] = set()
     pks = sorted(set(customer_ids.values()))
@@ -484,22 +501,17 @@ def memberships_upsert(*, memberships: Sequence[MembershipInput]) -> IngestResul
         ):
             existing.add(_membership_key(customer_pk, plan, started_at))
 
-    outcomes: list[ItemResult] = []
+    outcomes: dict[int, ItemResult] = {}
+    first_item: dict[tuple[int, str, dt.datetime], int] = {}
     rows: dict[tuple[int, str, dt.datetime], Membership] = {}
     for index, membership in enumerate(memberships):
         customer_pk = customer_ids.get(membership.customer_id)
         if customer_pk is None:
-            outcomes.append(
-                ItemResult(
-                    index,
-                    Outcome.UNKNOWN_CUSTOMER,
-                    "customer_id",
-                    unknown_customer_message(membership.customer_id, events=False),
-                )
-            )
+            message = unknown_customer_message(membership.customer_id, events=False)
+            outcomes[index] = ItemResult(index, Outcome.UNKNOWN_CUSTOMER, "customer_id", message)
             continue
         key = _membership_key(customer_pk, membership.plan, membership.started_at)
-        outcomes.append(ItemResult(index, Outcome.UPDATED if key in existing or key in rows else Outcome.CREATED))
+        first_item.setdefault(key, index)
         rows[key] = Membership(
             customer_id=customer_pk,
             plan=membership.plan,
@@ -507,11 +519,39 @@ def memberships_upsert(*, memberships: Sequence[MembershipInput]) -> IngestResul
             started_at=membership.started_at,
             expires_at=membership.expires_at,
         )
-    for chunk in _chunks(list(rows.values())):
+    # New terms first, with INSERT … ON CONFLICT DO NOTHING RETURNING: only the terms this
+    # call inserted are "created", even against a concurrent writer of the same term.
+    now = timezone.now()
+    new_rows = [
+        _new_row(
+            Membership,
+            {
+                "customer_id": row.customer_id,
+                "plan": row.plan,
+                "level": row.level,
+                "started_at": row.started_at,
+                "expires_at": row.expires_at,
+            },
+            now,
+        )
+        for key, row in rows.items()
+        if key not in existing
+    ]
+    created = {
+        _membership_key(*returned)
+        for returned in _insert_new(Membership, new_rows, key=("customer_id", "plan", "started_at"))
+    }
+    for index, membership in enumerate(memberships):
+        if index in outcomes:
+            continue
+        key = _membership_key(customer_ids[membership.customer_id], membership.plan, membership.started_at)
+        is_new = key in created and first_item[key] == index
+        outcomes[index] = ItemResult(index, Outcome.CREATED if is_new else Outcome.UPDATED)
+    for chunk in _chunks([row for key, row in rows.items() if key not in created]):
         Membership.objects.bulk_create(
             chunk,
             update_conflicts=True,
             unique_fields=["customer", "plan", "started_at"],
             update_fields=["level", "expires_at", "updated_at"],
         )
-    return IngestResult(tuple(outcomes))
+    return IngestResult(tuple(outcomes[i] for i in range(len(memberships))))

@@ -198,3 +198,15 @@ def test_customer_batch__3_concurrent_identical__created_total_once_per_customer
     bodies = [answer.json() for answer in answers]
     assert sum(b["created"] for b in bodies) == 200, bodies
     assert all(b["created"] + b["updated"] == 200 for b in bodies), bodies
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_membership_post__20_concurrent_new_term__exactly_one_201(api_client_factory) -> None:  # type: ignore[no-untyped-def]
+    Customer.objects.create(external_id="m-1")
+    key = api_client_factory("customers:write").raw_key
+    body = {"customer_id": "m-1", "plan": "gold", "started_at": WHEN, "expires_at": "2026-03-01T10:00:00+01:00"}
+    statuses = Counter(
+        r.status_code for r in _concurrently(lambda: _client(key).post("/api/v1/memberships", body, format="json"))
+    )
+    assert statuses == {201: 1, 200: THREADS - 1}
