@@ -181,8 +181,8 @@ def _insert_new(
     by_attname = {column.attname: column for column in meta.concrete_fields}
     columns = [by_attname[attname] for attname in rows[0]]
     quote = connection.ops.quote_name
-    keys = (key,) if isinstance(key, str) else key
-    key_columns = ", ".join(quote(by_attname[name].column) for name in keys)
+    keys = [by_attname[name] for name in ((key,) if isinstance(key, str) else key)]
+    key_columns = ", ".join(quote(column.column) for column in keys)
     head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(c.column) for c in columns)}) VALUES "
     tail = f" ON CONFLICT ({key_columns}) DO NOTHING RETURNING {key_columns}"
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
@@ -195,15 +195,15 @@ def _insert_new(
                 params.extend(column.get_db_prep_save(row[column.attname], connection) for column in columns)
             cursor.execute(head + ", ".join([one] * len(chunk)) + tail, params)
             for returned in cursor.fetchall():
-                values = tuple(_from_db(value) for value in returned)
+                values = tuple(_from_db(value, column) for value, column in zip(returned, keys, strict=True))
                 inserted.add(values[0] if isinstance(key, str) else values)
     return inserted
 
 
-def _from_db(value: Any) -> Any:
+def _from_db(value: Any, column: models.Field) -> Any:
     """A returned key value as the ORM would give it: SQLite returns datetimes as text (naive UTC)."""
-    if isinstance(value, str) and connection.vendor == "sqlite":
-        parsed = parse_datetime(value) if len(value) >= 19 and value[4] == "-" and value[10] in " T" else None
+    if isinstance(value, str) and column.get_internal_type() == "DateTimeField":
+        parsed = parse_datetime(value)
         if parsed is not None:
             return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
     return value
