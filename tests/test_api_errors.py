@@ -126,6 +126,11 @@ def test_unknown_api_route__404_json_and_html_elsewhere(key_client: Client, path
     assert elsewhere.status_code == 404 and elsewhere["Content-Type"].startswith("text/html")
 
 
+def test_api_route__host_not_allowed__400_json(key_client: Client) -> None:
+    # Refused by Django before any view (DisallowedHost): still the API's shape under /api/.
+    _json_error(key_client.get("/api/v1/customers/c-1/segments", HTTP_HOST="evil.example"), 400)
+
+
 def test_api_view__unhandled_error__500_json(key_client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(**kwargs: Any) -> None:
         raise RuntimeError("boom")
