@@ -183,17 +183,24 @@ def _insert_new(
     quote = connection.ops.quote_name
     keys = [by_attname[name] for name in ((key,) if isinstance(key, str) else key)]
     key_columns = ", ".join(quote(column.column) for column in keys)
-    head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(c.column) for c in columns)}) VALUES "
+    head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(c.column) for c in columns)}) "
     tail = f" ON CONFLICT ({key_columns}) DO NOTHING RETURNING {key_columns}"
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    # On PostgreSQL one array per column (as Django's bulk_create does): a short statement
+    # psycopg need not rewrite and PostgreSQL plans once, instead of 8 placeholders a row.
+    unnest = "SELECT * FROM UNNEST(" + ", ".join(f"%s::{c.db_type(connection)}[]" for c in columns) + ")"
     size = max(1, min(WRITE_BATCH, connection.ops.bulk_batch_size(columns, rows)))
     inserted: set[Any] = set()
     with connection.cursor() as cursor:
         for chunk in _chunks(rows, size):
-            params: list[Any] = []
-            for row in chunk:
-                params.extend(column.get_db_prep_save(row[column.attname], connection) for column in columns)
-            cursor.execute(head + ", ".join([one] * len(chunk)) + tail, params)
+            prepared = [
+                [column.get_db_prep_save(row[column.attname], connection) for column in columns] for row in chunk
+            ]
+            if connection.vendor == "postgresql":
+                cursor.execute(head + unnest + tail, [list(values) for values in zip(*prepared, strict=True)])
+            else:
+                params = [value for values in prepared for value in values]
+                cursor.execute(head + "VALUES " + ", ".join([one] * len(chunk)) + tail, params)
             for returned in cursor.fetchall():
                 values = tuple(_from_db(value, column) for value, column in zip(returned, keys, strict=True))
                 inserted.add(values[0] if isinstance(key, str) else values)
