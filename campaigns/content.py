@@ -19,6 +19,7 @@ Variables::
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -116,6 +117,64 @@ _ENGINES = {
     )
     for autoescape in (False, True)
 }
+
+
+# --- The customer's own time zone and language ---------------------------------------
+
+
+@lru_cache(maxsize=1024)
+def customer_zone(name: str) -> dt.tzinfo:
+    """The customer's IANA zone (``Customer.timezone``); the default zone if unknown."""
+    try:
+        return zoneinfo.ZoneInfo(name) if name else timezone.get_default_timezone()
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return timezone.get_default_timezone()
+
+
+@lru_cache(maxsize=1024)
+def customer_language(locale: str) -> str:
+    """The Django language for a customer's locale (``zh-Hans``, ``zh_CN``, ``en-US``,
+    ``fr``): the closest of ``settings.LANGUAGES``, else ``LANGUAGE_CODE``."""
+    code = translation.to_language(locale.replace("_", "-")) if locale else ""
+    try:
+        return translation.get_supported_language_variant(code) if code else settings.LANGUAGE_CODE
+    except LookupError:
+        return settings.LANGUAGE_CODE
+
+
+class CustomerLocale:
+    """Activates each customer's zone and language before their message is rendered, so
+    ``{{ coupon.expires_at }}``, ``|date``, ``|time`` and numbers read as they would read
+    them (a New York customer's "until" is New York's date). Switches only when the customer
+    differs from the previous one (the ``date`` memo keys on the active zone and language);
+    ``restore`` puts back what was active before."""
+
+    def __init__(self) -> None:
+        self.zone: str | None = None
+        self.language: str | None = None
+        self.saved: tuple[dt.tzinfo, str | None] | None = None
+
+    def activate(self, zone: str, locale: str) -> None:
+        if self.saved is None:
+            self.saved = (timezone.get_current_timezone(), translation.get_language())
+        if zone != self.zone:
+            timezone.activate(customer_zone(zone))
+            self.zone = zone
+        language = customer_language(locale)
+        if language != self.language:
+            translation.activate(language)
+            self.language = language
+
+    def restore(self) -> None:
+        if self.saved is None:
+            return
+        zone, language = self.saved
+        timezone.activate(zone)
+        if language:
+            translation.activate(language)
+        else:
+            translation.deactivate_all()
+        self.saved = self.zone = self.language = None
 
 
 @lru_cache(maxsize=512)

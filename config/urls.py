@@ -23,3 +23,9 @@ urlpatterns = [
     path("admin/playbook/", include("campaigns.urls_admin", namespace="playbook")),
     path("admin/", admin.site.urls),
 ]
+
+# Under /api/ these answer in the API's JSON error shape; elsewhere Django's own pages.
+handler400 = "access.exceptions.handler400"
+handler403 = "access.exceptions.handler403"
+handler404 = "access.exceptions.handler404"
+handler500 = "access.exceptions.handler500"

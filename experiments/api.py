@@ -23,12 +23,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.models import Scope
+from access.pagination import LIMIT_SCHEMA, OFFSET_SCHEMA, ApiPagination
 from access.permissions import CustomerTokenAccess
 from experiments import selectors, services
 from experiments.selectors import ExperimentConfig
@@ -65,7 +65,7 @@ class AssignmentsQuerySerializer(serializers.Serializer):
     )
 
 
-class AssignmentsPagination(LimitOffsetPagination):
+class AssignmentsPagination(ApiPagination):
     default_limit = 100
     max_limit = 500
 
@@ -92,8 +92,8 @@ class CustomerAssignmentsView(APIView):
         parameters=[
             OpenApiParameter("external_id", OpenApiTypes.STR, OpenApiParameter.PATH),
             AssignmentsQuerySerializer,
-            OpenApiParameter("limit", OpenApiTypes.INT, description="Page size (default 100, at most 500)."),
-            OpenApiParameter("offset", OpenApiTypes.INT),
+            OpenApiParameter("limit", LIMIT_SCHEMA, description="Page size (default 100; above 500 is capped)."),
+            OpenApiParameter("offset", OFFSET_SCHEMA, description="Entries to skip."),
         ],
         responses={
             200: DecisionSerializer(many=True),
