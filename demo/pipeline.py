@@ -408,7 +408,8 @@ def summary_text(result: DemoResult, options: DemoOptions) -> list[str]:
         f"  conversions: {c['conversions']:,}",
         "",
         "What the lift reports found against what was planted (primary metric; significant: Holm-adjusted p < 0.05",
-        "within each experiment's family of layer x variant comparisons). A planted effect lifts the goal rate of",
+        "within each experiment's confirmatory family: variants x (all customers + the planted dimension's layers)).",
+        "A planted effect lifts the goal rate of",
         "customers a treated variant's message reached; the reports compare everyone assigned (intent to treat), so",
         "they should see about the planted lift x the share reached (intervals: 95%, not multiplicity-adjusted):",
     ]

@@ -92,7 +92,11 @@ class ExperimentReportView(APIView):
                 OpenApiTypes.STR,
                 enum=list(ADJUSTMENTS),
                 default="holm",
-                description="Multiple-comparison adjustment: `holm` (default) or `bh` (Benjamini-Hochberg).",
+                description=(
+                    "Multiple-comparison adjustment of the exploratory families: `holm` or `bh` "
+                    "(Benjamini-Hochberg); default: the plan's correction. The confirmatory family (the one "
+                    "that decides, `confirmatory_family`) always uses the plan's correction."
+                ),
             ),
             OpenApiParameter(
                 "timeseries",
@@ -124,8 +128,8 @@ class ExperimentReportView(APIView):
         tags=["reports"],
     )
     def get(self, request: Request, key: str) -> HttpResponse:
-        adjustment = request.query_params.get("adjustment", "holm")
-        if adjustment not in ADJUSTMENTS:
+        adjustment = request.query_params.get("adjustment")  # None: the plan's correction
+        if adjustment is not None and adjustment not in ADJUSTMENTS:
             raise ValidationError({"adjustment": [f"Choose one of: {', '.join(ADJUSTMENTS)}."]})
         timeseries = request.query_params.get("timeseries", "false").lower()
         if timeseries not in BOOLEANS:

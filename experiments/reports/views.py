@@ -60,9 +60,11 @@ def _context(request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
     return {**admin.site.each_context(request), "title": title, **extra}
 
 
-def _adjustment(request: HttpRequest) -> str:
-    value = request.GET.get("adjustment", "holm")
-    return value if value in ADJUSTMENTS else "holm"
+def _adjustment(request: HttpRequest) -> str | None:
+    """The exploratory families' correction; None: the plan's (the confirmatory family
+    always uses the plan's)."""
+    value = request.GET.get("adjustment")
+    return value if value in ADJUSTMENTS else None
 
 
 def _exclude_open_windows(request: HttpRequest) -> bool | None:
@@ -72,7 +74,7 @@ def _exclude_open_windows(request: HttpRequest) -> bool | None:
 
 
 def _report_or_404(
-    key: str, adjustment: str, timeseries: bool = False, exclude_open_windows: bool | None = None
+    key: str, adjustment: str | None, timeseries: bool = False, exclude_open_windows: bool | None = None
 ) -> Report:
     try:
         return report_build(
@@ -137,6 +139,8 @@ class DimensionView:
     differs: bool | None
     rows: tuple[RowView, ...]
     forest: SafeString
+    family_method: str = ""  # the family's own correction, in words (the plan's for the confirmatory one)
+    family_kind: str = "exploratory"
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,8 @@ class MetricView:
     overall_family: str
     dimensions: tuple[DimensionView, ...]
     harms: tuple[str, ...] = field(default_factory=tuple)
+    overall_family_method: str = ""
+    overall_family_kind: str = "exploratory"
 
     @property
     def overall_rows(self) -> tuple[RowView, ...]:
@@ -238,6 +244,8 @@ def _metric_view(report: Report, metric: MetricReport) -> MetricView:
             differs=d.heterogeneity.differs,
             rows=tuple(_row_view(row) for row in d.layers),
             forest=_forest(metric, d, several),
+            family_method=ADJUSTMENTS[d.family.method],
+            family_kind=d.family.kind,
         )
         for d in metric.dimensions
     )
@@ -252,6 +260,8 @@ def _metric_view(report: Report, metric: MetricReport) -> MetricView:
         overall_family=metric.overall_family.scope,
         dimensions=dimensions,
         harms=metric.harms,
+        overall_family_method=ADJUSTMENTS[metric.overall_family.method],
+        overall_family_kind=metric.overall_family.kind,
     )
 
 
@@ -289,8 +299,8 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @report_view
 def experiment_report(request: HttpRequest, key: str) -> HttpResponse:
-    adjustment = _adjustment(request)
-    report = _report_or_404(key, adjustment, exclude_open_windows=_exclude_open_windows(request))
+    report = _report_or_404(key, _adjustment(request), exclude_open_windows=_exclude_open_windows(request))
+    adjustment = report.settings.adjustment
     windows = f"&exclude_open_windows={'true' if report.settings.exclude_open_windows else 'false'}"
     primary = report.primary
     context = _context(

@@ -220,3 +220,106 @@ def test_report_build__pull_forward_offer__no_lift_with_open_windows_excluded_na
     for arm in honest.primary.overall.arms:
         expected = sum((len(ids) + 1) // 2 for (v, age), ids in groups.items() if v == arm.variant and age >= 13)
         assert arm.conversions == expected
+
+
+# --- Together with the analysis plan (issue 14, both halves) ----------------------------------
+
+# (variant, tier) -> (customers, orders): exposed on day 0 (windows closed at AS_OF) and on
+# day 5 (7-day windows still open at AS_OF, with a lopsided share of early buyers).
+PLAN_CLOSED = {
+    ("control", "new"): (600, 60),
+    ("treatment", "new"): (600, 90),
+    ("control", "vip"): (400, 80),
+    ("treatment", "vip"): (400, 100),
+}
+PLAN_OPEN = {
+    ("control", "new"): (300, 10),
+    ("treatment", "new"): (300, 60),
+    ("control", "vip"): (200, 5),
+    ("treatment", "vip"): (200, 60),
+}
+
+
+def _planned_groups(phase_day_open: int = 5) -> list[Group]:
+    groups = [
+        Group(variant, n, {"order": x}, {"tier": tier}, day=0, conversion_day=1)
+        for (variant, tier), (n, x) in PLAN_CLOSED.items()
+    ]
+    groups += [
+        Group(variant, n, {"order": x}, {"tier": tier}, day=phase_day_open, conversion_day=phase_day_open + 1)
+        for (variant, tier), (n, x) in PLAN_OPEN.items()
+    ]
+    return groups
+
+
+def test_report_build__confirmatory_family_with_open_windows__adjusted_on_closed_windows_only() -> None:
+    from statsmodels.stats import proportion as smp
+    from statsmodels.stats.multitest import multipletests
+
+    from tests.experiments.report_builders import dimension_create
+
+    # Given a fixed-horizon plan (horizon reached) declaring tier confirmatory, and a third
+    # of the customers still inside their 7-day order window at the report's time
+    dimension_create("tier", ["new", "vip"])
+    experiment = experiment_create(
+        plan={"inference_mode": "fixed", "planned_sample_size": 1, "confirmatory_dimensions": ["tier"]}
+    )
+    populate(experiment, _planned_groups())
+
+    report = report_build(experiment_key="offer-test", now=AS_OF)
+
+    # Then the one decision family (overall + new + vip) is tested and Holm-adjusted on the
+    # closed windows' counts, as statsmodels on those counts
+    primary = report.primary
+    tier = next(d for d in primary.dimensions if d.key == "tier")
+    assert (tier.family.kind, tier.family.size) == ("confirmatory", 3)
+
+    def closed(variant: str, tiers: tuple[str, ...]) -> tuple[int, int]:
+        return tuple(sum(PLAN_CLOSED[(variant, t)][i] for t in tiers) for i in (0, 1))  # type: ignore[return-value]
+
+    cells = [(closed("treatment", tiers), closed("control", tiers)) for tiers in (("new", "vip"), ("new",), ("vip",))]
+    raw = [smp.proportions_ztest([t[1], c[1]], [t[0], c[0]])[1] for t, c in cells]
+    got = [primary.overall.lifts[0].adjusted_p_value] + [row.lifts[0].adjusted_p_value for row in tier.layers]
+    assert got == pytest.approx(list(multipletests(raw, method="holm")[1]), abs=1e-12)
+    assert [(a.customers, a.conversions) for a in primary.overall.arms] == [(1000, 140), (1000, 190)]
+    assert primary.overall.power.customers_per_arm == {"control": 1000, "treatment": 1000}
+    # the rows' traffic (SRM) and the plan's horizon still count every analysed customer
+    assert primary.overall.customers == 3000
+    assert report.plan.horizon_message.startswith("3,000 of 1 planned customers")
+    assert primary.metric.open_window_customers == 1000
+    assert [c.code for c in report.caveats if c.code == "open_windows_excluded"] == ["open_windows_excluded"]
+
+
+def test_report_views__plan_and_open_windows__page_json_csv_show_both(client, growth_user) -> None:
+    from tests.experiments.report_builders import dimension_create
+
+    # Given a sequential plan declaring tier confirmatory, everyone exposed a day ago
+    dimension_create("tier", ["new", "vip"])
+    experiment = experiment_create(
+        phase_start=timezone.now() - 2 * DAY, plan={"planned_sample_size": 9000, "confirmatory_dimensions": ["tier"]}
+    )
+    populate(
+        experiment,
+        [Group(v, 120, {"order": x}, {"tier": "new"}) for v, x in (("control", 10), ("treatment", 20))],
+        phase=experiment.phases.get(),
+    )
+    client.force_login(growth_user)
+
+    html = client.get(reverse("reports:experiment", args=["offer-test"])).content.decode()
+    data = client.get(reverse("reports:experiment-json", args=["offer-test"])).json()
+    rows = list(
+        csv.reader(io.StringIO(client.get(reverse("reports:experiment-csv", args=["offer-test"])).content.decode()))
+    )
+
+    # Then the page shows the plan and its decision family and the open-window caveat
+    assert 'id="analysis-plan"' in html and "Confirmatory (the declared decision family)" in html
+    assert "240 of 240 customers are left out of order" in html
+    assert (data["plan"]["inference_mode"], data["confirmatory_family"]["kind"]) == ("sequential", "confirmatory")
+    assert data["settings"]["exclude_open_windows"] is True
+    assert data["metrics"][0]["metric"]["open_window_customers"] == 240
+    header, *lines = rows
+    assert header[-1] == "open_window_customers_left_out" and "family_kind" in header
+    overall = next(
+        dict(zip(header, line, strict=True)) for line in lines if line[header.index("dimension")] == "(all customers)"
+    )
+    assert (overall["family_kind"], overall["open_window_customers_left_out"]) == ("confirmatory", "240")
