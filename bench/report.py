@@ -71,10 +71,23 @@ VARIANTS = ("control", "b", "c")
 
 
 def _server_url(database: str) -> str:
-    host = os.environ.get("BENCH_PG_HOST", "127.0.0.1")
-    port = os.environ.get("BENCH_PG_PORT", "54329")
-    user = os.environ.get("BENCH_PG_USER", "growth")
-    password = os.environ.get("BENCH_PG_PASSWORD", "growth")
+    """The benchmark server: DATABASE_URL's server when set (scripts/bench.sh exports it),
+    else BENCH_PG_* / PG_PORT (scripts/services.sh's port), so any port works."""
+    from urllib.parse import urlsplit
+
+    base = (
+        urlsplit(os.environ.get("DATABASE_URL", ""))
+        if os.environ.get("DATABASE_URL", "").startswith("postgres")
+        else None
+    )
+    host = os.environ.get("BENCH_PG_HOST") or (base.hostname if base else None) or "127.0.0.1"
+    port = (
+        os.environ.get("BENCH_PG_PORT")
+        or (str(base.port) if base and base.port else None)
+        or os.environ.get("PG_PORT", "54329")
+    )
+    user = os.environ.get("BENCH_PG_USER") or (base.username if base else None) or "growth"
+    password = os.environ.get("BENCH_PG_PASSWORD") or (base.password if base else None) or "growth"
     return f"postgres://{user}:{password}@{host}:{port}/{database}"
 
 
