@@ -14,6 +14,9 @@ Variables::
     offer.name .benefit .kind .value .currency .valid_until       (treatments with an offer)
     coupon.code .expires_at                                        (offers that issue codes)
     layer.key .name                                                (per-layer treatments)
+    unsubscribe_url      the recipient's signed unsubscribe / preference link (marketing
+                         email and SMS; empty in transactional messages). An email whose
+                         text lacks it gets a default footer carrying it.
 """
 
 from __future__ import annotations
@@ -150,7 +153,11 @@ def sample_context(groups: set[str]) -> dict[str, dict[str, Any]]:
         "expires_at": dt.datetime(2030, 1, 31, tzinfo=dt.UTC),
         "value": "10",
     }
-    return {group: {name: samples.get(name, f"[{group}.{name}]") for name in VARIABLES[group]} for group in groups}
+    context: dict[str, Any] = {
+        group: {name: samples.get(name, f"[{group}.{name}]") for name in VARIABLES[group]} for group in groups
+    }
+    context["unsubscribe_url"] = "https://example.invalid/u/preview"
+    return context
 
 
 def render_one(source: str, context: dict[str, Any], *, html: bool = False) -> str:

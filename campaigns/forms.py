@@ -64,6 +64,7 @@ class CampaignForm(forms.ModelForm):
             "channels",
             "channel_strategy",
             "is_transactional",
+            "topic",
             "send_at",
             "ends_at",
             "max_attempts",
@@ -142,4 +143,18 @@ class CouponPoolForm(forms.Form):
         if not any(line.strip() for line in lines):
             raise ValidationError({"codes": "Paste codes or choose a file."})
         data["lines"] = lines
+        return data
+
+
+class SuppressionImportForm(forms.Form):
+    file = forms.FileField(help_text="CSV with a header line: channel,address,reason[,detail] (UTF-8).")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        upload = data.get("file")
+        if upload is not None:
+            try:
+                data["text"] = upload.read().decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise ValidationError({"file": "The file is not UTF-8 text."}) from None
         return data

@@ -37,6 +37,8 @@ class OutgoingMessage:
     title: str = ""
     text: str = ""
     html: str = ""
+    # Extra headers (email): e.g. List-Unsubscribe and List-Unsubscribe-Post (RFC 8058).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,13 @@ class TransientError(Exception):
 
 
 class PermanentError(Exception):
-    pass
+    """``smtp_code`` and ``smtp_stage`` ("mail", "rcpt", "data") say which SMTP reply
+    refused the message, when it was one: a 5xx at RCPT or DATA suppresses the address."""
+
+    def __init__(self, message: str = "", *, smtp_code: int | None = None, smtp_stage: str = "") -> None:
+        super().__init__(message)
+        self.smtp_code = smtp_code
+        self.smtp_stage = smtp_stage
 
 
 class ChannelBackend:

@@ -110,8 +110,25 @@ def _text_part(text: str, subtype: str) -> tuple[bytes, bytes] | None:
     return headers, _NEWLINE.sub(b"\r\n", raw)
 
 
+def _extra_header(name: str, value: str) -> bytes | None:
+    """An extra ASCII header (List-Unsubscribe's URLs are often longer than one line)
+    folded exactly as the generator folds it, or ``None`` for Django to encode."""
+    plain = _plain_header(name, value)
+    if plain is not None or not value.isascii() or "\n" in value or "\r" in value:
+        return plain
+    return SMTP_POLICY.fold_binary(name, value)
+
+
 def direct_message_bytes(
-    *, subject: str, from_email: str, to: str, message_id: str, key: str, text: str, html: str = ""
+    *,
+    subject: str,
+    from_email: str,
+    to: str,
+    message_id: str,
+    key: str,
+    text: str,
+    html: str = "",
+    headers: Sequence[tuple[str, str]] = (),
 ) -> bytes | None:
     """What ``message_bytes`` makes of ``EmailBackend.email()``'s message, or ``None``."""
     if settings.DEFAULT_CHARSET.lower() != "utf-8" or not text:
@@ -124,6 +141,7 @@ def direct_message_bytes(
         _plain_header("Date", date),
         _plain_header("Message-ID", message_id),
         _plain_header("X-Delivery-Key", key),
+        *(_extra_header(name, value) for name, value in headers),
     ]
     if any(line is None for line in lines):
         return None
@@ -170,9 +188,9 @@ def _smtp_code(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
-def _reply_error(code: int, text: bytes) -> TransientError | PermanentError:
+def _reply_error(code: int, text: bytes, stage: str = "") -> TransientError | PermanentError:
     detail = f"SMTP {code}: {text.decode('utf-8', 'replace')}"
-    return PermanentError(detail) if 500 <= code < 600 else TransientError(detail)
+    return PermanentError(detail, smtp_code=code, smtp_stage=stage) if 500 <= code < 600 else TransientError(detail)
 
 
 @dataclass(frozen=True)
@@ -210,7 +228,7 @@ class EmailBackend(ChannelBackend):
         return f"<{message.key}@{self.settings.message_id_domain}>"
 
     def email(self, message: OutgoingMessage) -> EmailMessage:
-        headers = {"Message-ID": self.message_id(message), "X-Delivery-Key": message.key}
+        headers = {"Message-ID": self.message_id(message), "X-Delivery-Key": message.key, **dict(message.headers)}
         cls = EmailMultiAlternatives if message.html else EmailMessage
         email = cls(
             subject=message.subject,
@@ -235,7 +253,12 @@ class EmailBackend(ChannelBackend):
             # A broken session must not be reused for the next message.
             self.close()
             if code is not None and 500 <= code < 600:
-                raise PermanentError(f"SMTP {code}: {exc}") from exc
+                stage = {
+                    smtplib.SMTPRecipientsRefused: "rcpt",
+                    smtplib.SMTPDataError: "data",
+                    smtplib.SMTPSenderRefused: "mail",
+                }.get(type(exc), "")
+                raise PermanentError(f"SMTP {code}: {exc}", smtp_code=code, smtp_stage=stage) from exc
             raise TransientError(f"SMTP error{f' {code}' if code else ''}: {exc}") from exc
         if not sent:
             raise TransientError("The email backend accepted no message.")
@@ -270,6 +293,7 @@ class EmailBackend(ChannelBackend):
             key=message.key,
             text=message.text,
             html=message.html,
+            headers=message.headers,
         )
         return direct if direct is not None else message_bytes(self.email(message))
 
@@ -358,7 +382,14 @@ class EmailBackend(ChannelBackend):
                 replies = [smtp.getreply() for _ in range(3)]  # MAIL, RCPT, DATA
                 wire = None
                 if replies[2][0] != 354:
-                    code, text = next(((c, t) for c, t in replies if not 200 <= c < 400), replies[2])
+                    stage, code, text = next(
+                        (
+                            (s, c, t)
+                            for s, (c, t) in zip(("mail", "rcpt", "data"), replies, strict=True)
+                            if not 200 <= c < 400
+                        ),
+                        ("data", *replies[2]),
+                    )
                     reset = True
                 else:
                     build(index + 1)
@@ -372,6 +403,7 @@ class EmailBackend(ChannelBackend):
                     if following is not None:
                         wire = (index + 1, following, False)
                     build(index + 2)  # while the server works on this one
+                    stage = "data"
                     code, text = smtp.getreply()
             except (smtplib.SMTPException, OSError) as exc:
                 self.close()
@@ -380,7 +412,7 @@ class EmailBackend(ChannelBackend):
             if code == 250:
                 yield index, SendResult(provider_ref=self.message_id(messages[index]))
             else:
-                yield index, _reply_error(code, text)
+                yield index, _reply_error(code, text, stage)
                 if code == 421:  # the server is closing the session
                     self.close()
                     return
