@@ -19,6 +19,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import translation
+from django.utils.decorators import method_decorator
 from django.utils.translation import gettext
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
@@ -129,6 +130,7 @@ class MailgunTrackingWebhook(MailgunTrackingWebhookView):
     events sent to ``anymail.signals.tracking``), refusing every request while no signing
     key is configured: an empty key would accept signatures anyone can compute."""
 
+    @method_decorator(csrf_exempt)  # as anymail's own dispatch: the signature is the check
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not self.webhook_signing_key:
             return JsonResponse({"detail": "MAILGUN_WEBHOOK_SIGNING_KEY is not configured."}, status=503)

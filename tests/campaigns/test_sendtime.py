@@ -131,7 +131,9 @@ def test_send__chunk_checks__one_query_reads_the_chunk_and_its_rules(no_caps: No
     assert all("campaigns_topicoptout" in sql and "segments_customer" in sql for sql in reads)
 
 
-def test_delivered_email__parses_cleanly__unsubscribe_headers_link_and_footer(no_caps: None, smtp_sink, settings) -> None:  # type: ignore[no-untyped-def]
+def test_delivered_email__parses_cleanly__unsubscribe_headers_link_and_footer(  # type: ignore[no-untyped-def]
+    no_caps: None, smtp_sink, settings
+) -> None:
     settings.CAMPAIGNS = {"SITE_URL": "https://growth.example.com/", "UNSUBSCRIBE_MAILTO": "unsub@example.com"}
     people = customers(2)
     Customer.objects.filter(pk=people[1].pk).update(locale="zh-CN")
