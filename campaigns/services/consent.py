@@ -75,12 +75,6 @@ def unsubscribe_url(*, customer_id: int, channel: str, site_url: str | None = No
     return f"{base}/u/{token_make(customer_id=customer_id, channel=channel)}"
 
 
-def is_opted_out(*, consent_at: dt.datetime | None, opt_out_at: dt.datetime | None) -> bool:
-    """The rule of ``Customer.can_receive`` on the two timestamps: an opt-out counts until a
-    later consent."""
-    return consent_at is None or (opt_out_at is not None and opt_out_at >= consent_at)
-
-
 @dataclass(frozen=True)
 class Preferences:
     customer_id: int

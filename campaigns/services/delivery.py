@@ -157,16 +157,15 @@ _ROW_FIELDS = (
     "recipient__layer_id",
     "recipient__coupon__code",
     "recipient__coupon__expires_at",
-    *sendtime.FIELDS,
 )
 
 
 def _rows(claimed: Sequence[int]) -> list[_Row]:
     rows = []
-    chunk = Delivery.objects.filter(bulk.id_in(Delivery, "id", claimed)).annotate(**sendtime.annotations())
-    for values in chunk.order_by("pk").values_list(*_ROW_FIELDS):
+    facts = sendtime.facts_read(claimed)
+    for values in Delivery.objects.filter(bulk.id_in(Delivery, "id", claimed)).order_by("pk").values_list(*_ROW_FIELDS):
         (pk, key, channel, attempts, max_attempts, campaign_id, external_id, email, phone, push_token) = values[:10]
-        attributes, locale, tz, treatment_id, offer_id, layer_id, code, expires_at = values[10:18]
+        attributes, locale, tz, treatment_id, offer_id, layer_id, code, expires_at = values[10:]
         to = {"email": email, "sms": phone, "push": push_token}.get(channel, external_id)
         rows.append(
             _Row(
@@ -190,7 +189,7 @@ def _rows(claimed: Sequence[int]) -> list[_Row]:
                 layer_id=layer_id,
                 coupon={"code": code, "expires_at": expires_at or ""} if code is not None else None,
                 tz=tz,
-                facts=sendtime.facts_from(channel, values[18:]),
+                facts=facts.get(pk, sendtime.NO_FACTS),
             )
         )
     return rows

@@ -15,82 +15,84 @@ sender checks, per claimed chunk:
   (not a try: ``attempts`` is given back).
 
 Transactional campaigns skip the topic and quiet-hour rules, as when deciding. The facts are
-read in the one query that reads the chunk (``annotations`` below: two ``EXISTS`` probes
-on unique indexes, plus columns already joined), and the outcome is written with one
+computed by one query per chunk (``facts_read``: three booleans, ``EXISTS`` probes of
+unique indexes), and the outcome is written with one
 ``UPDATE`` per outcome kind (per distinct hold time for holds), never per message.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
 
-from django.db.models import Exists, F, OuterRef
-from django.db.models.functions import Lower
+from django.db import connection
+from django.db.models import F
 
 from campaigns.models import Campaign, Delivery, Suppression, TopicOptOut
 from campaigns.services import bulk
 from campaigns.services import policy as send_policy
-from campaigns.services.consent import is_opted_out
-from segments.models import Channel
-
-# Columns and annotations the sender's chunk query adds, in this order (see ``Facts``).
-FIELDS: tuple[str, ...] = (
-    "customer_id",
-    "customer__email_consent_at",
-    "customer__email_opt_out_at",
-    "customer__sms_consent_at",
-    "customer__sms_opt_out_at",
-    "customer__push_consent_at",
-    "customer__push_opt_out_at",
-    "st_email_suppressed",
-    "st_phone_suppressed",
-    "st_topic_out",
-)
-
-
-def annotations() -> dict[str, Any]:
-    """``EXISTS`` probes for the chunk query: the customer's address or number suppressed,
-    and an opt-out of the campaign's topic on the delivery's channel."""
-    return {
-        "st_email_suppressed": Exists(
-            Suppression.objects.filter(channel=Channel.EMAIL, address=Lower(OuterRef("customer__email")))
-        ),
-        "st_phone_suppressed": Exists(
-            Suppression.objects.filter(channel=Channel.SMS, address=OuterRef("customer__phone"))
-        ),
-        "st_topic_out": Exists(
-            TopicOptOut.objects.filter(
-                customer_id=OuterRef("customer_id"),
-                channel=OuterRef("channel"),
-                topic=OuterRef("campaign__topic"),
-                opted_out=True,
-            )
-        ),
-    }
+from segments.models import CONTACT_FIELDS, Customer
 
 
 @dataclass(frozen=True)
 class Facts:
-    """What the send-time rules read about one delivery (from ``FIELDS``)."""
+    """What the send-time rules read about one delivery."""
 
     customer_id: int
-    opted_out: bool  # for the delivery's channel
+    opted_out: bool  # consent withdrawn on the delivery's channel
     suppressed: bool  # the channel's contact point
-    topic_out: bool
+    topic_out: bool  # opted out of the campaign's topic on the channel
 
 
-def facts_from(channel: str, values: Iterable[Any]) -> Facts:
-    (customer_id, e_in, e_out, s_in, s_out, p_in, p_out, email_sup, phone_sup, topic_out) = values
-    opted_out = {
-        Channel.EMAIL: lambda: is_opted_out(consent_at=e_in, opt_out_at=e_out),
-        Channel.SMS: lambda: is_opted_out(consent_at=s_in, opt_out_at=s_out),
-        Channel.PUSH: lambda: is_opted_out(consent_at=p_in, opt_out_at=p_out),
-    }.get(channel, lambda: False)()
-    suppressed = bool(email_sup) if channel == Channel.EMAIL else bool(phone_sup) if channel == Channel.SMS else False
-    return Facts(customer_id=customer_id, opted_out=opted_out, suppressed=suppressed, topic_out=bool(topic_out))
+NO_FACTS = Facts(customer_id=0, opted_out=False, suppressed=False, topic_out=False)
+
+
+def _opted_out_sql(channel: str) -> str:
+    """``Customer.can_receive``'s consent rule, negated (as ``reachable_by``): no consent,
+    or an opt-out not followed by a later consent."""
+    _, consent, opt_out = CONTACT_FIELDS[channel]
+    return f"(c.{consent} IS NULL OR (c.{opt_out} IS NOT NULL AND c.{opt_out} >= c.{consent}))"
+
+
+@lru_cache(maxsize=2)
+def _facts_sql(vendor: str) -> str:
+    """One statement per chunk, written out once: Django's compiler costs ~10 ms for a
+    query of this shape (three CASE/EXISTS expressions), more than the database takes to
+    run it for 100 rows. The ids come as one JSON parameter, as ``bulk.id_in``."""
+    opted_out = " ".join(f"WHEN d.channel = '{ch}' THEN {_opted_out_sql(ch)}" for ch in CONTACT_FIELDS)
+    if vendor == "postgresql":
+        ids = "d.id = ANY(ARRAY(SELECT (json_array_elements_text(%s::json))::bigint))"
+    else:
+        ids = "d.id IN (SELECT value FROM json_each(%s))"
+    return (
+        f"SELECT d.id, d.customer_id, "
+        f"CASE {opted_out} ELSE FALSE END, "
+        f"CASE WHEN d.channel = 'email' THEN EXISTS (SELECT 1 FROM {Suppression._meta.db_table} s "
+        f"WHERE s.channel = 'email' AND s.address = LOWER(c.email)) "
+        f"WHEN d.channel = 'sms' THEN EXISTS (SELECT 1 FROM {Suppression._meta.db_table} s "
+        f"WHERE s.channel = 'sms' AND s.address = c.phone) ELSE FALSE END, "
+        f"EXISTS (SELECT 1 FROM {TopicOptOut._meta.db_table} t WHERE t.customer_id = d.customer_id "
+        f"AND t.channel = d.channel AND t.topic = k.topic AND t.opted_out) "
+        f"FROM {Delivery._meta.db_table} d "
+        f"JOIN {Customer._meta.db_table} c ON c.id = d.customer_id "
+        f"JOIN {Campaign._meta.db_table} k ON k.id = d.campaign_id "
+        f"WHERE {ids}"
+    )
+
+
+def facts_read(delivery_ids: Sequence[int]) -> dict[int, Facts]:
+    """The send-time facts of a claimed chunk, in one query."""
+    if not delivery_ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(_facts_sql(connection.vendor), [json.dumps(list(delivery_ids))])
+        return {
+            pk: Facts(customer_id=cid, opted_out=bool(out), suppressed=bool(sup), topic_out=bool(topic))
+            for pk, cid, out, sup, topic in cursor.fetchall()
+        }
 
 
 @dataclass(frozen=True)
