@@ -25,6 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from campaigns.models import Suppression
+from campaigns.services import bulk
 from segments.models import Channel, Customer
 from segments.services.ingestion import EventInput, events_record
 
@@ -62,26 +63,19 @@ class SuppressionInput:
 
 
 def suppressions_add(*, items: Iterable[SuppressionInput]) -> int:
-    """Insert the contact points not suppressed yet (one ``INSERT … ON CONFLICT DO
-    NOTHING`` per 1,000); return how many were new. Items must be normalized."""
+    """Insert the contact points not suppressed yet (``INSERT … ON CONFLICT DO NOTHING
+    RETURNING`` in batches, so concurrent writers each count only their own rows); return
+    how many were new. Items must be normalized."""
     now = timezone.now()
-    rows = [
-        Suppression(
-            channel=i.channel,
-            address=i.address,
-            reason=i.reason,
-            detail=i.detail[:2000],
-            source=i.source[:64],
-            created_at=i.created_at or now,
-        )
-        for i in items
-    ]
-    if not rows:
-        return 0
-    before = Suppression.objects.count()
-    for start in range(0, len(rows), 1000):
-        Suppression.objects.bulk_create(rows[start : start + 1000], ignore_conflicts=True)
-    return Suppression.objects.count() - before
+    rows = [(i.channel, i.address, i.reason, i.detail[:2000], i.source[:64], i.created_at or now) for i in items]
+    inserted = bulk.rows_insert(
+        Suppression,
+        ("channel", "address", "reason", "detail", "source", "created_at"),
+        rows,
+        returning=("id",),
+        skip_conflicts=True,
+    )
+    return len(inserted)
 
 
 def suppression_add(*, channel: str, address: str, reason: str, detail: str = "", source: str = "") -> bool:
