@@ -19,9 +19,11 @@ ERROR_SCHEMA = {
     "required": ["detail"],
 }
 ACCESS_RESPONSES = {
-    "401": "No API key, an unknown key, or a revoked key.",
-    "403": "The API key lacks the scope this operation needs.",
-    "429": "Too many requests for this API key; retry after `Retry-After` seconds.",
+    "401": "No credentials; an unknown or revoked API key; or a customer token that is invalid, expired, "
+    "too long-lived or signed with an unknown or revoked key.",
+    "403": "The API key lacks the scope this operation needs; or a customer token on an operation that "
+    "needs a server key, or naming another customer.",
+    "429": "Too many requests for this API key (or customer token's customer); retry after `Retry-After` seconds.",
 }
 
 

@@ -1,4 +1,4 @@
-"""Per-API-key rate limiting through the shared cache.
+"""Per-API-key (and per customer token: customer + signing key) rate limiting through the shared cache.
 
 A fixed-window counter: ``cache.add(key, 0)`` then ``cache.incr(key)``. With Redis both
 are atomic, so the limit holds across every web process; DRF's default throttle does a
@@ -7,6 +7,7 @@ read-modify-write of a timestamp list and lets concurrent requests slip through.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -15,16 +16,21 @@ from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
 from access.models import ApiKey
+from access.tokens import CustomerToken
 
 
 class ApiKeyRateThrottle(SimpleRateThrottle):
     scope = "api_key"
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
-        api_key = request.auth
-        if not isinstance(api_key, ApiKey):
+        principal = request.auth
+        if isinstance(principal, CustomerToken):
+            # One budget per customer and signing key: a token acts for one customer only.
+            digest = hashlib.sha256(principal.customer_id.encode()).hexdigest()[:32]
+            return f"throttle:ct:{principal.kid}:{digest}"
+        if not isinstance(principal, ApiKey):
             return None  # unauthenticated requests are refused before they cost anything
-        return f"throttle:{api_key.prefix}"
+        return f"throttle:{principal.prefix}"
 
     def allow_request(self, request: Request, view: Any) -> bool:
         if self.rate is None:

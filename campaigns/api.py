@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.models import Scope
+from access.permissions import CustomerTokenAccess
 from campaigns.services.offers import CouponError, coupon_redeem, customer_offers, offer_campaigns
 from campaigns.services.referrals import referral_code_get_or_create
 from segments.models import Customer
@@ -80,6 +81,7 @@ class CustomerOffersPageSerializer(serializers.Serializer):
 
 class CustomerOffersView(APIView):
     required_scope = Scope.OFFERS_READ
+    customer_token = CustomerTokenAccess(path_kwarg="external_id")
     pagination_class = LimitOffsetPagination
 
     @extend_schema(
@@ -169,6 +171,7 @@ class ReferralCodeSerializer(serializers.Serializer):
 
 class ReferralCodeView(APIView):
     required_scope = Scope.OFFERS_READ
+    customer_token = CustomerTokenAccess(path_kwarg="external_id")
 
     @extend_schema(
         operation_id="customer_referral_code",

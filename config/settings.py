@@ -16,6 +16,7 @@ Every variable is listed, with its default, in README.md.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -53,6 +54,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "anymail",
+    "axes",
     "access",
     "segments",
     "experiments",
@@ -70,6 +72,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into the lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -131,6 +135,24 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "admin:login"
 
+# Admin brute-force protection (django-axes). Its backend must come first: it refuses a
+# locked-out username+address before any password is checked. Failures are counted per
+# username AND client address, so an attacker elsewhere cannot lock a colleague out; the
+# count resets on a successful login and a lock lifts after the cool-off (or at once with
+# `manage.py axes_reset` / `axes_reset_username NAME`). Attempts are kept in the database.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "access.lockout.lockout_response"
+# The address is REMOTE_ADDR, never a client-supplied header (django-ipware is not
+# installed, so axes falls back to it). Behind a reverse proxy every client shares the
+# proxy's address and the lock becomes per username: stricter, never spoofable.
+
 # --- I18n / time -----------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -179,7 +201,11 @@ ANYMAIL = {
 
 # --- REST framework ----------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["access.authentication.ApiKeyAuthentication"],
+    # Server API keys first (their scheme names the 401 challenge), then customer tokens.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "access.authentication.ApiKeyAuthentication",
+        "access.authentication.CustomerTokenAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["access.permissions.HasScope"],
     "DEFAULT_THROTTLE_CLASSES": ["access.throttling.ApiKeyRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api_key": env.str("API_THROTTLE_RATE", default="6000/min")},
@@ -192,6 +218,11 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "access.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+
+# --- Customer tokens (JWTs an app sends for one customer; see access/tokens.py) ----------
+# Longest lifetime (exp - iat) accepted, in seconds, and the clock skew tolerated.
+CUSTOMER_TOKEN_MAX_LIFETIME = env.int("CUSTOMER_TOKEN_MAX_LIFETIME", default=3600)
+CUSTOMER_TOKEN_LEEWAY = env.int("CUSTOMER_TOKEN_LEEWAY", default=30)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Growth experimentation platform API",
@@ -262,6 +293,8 @@ CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 # --- Email ------------------------------------------------------------------------------
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="smtp://127.0.0.1:1025")
+# django-environ puts URL options (``?timeout=10``) under OPTIONS, which Django never reads.
+EMAIL_TIMEOUT = EMAIL_CONFIG.pop("OPTIONS", {}).get("TIMEOUT")
 globals().update(EMAIL_CONFIG)
 # The demo captures mail into a database mailbox shown in the admin.
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default=EMAIL_CONFIG["EMAIL_BACKEND"])
@@ -297,4 +330,11 @@ GROWTH = {
     "MAX_BATCH": 1000,
     # Events for an unknown customer: "reject" (default) or "create".
     "UNKNOWN_CUSTOMER_EVENTS": env.str("GROWTH_UNKNOWN_CUSTOMER_EVENTS", default="reject"),
+    # Client clocks (POST /exposures occurred_at) may be this far off the server's: a time up
+    # to this much in the future, or before the assignment / phase start, is clamped to
+    # [assignment, now]; further off it is refused (400 on occurred_at).
+    "EXPOSURE_CLOCK_SKEW_SECONDS": env.int("GROWTH_EXPOSURE_CLOCK_SKEW_SECONDS", default=300),
+    # Lift-report verdicts count only customers whose metric window has closed (first exposure
+    # + window <= now); a report view can turn it off (?exclude_open_windows=false).
+    "REPORT_EXCLUDE_OPEN_WINDOWS": env.bool("GROWTH_REPORT_EXCLUDE_OPEN_WINDOWS", default=True),
 }

@@ -313,7 +313,9 @@ class Pipeline:
             for plan in self.o.campaigns:
                 experiment = experiment_selectors.experiment_get(key=plan.experiment.key)
                 experiment_services.conversions_refresh(experiment=experiment, full=True)
-                report = report_build(experiment_key=plan.experiment.key, adjustment="holm")
+                # Responses come within MAX_DELAY_SECONDS of exposure: every window is complete
+                # although not yet closed by the clock, so none is left out as "open".
+                report = report_build(experiment_key=plan.experiment.key, adjustment="holm", exclude_open_windows=False)
                 findings.append(summary.findings_from_report(plan=plan, report=report))
             recovered = sum(p.recovered for f in findings for p in f.planted)
             planted = sum(len(f.planted) for f in findings)

@@ -9,7 +9,9 @@ Routes (under ``/api/v1/``):
   ``not_running``. Only the requested customer's decisions are returned; seeds, weights
   and phases never are.
 - ``POST exposures`` (scope ``events:write``): client-side exposure logging, for clients
-  that fetch with ``expose=false`` and log when the variant is actually shown.
+  that fetch with ``expose=false`` and log when the variant is actually shown; an
+  ``occurred_at`` outside the experiment (before the assignment or phase start, or in the
+  future, beyond the clock skew) is refused on ``occurred_at``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.models import Scope
+from access.permissions import CustomerTokenAccess
 from experiments import selectors, services
 from experiments.selectors import ExperimentConfig
 from segments import selectors as segment_selectors
@@ -80,6 +83,7 @@ def _not_running(key: str) -> services.AssignmentDecision:
 
 class CustomerAssignmentsView(APIView):
     required_scope = Scope.OFFERS_READ
+    customer_token = CustomerTokenAccess(path_kwarg="external_id")
     pagination_class = AssignmentsPagination
 
     @extend_schema(
@@ -132,7 +136,15 @@ class ExposureInSerializer(serializers.Serializer):
     customer_id = serializers.CharField(max_length=128, help_text="The customer's external_id.")
     experiment = serializers.SlugField(max_length=64, help_text="The experiment key.")
     variant = serializers.SlugField(max_length=64, help_text="The variant the customer saw.")
-    occurred_at = serializers.DateTimeField(required=False, help_text="When it was shown (default: now).")
+    occurred_at = serializers.DateTimeField(
+        required=False,
+        help_text=(
+            "When it was shown (default: now), with a time zone. Refused (400 on occurred_at) when it is before "
+            "the customer's assignment or the experiment's current phase start, or in the future, by more than "
+            "the allowed clock skew (GROWTH_EXPOSURE_CLOCK_SKEW_SECONDS, 300 s); within it, clamped to "
+            "[assignment time, now]."
+        ),
+    )
 
 
 class ExposureOutSerializer(serializers.Serializer):
@@ -147,6 +159,7 @@ class ExposureOutSerializer(serializers.Serializer):
 
 class ExposuresView(APIView):
     required_scope = Scope.EVENTS_WRITE
+    customer_token = CustomerTokenAccess(body_field="customer_id")
 
     @extend_schema(
         operation_id="exposure_log",
@@ -154,7 +167,11 @@ class ExposuresView(APIView):
         request=ExposureInSerializer,
         responses={
             200: ExposureOutSerializer,
-            400: ErrorSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="Invalid input, no assignment (`experiment`), or a time outside the experiment "
+                "(`occurred_at`).",
+            ),
             401: ErrorSerializer,
             403: ErrorSerializer,
             404: ErrorSerializer,

@@ -381,6 +381,15 @@ class Conversion(models.Model):
         SegmentSnapshot, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
     )
     converted_at = models.DateTimeField()
+    first_exposed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=(
+            "The assignment's first exposure this conversion was computed from (its window's start), "
+            "so a report can leave out customers whose window is still open without a join; rewritten "
+            "when the first exposure moves. Null only on rows written outside the engine."
+        ),
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["assignment", "metric"], name="conversion_unique")]

@@ -23,6 +23,9 @@ export DJANGO_DEBUG=false DJANGO_SECURE_SSL_REDIRECT=false DJANGO_SECURE_COOKIES
 export DJANGO_ALLOWED_HOSTS=127.0.0.1,localhost
 unset DATABASE_URL CELERY_BROKER_URL CACHE_URL
 # Messages land in the database mailbox the admin shows: no SMTP server or SMS/push provider needed.
+# The simulated customers respond within seconds of exposure (demo/responses.py): their
+# 7-14 day conversion windows are complete at once, so reports count every window.
+export GROWTH_REPORT_EXCLUDE_OPEN_WINDOWS=${GROWTH_REPORT_EXCLUDE_OPEN_WINDOWS:-false}
 export EMAIL_BACKEND=campaigns.mailbox.DatabaseMailboxBackend
 export CAMPAIGNS_SMS_BACKEND=campaigns.channels.mailbox.SmsMailboxBackend
 export CAMPAIGNS_PUSH_BACKEND=campaigns.channels.mailbox.PushMailboxBackend

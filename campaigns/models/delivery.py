@@ -157,6 +157,9 @@ class Delivery(models.Model):
     max_attempts = models.PositiveSmallIntegerField(default=5)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # The first claim's time: a deferred message is retried for its channel's retry period
+    # from here (campaigns.conf, CAMPAIGNS_RETRY_PERIOD_<CHANNEL>).
+    first_tried_at = models.DateTimeField(null=True, blank=True)
     claimed_by = models.CharField(max_length=200, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)

@@ -7,13 +7,9 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from campaigns.content import RenderedMessage, available_groups, content_validate, render_message
+from campaigns.content import CustomerLocale, RenderedMessage, available_groups, content_validate, render_message
 from campaigns.models import Campaign, Content, Coupon, Offer, Treatment
 from segments.models import Customer, Layer
-
-
-def _value(value: Any) -> str:
-    return format(value.normalize(), "f") if hasattr(value, "normalize") else str(value)
 
 
 def customer_variables(
@@ -38,7 +34,7 @@ def offer_variables(offer: Offer) -> dict[str, Any]:
         "name": offer.name,
         "benefit": offer.describe(),
         "kind": offer.benefit_kind,
-        "value": _value(offer.value),
+        "value": offer.value.normalize() if offer.value is not None else "",  # localized when rendered
         "currency": offer.currency,
         "valid_until": offer.valid_until or "",
     }
@@ -153,8 +149,12 @@ def content_preview(*, content: Content, customer: Customer) -> Preview:
         layer=layer,
         coupon_placeholder=True,
     )
+    locale = CustomerLocale()  # the customer's zone and language, as in the message they get
+    locale.activate(customer.timezone, customer.locale)
     try:
         message = render_message(content_fields(content), context)
     except Exception as exc:  # any template failure is shown to the author as a field error
         raise ValidationError({"content": f"Cannot render: {exc}"}) from exc
+    finally:
+        locale.restore()
     return Preview(channel=content.channel, message=message, customer_external_id=customer.external_id)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from django.db import connection
-from django.db.models import F
+from django.db.models import Case, F, When
 
 from campaigns.models import Campaign, Delivery, Suppression, TopicOptOut
 from campaigns.services import bulk
@@ -164,12 +164,15 @@ def verdicts_record(*, verdicts: dict[int, Verdict], worker: str) -> int:
         )
         if status == Delivery.Status.HELD:
             # Not a try: the sweeper makes it pending at the window's end and enqueues it.
+            # The claim set ``first_tried_at`` when this was the first try; given back with
+            # the try, so the channel's retry period starts at a real try.
             written += rows.update(
                 status=status,
                 reason=reason,
                 last_error=detail,
                 not_before=until,
                 attempts=F("attempts") - 1,
+                first_tried_at=Case(When(attempts__lte=1, then=None), default=F("first_tried_at")),
                 enqueued_at=None,
                 lease_until=None,
             )

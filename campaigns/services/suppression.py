@@ -122,14 +122,21 @@ def _events_for(*, channel: str, address: str, reason: str, at: dt.datetime, sou
 _NOT_RECIPIENT_FAULT = {503}
 
 
-def is_hard_bounce(*, code: int | None, stage: str) -> bool:
-    """A permanent refusal of the recipient: SMTP 5xx at RCPT or at the end of DATA."""
-    return code is not None and 500 <= code < 600 and code not in _NOT_RECIPIENT_FAULT and stage in ("rcpt", "data")
+# The SMTP commands whose refusal is about the recipient or the message (``smtp_command`` of
+# ``campaigns.channels.base.PermanentError``; "END" is the reply to the end of the content).
+_RECIPIENT_COMMANDS = {"RCPT", "DATA", "END"}
 
 
-def suppress_from_send(*, channel: str, address: str, code: int | None, stage: str, detail: str) -> bool:
+def is_hard_bounce(*, code: int | None, command: str) -> bool:
+    """A permanent refusal of the recipient: SMTP 5xx at RCPT, DATA or the end of DATA."""
+    return (
+        code is not None and 500 <= code < 600 and code not in _NOT_RECIPIENT_FAULT and command in _RECIPIENT_COMMANDS
+    )
+
+
+def suppress_from_send(*, channel: str, address: str, code: int | None, command: str, detail: str) -> bool:
     """The hook the sender calls when a provider refused a message for good."""
-    if channel != Channel.EMAIL or not is_hard_bounce(code=code, stage=stage):
+    if channel != Channel.EMAIL or not is_hard_bounce(code=code, command=command):
         return False
     try:
         added = suppression_add(

@@ -34,6 +34,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from django.conf import settings
 from django.utils import timezone
 
 from experiments import selectors, stats
@@ -488,13 +489,34 @@ def _inconsistency_caveats(
     return reasons
 
 
+def _open_window_caveat(info: MetricInfo, analysed: int) -> Reason:
+    days = info.window_hours / 24
+    window = f"{days:g}-day" if info.window_hours % 24 == 0 else f"{info.window_hours}-hour"
+    return Reason(
+        "open_windows_excluded",
+        f"{info.open_window_customers:,} of {analysed:,} customers are left out of {info.event_type}'s counts and "
+        f"verdicts: their {window} window after first exposure is still open, so they may yet convert. They "
+        "join as their windows close (turn off with exclude_open_windows=false to count everyone so far).",
+    )
+
+
 # --------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------
 
 
+def exclude_open_windows_default() -> bool:
+    """``GROWTH["REPORT_EXCLUDE_OPEN_WINDOWS"]`` (on unless configured off)."""
+    return bool(settings.GROWTH.get("REPORT_EXCLUDE_OPEN_WINDOWS", True))
+
+
 def report_build(
-    *, experiment_key: str, adjustment: str = "holm", timeseries: bool = False, now: dt.datetime | None = None
+    *,
+    experiment_key: str,
+    adjustment: str = "holm",
+    timeseries: bool = False,
+    now: dt.datetime | None = None,
+    exclude_open_windows: bool | None = None,
 ) -> Report:
     """The lift report of the experiment's current phase. Raises ``ExperimentNotFound``;
     ``ValueError`` naming ``adjustment`` for an unknown adjustment method.
@@ -502,7 +524,13 @@ def report_build(
     ``timeseries=True`` adds the conversion-over-time series: one more pass over the
     phase's assignments (grouped by day), which at 10M assignments costs as much as the
     whole report (see ``aggregation``), so it is asked for separately (the admin page
-    loads its chart after the tables)."""
+    loads its chart after the tables).
+
+    ``exclude_open_windows`` (default ``exclude_open_windows_default()``, on): each metric
+    counts only customers whose window has closed at ``now`` (see ``aggregation``); the
+    number left out is ``MetricInfo.open_window_customers`` and a caveat."""
+    if exclude_open_windows is None:
+        exclude_open_windows = exclude_open_windows_default()
     if adjustment not in ADJUSTMENTS:
         raise ValueError(f"adjustment: choose one of {', '.join(ADJUSTMENTS)}, got {adjustment!r}")
     experiment = selectors.experiment_get(key=experiment_key)
@@ -543,7 +571,11 @@ def report_build(
         days_elapsed = max((end - phase.started_at).total_seconds() / 86400.0, 1.0)
         primary_id = next((m.pk for m in metrics if m.role == Metric.Role.PRIMARY), None)
         counts = aggregation.phase_counts(
-            phase_id=phase.pk, metric_ids=[m.pk for m in metrics], daily_metric_id=primary_id, daily=timeseries
+            phase_id=phase.pk,
+            metric_ids=[m.pk for m in metrics],
+            daily_metric_id=primary_id,
+            daily=timeseries,
+            as_of=now if exclude_open_windows else None,
         )
         caveats.extend(_inconsistency_caveats(counts.inconsistencies, metrics, variants_by_key))
     ctx = _Context(
@@ -563,7 +595,9 @@ def report_build(
     def cells_of(variant_counts: Sequence[aggregation.VariantCounts], metric_index: int) -> dict[str, _Cell]:
         found = {key_of.get(v.variant_id): v for v in variant_counts}
         return {
-            key: _Cell(found[key].customers, found[key].conversions[metric_index]) if key in found else _Cell(0, 0)
+            key: _Cell(found[key].counted_for(metric_index), found[key].conversions[metric_index])
+            if key in found
+            else _Cell(0, 0)
             for key in ctx.keys
         }
 
@@ -592,7 +626,10 @@ def report_build(
             role=metric.role,
             window_hours=metric.window_hours,
             direction="higher_is_worse" if metric.role == Metric.Role.GUARDRAIL else "higher_is_better",
+            open_window_customers=counts.open_window(index),
         )
+        if info.open_window_customers:
+            caveats.append(_open_window_caveat(info, counts.customers))
         role_words = f"{info.event_type} ({info.role} metric)"
         overall_raw = _row(
             ctx,
@@ -676,6 +713,7 @@ def report_build(
             adjustment_name=ADJUSTMENTS[adjustment],
             min_customers_per_arm=MIN_CUSTOMERS_PER_ARM,
             power=POWER,
+            exclude_open_windows=exclude_open_windows,
         ),
         variants=variants,
         srm=experiment_srm,

@@ -6,6 +6,8 @@ precision (``repr``); an undefined number is the words ``undefined: <reason>``, 
 ``nan`` or ``inf``. Text cells that a spreadsheet would run as a formula (starting with
 ``=``, ``+``, ``-``, ``@``, a tab or a carriage return; OWASP "CSV injection") are
 prefixed with a single quote. Numbers are never text, so a negative lift stays a number.
+``open_window_customers_left_out``: the row's exposed customers left out of the metric's
+counts because their window is still open (0 when open windows are not excluded).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ CSV_COLUMNS = (
     "power_progress",
     "power_days_remaining",
     "heterogeneity_p_value",
+    "open_window_customers_left_out",
 )
 
 
@@ -156,6 +159,8 @@ def report_csv(report: Report) -> str:
                 _number(row.power.progress, row.power.undefined, "progress"),
                 _number(row.power.days_remaining, row.power.undefined, "days_remaining"),
                 "not applicable: tested per dimension" if het_p is None else het_p,
+                # The row's exposed customers not in the arms' counts: their window is still open.
+                row.customers - sum(arm.customers for arm in row.arms),
             )
             writer.writerow([csv_cell(v) for v in values])
     return out.getvalue()

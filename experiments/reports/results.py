@@ -68,6 +68,9 @@ class Settings:
     adjustment_name: str
     min_customers_per_arm: int
     power: float
+    # Customers whose metric window is still open at ``generated_at`` are left out of the
+    # counts and verdicts (README: "Who is counted"); False: everyone exposed counts.
+    exclude_open_windows: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,9 @@ class MetricInfo:
     role: str
     window_hours: int
     direction: Direction
+    # Analysed customers left out of this metric because their window is still open (0 when
+    # ``Settings.exclude_open_windows`` is off).
+    open_window_customers: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,9 +65,22 @@ def _adjustment(request: HttpRequest) -> str:
     return value if value in ADJUSTMENTS else "holm"
 
 
-def _report_or_404(key: str, adjustment: str, timeseries: bool = False) -> Report:
+def _exclude_open_windows(request: HttpRequest) -> bool | None:
+    """``?exclude_open_windows=false`` counts customers whose window is still open (default: the setting)."""
+    value = request.GET.get("exclude_open_windows")
+    return BOOLEANS.get(value.lower()) if value is not None else None
+
+
+def _report_or_404(
+    key: str, adjustment: str, timeseries: bool = False, exclude_open_windows: bool | None = None
+) -> Report:
     try:
-        return report_build(experiment_key=key, adjustment=adjustment, timeseries=timeseries)
+        return report_build(
+            experiment_key=key,
+            adjustment=adjustment,
+            timeseries=timeseries,
+            exclude_open_windows=exclude_open_windows,
+        )
     except ExperimentNotFound:
         raise Http404(f"No experiment with key '{key}'.") from None
 
@@ -277,7 +290,8 @@ def index(request: HttpRequest) -> HttpResponse:
 @report_view
 def experiment_report(request: HttpRequest, key: str) -> HttpResponse:
     adjustment = _adjustment(request)
-    report = _report_or_404(key, adjustment)
+    report = _report_or_404(key, adjustment, exclude_open_windows=_exclude_open_windows(request))
+    windows = f"&exclude_open_windows={'true' if report.settings.exclude_open_windows else 'false'}"
     primary = report.primary
     context = _context(
         request,
@@ -292,8 +306,8 @@ def experiment_report(request: HttpRequest, key: str) -> HttpResponse:
         srm_pairs=list(zip(report.srm.variants, report.srm.observed, report.srm.expected, strict=True)),
         mde_percent=f"{report.experiment.minimum_detectable_effect:+.1%}",
         other_caveats=[c for c in report.caveats if c.code != "srm"],
-        csv_url=reverse("reports:experiment-csv", args=[key]) + f"?adjustment={adjustment}",
-        json_url=reverse("reports:experiment-json", args=[key]) + f"?adjustment={adjustment}",
+        csv_url=reverse("reports:experiment-csv", args=[key]) + f"?adjustment={adjustment}{windows}",
+        json_url=reverse("reports:experiment-json", args=[key]) + f"?adjustment={adjustment}{windows}",
         planner_url=reverse("reports:planner") + f"?experiment={key}",
     )
     return render(request, "experiments/reports/report.html", context)
@@ -311,7 +325,7 @@ def experiment_timeseries(request: HttpRequest, key: str) -> HttpResponse:
 
 @report_view
 def experiment_report_csv(request: HttpRequest, key: str) -> HttpResponse:
-    report = _report_or_404(key, _adjustment(request))
+    report = _report_or_404(key, _adjustment(request), exclude_open_windows=_exclude_open_windows(request))
     response = HttpResponse(report_csv(report), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{report_filename(report, "csv")}"'
     return response
@@ -320,7 +334,7 @@ def experiment_report_csv(request: HttpRequest, key: str) -> HttpResponse:
 @report_view
 def experiment_report_json(request: HttpRequest, key: str) -> HttpResponse:
     timeseries = BOOLEANS.get(request.GET.get("timeseries", "false").lower(), False)
-    report = _report_or_404(key, _adjustment(request), timeseries)
+    report = _report_or_404(key, _adjustment(request), timeseries, _exclude_open_windows(request))
     response = HttpResponse(report_json(report, indent=2), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{report_filename(report, "json")}"'
     return response

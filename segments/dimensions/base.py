@@ -15,7 +15,9 @@ A kind module exposes:
 
 Stage SQL is plain, portable SQL (SQLite ≥ 3.33 and PostgreSQL): datetimes only ever
 appear as parameters computed from ``as_of`` in Python, so no vendor date arithmetic is
-needed; window functions, CTEs and CASE are standard.
+needed; window functions, CTEs and CASE are standard. The one vendor-specific piece is a
+sum of amounts: it comes from ``segments.money.amount_sum_sql()`` (exact integer hundredths
+on both backends), and thresholds compared with it from ``segments.money.at_least``.
 """
 
 from __future__ import annotations

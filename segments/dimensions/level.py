@@ -2,8 +2,9 @@
 
 A customer *earns* the highest level whose ``min`` their value measure reaches (the
 measure: the count or amount sum of an event type over the last ``window_days``, or all
-time). The level they *hold* follows the validity rule, using their current level and
-its ``valid_until`` (kept on their CustomerLayer row) as input:
+time; a sum is exact, in integer hundredths, see ``segments.money``). The level they
+*hold* follows the validity rule, using their current level and its ``valid_until`` (kept
+on their CustomerLayer row) as input:
 
 - no level yet, or earned above held: **upgrade at once**; valid until as_of + the new
   level's ``validity_days``;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from segments import money
 from segments.dimensions.base import NAME, SLUG, LayerSpec, StageContext, check_event_types, check_schema, table
 from segments.rules.validation import RuleIssue
 
@@ -108,12 +110,16 @@ def stage_select(ctx: StageContext) -> tuple[str, list[Any]]:
     levels = config["levels"]
     measure = config["measure"]
     event_type_id = EventType.objects.get(code=measure["event_type"]).id
-    value = "COUNT(*)" if measure["agg"] == "count" else "COALESCE(SUM(amount), 0)"
+    # A sum is exact integer hundredths (segments.money), compared with each level's
+    # minimum in hundredths rounded up: a total of exactly the minimum always earns the level.
+    money_sum = measure["agg"] == "sum"
+    value = money.amount_sum_sql() if money_sum else "COUNT(*)"
     window = "AND occurred_at >= %s" if measure.get("window_days") else ""
     window_params = [ctx.days_ago(measure["window_days"])] if measure.get("window_days") else []
 
     earned = " ".join(f"WHEN COALESCE(m.v, 0) >= %s THEN {i}" for i in reversed(range(1, len(levels))))
-    earned_params = [levels[i]["min"] for i in reversed(range(1, len(levels)))]
+    minimums = [levels[i]["min"] for i in reversed(range(1, len(levels)))]
+    earned_params = [money.at_least(m) for m in minimums] if money_sum else minimums
     held = " ".join(f"WHEN %s THEN {i}" for i in range(len(levels)))
     held_params = [layers[level["key"]] for level in levels]
     layer_of = " ".join(f"WHEN {i} THEN %s" for i in range(len(levels)))

@@ -2,7 +2,9 @@
 
 Over a window (default the last 90 days up to ``as_of``), for each customer with at least
 one purchase event in it: R = time of the last purchase, F = number of purchases,
-M = sum of their amounts. Each is scored 1–5 (5 best):
+M = sum of their amounts, exact on every database (integer hundredths, see
+``segments.money``: on SQLite a sum of binary doubles would make 12.00 + 18.30 and
+30.24 + 0.06 differ and split equal spenders). Each is scored 1–5 (5 best):
 
 - ``"quintiles"`` (default): by rank among the customers in the window, with ties kept
   together: ``score = 1 + floor(5 · (RANK() − 1) / N)`` where RANK() orders ascending
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from segments import money
 from segments.dimensions.base import DAYS, LayerSpec, StageContext, check_event_types, check_schema, table
 from segments.rules.validation import RuleIssue
 
@@ -102,6 +105,8 @@ def _score_sql(letter: str, value: str, scoring: Any, ctx: StageContext) -> tupl
         cutoffs = [ctx.days_ago(days) for days in scoring]
         whens = " ".join(f"WHEN {value} >= %s THEN {5 - i}" for i in range(4))
         return f"CASE {whens} ELSE 1 END", cutoffs
+    if letter == "m":  # monetary is in integer hundredths: minimums rounded up to them
+        scoring = [money.at_least(minimum) for minimum in scoring]
     whens = " ".join(f"WHEN {value} >= %s THEN {5 - i}" for i in range(4))
     return f"CASE {whens} ELSE 1 END", list(reversed(scoring))
 
@@ -130,7 +135,7 @@ def stage_select(ctx: StageContext) -> tuple[str, list[Any]]:
     sql = f"""
         WITH agg AS (
             SELECT customer_id, MAX(occurred_at) AS last_at, COUNT(*) AS frequency,
-                   COALESCE(SUM(amount), 0) AS monetary
+                   COALESCE({money.amount_sum_sql()}, 0) AS monetary
             FROM {table("Event")}
             WHERE event_type_id = %s AND occurred_at >= %s AND occurred_at <= %s
             GROUP BY customer_id

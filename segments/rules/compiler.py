@@ -21,6 +21,9 @@ Semantics, the same on SQLite and PostgreSQL:
   days when they are dates (v < d2 + 1 day), and ``d2`` itself when it has a time.
 - An event window ``{"last_days": N}`` is as_of − N days ≤ occurred_at ≤ as_of; without a
   window, all events up to as_of count. Events after as_of never count.
+- ``sum`` of amounts is exact on every backend: integer hundredths (``segments.money``),
+  compared with the rule's value converted exactly, so equal spenders always compare equal
+  and a total of exactly the threshold meets ``gte``/``eq`` whatever the order of the orders.
 - ``rank``: customers ordered by the measure (count or sum of amounts in the window),
   highest first, with ``RANK()`` (equal values share a rank). A customer is in the top
   P% when fewer than P% of the population rank strictly above them, i.e.
@@ -47,7 +50,6 @@ from django.db.models import (
     Q,
     QuerySet,
     Subquery,
-    Sum,
     Value,
     Window,
 )
@@ -58,6 +60,8 @@ from django.db.models.functions.window import Rank
 from django.db.models.lookups import LessThan
 from django.utils import timezone
 
+from segments import money
+from segments.money import AmountSum
 from segments.rules.schema import CUSTOMER_FIELDS
 from segments.rules.validation import Catalog, parse_date, rule_validate
 
@@ -194,6 +198,8 @@ class _Compiler:
                 return Q(Exists(events))
             if (op, value) in (("eq", 0), ("lt", 1), ("lte", 0)):
                 return ~Q(Exists(events))
+        if agg == "sum":
+            return self._compare_amount(self.event_aggregate(events, agg), op, value)
         return self._compare(self.event_aggregate(events, agg), op, value, _AGG_TYPES[agg], nullable=agg in _NULLABLE)
 
     def _membership(self, node: dict[str, Any]) -> Q:
@@ -258,9 +264,11 @@ class _Compiler:
             sq = Subquery(grouped.annotate(v=Count("pk")).values("v"), output_field=models.IntegerField())
             return Coalesce(sq, 0)
         if agg == "sum":
-            field = models.DecimalField(max_digits=20, decimal_places=2)
-            sq = Subquery(grouped.annotate(v=Sum("amount")).values("v"), output_field=field)
-            return Coalesce(sq, Value(Decimal(0)), output_field=field)
+            # Integer hundredths, exact on every backend (segments.money); rules compare
+            # it with thresholds converted by ``_compare_amount``.
+            field = models.BigIntegerField()
+            sq = Subquery(grouped.annotate(v=AmountSum("amount")).values("v"), output_field=field)
+            return Coalesce(sq, Value(0), output_field=field)
         function = Min if agg == "first" else Max
         return Subquery(grouped.annotate(v=function("occurred_at")).values("v"), output_field=models.DateTimeField())
 
@@ -276,6 +284,23 @@ class _Compiler:
         if value_type == "datetime":
             return guard & self._datetime(lhs, op, value)
         return guard & self._compare_value(lhs, op, value, value_type)
+
+    def _compare_amount(self, lhs: Expression, op: str, value: Any) -> Q:
+        """A money sum (integer hundredths, never NULL) against a threshold in currency
+        units, exactly: each bound is rounded to whole hundredths in the direction that
+        keeps the comparison's meaning (``≥ 30.305`` is ``≥ 3031``), and a value that is no
+        whole number of hundredths equals no sum."""
+        if op in ("gte", "lt"):
+            return self._compare_value(lhs, op, money.at_least(value), "number")
+        if op in ("gt", "lte"):
+            return self._compare_value(lhs, op, money.at_most(value), "number")
+        if op == "between":
+            low, high = money.at_least(value[0]), money.at_most(value[1])
+            return self._compare_value(lhs, op, [low, high], "number")
+        values = value if isinstance(value, list) else [value]
+        exact = [h for h in map(money.exactly, values) if h is not None]
+        matches = _lookup(lhs, "in", exact) if exact else Q(pk__in=[])
+        return ~matches if op in ("ne", "not_in") else matches  # eq, in / ne, not_in
 
     @staticmethod
     def _compare_value(lhs: str | Expression, op: str, value: Any, value_type: str) -> Q:

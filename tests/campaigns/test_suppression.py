@@ -117,3 +117,25 @@ def test_direct_message_bytes__unsubscribe_headers__identical_to_django(settings
 
         assert normalize(ours) == normalize(reference)
         assert all(len(line) <= 998 for line in ours.split(b"\r\n"))
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize(
+    ("command", "code", "text", "bounce"),
+    [
+        ("RCPT", 550, b"5.1.1 no such user", True),
+        ("DATA", 554, b"5.5.1 no valid recipients", True),
+        ("END", 554, b"5.7.1 message refused", True),
+        ("RCPT", 503, b"5.5.1 nested MAIL command", False),  # our sequencing, not the recipient
+        ("MAIL", 550, b"5.7.1 sender refused", False),  # the sender, the same for every message
+        ("RCPT", 450, b"4.2.0 greylisted", False),
+    ],
+)
+def test_is_hard_bounce__smtp_client_refusal__by_the_command_it_answered(
+    command: str, code: int, text: bytes, bounce: bool
+) -> None:
+    from campaigns.channels.smtp import reply_error
+
+    error = reply_error(command, code, text)  # what the batch loop yields for that reply
+    assert (error.smtp_code, error.smtp_command) == (code, command)
+    assert suppression.is_hard_bounce(code=error.smtp_code, command=error.smtp_command) is bounce

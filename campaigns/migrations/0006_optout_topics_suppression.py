@@ -17,7 +17,7 @@ def event_types_create(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0004_campaign_rows_without_fk_constraints'),
+        ('campaigns', '0005_delivery_first_tried_at'),
         ('segments', '0005_recompute_schedule'),
     ]
 
