@@ -106,13 +106,18 @@ def test_send__resumed_inside_quiet_hours__held_until_window_end_then_sent(no_ca
         report = deliveries_send(delivery_ids=ids, worker="w:1")
     assert report.sent == 0 and smtp_sink.total == 0
     window_end = dt.datetime(2026, 1, 10, 23, 0, tzinfo=dt.UTC)  # 08:00 in Tokyo
-    assert set(Delivery.objects.filter(campaign=row).values_list("status", "reason", "not_before", "attempts")) == {
-        ("held", "quiet_hours", window_end, 0)
-    }
+    # Not a try: neither the try nor its time is kept (the email retry period starts at a real try).
+    held = Delivery.objects.filter(campaign=row).values_list(
+        "status", "reason", "not_before", "attempts", "first_tried_at"
+    )
+    assert set(held) == {("held", "quiet_hours", window_end, 0, None)}
     with time_machine.travel(window_end + dt.timedelta(seconds=1), tick=False):
         assert outbox.outbox_sweep().unheld == 2
         assert deliveries_send(delivery_ids=ids, worker="w:2").sent == 2
     assert smtp_sink.total == 2
+    assert set(Delivery.objects.filter(campaign=row).values_list("first_tried_at", flat=True)) == {
+        window_end + dt.timedelta(seconds=1)
+    }
 
 
 def test_send__chunk_checks__one_query_reads_the_chunk_and_its_rules(no_caps: None, smtp_sink, settings) -> None:  # type: ignore[no-untyped-def]
