@@ -23,6 +23,10 @@ different environments see their own values.
 | CAMPAIGNS_SMS_BACKEND | campaigns.channels.http.SmsBackend | dotted path of the SMS channel backend |
 | CAMPAIGNS_PUSH_BACKEND | campaigns.channels.http.PushBackend | dotted path of the push channel backend |
 | CAMPAIGNS_MESSAGE_ID_DOMAIN | growth.local | the domain part of email Message-IDs |
+| CAMPAIGNS_SITE_URL | http://localhost:8000 | the public base URL of this site, for unsubscribe and preference links |
+| CAMPAIGNS_UNSUBSCRIBE_MAILTO | — | optional address for the ``mailto:`` form of ``List-Unsubscribe`` |
+| CAMPAIGNS_SMS_OPT_OUT_TEXT | Reply STOP to opt out. | appended to every marketing SMS |
+| CAMPAIGNS_SMS_INBOUND_SECRET | — | HMAC-SHA256 key of the inbound SMS (STOP) webhook; unset: refused |
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ class CampaignSettings:
     sms_backend: str
     push_backend: str
     message_id_domain: str
+    site_url: str
+    unsubscribe_mailto: str
+    sms_opt_out_text: str
+    sms_inbound_secret: str
     retry_periods: dict[str, float]
     retry_after_max_seconds: float
     smtp_connect_timeout: float
@@ -87,6 +95,10 @@ def get() -> CampaignSettings:
         sms_backend=_get("SMS_BACKEND", "campaigns.channels.http.SmsBackend"),
         push_backend=_get("PUSH_BACKEND", "campaigns.channels.http.PushBackend"),
         message_id_domain=_get("MESSAGE_ID_DOMAIN", "growth.local"),
+        site_url=_get("SITE_URL", "http://localhost:8000").rstrip("/"),
+        unsubscribe_mailto=_get("UNSUBSCRIBE_MAILTO", ""),
+        sms_opt_out_text=_get("SMS_OPT_OUT_TEXT", "Reply STOP to opt out."),
+        sms_inbound_secret=_get("SMS_INBOUND_SECRET", ""),
         retry_periods={
             "email": float(_get("RETRY_PERIOD_EMAIL", "86400")),
             "sms": float(_get("RETRY_PERIOD_SMS", "0")),

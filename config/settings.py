@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "anymail",
     "axes",
     "access",
     "segments",
@@ -198,6 +199,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# The languages customer-facing pages (unsubscribe, preferences) and footers are translated to.
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
 
 # --- Static files (vendored; nothing loads from a CDN) --------------------------------
 STATIC_URL = "static/"
@@ -232,6 +235,14 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # Health probes come from the orchestrator over plain HTTP inside the network.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+
+# --- Provider webhooks (django-anymail: signature checked, events normalized) -----------
+# Mailgun's tracking webhook is mounted at /anymail/mailgun/tracking/; bounces, complaints
+# and provider unsubscribes suppress the address (campaigns.services.suppression). Without
+# a signing key the webhook refuses every request.
+ANYMAIL = {
+    "MAILGUN_WEBHOOK_SIGNING_KEY": env.str("MAILGUN_WEBHOOK_SIGNING_KEY", default=""),
+}
 
 # --- REST framework ----------------------------------------------------------------------
 # The largest request body (413 above it): a 1,000-item batch of ~10 KB items fits.

@@ -22,6 +22,8 @@ urlpatterns = [
     # The tier playbook (campaigns x layers, from the lift reports); admin-styled, likewise.
     path("admin/playbook/", include("campaigns.urls_admin", namespace="playbook")),
     path("admin/", admin.site.urls),
+    # Unsubscribe links, the preference page and provider webhooks (no session, no login).
+    path("", include("campaigns.urls_public", namespace="optout")),
 ]
 
 # Under /api/ these answer in the API's JSON error shape; elsewhere Django's own pages.

@@ -64,9 +64,7 @@ class SmtpError(TransientError):
 
 class SmtpRefused(PermanentError):
     def __init__(self, message: str, *, code: int, command: str) -> None:
-        super().__init__(message)
-        self.smtp_code = code
-        self.smtp_command = command
+        super().__init__(message, smtp_code=code, smtp_command=command)
 
 
 # Commands whose refusal with a 5xx is about the message or its recipient (never retried);

@@ -11,7 +11,13 @@ see ``_SentMarks``), and that statement is committed before the backend hands th
 message over, which keeps the in-doubt window — accepted by the provider but not yet
 recorded — to the one message a process has in flight.
 
-Errors: a ``PermanentError`` fails the row with the reason; a ``TransientError`` schedules
+Right before a chunk is rendered, the send-time rules (consent, suppression, topic
+opt-outs, quiet hours, the campaign's status and end date) are checked again on facts read
+by the chunk's one query; what fails them is recorded and never sent (``sendtime``).
+
+Errors: a ``PermanentError`` fails the row with the reason (an SMTP 5xx at RCPT, DATA or the
+end of DATA also suppresses the address: ``smtp_code`` / ``smtp_command``); a
+``TransientError`` schedules
 the next try with exponential backoff and jitter, never sooner than the provider's
 ``Retry-After`` (up to ``CAMPAIGNS_RETRY_AFTER_MAX_SECONDS``), for the channel's retry
 period after the first try (email: 24 h; mail servers queue for days) or, for channels
@@ -58,7 +64,7 @@ from campaigns.channels import (
 )
 from campaigns.content import CustomerLocale, MissingVariable, render_message
 from campaigns.models import Campaign, Content, Delivery, Offer
-from campaigns.services import bulk
+from campaigns.services import bulk, consent, sendtime, suppression
 from campaigns.services import policy as send_policy
 from campaigns.services.outbox import chunked
 from campaigns.services.render import (
@@ -81,6 +87,7 @@ class SendReport:
     failed: int = 0
     retried: int = 0
     released: int = 0
+    stopped: int = 0  # stopped by the send-time rules (held, or suppressed with a reason)
     retry_ids: tuple[int, ...] = ()
     retry_at: dt.datetime | None = None
 
@@ -184,6 +191,8 @@ class _Row:
     offer_id: int | None
     layer_id: int | None
     coupon: dict[str, Any] | None
+    tz: str
+    facts: sendtime.Facts
 
 
 _ROW_FIELDS = (
@@ -211,6 +220,7 @@ _ROW_FIELDS = (
 
 def _rows(claimed: Sequence[int]) -> list[_Row]:
     rows = []
+    facts = sendtime.facts_read(claimed)
     for values in Delivery.objects.filter(bulk.id_in(Delivery, "id", claimed)).order_by("pk").values_list(*_ROW_FIELDS):
         (pk, key, channel, attempts, max_attempts, first_tried_at, campaign_id, external_id, email, phone) = values[:10]
         push_token, attributes, locale, tz, treatment_id, offer_id, layer_id, code, expires_at = values[10:]
@@ -237,6 +247,8 @@ def _rows(claimed: Sequence[int]) -> list[_Row]:
                 offer_id=offer_id,
                 layer_id=layer_id,
                 coupon={"code": code, "expires_at": expires_at or ""} if code is not None else None,
+                tz=tz,
+                facts=facts.get(pk, sendtime.NO_FACTS),
             )
         )
     return rows
@@ -417,7 +429,12 @@ class _Sender:
         self.offer_vars: dict[int, dict[str, Any]] = {}
         self.layer_vars: dict[int, dict[str, Any]] = {}
         self.marks = _SentMarks(worker, session_bound=session_bound)
+        settings = conf.get()
+        self.site_url, self.unsubscribe_mailto = settings.site_url, settings.unsubscribe_mailto
+        self.sms_opt_out_text = settings.sms_opt_out_text
+        self.states: dict[int, sendtime.CampaignState] = {}
         self.sent = self.failed = self.retried = self.released = 0
+        self.stopped = 0  # rows the send-time rules held or suppressed
         self.retry_ids: list[int] = []
         self.retry_at: dt.datetime | None = None
 
@@ -509,10 +526,12 @@ class _Sender:
         return self.contents[key]
 
     def _load_shared(self, rows: list[_Row]) -> dict[int, str]:
-        """Campaign statuses (read for every chunk: a pause takes effect at the next
-        chunk) and the variables of the campaigns, offers and layers not seen yet."""
+        """Campaign statuses (read for every chunk, with the end date, topic and kind: a
+        pause or an end takes effect at the next chunk) and the variables of the campaigns,
+        offers and layers not seen yet."""
         campaign_ids = {r.campaign_id for r in rows}
-        statuses = dict(Campaign.objects.filter(pk__in=campaign_ids).order_by().values_list("pk", "status"))
+        self.states = sendtime.campaign_states(campaign_ids)
+        statuses = {pk: state.status for pk, state in self.states.items()}
         unseen = campaign_ids - self.campaign_vars.keys()
         if unseen:
             for campaign in Campaign.objects.filter(pk__in=unseen):
@@ -542,19 +561,39 @@ class _Sender:
             layer=self.layer_vars.get(row.layer_id) if row.layer_id is not None else None,
         )
         self.locale.activate(row.customer["timezone"], row.customer["locale"])  # dates and numbers as they read them
+        marketing = not self.states[row.campaign_id].is_transactional and row.channel in consent.OPT_OUT_CHANNELS
+        url = ""
+        if marketing:
+            url = consent.unsubscribe_url(
+                customer_id=row.facts.customer_id, channel=row.channel, site_url=self.site_url
+            )
+        context["unsubscribe_url"] = url  # type: ignore[assignment]
         try:
             rendered = render_message(fields, context)
         except (MissingVariable, TemplateSyntaxError) as exc:
             self._fail(row, Delivery.Reason.RENDER_ERROR, str(exc))
             return None
+        text, html, headers = rendered.text, rendered.html, ()
+        if marketing and row.channel == "email":
+            # Every marketing email: the link (the template's, or a default footer) and
+            # the one-click unsubscribe headers.
+            locale = row.customer["locale"]
+            if url not in text:
+                text += consent.footer_text(url=url, locale=locale)
+            if html and url not in html:
+                html += consent.footer_html(url=url, locale=locale)
+            headers = consent.email_headers(url=url, mailto=self.unsubscribe_mailto)
+        elif marketing and row.channel == "sms" and self.sms_opt_out_text and self.sms_opt_out_text not in text:
+            text = f"{text}\n{self.sms_opt_out_text}"
         return OutgoingMessage(
             key=row.key,
             channel=row.channel,
             to=row.to,
             subject=rendered.subject,
             title=rendered.title,
-            text=rendered.text,
-            html=rendered.html,
+            text=text,
+            html=html,
+            headers=headers,
         )
 
     def send_chunk(self, claimed: list[int]) -> None:
@@ -568,9 +607,27 @@ class _Sender:
             Delivery.objects.filter(pk__in=ended, status=Delivery.Status.SENDING, claimed_by=self.worker).update(
                 status=Delivery.Status.SUPPRESSED, reason=Delivery.Reason.CAMPAIGN_ENDED, lease_until=None
             )
+        running = [r for r in rows if statuses[r.campaign_id] == Campaign.Status.RUNNING]
+        now = timezone.now()
+        verdicts: dict[int, sendtime.Verdict] = {}
+        for row in running:
+            found = sendtime.verdict(
+                channel=row.channel,
+                tz=row.tz,
+                facts=row.facts,
+                campaign=self.states[row.campaign_id],
+                policies=self.policies,
+                now=now,
+            )
+            if found is not None:
+                verdicts[row.pk] = found
+        if verdicts:
+            self.marks.wait()
+            written = sendtime.verdicts_record(verdicts=verdicts, worker=self.worker)
+            self.stopped += written
         by_channel: dict[str, list[tuple[_Row, OutgoingMessage]]] = {}
-        for row in rows:
-            if statuses[row.campaign_id] != Campaign.Status.RUNNING:
+        for row in running:
+            if row.pk in verdicts:
                 continue
             message = self._render(row)
             if message is not None:
@@ -599,6 +656,13 @@ class _Sender:
                     self.sent += 1
                 elif isinstance(outcome, PermanentError):
                     self._fail(row, Delivery.Reason.PERMANENT_ERROR, str(outcome))
+                    suppression.suppress_from_send(
+                        channel=row.channel,
+                        address=row.to,
+                        code=outcome.smtp_code,
+                        command=outcome.smtp_command,
+                        detail=str(outcome),
+                    )
                 elif isinstance(outcome, TransientError):
                     self._retry(row, outcome)
                 else:  # a backend yielding anything else is a bug: retried, then failed visibly
@@ -649,6 +713,7 @@ def deliveries_send(*, delivery_ids: Sequence[int], worker: str) -> SendReport:
         failed=sender.failed,
         retried=sender.retried,
         released=sender.released,
+        stopped=sender.stopped,
         retry_ids=tuple(sender.retry_ids),
         retry_at=sender.retry_at,
     )

@@ -120,6 +120,8 @@ def campaign_schedule(*, campaign: Campaign, send_at: dt.datetime | None = None)
     if row.send_at is None:
         raise ValidationError({"send_at": "Set when the campaign starts sending."})
     campaign_validate(campaign=row)
+    if row.experiment is not None:
+        assignments.guardrails_ensure(experiment=row.experiment)
     row.status, row.scheduled_at = Campaign.Status.SCHEDULED, timezone.now()
     row.save(update_fields=["status", "scheduled_at", "send_at", "updated_at"])
     return row
@@ -131,6 +133,8 @@ def campaign_launch(*, campaign: Campaign, now: dt.datetime | None = None) -> Ca
     now = now or timezone.now()
     row = _locked(campaign, "launch")
     campaign_validate(campaign=row)
+    if row.experiment is not None:
+        assignments.guardrails_ensure(experiment=row.experiment)
     row.status, row.started_at = Campaign.Status.RUNNING, now
     if row.send_at is None or row.send_at > now:
         row.send_at = now

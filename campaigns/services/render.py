@@ -79,7 +79,7 @@ def message_context(
             coupon_vars = {"code": coupon.code, "expires_at": coupon.expires_at or ""}
         elif coupon_placeholder and offer.code_source != Offer.CodeSource.NONE:
             coupon_vars = {"code": "PREVIEW-CODE", "expires_at": campaign.ends_at or ""}
-    return context_build(
+    context = context_build(
         customer=customer_variables(
             external_id=customer.external_id,
             email=customer.email,
@@ -93,6 +93,13 @@ def message_context(
         coupon=coupon_vars,
         layer=layer_variables(layer) if layer is not None else None,
     )
+    if not campaign.is_transactional and customer.pk is not None:
+        from campaigns.services.consent import unsubscribe_url
+
+        context["unsubscribe_url"] = unsubscribe_url(customer_id=customer.pk, channel="email")  # type: ignore[assignment]
+    else:
+        context["unsubscribe_url"] = ""  # type: ignore[assignment]
+    return context
 
 
 def content_fields(content: Content) -> dict[str, str]:

@@ -226,6 +226,25 @@ def experiment_create(
     return experiment
 
 
+def experiment_metrics_ensure(*, experiment: Experiment, metrics: Sequence[MetricSpec]) -> int:
+    """Add the metrics ``experiment`` lacks (same event type and role), in any status: a
+    metric is read from the event stream, so one added later still covers the whole run.
+    Unknown event types are skipped. Return how many were added."""
+    added = 0
+    for spec in metrics:
+        event_type = segment_selectors.event_type_get(code=spec.event_type_code)
+        if event_type is None:
+            continue
+        _, created = Metric.objects.get_or_create(
+            experiment=experiment,
+            event_type=event_type,
+            role=spec.role,
+            defaults={"window_hours": spec.window_hours},
+        )
+        added += created
+    return added
+
+
 def _targeting_apply(experiment: Experiment, targeting: Targeting, *, save: bool) -> None:
     if not save:
         experiment.namespace_id = targeting.namespace_id
