@@ -44,10 +44,12 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from segments.models import Customer, Event, EventType, Membership
+from segments.models.customers import CONTACT_FIELDS
 
 # Customer fields an upsert may set (``external_id`` is the key).
 CUSTOMER_FIELDS: tuple[str, ...] = (
@@ -483,7 +485,35 @@ def events_record(
             outcomes[index] = ItemResult(index, Outcome.CREATED)
         else:
             outcomes[index] = _compared(index, now_stored[event_id], body)
+    _opt_outs_apply(
+        row for row in rows if row["event_id"] in created and row["event_type_id"] == type_ids.get(UNSUBSCRIBE)
+    )
     return IngestResult(tuple(outcomes[i] for i in range(len(events))))
+
+
+UNSUBSCRIBE = "unsubscribe"
+
+
+def _opt_outs_apply(rows: Iterable[Mapping[str, Any]]) -> None:
+    """An ``unsubscribe`` event naming a channel (``properties.channel``: email, sms, push)
+    is an opt-out of that channel at the event's time: ``<channel>_opt_out_at`` moves to
+    it unless a later opt-out is already recorded (a consent given after the event still
+    wins, as ``Customer.reachable_by`` compares the two times). Only events this call
+    created count, so a replay changes nothing. One UPDATE per (channel, time): unsubscribes
+    are rare within a batch. An event without a channel (or with a topic: topic opt-outs
+    belong to campaigns' preferences) leaves consent alone."""
+    groups: dict[tuple[str, dt.datetime], list[int]] = {}
+    for row in rows:
+        properties = row.get("properties") or {}
+        channel = properties.get("channel")
+        if channel not in CONTACT_FIELDS or properties.get("topic"):
+            continue
+        groups.setdefault((channel, row["occurred_at"]), []).append(row["customer_id"])
+    for (channel, at), customer_ids in groups.items():
+        opt_out = CONTACT_FIELDS[channel][2]
+        Customer.objects.filter(pk__in=customer_ids).filter(
+            Q(**{f"{opt_out}__isnull": True}) | Q(**{f"{opt_out}__lt": at})
+        ).update(**{opt_out: at})
 
 
 # --- Memberships --------------------------------------------------------------------
