@@ -224,6 +224,7 @@ def table_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
     n_max = r.spec.periods
     length = PERIOD_DAYS[r.spec.period]
     dp = sql.date_param(v)
+    capped = f"CASE WHEN m.maxp > {int(n_max)} THEN {int(n_max)} ELSE m.maxp END"
     buckets = (
         f"SELECT {dp} AS b UNION ALL SELECT {sql.next_bucket('b', r.spec.cohort_grain, v)} FROM buckets "
         f"WHERE {sql.next_bucket('b', r.spec.cohort_grain, v)} <= {dp}"
@@ -245,13 +246,15 @@ def table_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
         "on_counts AS (SELECT ch.cohort, ch.layer, r.period, COUNT(*) AS cnt FROM ret r "
         f"JOIN cohort ch ON ch.customer_id = r.customer_id WHERE r.period <= {int(n_max)} "
         "GROUP BY ch.cohort, ch.layer, r.period), "
-        f"hist AS (SELECT ch.cohort, ch.layer, CASE WHEN m.maxp > {int(n_max)} THEN {int(n_max)} ELSE m.maxp END AS maxp, "
+        f"hist AS (SELECT ch.cohort, ch.layer, {capped} AS maxp, "
         "COUNT(*) AS cnt FROM (SELECT customer_id, MAX(period) AS maxp FROM ret GROUP BY customer_id) m "
         "JOIN cohort ch ON ch.customer_id = m.customer_id GROUP BY ch.cohort, ch.layer, "
-        f"CASE WHEN m.maxp > {int(n_max)} THEN {int(n_max)} ELSE m.maxp END) "
+        f"{capped}) "
         "SELECT s.cohort, s.layer, s.size, s.min_age, p.n, COALESCE(o.cnt, 0), "
-        "COALESCE((SELECT SUM(h.cnt) FROM hist h WHERE h.cohort = s.cohort AND h.layer = s.layer AND h.maxp >= p.n), 0) "
-        "FROM sizes s CROSS JOIN p LEFT JOIN on_counts o ON o.cohort = s.cohort AND o.layer = s.layer AND o.period = p.n "
+        "COALESCE((SELECT SUM(h.cnt) FROM hist h "
+        "WHERE h.cohort = s.cohort AND h.layer = s.layer AND h.maxp >= p.n), 0) "
+        "FROM sizes s CROSS JOIN p LEFT JOIN on_counts o "
+        "ON o.cohort = s.cohort AND o.layer = s.layer AND o.period = p.n "
         "ORDER BY s.layer, s.cohort, p.n"
     )
     return statement, [*bucket_params, *params]
@@ -300,6 +303,10 @@ def _cohorts(rows: list[tuple], length: int) -> dict[str, list[RetentionCohort]]
     return out
 
 
+def _unreached(n: int) -> str:
+    return f"no customer of the range has had day {n} end yet"
+
+
 def _headlines(rows: list[tuple]) -> dict[str, tuple[Headline, ...]]:
     out: dict[str, tuple[Headline, ...]] = {}
     for row in rows:
@@ -307,7 +314,7 @@ def _headlines(rows: list[tuple]) -> dict[str, tuple[Headline, ...]]:
         for i, n in enumerate(HEADLINE_DAYS):
             eligible, on, after = (int(x or 0) for x in row[1 + 3 * i : 4 + 3 * i])
             if eligible == 0:
-                items.append(Headline(n, 0, None, None, None, None, f"no customer of the range has reached day {n + 1}"))
+                items.append(Headline(n, 0, None, None, None, None, _unreached(n)))
             else:
                 items.append(Headline(n, eligible, on, on / eligible, after, after / eligible))
         out[row[0]] = tuple(items)
@@ -329,10 +336,7 @@ def retention_table(*, spec: RetentionSpec) -> RetentionTable:
     cohorts = _cohorts(_run(*table_sql(overall, v)), length).get("", [])
     headlines = _headlines(_run(*headline_sql(overall, v))).get("", ())
     if not headlines:
-        headlines = tuple(
-            Headline(n, 0, None, None, None, None, f"no customer of the range has reached day {n + 1}")
-            for n in HEADLINE_DAYS
-        )
+        headlines = tuple(Headline(n, 0, None, None, None, None, _unreached(n)) for n in HEADLINE_DAYS)
     by_layer: tuple[LayerRetention, ...] = ()
     if r.dimension_id is not None:
         layered = _cohorts(_run(*table_sql(r, v)), length)

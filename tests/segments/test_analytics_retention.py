@@ -87,9 +87,7 @@ def test_retention_table__empty_cohort_and_unfinished_period__null_with_reason()
     c = CustomerFactory(signed_up_at=at("2026-01-01T10:00:00"))
     login(c, "2026-01-02T10:00:00")
     # When
-    table = retention_table(
-        spec=day_spec(periods=3, cohort_to=dt.date(2026, 1, 3), as_of=at("2026-01-03T12:00:00"))
-    )
+    table = retention_table(spec=day_spec(periods=3, cohort_to=dt.date(2026, 1, 3), as_of=at("2026-01-03T12:00:00")))
     # Then: Jan 1: days 0 and 1 are over, day 2 (today) is not; Jan 2 and 3 are empty cohorts
     assert [x.cohort.day for x in table.cohorts] == [1, 2, 3]
     jan1 = cells(table, 0)
@@ -156,16 +154,25 @@ def test_retention_table__breakdown__layer_held_at_signup_not_todays_layer() -> 
     # Given a customer who was important_value at sign-up and is general_win_back today, and
     # one not yet layered at sign-up whose first layer (the next night) is general_value
     rfm = Dimension.objects.get(key="rfm")
-    layer = {k: Layer.objects.get(dimension=rfm, key=k) for k in ("important_value", "general_win_back", "general_value")}
+    layer = {
+        k: Layer.objects.get(dimension=rfm, key=k) for k in ("important_value", "general_win_back", "general_value")
+    }
     a = CustomerFactory(signed_up_at=at("2026-01-01T10:00:00"))
     LayerHistory.objects.create(
-        customer=a, dimension=rfm, layer=layer["important_value"], entered_at=at("2025-12-01T02:30:00"),
+        customer=a,
+        dimension=rfm,
+        layer=layer["important_value"],
+        entered_at=at("2025-12-01T02:30:00"),
         left_at=at("2026-01-05T02:30:00"),
     )
-    LayerHistory.objects.create(customer=a, dimension=rfm, layer=layer["general_win_back"], entered_at=at("2026-01-05T02:30:00"))
+    LayerHistory.objects.create(
+        customer=a, dimension=rfm, layer=layer["general_win_back"], entered_at=at("2026-01-05T02:30:00")
+    )
     login(a, "2026-01-02T10:00:00")
     b = CustomerFactory(signed_up_at=at("2026-01-01T12:00:00"))
-    LayerHistory.objects.create(customer=b, dimension=rfm, layer=layer["general_value"], entered_at=at("2026-01-02T02:30:00"))
+    LayerHistory.objects.create(
+        customer=b, dimension=rfm, layer=layer["general_value"], entered_at=at("2026-01-02T02:30:00")
+    )
     c = CustomerFactory(signed_up_at=at("2026-01-01T13:00:00"))  # never layered
     # When
     table = retention_table(spec=day_spec(periods=1, breakdown="rfm"))
