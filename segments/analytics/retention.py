@@ -45,6 +45,7 @@ Period = Literal["day", "week"]
 PERIOD_DAYS = {"day": 1, "week": 7}
 HEADLINE_DAYS = (1, 7, 30)
 MAX_PERIODS = 400
+MAX_CELLS = 40_000
 NOT_OVER = "period not over yet for every customer of the cohort"
 EMPTY = "no customers in this cohort"
 
@@ -144,6 +145,9 @@ def _resolve(spec: RetentionSpec) -> _Resolved:
         raise AnalyticsInputError("cohort_from", "Must be on or before cohort_to.")
     if (cohort_to - cohort_from).days > 3 * 366:
         raise AnalyticsInputError("cohort_from", "At most three years of cohorts.")
+    buckets = (cohort_to - cohort_from).days // {"day": 1, "week": 7, "month": 28}[spec.cohort_grain] + 2
+    if buckets * (spec.periods + 1) > MAX_CELLS:
+        raise AnalyticsInputError("periods", f"At most {MAX_CELLS:,} cells (cohorts × periods): narrow the range.")
     codes = dict(EventType.objects.values_list("code", "id"))
     unknown = [c for c in spec.return_events if c not in codes]
     if unknown:
