@@ -18,11 +18,12 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from django.core.serializers.json import DjangoJSONEncoder
 
+from segments.analytics.flows import LayerFlows, LifecycleCounts
 from segments.analytics.funnels import FunnelResult
 from segments.analytics.retention import RetentionTable
 
 
-def to_json(result: RetentionTable | FunnelResult) -> str:
+def to_json(result: RetentionTable | FunnelResult | LayerFlows | LifecycleCounts) -> str:
     return json.dumps(dataclasses.asdict(result), cls=DjangoJSONEncoder)
 
 
@@ -95,6 +96,16 @@ def funnel_csv(result: FunnelResult) -> str:
         for s in steps
     ]
     return _csv(header, rows)
+
+
+def flows_csv(flows: LayerFlows) -> str:
+    rows = [[m.period.isoformat(), m.from_layer, m.to_layer, m.customers] for m in flows.moves]
+    return _csv(["period", "from_layer", "to_layer", "customers"], rows)
+
+
+def lifecycle_csv(counts: LifecycleCounts) -> str:
+    rows = [[p.period.isoformat(), p.new, p.returning, p.resurrecting, p.dormant] for p in counts.periods]
+    return _csv(["period", "new", "returning", "resurrecting", "dormant"], rows)
 
 
 def _type_schema(hint: Any) -> dict[str, Any]:

@@ -133,3 +133,21 @@ def funnel_spec(params: Mapping[str, str]) -> FunnelSpec:
         end=_instant(params, "end"),
         breakdown=params.get("breakdown") or None,
     )
+
+
+def flows_args(params: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "dimension": params.get("dimension") or "rfm",
+        "grain": _choice(params, "grain", ("day", "week", "month"), "week"),
+        "start": _date(params, "start"),
+        "end": _date(params, "end"),
+    }
+
+
+def lifecycle_args(params: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "grain": _choice(params, "grain", ("day", "week", "month"), "week"),
+        "start": _date(params, "start"),
+        "end": _date(params, "end"),
+        "events": _codes(params.get("events")),
+    }

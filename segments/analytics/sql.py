@@ -120,3 +120,16 @@ def bucket_of(day: dt.date, grain: Grain) -> dt.date:
     if grain == "month":
         return day.replace(day=1)
     return day
+
+
+def previous_bucket(day: str, grain: Grain, v: Vendor) -> str:
+    step = {"day": "1 day", "week": "7 days", "month": "1 month"}[grain]
+    if v == "postgresql":
+        return f"(({day}) - interval '{step}')::date"
+    return f"date({day}, '-{step}')"
+
+
+def utc_date(ts: str, v: Vendor) -> str:
+    if v == "postgresql":
+        return f"(({ts}) AT TIME ZONE 'UTC')::date"
+    return f"date({ts})"

@@ -7,6 +7,8 @@ analytics" section.
 
 - ``GET /api/v1/analytics/retention`` and ``.../retention.csv``
 - ``GET /api/v1/analytics/funnel`` and ``.../funnel.csv``
+- ``GET /api/v1/analytics/layer-flows`` and ``.../layer-flows.csv``
+- ``GET /api/v1/analytics/lifecycle`` and ``.../lifecycle.csv``
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from rest_framework.views import APIView
 from access.models import Scope
 from segments.analytics import exports
 from segments.analytics.errors import AnalyticsInputError
+from segments.analytics.flows import LayerFlows, LifecycleCounts, layer_flows, lifecycle_counts
 from segments.analytics.funnels import PRESETS, FunnelResult, funnel
-from segments.analytics.query import funnel_spec, retention_spec
+from segments.analytics.query import flows_args, funnel_spec, lifecycle_args, retention_spec
 from segments.analytics.retention import RetentionTable, retention_table
 
 RETENTION_PARAMETERS = [
@@ -151,7 +154,99 @@ class FunnelCsvView(FunnelView):
         return super().get(request)
 
 
+PERIOD_PARAMETERS = [
+    OpenApiParameter("grain", OpenApiTypes.STR, enum=["day", "week", "month"], default="week"),
+    OpenApiParameter("start", OpenApiTypes.DATE, description="First period (default: a span back from end)."),
+    OpenApiParameter("end", OpenApiTypes.DATE, description="Last period (default: today, UTC)."),
+]
+
+
+class LayerFlowsView(APIView):
+    required_scope = Scope.REPORTS_READ
+    csv = False
+
+    @extend_schema(
+        operation_id="analytics_layer_flows",
+        summary="Moves between a dimension's layers per period",
+        description=(
+            "Scope `reports:read`. From layer history: per period (UTC day/week/month of the recompute that moved "
+            "them), how many customers moved from one layer to another (`from_layer` is empty for a first layer)."
+        ),
+        parameters=[
+            OpenApiParameter("dimension", OpenApiTypes.STR, default="rfm", description="A dimension key."),
+            *PERIOD_PARAMETERS,
+        ],
+        responses={200: OpenApiResponse(response=exports.dataclass_schema(LayerFlows)), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        flows = _computed(lambda: layer_flows(**flows_args(request.query_params)))
+        if self.csv:
+            return _csv_response(exports.flows_csv(flows), "layer-flows.csv")
+        return HttpResponse(exports.to_json(flows), content_type="application/json")
+
+
+class LifecycleView(APIView):
+    required_scope = Scope.REPORTS_READ
+    csv = False
+
+    @extend_schema(
+        operation_id="analytics_lifecycle",
+        summary="New, returning, resurrecting and dormant customers per period",
+        description=(
+            "Scope `reports:read`. Per period of the customers' local days: active for the first time (new), "
+            "active in the period before too (returning), active again after a gap (resurrecting), active in the "
+            "period before but not in this one (dormant)."
+        ),
+        parameters=[
+            *PERIOD_PARAMETERS,
+            OpenApiParameter("events", OpenApiTypes.STR, description="Comma-separated activity event types (all)."),
+        ],
+        responses={200: OpenApiResponse(response=exports.dataclass_schema(LifecycleCounts)), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        counts = _computed(lambda: lifecycle_counts(**lifecycle_args(request.query_params)))
+        if self.csv:
+            return _csv_response(exports.lifecycle_csv(counts), "lifecycle.csv")
+        return HttpResponse(exports.to_json(counts), content_type="application/json")
+
+
+class LayerFlowsCsvView(LayerFlowsView):
+    csv = True
+
+    @extend_schema(
+        operation_id="analytics_layer_flows_csv",
+        summary="Layer flows (CSV)",
+        description="Scope `reports:read`. One line per period, from and to layer.",
+        parameters=[OpenApiParameter("dimension", OpenApiTypes.STR, default="rfm"), *PERIOD_PARAMETERS],
+        responses={(200, "text/csv"): OpenApiResponse(response=OpenApiTypes.STR), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        return super().get(request)
+
+
+class LifecycleCsvView(LifecycleView):
+    csv = True
+
+    @extend_schema(
+        operation_id="analytics_lifecycle_csv",
+        summary="Lifecycle counts (CSV)",
+        description="Scope `reports:read`. One line per period.",
+        parameters=[*PERIOD_PARAMETERS, OpenApiParameter("events", OpenApiTypes.STR)],
+        responses={(200, "text/csv"): OpenApiResponse(response=OpenApiTypes.STR), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        return super().get(request)
+
+
 urlpatterns = [
+    path("analytics/layer-flows", LayerFlowsView.as_view(), name="analytics-layer-flows"),
+    path("analytics/layer-flows.csv", LayerFlowsCsvView.as_view(), name="analytics-layer-flows-csv"),
+    path("analytics/lifecycle", LifecycleView.as_view(), name="analytics-lifecycle"),
+    path("analytics/lifecycle.csv", LifecycleCsvView.as_view(), name="analytics-lifecycle-csv"),
     path("analytics/retention", RetentionView.as_view(), name="analytics-retention"),
     path("analytics/retention.csv", RetentionCsvView.as_view(), name="analytics-retention-csv"),
     path("analytics/funnel", FunnelView.as_view(), name="analytics-funnel"),

@@ -99,3 +99,22 @@ def test_analytics_api__bad_parameter__400_naming_it(api_client_factory, url: st
 def test_analytics_api__without_reports_scope__403(api_client_factory) -> None:  # type: ignore[no-untyped-def]
     response = api_client_factory("segments:read").get("/api/v1/analytics/funnel?preset=aarrr")
     assert response.status_code == 403
+
+
+def test_lifecycle_api__json_and_csv__every_period_listed(api_client_factory, data: None) -> None:  # type: ignore[no-untyped-def]
+    client = api_client_factory("reports:read")
+    body = client.get("/api/v1/analytics/lifecycle?grain=day&start=2026-01-01&end=2026-01-03").json()
+    assert [(p["period"], p["new"], p["dormant"]) for p in body["periods"]] == [
+        ("2026-01-01", 0, 0),
+        ("2026-01-02", 1, 0),
+        ("2026-01-03", 0, 1),
+    ]
+    text = client.get("/api/v1/analytics/lifecycle.csv?grain=day&start=2026-01-01&end=2026-01-03").content.decode()
+    assert text.splitlines()[2] == "2026-01-02,1,0,0,0"
+
+
+def test_layer_flows_api__unknown_dimension__400_naming_it(api_client_factory) -> None:  # type: ignore[no-untyped-def]
+    response = api_client_factory("reports:read").get("/api/v1/analytics/layer-flows?dimension=nope")
+    assert response.status_code == 400 and list(response.json()["errors"]) == ["dimension"]
+    ok = api_client_factory("reports:read").get("/api/v1/analytics/layer-flows.csv?dimension=rfm")
+    assert ok.status_code == 200 and ok.content.decode().startswith("period,from_layer,to_layer,customers")
