@@ -186,58 +186,61 @@ def funnel_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
     median milliseconds from the previous step. ``group`` is NULL for everyone, else the
     breakdown value."""
     k_steps = len(r.spec.steps)
-    window = int(r.spec.window_seconds) * 1000
+    seconds = int(r.spec.window_seconds)
     params: list[object] = []
-    flags = []
-    for i, step in enumerate(r.spec.steps):
-        conditions = ["e.event_type_id = %s"]
-        params.append(r.type_ids[i])
+
+    def condition(k: int) -> str:
+        """Event ``e`` completes step k (its type and property filters); appends its params."""
+        step = r.spec.steps[k - 1]
+        parts = ["e.event_type_id = %s"]
+        params.append(r.type_ids[k - 1])
         for key, value in sorted(step.where.items()):
-            conditions.append(f"{sql.json_text('e.properties', '%s', v)} = %s")
-            params += [key, _text(value)] if v == "postgresql" else [key, key, _text(value)]
-        flags.append(f"CASE WHEN {' AND '.join(conditions)} THEN 1 ELSE 0 END AS s{i + 1}")
-    type_list = ", ".join(["%s"] * len(set(r.type_ids)))
-    ev = (
-        f"SELECT e.customer_id, e.occurred_at AS ts, {sql.epoch_ms('e.occurred_at', v)} AS ms, {', '.join(flags)} "
-        f"FROM segments_event e WHERE e.event_type_id IN ({type_list}) AND e.occurred_at >= %s AND e.occurred_at <= %s"
-    )
-    params += [*sorted(set(r.type_ids)), sql.timestamp(r.start)]
-    params.append(sql.timestamp(r.end + dt.timedelta(seconds=r.spec.window_seconds)))
-    start_ms = _ms(r.start)
-    end_ms = _ms(r.end)
-    ctes = [f"ev AS ({ev})"]
+            parts.append(f"{sql.json_text('e.properties', '%s', v)} = %s")
+            params.extend([key, _text(value)] if v == "postgresql" else [key, key, _text(value)])
+        return " AND ".join(parts)
+
     times = [f"t{k}" for k in range(1, k_steps + 1)]
+    ctes: list[str] = []
+    # Each next step is a correlated MIN / EXISTS over the (customer, type, time) index: one
+    # index probe per attempt and step, whatever the planner thinks of the row counts (a
+    # join of materialized CTEs here was planned as a nested loop and went quadratic).
     if r.spec.order == "strict":
         ctes.append(
-            f"c1 AS (SELECT DISTINCT customer_id, ts AS ts1, ms AS t1 FROM ev WHERE s1 = 1 AND ms >= {start_ms} "
-            f"AND ms < {end_ms})"
+            f"c1 AS (SELECT DISTINCT e.customer_id, e.occurred_at AS ts1 FROM segments_event e WHERE {condition(1)} "
+            "AND e.occurred_at >= %s AND e.occurred_at < %s)"
         )
+        params += [sql.timestamp(r.start), sql.timestamp(r.end)]
         for k in range(2, k_steps + 1):
-            keep = ", ".join(["c.ts1", *(f"c.t{j}" for j in range(1, k))])
             ctes.append(
-                f"c{k} AS (SELECT c.customer_id, {keep}, MIN(e.ms) AS t{k} FROM c{k - 1} c LEFT JOIN ev e "
-                f"ON e.customer_id = c.customer_id AND e.s{k} = 1 AND e.ms > c.t{k - 1} AND e.ms <= c.t1 + {window} "
-                f"GROUP BY c.customer_id, {keep})"
+                f"c{k} AS (SELECT c.*, CASE WHEN c.ts{k - 1} IS NULL THEN NULL ELSE (SELECT MIN(e.occurred_at) "
+                f"FROM segments_event e WHERE e.customer_id = c.customer_id AND {condition(k)} "
+                f"AND e.occurred_at > c.ts{k - 1} AND e.occurred_at <= {sql.plus_seconds('c.ts1', seconds, v)}) END "
+                f"AS ts{k} FROM c{k - 1} c)"
             )
-        reached = " + ".join(f"CASE WHEN t{k} IS NULL THEN 0 ELSE 1 END" for k in range(1, k_steps + 1))
-        ctes.append(f"attempts AS (SELECT customer_id, ts1, {', '.join(times)}, {reached} AS reached FROM c{k_steps})")
+        reached = " + ".join(f"CASE WHEN ts{k} IS NULL THEN 0 ELSE 1 END" for k in range(1, k_steps + 1))
+        epochs = ", ".join(f"{sql.epoch_ms(f'ts{k}', v)} AS t{k}" for k in range(1, k_steps + 1))
+        ctes.append(f"attempts AS (SELECT customer_id, ts1, {epochs}, {reached} AS reached FROM c{k_steps})")
     else:
+        any_step = " OR ".join(f"({condition(k)})" for k in range(1, k_steps + 1))
         ctes.append(
-            "starts AS (SELECT DISTINCT customer_id, ts AS ts1, ms AS t1 FROM ev "
-            f"WHERE ms >= {start_ms} AND ms < {end_ms})"
+            f"starts AS (SELECT DISTINCT e.customer_id, e.occurred_at AS ts1 FROM segments_event e WHERE ({any_step}) "
+            "AND e.occurred_at >= %s AND e.occurred_at < %s)"
         )
-        sat = ", ".join(f"MAX(e.s{k}) AS k{k}" for k in range(1, k_steps + 1))
-        ctes.append(
-            f"sat AS (SELECT s.customer_id, s.ts1, s.t1, {sat} FROM starts s "
-            f"JOIN ev e ON e.customer_id = s.customer_id AND e.ms >= s.t1 "
-            f"AND e.ms <= s.t1 + {window} GROUP BY s.customer_id, s.ts1, s.t1)"
+        params += [sql.timestamp(r.start), sql.timestamp(r.end)]
+        flags = ", ".join(
+            f"CASE WHEN EXISTS (SELECT 1 FROM segments_event e WHERE e.customer_id = s.customer_id AND {condition(k)} "
+            f"AND e.occurred_at >= s.ts1 AND e.occurred_at <= {sql.plus_seconds('s.ts1', seconds, v)}) "
+            f"THEN 1 ELSE 0 END AS k{k}"
+            for k in range(1, k_steps + 1)
         )
+        ctes.append(f"sat AS (SELECT s.customer_id, s.ts1, {flags} FROM starts s)")
         leading = (
             "CASE " + " ".join(f"WHEN k{k} = 0 THEN {k - 1}" for k in range(1, k_steps + 1)) + f" ELSE {k_steps} END"
         )
         nulls = ", ".join(f"NULL AS t{k}" for k in range(2, k_steps + 1))
         ctes.append(
-            f"attempts AS (SELECT customer_id, ts1, t1{', ' + nulls if nulls else ''}, {leading} AS reached FROM sat)"
+            f"attempts AS (SELECT customer_id, ts1, {sql.epoch_ms('ts1', v)} AS t1"
+            f"{', ' + nulls if nulls else ''}, {leading} AS reached FROM sat)"
         )
     ctes.append(
         "best AS (SELECT a.*, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY reached DESC, t1) AS rn "

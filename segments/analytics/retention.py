@@ -253,12 +253,15 @@ def table_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
         f"hist AS (SELECT ch.cohort, ch.layer, {capped} AS maxp, "
         "COUNT(*) AS cnt FROM (SELECT customer_id, MAX(period) AS maxp FROM ret GROUP BY customer_id) m "
         "JOIN cohort ch ON ch.customer_id = m.customer_id GROUP BY ch.cohort, ch.layer, "
-        f"{capped}) "
-        "SELECT s.cohort, s.layer, s.size, s.min_age, p.n, COALESCE(o.cnt, 0), "
-        "COALESCE((SELECT SUM(h.cnt) FROM hist h "
-        "WHERE h.cohort = s.cohort AND h.layer = s.layer AND h.maxp >= p.n), 0) "
+        f"{capped}), "
+        # "On or after n" = customers whose last return period is >= n: a join of the small
+        # histogram with the periods (a correlated subquery here was re-planned per cell).
+        "after_counts AS (SELECT h.cohort, h.layer, p.n, SUM(h.cnt) AS cnt FROM hist h JOIN p ON h.maxp >= p.n "
+        "GROUP BY h.cohort, h.layer, p.n) "
+        "SELECT s.cohort, s.layer, s.size, s.min_age, p.n, COALESCE(o.cnt, 0), COALESCE(a.cnt, 0) "
         "FROM sizes s CROSS JOIN p LEFT JOIN on_counts o "
         "ON o.cohort = s.cohort AND o.layer = s.layer AND o.period = p.n "
+        "LEFT JOIN after_counts a ON a.cohort = s.cohort AND a.layer = s.layer AND a.n = p.n "
         "ORDER BY s.layer, s.cohort, p.n"
     )
     return statement, [*bucket_params, *params]

@@ -133,3 +133,10 @@ def utc_date(ts: str, v: Vendor) -> str:
     if v == "postgresql":
         return f"(({ts}) AT TIME ZONE 'UTC')::date"
     return f"date({ts})"
+
+
+def plus_seconds(ts: str, seconds: int, v: Vendor) -> str:
+    """``ts`` + whole seconds, comparable with stored values (SQLite: ISO text to the ms)."""
+    if v == "postgresql":
+        return f"({ts} + interval '{int(seconds)} seconds')"
+    return f"strftime('%%Y-%%m-%%d %%H:%%M:%%f', {ts}, '+{int(seconds)} seconds')"
