@@ -204,6 +204,8 @@ def funnel_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
     # Each next step is a correlated MIN / EXISTS over the (customer, type, time) index: one
     # index probe per attempt and step, whatever the planner thinks of the row counts (a
     # join of materialized CTEs here was planned as a nested loop and went quadratic).
+    # Each step's CTE is MATERIALIZED (PostgreSQL 12+, SQLite 3.35+): inlined, the planner
+    # copies a step's subquery into every later reference and re-runs it there.
     if r.spec.order == "strict":
         ctes.append(
             f"c1 AS (SELECT DISTINCT e.customer_id, e.occurred_at AS ts1 FROM segments_event e WHERE {condition(1)} "
@@ -212,7 +214,8 @@ def funnel_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
         params += [sql.timestamp(r.start), sql.timestamp(r.end)]
         for k in range(2, k_steps + 1):
             ctes.append(
-                f"c{k} AS (SELECT c.*, CASE WHEN c.ts{k - 1} IS NULL THEN NULL ELSE (SELECT MIN(e.occurred_at) "
+                f"c{k} AS MATERIALIZED (SELECT c.*, CASE WHEN c.ts{k - 1} IS NULL THEN NULL "
+                "ELSE (SELECT MIN(e.occurred_at) "
                 f"FROM segments_event e WHERE e.customer_id = c.customer_id AND {condition(k)} "
                 f"AND e.occurred_at > c.ts{k - 1} AND e.occurred_at <= {sql.plus_seconds('c.ts1', seconds, v)}) END "
                 f"AS ts{k} FROM c{k - 1} c)"
