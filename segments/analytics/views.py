@@ -2,6 +2,8 @@
 
 - ``analytics:retention``   the cohort table with D1/D7/D30, curves, a layer breakdown;
 - ``analytics:funnel``      a step funnel (presets or steps) with its chart and breakdown;
+- ``analytics:flows``       layer flows (a from → to matrix and moves per period) and the
+  lifecycle's new / returning / resurrecting / dormant counts per period, charted;
 - each with a CSV download (``?download=csv``) of exactly the numbers on the page.
 
 Same query string as the API (``segments.analytics.query``); admin-styled (``base_site``),
@@ -23,8 +25,9 @@ from django.urls import path
 
 from segments.analytics import exports
 from segments.analytics.errors import AnalyticsInputError
+from segments.analytics.flows import layer_flows, lifecycle_counts
 from segments.analytics.funnels import PRESETS, funnel
-from segments.analytics.query import funnel_spec, retention_spec
+from segments.analytics.query import flows_args, funnel_spec, lifecycle_args, retention_spec
 from segments.analytics.retention import retention_table
 from segments.models import Dimension
 
@@ -145,6 +148,57 @@ def funnel_page(request: HttpRequest) -> HttpResponse:
     return render(request, "segments/analytics/funnel.html", context)
 
 
+@analytics_view
+def flows(request: HttpRequest) -> HttpResponse:
+    params = request.GET
+    context: dict[str, Any] = {
+        **admin.site.each_context(request),
+        "title": "Layer flows and lifecycle",
+        "params": params,
+        "dimensions": list(Dimension.objects.values_list("key", flat=True)),
+    }
+    try:
+        moves = layer_flows(**flows_args(params))
+        counts = lifecycle_counts(**lifecycle_args(params))
+    except AnalyticsInputError as error:
+        context["error"] = error
+        return render(request, "segments/analytics/flows.html", context, status=400)
+    if params.get("download") == "csv":
+        return _csv(exports.flows_csv(moves), "layer-flows.csv")
+    if params.get("download") == "lifecycle-csv":
+        return _csv(exports.lifecycle_csv(counts), "lifecycle.csv")
+    # The from -> to matrix over the whole range: a sum of the SQL's per-period rows.
+    layers = list(Dimension.objects.get(key=moves.dimension).layers.order_by("position").values_list("key", flat=True))
+    totals: dict[tuple[str, str], int] = {}
+    for m in moves.moves:
+        totals[(m.from_layer, m.to_layer)] = totals.get((m.from_layer, m.to_layer), 0) + m.customers
+    matrix = [
+        {"from": source or "(entered)", "cells": [totals.get((source, target), 0) for target in layers]}
+        for source in ["", *layers]
+    ]
+    chart = {
+        "labels": [p.period.isoformat() for p in counts.periods],
+        "datasets": [
+            {"label": "new", "data": [p.new for p in counts.periods], "backgroundColor": COLOURS[2]},
+            {"label": "returning", "data": [p.returning for p in counts.periods], "backgroundColor": COLOURS[0]},
+            {"label": "resurrecting", "data": [p.resurrecting for p in counts.periods], "backgroundColor": COLOURS[1]},
+            {"label": "dormant", "data": [-p.dormant for p in counts.periods], "backgroundColor": COLOURS[3]},
+        ],
+    }
+    query = params.copy()
+    query["download"] = "lifecycle-csv"
+    context.update(
+        moves=moves,
+        counts=counts,
+        layers=layers,
+        matrix=matrix,
+        chart=chart,
+        csv_query=_with_csv(request),
+        lifecycle_csv_query=query.urlencode(),
+    )
+    return render(request, "segments/analytics/flows.html", context)
+
+
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -165,4 +219,5 @@ app_name = "analytics"
 urlpatterns = [
     path("retention/", retention, name="retention"),
     path("funnel/", funnel_page, name="funnel"),
+    path("flows/", flows, name="flows"),
 ]

@@ -67,3 +67,32 @@ def test_analytics_pages__staff_without_permission__403() -> None:
     client.force_login(UserFactory())
     assert client.get("/admin/analytics/retention/").status_code == 403
     assert client.get("/admin/analytics/funnel/").status_code == 403
+
+
+def test_flows_page__history_and_activity__matrix_lifecycle_chart_and_csv(data: None) -> None:
+    from segments.models import Dimension, Layer, LayerHistory
+
+    rfm = Dimension.objects.get(key="rfm")
+    customer = CustomerFactory()
+    value = Layer.objects.get(dimension=rfm, key="important_value")
+    retention = Layer.objects.get(dimension=rfm, key="important_retention")
+    jan = dt.datetime(2026, 1, 5, 2, 30, tzinfo=UTC)
+    LayerHistory.objects.create(
+        customer=customer, dimension=rfm, layer=value, entered_at=jan, left_at=jan + dt.timedelta(days=7)
+    )
+    LayerHistory.objects.create(
+        customer=customer, dimension=rfm, layer=retention, entered_at=jan + dt.timedelta(days=7)
+    )
+    client = Client()
+    client.force_login(UserFactory(groups=["marketer"]))
+    url = "/admin/analytics/flows/?dimension=rfm&grain=week&start=2026-01-01&end=2026-01-31"
+    html = client.get(url).content.decode()
+    assert 'id="lifecycle-chart"' in html and 'id="flow-matrix"' in html
+    assert '<td>important_value</td><td>important_retention</td><td class="num">1</td>' in html
+    rows = list(csv.DictReader(io.StringIO(client.get(url + "&download=csv").content.decode())))
+    assert [(r["from_layer"], r["to_layer"], r["customers"]) for r in rows] == [
+        ("", "important_value", "1"),
+        ("important_value", "important_retention", "1"),
+    ]
+    lifecycle = client.get(url + "&download=lifecycle-csv").content.decode().splitlines()
+    assert lifecycle[0] == "period,new,returning,resurrecting,dormant" and len(lifecycle) == 1 + 5
