@@ -193,3 +193,18 @@ def test_retention_table__bad_input__error_names_the_field() -> None:
     with pytest.raises(AnalyticsInputError) as info:
         retention_table(spec=day_spec(breakdown="nope"))
     assert info.value.field == "breakdown"
+
+
+def test_retention_table__daylight_saving_change__local_days_follow_the_zone_rules() -> None:
+    # Given a Paris customer who signed up on Saturday 28 March 2026 at 23:30 CET (22:30 UTC);
+    # clocks go forward on the 29th. 22:30 UTC on the 29th is 00:30 CEST on the 30th: day 2
+    # (a fixed +01:00 offset would say 23:30 on the 29th: day 1).
+    c = CustomerFactory(timezone="Europe/Paris", signed_up_at=at("2026-03-28T22:30:00"))
+    login(c, "2026-03-29T22:30:00")
+    table = retention_table(
+        spec=day_spec(
+            periods=2, cohort_from=dt.date(2026, 3, 28), cohort_to=dt.date(2026, 3, 28), as_of=at("2026-05-01T00:00:00")
+        )
+    )
+    got = cells(table)
+    assert (got[1].retained, got[2].retained) == (0, 1)
