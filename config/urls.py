@@ -21,6 +21,8 @@ urlpatterns = [
     path("admin/reports/", include("experiments.reports.urls", namespace="reports")),
     # The tier playbook (campaigns x layers, from the lift reports); admin-styled, likewise.
     path("admin/playbook/", include("campaigns.urls_admin", namespace="playbook")),
+    # Growth analytics (retention cohorts, step funnels); admin-styled, likewise.
+    path("admin/analytics/", include("segments.analytics.views", namespace="analytics")),
     path("admin/", admin.site.urls),
     # Unsubscribe links, the preference page and provider webhooks (no session, no login).
     path("", include("campaigns.urls_public", namespace="optout")),
