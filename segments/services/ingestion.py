@@ -72,7 +72,13 @@ UNKNOWN_CUSTOMER_RULES = ("reject", "create")
 # coupon redemptions (``campaigns.services.events``). Deliveries and exposures are rows of
 # their own apps, not events. A client posting one of these could forge a redemption that
 # an experiment counts as a conversion.
-PLATFORM_EVENT_TYPES: frozenset[str] = frozenset({"coupon_redeemed"})
+# Bounces and spam complaints come from the SMTP conversation and the providers' signed
+# webhooks (campaigns' suppression): a client could otherwise forge guardrail harm.
+PLATFORM_EVENT_TYPES: frozenset[str] = frozenset({"coupon_redeemed", "bounce", "complaint"})
+# Types the platform writes (under its own ids) that clients may post too: an unsubscribe
+# from the company's own preference centre is as real as one from our one-click link.
+UNSUBSCRIBE = "unsubscribe"
+PLATFORM_WRITABLE_EVENT_TYPES: frozenset[str] = PLATFORM_EVENT_TYPES | {UNSUBSCRIBE}
 # Every event id the platform writes starts with this; clients may not use it, so a
 # client's event can never take the id a platform event will need later.
 PLATFORM_EVENT_ID_PREFIX = "platform:"
@@ -489,9 +495,6 @@ def events_record(
         row for row in rows if row["event_id"] in created and row["event_type_id"] == type_ids.get(UNSUBSCRIBE)
     )
     return IngestResult(tuple(outcomes[i] for i in range(len(events))))
-
-
-UNSUBSCRIBE = "unsubscribe"
 
 
 def _opt_outs_apply(rows: Iterable[Mapping[str, Any]]) -> None:

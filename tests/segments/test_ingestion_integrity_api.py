@@ -30,10 +30,11 @@ def visit(event_id: str = "v-1", customer_id: str = "c-1", **overrides: Any) -> 
 
 
 @pytest.mark.django_db
-def test_event_post__platform_type_coupon_redeemed__400_naming_type_nothing_stored(api_client_factory) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("platform_type", ["coupon_redeemed", "bounce", "complaint"])
+def test_event_post__platform_type__400_naming_type_nothing_stored(api_client_factory, platform_type: str) -> None:  # type: ignore[no-untyped-def]
     CustomerFactory(external_id="c-1")
     client = api_client_factory("events:write")
-    response = client.post("/api/v1/events", visit(type="coupon_redeemed"), format="json")
+    response = client.post("/api/v1/events", visit(type=platform_type), format="json")
     assert response.status_code == 400
     assert list(response.json()["errors"]) == ["type"]
     assert "platform" in response.json()["errors"]["type"][0]
