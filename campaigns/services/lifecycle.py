@@ -26,10 +26,18 @@ from django.utils import timezone
 from campaigns import conf
 from campaigns.models import AudienceBatch, Campaign, Content, Delivery, Treatment
 from campaigns.services import assignments
-from campaigns.services.decide import DecideResult, Target, campaign_audience, recipients_decide
+from campaigns.services.decide import (
+    DecideResult,
+    Target,
+    TreatmentIndex,
+    campaign_audience,
+    campaign_split_audience,
+    recipients_decide,
+    treated_variant_keys,
+)
 from campaigns.services.outbox import PUBLISH_RETRY, audience_batches_enqueue, deliveries_enqueue
 from campaigns.services.render import content_check
-from segments.models import Channel
+from segments.models import Channel, Layer
 from segments.selectors import events_queryset
 
 logger = logging.getLogger(__name__)
@@ -90,6 +98,9 @@ def campaign_validate(*, campaign: Campaign) -> None:
         for treatment in treatments:
             if treatment.variant_key and treatment.variant_key not in variant_keys:
                 err("treatments", f"Variant '{treatment.variant_key}' is not a variant of '{experiment.key}'.")
+    if experiment is not None:
+        for message in _coverage_gaps(campaign):
+            err("treatments", message)
     for treatment in treatments:
         if treatment.layer_id and campaign.split_dimension_id != treatment.layer.dimension_id:
             err("treatments", f"Layer '{treatment.layer}' is not a layer of the campaign's split dimension.")
@@ -110,6 +121,51 @@ def campaign_validate(*, campaign: Campaign) -> None:
         err("ends_at", "Must be after send_at.")
     if errors:
         raise ValidationError(errors)
+
+
+def _coverage_gaps(campaign: Campaign) -> list[str]:
+    """Layers of the split dimension (within the audience's layer filters) where a treated
+    variant has no treatment. Launching is refused there: the decision would exclude those
+    customers from every variant (symmetric exposure), which is almost never what the
+    author meant. An "any layer" treatment of the variant (or of "any variant") is the
+    explicit fallback that covers them."""
+    index = TreatmentIndex(campaign)
+    keys = treated_variant_keys(campaign)
+    roles = [""]
+    if campaign.kind == Campaign.Kind.REFERRAL:
+        roles = {"inviter": ["inviter"], "invitee": ["invitee"]}.get(
+            campaign.referral_reward_to, ["inviter", "invitee"]
+        )
+    scope: list[tuple[int | None, str]] = [(None, "")]
+    if campaign.split_dimension_id is not None:
+        layers = Layer.objects.filter(dimension_id=campaign.split_dimension_id).order_by("position", "pk")
+        included = set(
+            campaign.include_layers.filter(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True)
+        )
+        excluded = set(campaign.exclude_layers.values_list("pk", flat=True))
+        scope = [
+            (layer.pk, layer.name)
+            for layer in layers
+            if (not included or layer.pk in included) and layer.pk not in excluded
+        ]
+    gaps = []
+    for key in keys:
+        for role in roles:
+            missing = [
+                name
+                for layer_id, name in scope
+                if index.resolve(variant_key=key, is_control=False, layer_id=layer_id, role=role) is None
+            ]
+            if not missing:
+                continue
+            who = f"Variant '{key}'" + (f" ({role})" if role else "")
+            where = f"layer(s) {', '.join(missing)}" if campaign.split_dimension_id is not None else "its audience"
+            gaps.append(
+                f"{who} has no treatment for {where}: add a treatment for each, or an 'any layer' treatment "
+                "as the fallback, or exclude those layers from the audience. (Otherwise nobody there would be "
+                "in the experiment, control included.)"
+            )
+    return gaps
 
 
 @transaction.atomic
@@ -242,7 +298,10 @@ def campaign_audience_resolve(*, campaign_id: int) -> int:
         return 0
     audience = campaign_audience(campaign=campaign)
     if campaign.experiment is not None:
-        assignments.audience_assign(experiment=campaign.experiment, customers=audience)
+        # Only where every variant acts (symmetric exposure); the rest is decided "no_treatment".
+        assignments.audience_assign(
+            experiment=campaign.experiment, customers=campaign_split_audience(campaign=campaign)
+        )
     size = conf.get().task_batch
     ids = list(audience.order_by("pk").values_list("pk", flat=True))
     bounds = [(chunk[0], chunk[-1]) for chunk in (ids[i : i + size] for i in range(0, len(ids), size))]
