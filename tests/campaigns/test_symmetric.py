@@ -85,7 +85,7 @@ def test_broadcast__treated_variant_misses_a_layer__nobody_there_assigned_or_exp
 
 
 def test_recipients_decide__triggered_customer_in_uncovered_layer__not_assigned(no_caps: None) -> None:
-    row, soon, lapsed = _split_campaign(key="trig")
+    row, _, lapsed = _split_campaign(key="trig")
     Campaign.objects.filter(pk=row.pk).update(status=Campaign.Status.RUNNING)
     row.refresh_from_db()
     first_lapsed = CustomerLayer.objects.filter(layer=lapsed).order_by("pk").values_list("customer_id", flat=True)[:20]
