@@ -7,7 +7,8 @@ Routes (under ``/api/v1/``):
   one named), assigning on first request and recording an exposure; experiments the
   customer is not in say why (``reason``). Paused experiments are listed with
   ``not_running``. Only the requested customer's decisions are returned; seeds, weights
-  and phases never are.
+  and phases never are. An experiment a campaign owns is never assigned or exposed here:
+  the campaign's decision is reported, else ``campaign_managed``.
 - ``POST exposures`` (scope ``events:write``): client-side exposure logging, for clients
   that fetch with ``expose=false`` and log when the variant is actually shown.
 """
@@ -51,7 +52,10 @@ class DecisionSerializer(serializers.Serializer):
         help_text=(
             "assigned; not_targeted (outside the targeting); outside_coverage (outside the traffic "
             "coverage); holdout (in the global holdout); namespace (the customer's slot of the "
-            "namespace belongs to another experiment); not_running (paused, draft or stopped)."
+            "namespace belongs to another experiment); not_running (paused, draft or stopped); "
+            "campaign_managed (a campaign owns the experiment and has not assigned this customer: only "
+            "the campaign assigns and exposes in it; a customer it assigned gets the campaign's variant, "
+            "and no exposure is recorded by this call)."
         ),
     )
 

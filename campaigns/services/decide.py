@@ -30,7 +30,7 @@ from campaigns.models import Campaign, Content, Coupon, Delivery, Offer, Recipie
 from campaigns.models.delivery import delivery_key
 from campaigns.services import bulk
 from campaigns.services import policy as send_policy
-from campaigns.services.assignments import Split, exposures_record, splits_get
+from campaigns.services.assignments import Split, exposures_record, manager_tag, splits_get
 from segments.models import CONTACT_FIELDS, Channel, Customer, Layer, Membership
 from segments.selectors import audience_queryset
 
@@ -313,7 +313,11 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
         if index.covers(variant_keys=variant_keys, layer_id=layers.get(t.customer_id), role=t.role)
     }
     # Only covered customers are split: an uncovered one is never assigned (nor exposed).
-    splits = splits_get(experiment=campaign.experiment, customer_ids=sorted({cid for cid, _ in covered}))
+    splits = splits_get(
+        experiment=campaign.experiment,
+        customer_ids=sorted({cid for cid, _ in covered}),
+        manager=manager_tag(campaign.pk),
+    )
     memberships: dict[int, tuple[int, dt.datetime]] = {}
     window_keys: dict[int, str] = {}
     if campaign.kind == Campaign.Kind.RENEWAL:

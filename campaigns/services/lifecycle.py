@@ -94,6 +94,9 @@ def campaign_validate(*, campaign: Campaign) -> None:
     if experiment is not None:
         if experiment.status != "running":
             err("experiment", f"Experiment '{experiment.key}' is {experiment.status}; start it first.")
+        owner = _experiment_owner(campaign)
+        if owner:
+            err("experiment", f"Experiment '{experiment.key}' already splits {owner}'s audience; use a new experiment.")
         variant_keys = set(experiment.variants.values_list("key", flat=True))
         for treatment in treatments:
             if treatment.variant_key and treatment.variant_key not in variant_keys:
@@ -121,6 +124,19 @@ def campaign_validate(*, campaign: Campaign) -> None:
         err("ends_at", "Must be after send_at.")
     if errors:
         raise ValidationError(errors)
+
+
+def _experiment_owner(campaign: Campaign) -> str:
+    """Who else holds the campaign's experiment ("" when free or this campaign's own)."""
+    managed_by = campaign.experiment.managed_by if campaign.experiment is not None else ""
+    if not managed_by or managed_by == assignments.manager_tag(campaign.pk):
+        return ""
+    prefix, _, ident = managed_by.partition(":")
+    if prefix == "campaign" and ident.isdigit():
+        other = Campaign.objects.filter(pk=int(ident)).only("key").first()
+        if other is not None:
+            return f"campaign '{other.key}'"
+    return managed_by
 
 
 def _coverage_gaps(campaign: Campaign) -> list[str]:
@@ -176,6 +192,8 @@ def campaign_schedule(*, campaign: Campaign, send_at: dt.datetime | None = None)
     if row.send_at is None:
         raise ValidationError({"send_at": "Set when the campaign starts sending."})
     campaign_validate(campaign=row)
+    if row.experiment is not None:
+        assignments.experiment_claim(experiment=row.experiment, campaign_id=row.pk)
     row.status, row.scheduled_at = Campaign.Status.SCHEDULED, timezone.now()
     row.save(update_fields=["status", "scheduled_at", "send_at", "updated_at"])
     return row
@@ -187,6 +205,8 @@ def campaign_launch(*, campaign: Campaign, now: dt.datetime | None = None) -> Ca
     now = now or timezone.now()
     row = _locked(campaign, "launch")
     campaign_validate(campaign=row)
+    if row.experiment is not None:
+        assignments.experiment_claim(experiment=row.experiment, campaign_id=row.pk)
     row.status, row.started_at = Campaign.Status.RUNNING, now
     if row.send_at is None or row.send_at > now:
         row.send_at = now

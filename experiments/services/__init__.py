@@ -35,6 +35,7 @@ from experiments.services.lifecycle import (
     namespace_overlap_check,
     variants_validate,
 )
+from experiments.services.ownership import experiment_manager_release, experiment_manager_set
 
 __all__ = [
     "AssignmentDecision",
@@ -49,6 +50,8 @@ __all__ = [
     "customer_decisions",
     "experiment_allocation_update",
     "experiment_create",
+    "experiment_manager_release",
+    "experiment_manager_set",
     "experiment_new_phase",
     "experiment_pause",
     "experiment_resume",

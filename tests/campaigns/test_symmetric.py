@@ -92,3 +92,32 @@ def test_recipients_decide__triggered_customer_in_uncovered_layer__not_assigned(
     recipients_decide(campaign=row, targets=[Target(cid, "trigger") for cid in first_lapsed])
     assert not Assignment.objects.filter(experiment=row.experiment).exists()
     assert set(Recipient.objects.filter(campaign=row).values_list("outcome", flat=True)) == {"excluded"}
+
+
+def test_assignments_api__customer_outside_running_campaign_audience__not_assigned_campaign_managed(
+    no_caps: None, api_client_factory
+) -> None:  # type: ignore[no-untyped-def]
+    # Given a launched broadcast split by an experiment, and a customer outside its audience
+    row, soon, _ = _split_campaign(key="owned")
+    row.include_layers.set([soon])
+    lifecycle.campaign_launch(campaign=row)
+    lifecycle.campaign_audience_resolve(campaign_id=row.pk)
+    for batch_id in AudienceBatch.objects.filter(campaign=row).values_list("pk", flat=True):
+        lifecycle.audience_batch_decide(batch_id=batch_id)
+    outsider = CustomerLayer.objects.exclude(layer=soon).values_list("customer__external_id", flat=True).first()
+    insider = Recipient.objects.filter(campaign=row, outcome="treated").select_related("customer").first()
+    exposures_before = Assignment.objects.get(experiment=row.experiment, customer=insider.customer).exposure_count
+    reader = api_client_factory("offers:read")
+    # When an app asks the generic assignment API about both
+    outside = reader.get(f"/api/v1/customers/{outsider}/assignments").json()["results"]
+    inside = reader.get(f"/api/v1/customers/{insider.customer.external_id}/assignments").json()["results"]
+    # Then the outsider is not assigned (the campaign owns its experiment) and says why
+    assert [(r["experiment"], r["reason"], r["variant"]) for r in outside] == [
+        (row.experiment.key, "campaign_managed", None)
+    ]
+    assert not Assignment.objects.filter(experiment=row.experiment, customer__external_id=outsider).exists()
+    # and the insider gets the campaign's actual decision, with no exposure added
+    assert [(r["variant"], r["reason"]) for r in inside] == [(insider.variant_key, "assigned")]
+    assert (
+        Assignment.objects.get(experiment=row.experiment, customer=insider.customer).exposure_count == exposures_before
+    )
