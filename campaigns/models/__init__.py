@@ -1,4 +1,4 @@
-from campaigns.models.campaigns import Campaign, CampaignQuerySet, Content, Treatment
+from campaigns.models.campaigns import Campaign, CampaignQuerySet, CampaignVersion, Content, Treatment
 from campaigns.models.delivery import AudienceBatch, CapSlot, ChannelPolicy, Delivery, Recipient
 from campaigns.models.mailbox import MailboxMessage
 from campaigns.models.offers import Coupon, Offer
@@ -8,6 +8,7 @@ __all__ = [
     "AudienceBatch",
     "Campaign",
     "CampaignQuerySet",
+    "CampaignVersion",
     "CapSlot",
     "ChannelPolicy",
     "Content",
