@@ -10,7 +10,9 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -86,8 +88,25 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class TreatmentFormSet(BaseInlineFormSet):
+    """A row added and left blank would be an "any variant × any layer" treatment with no
+    offer; Django drops an unchanged extra row without a word, so the author believed it
+    saved. Refused instead, with what to do."""
+
+    def clean(self) -> None:
+        super().clean()
+        for form in self.extra_forms:
+            if not form.has_changed() and not self._should_delete_form(form):
+                raise ValidationError(
+                    "A treatment row is blank (any variant × any layer, no offer): choose its variant, layer or "
+                    "offer, or remove the row. (A content-only treatment: choose its variant or layer; its "
+                    "content is written on the treatment's own page.)"
+                )
+
+
 class TreatmentInline(admin.TabularInline):
     model = Treatment
+    formset = TreatmentFormSet
     extra = 0
     fields = ["variant_key", "layer", "referral_role", "offer"]
     autocomplete_fields = ["offer"]
@@ -147,6 +166,7 @@ class CampaignAdmin(admin.ModelAdmin):
     raw_id_fields = ["experiment"]
     inlines = [TreatmentInline]
     actions = [
+        "duplicate_as_draft",
         _transition("schedule", "Schedule"),
         _transition("launch", "Launch"),
         _transition("pause", "Pause"),
@@ -318,10 +338,42 @@ class CampaignAdmin(admin.ModelAdmin):
             recipient_rows or mark_safe("<tr><td colspan=2>none</td></tr>"),
         )
 
+    @admin.action(description="Duplicate selected campaigns as drafts", permissions=["add"])
+    def duplicate_as_draft(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        copies = [editing.campaign_duplicate(campaign=c, user=request.user) for c in queryset]
+        self.message_user(
+            request,
+            f"Draft copies: {', '.join(c.key for c in copies)} (each with a draft copy of its experiment).",
+            messages.SUCCESS,
+        )
+
+    def duplicate_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        copy = editing.campaign_duplicate(campaign=get_object_or_404(Campaign, pk=pk), user=request.user)
+        self.message_user(request, f"Draft copy {copy.key} created; edit it, then launch.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[copy.pk]))
+
+    def compute_audience_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """The launch check's one click: compute the campaign's never-computed segments now."""
+        campaign = get_object_or_404(Campaign, pk=pk)
+        if not self.has_view_permission(request, campaign) or not request.user.has_perm("segments.change_segment"):
+            raise PermissionDenied
+        outcomes = lifecycle.campaign_audience_compute(campaign=campaign)
+        summary = ", ".join(f"{target}: {status}" for target, status in outcomes.items()) or "nothing to compute"
+        self.message_user(request, f"Computed {summary}.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[pk]))
+
     def get_urls(self) -> list[Any]:
         wrap = self.admin_site.admin_view
         return [
             path("<int:pk>/preview/", wrap(self.preview_view), name="campaigns_campaign_preview"),
+            path("<int:pk>/duplicate/", wrap(require_POST(self.duplicate_view)), name="campaigns_campaign_duplicate"),
+            path(
+                "<int:pk>/compute-audience/",
+                wrap(require_POST(self.compute_audience_view)),
+                name="campaigns_campaign_compute_audience",
+            ),
             path(
                 "<int:pk>/transition/<str:action>/",
                 wrap(require_POST(self.transition_view)),
@@ -338,6 +390,20 @@ class CampaignAdmin(admin.ModelAdmin):
             getattr(lifecycle, f"campaign_{action}")(campaign=campaign)
         except ValidationError as exc:
             self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+            if lifecycle.segments_never_computed(campaign=campaign):
+                # One click from the message: a button that computes them.
+                self.message_user(
+                    request,
+                    format_html(
+                        '<form method="post" action="{}" style="display:inline">'
+                        '<input type="hidden" name="csrfmiddlewaretoken" value="{}">'
+                        '<button type="submit" id="compute-audience">Compute audience now</button></form>'
+                        " computes the campaign's never-computed segments.",
+                        reverse("admin:campaigns_campaign_compute_audience", args=[pk]),
+                        get_token(request),
+                    ),
+                    messages.WARNING,
+                )
         else:
             self.message_user(request, f"Campaign {campaign.key}: {action} done.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[pk]))
@@ -376,6 +442,7 @@ class CampaignAdmin(admin.ModelAdmin):
             action for action, sources in lifecycle.TRANSITIONS.items() if campaign and campaign.status in sources
         ]
         extra_context["new_version_mode"] = _new_version_mode(request)
+        extra_context["can_duplicate"] = self.has_add_permission(request)
         extra_context["can_new_version"] = (
             campaign is not None
             and campaign.is_locked

@@ -237,3 +237,73 @@ def offer_is_locked(*, offer: Offer) -> bool:
     except ValidationError:
         return True
     return False
+
+
+def _free_key(model: Any, base: str) -> str:
+    base = base[:56]
+    for n in range(1, 1000):
+        key = f"{base}-copy" if n == 1 else f"{base}-copy{n}"
+        if not model.objects.filter(key=key).exists():
+            return key
+    raise ValidationError({"key": f"No free key for a copy of '{base}'."})
+
+
+@transaction.atomic
+def campaign_duplicate(*, campaign: Campaign, user: Any = None) -> Campaign:
+    """A draft copy of ``campaign`` (any status): audience, trigger, channels, treatments and
+    content. Its experiment is copied too, as a new draft experiment with the same variants
+    and metrics: an experiment splits one campaign's audience, so the copy gets its own."""
+    source = Campaign.objects.select_related("experiment").get(pk=campaign.pk)
+    copy = Campaign.objects.get(pk=source.pk)
+    copy.pk = None
+    copy.key = _free_key(Campaign, source.key)
+    copy.name = f"{source.name} (copy)"[:150]
+    copy.status = Campaign.Status.DRAFT
+    copy.version = 1
+    copy.trigger_cursor = 0
+    for name in ("scheduled_at", "started_at", "paused_at", "finished_at", "audience_resolved_at", "send_at"):
+        setattr(copy, name, None)
+    copy.created_by = user if getattr(user, "pk", None) else None
+    copy.experiment = _experiment_copy(source.experiment, user=user) if source.experiment is not None else None
+    from django.utils import timezone
+
+    copy.created_at = timezone.now()
+    copy.save()
+    for name in M2M_FIELDS:
+        getattr(copy, name).set(getattr(source, name).all())
+    for treatment in Treatment.objects.filter(campaign=source).prefetch_related("contents"):
+        contents = list(treatment.contents.all())
+        treatment.pk = None
+        treatment.campaign = copy
+        treatment.save()
+        for content in contents:
+            content.pk = None
+            content.treatment = treatment
+            content.save()
+    return copy
+
+
+def _experiment_copy(experiment: Any, *, user: Any) -> Any:
+    from experiments import services as experiment_services
+    from experiments.models import Experiment
+
+    variants = [
+        experiment_services.VariantSpec(
+            key=v.key, name=v.name, weight=v.weight, payload=dict(v.payload), is_control=v.is_control
+        )
+        for v in experiment.variants.all()
+    ]
+    metrics = [
+        experiment_services.MetricSpec(event_type_code=m.event_type.code, role=m.role, window_hours=m.window_hours)
+        for m in experiment.metrics.select_related("event_type")
+    ]
+    return experiment_services.experiment_create(
+        key=_free_key(Experiment, experiment.key),
+        name=f"{experiment.name} (copy)"[:150],
+        hypothesis=experiment.hypothesis,
+        owner=user if getattr(user, "pk", None) else None,
+        coverage=experiment.coverage,
+        variants=variants,
+        metrics=metrics,
+        minimum_detectable_effect=experiment.minimum_detectable_effect,
+    )

@@ -63,8 +63,10 @@ def _locked(campaign: Campaign, action: str) -> Campaign:
     return row
 
 
-def campaign_validate(*, campaign: Campaign) -> None:
-    """Everything a campaign needs before it may send; raises ``ValidationError`` by field."""
+def campaign_validate(*, campaign: Campaign, at_launch: bool = False) -> None:
+    """Everything a campaign needs before it may send; raises ``ValidationError`` by field.
+    ``at_launch``: also refuse a broadcast whose audience is empty now (a scheduled one may
+    still fill before its time)."""
     errors: dict[str, list[str]] = {}
 
     def err(name: str, message: str) -> None:
@@ -90,6 +92,21 @@ def campaign_validate(*, campaign: Campaign) -> None:
     for channel in campaign.channels:
         if channel in Channel.values and channel not in used:
             err("channels", f"No treatment has {channel} content.")
+    by_treatment: dict[int, set[str]] = {}
+    for content in contents:
+        by_treatment.setdefault(content.treatment_id, set()).add(content.channel)
+    for treatment in treatments:
+        missing = [c for c in campaign.channels if c in used and c not in by_treatment.get(treatment.pk, set())]
+        if missing:
+            # The decision would skip the channel for this treatment's customers: someone reachable
+            # only there is silently not contacted (or the message suppressed "no_content").
+            err(
+                "treatments",
+                f"Treatment '{_treatment_label(treatment)}' has no {', '.join(missing)} content: write it on the "
+                "treatment's page, or remove the channel from the campaign.",
+            )
+    for message in _audience_problems(campaign, at_launch=at_launch):
+        err("audience", message)
     experiment = campaign.experiment
     if experiment is not None:
         if experiment.status != "running":
@@ -124,6 +141,50 @@ def campaign_validate(*, campaign: Campaign) -> None:
         err("ends_at", "Must be after send_at.")
     if errors:
         raise ValidationError(errors)
+
+
+def _treatment_label(treatment: Treatment) -> str:
+    role = f" ({treatment.referral_role})" if treatment.referral_role else ""
+    return f"{treatment.variant_key or 'any variant'} × {treatment.layer or 'any layer'}{role}"
+
+
+def _audience_problems(campaign: Campaign, *, at_launch: bool) -> list[str]:
+    """A segment never computed has no members yet (the audience reads stored members), and
+    a broadcast to nobody is a mistake. (A triggered campaign's audience fills as triggers
+    come, so only its segments are checked.)"""
+    problems = [
+        f"Segment '{segment.key}' has never been computed, so it has no members yet: compute it "
+        f"(admin: Segments › {segment.name} › 'Recompute now', or the campaign page's 'Compute audience now')."
+        for segment in (*campaign.include_segments.all(), *campaign.exclude_segments.all())
+        if segment.computed_at is None
+    ]
+    if at_launch and not problems and not campaign.is_triggered and not campaign_audience(campaign=campaign).exists():
+        problems.append(
+            "The audience is empty: no customer is in the included segments and layers (recompute them, or "
+            "widen the audience)."
+        )
+    return problems
+
+
+def segments_never_computed(*, campaign: Campaign) -> list[int]:
+    """Ids of the campaign's segments that have never been computed."""
+    ids = [
+        *campaign.include_segments.filter(computed_at__isnull=True).values_list("pk", flat=True),
+        *campaign.exclude_segments.filter(computed_at__isnull=True).values_list("pk", flat=True),
+    ]
+    return sorted(set(ids))
+
+
+def campaign_audience_compute(*, campaign: Campaign) -> dict[str, str]:
+    """Compute the campaign's never-computed segments now (the launch check's one click).
+    Returns {segment key: outcome status}."""
+    from segments.services.recompute import segment_recompute
+
+    outcomes = {}
+    for segment_id in segments_never_computed(campaign=campaign):
+        outcome = segment_recompute(segment_id=segment_id)
+        outcomes[outcome.target] = outcome.status
+    return outcomes
 
 
 def _experiment_owner(campaign: Campaign) -> str:
@@ -204,7 +265,7 @@ def campaign_launch(*, campaign: Campaign, now: dt.datetime | None = None) -> Ca
     """Start sending now (a broadcast) or start listening to its trigger."""
     now = now or timezone.now()
     row = _locked(campaign, "launch")
-    campaign_validate(campaign=row)
+    campaign_validate(campaign=row, at_launch=True)
     if row.experiment is not None:
         assignments.experiment_claim(experiment=row.experiment, campaign_id=row.pk)
     row.status, row.started_at = Campaign.Status.RUNNING, now

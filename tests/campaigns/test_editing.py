@@ -10,6 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from campaigns.models import Campaign, CampaignVersion, Offer, Treatment
 from campaigns.services import editing, lifecycle
@@ -50,14 +51,14 @@ def test_campaign_update__running_campaign_experiment_segment_channel__each_refu
 
 def test_campaign_update__new_version__history_kept_and_experiment_new_phase(no_caps: None) -> None:
     row = _running()
-    segment = Segment.objects.create(key="vip", name="VIP", rule={"all": []})
+    segment = Segment.objects.create(key="staff", name="Staff", rule={"all": []}, computed_at=timezone.now())
 
-    updated = editing.campaign_update(campaign=row, changes={"include_segments": [segment]}, new_version=True)
+    updated = editing.campaign_update(campaign=row, changes={"exclude_segments": [segment]}, new_version=True)
 
-    assert updated.version == 2 and list(updated.include_segments.all()) == [segment]
+    assert updated.version == 2 and list(updated.exclude_segments.all()) == [segment]
     old = CampaignVersion.objects.get(campaign=row)
     assert (old.number, old.experiment_phase) == (1, 1)
-    assert old.config["include_segments"] == [] and old.config["treatments"][0]["contents"]["email"]["subject"]
+    assert old.config["exclude_segments"] == [] and old.config["treatments"][0]["contents"]["email"]["subject"]
     phases = Phase.objects.filter(experiment=row.experiment).order_by("number")
     assert [(p.number, p.ended_at is None) for p in phases] == [(1, False), (2, True)]
 
