@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from campaigns import playbook as playbook_module
 from campaigns import views_playbook
-from campaigns.models import Campaign, Treatment
+from campaigns.models import Campaign, Recipient, Treatment
 from campaigns.playbook import (
     CSV_COLUMNS,
     Cell,
@@ -28,7 +28,7 @@ from campaigns.playbook import (
     playbook_csv,
     playbook_unmeasured_queryset,
 )
-from experiments.models import Experiment
+from experiments.models import Assignment, Experiment
 from segments.models import Layer
 from tests.experiments.report_builders import Group, dimension_create, experiment_create, populate
 from tests.factories import CampaignFactory, OfferFactory, UserFactory
@@ -68,7 +68,31 @@ def running_campaign(experiment: Experiment, key: str = "renewal", **fields: obj
         "status": Campaign.Status.RUNNING,
         "started_at": timezone.now(),
     }
-    return CampaignFactory(key=key, experiment=experiment, **{**defaults, **fields})
+    row = CampaignFactory(key=key, experiment=experiment, **{**defaults, **fields})
+    _decided(row)
+    return row
+
+
+def _decided(row: Campaign) -> None:
+    """What the campaign's decisions would have written: a treated or control recipient per
+    assignment of its experiment (the playbook reads a campaign that reached nobody as such)."""
+    if row.experiment_id is None:
+        return
+    Recipient.objects.bulk_create(
+        [
+            Recipient(
+                campaign=row,
+                customer_id=a.customer_id,
+                step="broadcast",
+                outcome="control" if a.variant.is_control else "treated",
+                variant_key=a.variant.key,
+                assignment_id=a.pk,
+            )
+            for a in Assignment.objects.filter(experiment_id=row.experiment_id).select_related("variant")
+        ],
+        batch_size=2000,
+        ignore_conflicts=True,
+    )
 
 
 def cell(playbook: Playbook, dimension: str, layer: str | None, campaign: str) -> Cell:
@@ -427,3 +451,34 @@ def test_playbook_page__queries__a_fixed_number_per_experiment_not_per_cell(clie
     per_experiment = two - one
     assert per_experiment <= 15, (one, two, five)
     assert five - two == 3 * per_experiment, (one, two, five)
+
+
+def test_playbook_build__campaign_reached_nobody__says_so_not_the_experiments_winner() -> None:
+    # Given an experiment with a planted win, and a finished campaign on it that decided nobody
+    experiment = renewal_experiment()
+    running_campaign(experiment)
+    row = CampaignFactory(
+        key="empty",
+        experiment=experiment,
+        kind=Campaign.Kind.RENEWAL,
+        status=Campaign.Status.FINISHED,
+        started_at=timezone.now(),
+    )
+    # When the playbook is built
+    playbook = build()
+    # Then every cell of its column says it reached nobody, and no winner is shown
+    index = [c.campaign_key for c in playbook.columns].index(row.key)
+    column = playbook.columns[index]
+    assert column.reached == 0 and column.customers == 0
+    assert "reached nobody" in column.warnings[0]
+    assert playbook.overall.rows[0].cells[index].outcome == "no_reach"
+    assert cell(playbook, "expiry", "expiring_soon", "empty").outcome == "no_reach"
+    assert all(r.cells[index].best is None for m in playbook.dimensions for r in m.rows)
+
+
+def test_playbook_page__campaign_reached_nobody__reached_nobody_not_winner(client: Client, marketer_user) -> None:  # type: ignore[no-untyped-def]
+    experiment = renewal_experiment()
+    CampaignFactory(key="empty", experiment=experiment, status=Campaign.Status.FINISHED, started_at=timezone.now())
+    client.force_login(marketer_user)
+    html = client.get(reverse("playbook:index")).content.decode()
+    assert "Reached nobody" in html and "Winner" not in html.split("<h2>All customers</h2>")[1].split("</table>")[0]
