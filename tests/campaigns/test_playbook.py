@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from campaigns import playbook as playbook_module
 from campaigns import views_playbook
-from campaigns.models import Campaign, Recipient, Treatment
+from campaigns.models import Campaign, Treatment
 from campaigns.playbook import (
     CSV_COLUMNS,
     Cell,
@@ -28,8 +28,9 @@ from campaigns.playbook import (
     playbook_csv,
     playbook_unmeasured_queryset,
 )
-from experiments.models import Assignment, Experiment
+from experiments.models import Experiment
 from segments.models import Layer
+from tests.campaigns.builders import recipients_from_assignments
 from tests.experiments.report_builders import Group, dimension_create, experiment_create, populate
 from tests.factories import CampaignFactory, OfferFactory, UserFactory
 
@@ -69,30 +70,9 @@ def running_campaign(experiment: Experiment, key: str = "renewal", **fields: obj
         "started_at": timezone.now(),
     }
     row = CampaignFactory(key=key, experiment=experiment, **{**defaults, **fields})
-    _decided(row)
+    if row.experiment_id is not None:
+        recipients_from_assignments(row)
     return row
-
-
-def _decided(row: Campaign) -> None:
-    """What the campaign's decisions would have written: a treated or control recipient per
-    assignment of its experiment (the playbook reads a campaign that reached nobody as such)."""
-    if row.experiment_id is None:
-        return
-    Recipient.objects.bulk_create(
-        [
-            Recipient(
-                campaign=row,
-                customer_id=a.customer_id,
-                step="broadcast",
-                outcome="control" if a.variant.is_control else "treated",
-                variant_key=a.variant.key,
-                assignment_id=a.pk,
-            )
-            for a in Assignment.objects.filter(experiment_id=row.experiment_id).select_related("variant")
-        ],
-        batch_size=2000,
-        ignore_conflicts=True,
-    )
 
 
 def cell(playbook: Playbook, dimension: str, layer: str | None, campaign: str) -> Cell:
