@@ -146,7 +146,7 @@ def _phase_number(campaign: Campaign) -> int | None:
 def campaign_version_start(*, campaign: Campaign, user: Any = None, note: str = "") -> Campaign:
     """Keep the configuration in force as version N, start a new experiment phase, and make
     the campaign version N+1. Call before changing a live campaign's configuration."""
-    row = Campaign.objects.select_for_update().select_related("experiment").get(pk=campaign.pk)
+    row = Campaign.objects.select_for_update(of=("self",)).select_related("experiment").get(pk=campaign.pk)
     if not row.is_locked:
         return row  # a draft has no history to keep
     if row.status == Campaign.Status.FINISHED:
