@@ -177,6 +177,12 @@ class ExposuresView(APIView):
         experiment = selectors.experiment_get(key=values["experiment"])
         if experiment is None:
             raise NotFound(f"Unknown experiment '{values['experiment']}'.")
+        if experiment.managed_by:
+            # The owner (a campaign) records exposures when it acts; a client's would count
+            # customers the campaign never treated (see experiments.services.ownership).
+            raise serializers.ValidationError(
+                {"experiment": [f"campaign_managed: experiment '{experiment.key}' is run by its campaign."]}
+            )
         assignment = services.exposure_log(
             experiment=experiment, customer=customer, variant_key=values["variant"], at=values.get("occurred_at")
         )

@@ -72,3 +72,19 @@ def test_experiment_manager_set__other_owner__refused_and_release_only_by_owner(
     services.experiment_manager_release(experiment=experiment, managed_by="campaign:1")
     experiment.refresh_from_db()
     assert experiment.managed_by == ""
+
+
+def test_post_exposure__managed_experiment__400_naming_experiment_nothing_recorded(
+    api_client_factory, make_experiment, make_customers
+) -> None:  # type: ignore[no-untyped-def]
+    managed = make_experiment("campaign-split")
+    customer = make_customers(1)[0]
+    services.experiment_manager_set(experiment=managed, managed_by="campaign:3")
+    services.assignment_get_or_create(experiment=managed, customer=customer, manager="campaign:3")
+    response = api_client_factory("events:write").post(
+        "/api/v1/exposures",
+        {"customer_id": customer.external_id, "experiment": "campaign-split", "variant": "control"},
+        format="json",
+    )
+    assert response.status_code == 400 and "campaign_managed" in response.json()["errors"]["experiment"][0]
+    assert Assignment.objects.get(experiment=managed).exposure_count == 0
