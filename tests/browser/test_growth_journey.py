@@ -169,6 +169,12 @@ def test_growth_user__builds_segment_experiment_and_renewal_campaign__previews_a
     # --- Launch -----------------------------------------------------------------------------------------
     page.goto(f"{app_server}/admin/campaigns/campaign/{campaign.pk}/change/")
     page.click("#campaign-transitions input[value=Launch]")
+    # The segment was saved but never computed: launch is refused, computing it is one click away.
+    assert "Segment 'loyal-buyers' has never been computed" in page.inner_text(".messagelist .error")
+    screenshot("launch-refused-segment-not-computed")
+    page.click("#compute-audience")
+    _expect_success(page, "Computed segment:loyal-buyers: succeeded.")
+    page.click("#campaign-transitions input[value=Launch]")
     _expect_success(page, f"Campaign {campaign.key}: launch done.")
     assert "Running" in page.inner_text("#campaign-transitions")
     screenshot("campaign-launched")
