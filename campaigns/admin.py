@@ -73,6 +73,15 @@ def _apply_new_version(modeladmin: admin.ModelAdmin, request: HttpRequest, campa
     return True
 
 
+def _unsaved(formsets: Any) -> None:
+    """Formsets a refused or empty new version did not save still feed the admin's change
+    message, which reads what they saved."""
+    for formset in formsets:
+        for name in ("new_objects", "changed_objects", "deleted_objects"):
+            if not hasattr(formset, name):
+                setattr(formset, name, [])
+
+
 def _locked_for(request: HttpRequest, campaign: Campaign | None) -> bool:
     return campaign is not None and campaign.pk is not None and campaign.is_locked and not _new_version_mode(request)
 
@@ -266,6 +275,7 @@ class CampaignAdmin(admin.ModelAdmin):
             return
         if not changes and not any(fs.has_changed() for fs in formsets):
             self.message_user(request, "Nothing changed: no new version.", messages.INFO)
+            _unsaved(formsets)
             return
 
         def apply() -> None:
@@ -274,6 +284,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 self.save_formset(request, form, formset, change=change)
 
         _apply_new_version(self, request, form.instance, apply)
+        _unsaved(formsets)
 
     def response_change(self, request: HttpRequest, obj: Campaign) -> HttpResponse:
         if getattr(request, "_new_version_failed", False) or getattr(request, "_campaign_changes", None) is not None:
@@ -517,6 +528,7 @@ class TreatmentAdmin(admin.ModelAdmin):
                 self.save_formset(request, form, formset, change=change)
 
         _apply_new_version(self, request, pending.campaign, apply)
+        _unsaved(formsets)
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None):  # type: ignore[no-untyped-def]
         treatment = (

@@ -188,3 +188,42 @@ def test_treatment_admin__add_form__offers_only_draft_campaigns(growth_user, no_
     select = select[: select.index("</select>")]
     assert f'value="{draft.pk}"' in select and f'value="{running.pk}"' not in select
     assert Treatment.objects.filter(campaign=running).count() == 1
+
+
+def test_admin_campaign_new_version__invalid_then_valid__refused_then_version_two(growth_user, no_caps: None) -> None:  # type: ignore[no-untyped-def]
+    row = _running()
+    treatment = row.treatments.get()
+    url = reverse("admin:campaigns_campaign_change", args=[row.pk]) + "?new_version=1"
+    data = {
+        "key": row.key,
+        "name": row.name,
+        "description": "",
+        "channels": "email, sms",
+        "trigger": "broadcast",
+        "channel_strategy": "first_reachable",
+        "max_attempts": "5",
+        "referral_reward_to": "both",
+        "send_at_0": "",
+        "send_at_1": "",
+        "ends_at_0": "",
+        "ends_at_1": "",
+        "treatments-TOTAL_FORMS": "1",
+        "treatments-INITIAL_FORMS": "1",
+        "treatments-MIN_NUM_FORMS": "0",
+        "treatments-MAX_NUM_FORMS": "1000",
+        "treatments-0-id": treatment.pk,
+        "treatments-0-campaign": row.pk,
+        "treatments-0-variant_key": "",
+        "treatments-0-offer": treatment.offer_id,
+    }
+    client = _client(growth_user)
+    refused = client.post(url, data, follow=True)
+    assert "New version not saved" in refused.content.decode()
+    row.refresh_from_db()
+    assert row.channels == ["email"] and row.version == 1 and not row.versions.exists()
+
+    client.post(url, {**data, "channels": "email", "channel_strategy": "all"})
+
+    row.refresh_from_db()
+    assert (row.version, row.channel_strategy) == (2, "all")
+    assert row.versions.get().config["channel_strategy"] == "first_reachable"
