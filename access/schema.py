@@ -27,6 +27,11 @@ ACCESS_RESPONSES = {
 }
 
 
+BODY_RESPONSES = {
+    "413": "The request body is over the size limit (`DATA_UPLOAD_MAX_MEMORY_SIZE`, 10 MiB by default).",
+}
+
+
 def add_access_error_responses(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     result.setdefault("components", {}).setdefault("schemas", {}).setdefault(ERROR_COMPONENT, ERROR_SCHEMA)
     ref = {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"}
@@ -43,4 +48,9 @@ def add_access_error_responses(result: dict[str, Any], generator: Any, request: 
                 if code == "429":
                     response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}}
                 responses.setdefault(code, response)
+            if operation.get("requestBody"):
+                for code, description in BODY_RESPONSES.items():
+                    responses.setdefault(
+                        code, {"description": description, "content": {"application/json": {"schema": ref}}}
+                    )
     return result

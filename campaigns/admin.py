@@ -21,7 +21,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from campaigns import selectors
-from campaigns.forms import CampaignForm, ContentForm, CouponPoolForm, PreviewForm
+from campaigns.forms import CampaignForm, ContentForm, CouponPoolForm, PreviewForm, SuppressionImportForm
 from campaigns.models import (
     Campaign,
     CampaignVersion,
@@ -35,9 +35,11 @@ from campaigns.models import (
     Referral,
     ReferralAudit,
     ReferralCode,
+    Suppression,
+    TopicOptOut,
     Treatment,
 )
-from campaigns.services import editing, lifecycle
+from campaigns.services import editing, lifecycle, suppression
 from campaigns.services.offers import coupon_pool_upload
 from campaigns.services.render import content_preview
 from segments.models import Customer
@@ -213,7 +215,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        ("Channels", {"fields": ["channels", "channel_strategy", "is_transactional", "max_attempts"]}),
+        ("Channels", {"fields": ["channels", "channel_strategy", "is_transactional", "topic", "max_attempts"]}),
         (
             "Referral rewards",
             {
@@ -693,3 +695,71 @@ class MailboxMessageAdmin(ReadOnlyAdmin):
             '<iframe sandbox="" srcdoc="{}" style="width:100%;height:400px;border:1px solid #ccc"></iframe>',
             obj.body_html,
         )
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    """Contact points never written to again. Add one by hand, import a CSV
+    (``channel,address,reason[,detail]``; errors are listed with their line numbers and
+    nothing is imported then) or export them all."""
+
+    list_display = ["address", "channel", "reason", "source", "created_at"]
+    list_filter = ["channel", "reason", "source"]
+    search_fields = ["address"]
+    date_hierarchy = "created_at"
+    fields = ["channel", "address", "reason", "detail", "source", "created_at"]
+    readonly_fields = ["source", "created_at"]
+    change_list_template = "admin/campaigns/suppression/change_list.html"
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: Suppression, form: Any, change: bool) -> None:
+        try:
+            suppression.suppression_add(
+                channel=obj.channel, address=obj.address, reason=obj.reason, detail=obj.detail, source="admin"
+            )
+        except ValueError as exc:
+            self.message_user(request, str(exc), level=messages.ERROR)
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path("import/", self.admin_site.admin_view(self.import_view), name="campaigns_suppression_import"),
+            path("export/", self.admin_site.admin_view(self.export_view), name="campaigns_suppression_export"),
+            *super().get_urls(),
+        ]
+
+    def import_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = SuppressionImportForm(request.POST or None, request.FILES or None)
+        errors: tuple[tuple[int, str], ...] = ()
+        if request.method == "POST" and form.is_valid():
+            result = suppression.suppressions_import(text=form.cleaned_data["text"])
+            if not result.errors:
+                self.message_user(request, f"Imported {result.added} new suppression(s).")
+                return HttpResponseRedirect(reverse("admin:campaigns_suppression_changelist"))
+            errors = result.errors
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Import suppressions",
+            "form": form,
+            "errors": errors,
+        }
+        return TemplateResponse(request, "admin/campaigns/suppression/import.html", context)
+
+    def export_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        response = HttpResponse(suppression.suppressions_export(), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="suppressions.csv"'
+        return response
+
+
+@admin.register(TopicOptOut)
+class TopicOptOutAdmin(ReadOnlyAdmin):
+    list_display = ["customer", "channel", "topic", "opted_out", "changed_at", "source"]
+    list_filter = ["channel", "topic", "opted_out"]
+    search_fields = ["customer__external_id"]
+    raw_id_fields = ["customer"]

@@ -14,12 +14,12 @@ from __future__ import annotations
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.models import Scope
+from access.pagination import LIMIT_SCHEMA, OFFSET_SCHEMA, ApiPagination
 from access.permissions import CustomerTokenAccess
 from campaigns.services.offers import CouponError, coupon_redeem, customer_offers, offer_campaigns
 from campaigns.services.referrals import referral_code_get_or_create
@@ -82,7 +82,7 @@ class CustomerOffersPageSerializer(serializers.Serializer):
 class CustomerOffersView(APIView):
     required_scope = Scope.OFFERS_READ
     customer_token = CustomerTokenAccess(path_kwarg="external_id")
-    pagination_class = LimitOffsetPagination
+    pagination_class = ApiPagination
 
     @extend_schema(
         operation_id="customer_offers",
@@ -90,10 +90,13 @@ class CustomerOffersView(APIView):
         "with the reason when there is none. Assigns the customer through the campaign's experiment on "
         "first request.",
         parameters=[
-            OpenApiParameter("limit", int, description="Page size (default 100)."),
-            OpenApiParameter("offset", int, description="Entries to skip."),
+            OpenApiParameter("limit", LIMIT_SCHEMA, description="Page size (default 100; above 500 is capped)."),
+            OpenApiParameter("offset", OFFSET_SCHEMA, description="Entries to skip."),
         ],
-        responses={200: CustomerOffersPageSerializer, **_errors(_404="Unknown customer.")},
+        responses={
+            200: CustomerOffersPageSerializer,
+            **_errors(_400="Invalid `limit` or `offset` (named in `errors`).", _404="Unknown customer."),
+        },
     )
     def get(self, request: Request, external_id: str) -> Response:
         customer = get_object_or_404(Customer, external_id=external_id)

@@ -14,16 +14,21 @@ Variables::
     offer.name .benefit .kind .value .currency .valid_until       (treatments with an offer)
     coupon.code .expires_at                                        (offers that issue codes)
     layer.key .name                                                (per-layer treatments)
+    unsubscribe_url      the recipient's signed unsubscribe / preference link (marketing
+                         email and SMS; empty in transactional messages). An email whose
+                         text lacks it gets a default footer carrying it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from django.conf import settings
+from django.conf import global_settings, settings
+from django.conf.locale import LANG_INFO
 from django.core.exceptions import ValidationError
 from django.core.signals import setting_changed
 from django.template import Context, Engine, Library, TemplateSyntaxError, defaultfilters
@@ -104,7 +109,12 @@ def _date(key: tuple[Any, ...]) -> str:
     return _django_date(key[0], key[3])
 
 
-setting_changed.connect(lambda **kwargs: _date.cache_clear(), weak=False, dispatch_uid="campaigns.content.date")
+def _caches_clear(**kwargs: Any) -> None:
+    _date.cache_clear()
+    customer_language.cache_clear()
+
+
+setting_changed.connect(_caches_clear, weak=False, dispatch_uid="campaigns.content.date")
 
 _ENGINES = {
     autoescape: Engine(
@@ -116,6 +126,80 @@ _ENGINES = {
     )
     for autoescape in (False, True)
 }
+
+
+# --- The customer's own time zone and language ---------------------------------------
+
+
+@lru_cache(maxsize=1024)
+def customer_zone(name: str) -> dt.tzinfo:
+    """The customer's IANA zone (``Customer.timezone``); the default zone if unknown."""
+    try:
+        return zoneinfo.ZoneInfo(name) if name else timezone.get_default_timezone()
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return timezone.get_default_timezone()
+
+
+# The languages a message's dates and numbers can be formatted in: every language Django
+# has formats for. Not ``settings.LANGUAGES``, which lists the languages the site's own pages
+# and footers are translated to (``campaigns.services.consent.language_for``): a French
+# customer reads "19 décembre 2026" in a message whose unsubscribe footer is in English.
+_FORMAT_LANGUAGES = frozenset(code for code, _ in global_settings.LANGUAGES)
+
+
+@lru_cache(maxsize=1024)
+def customer_language(locale: str) -> str:
+    """The Django language for a customer's locale (``zh-Hans``, ``zh_CN``, ``en-US``,
+    ``fr``): the closest of Django's languages (as ``get_supported_language_variant``
+    chooses: the code, its ``LANG_INFO`` fallbacks, its generic variants, then a regional
+    variant of the generic one), else ``LANGUAGE_CODE``."""
+    code = translation.to_language(locale.replace("_", "-"))[:32] if locale else ""
+    if not code:
+        return settings.LANGUAGE_CODE
+    candidates = [code, *LANG_INFO.get(code, {}).get("fallback", [])]
+    candidates += [code[:i] for i in range(len(code) - 1, 0, -1) if code[i] == "-"]
+    for candidate in candidates:
+        if candidate in _FORMAT_LANGUAGES:
+            return candidate
+    generic = candidates[-1]
+    return next(
+        (known for known in sorted(_FORMAT_LANGUAGES) if known.startswith(f"{generic}-")), settings.LANGUAGE_CODE
+    )
+
+
+class CustomerLocale:
+    """Activates each customer's zone and language before their message is rendered, so
+    ``{{ coupon.expires_at }}``, ``|date``, ``|time`` and numbers read as they would read
+    them (a New York customer's "until" is New York's date). Switches only when the customer
+    differs from the previous one (the ``date`` memo keys on the active zone and language);
+    ``restore`` puts back what was active before."""
+
+    def __init__(self) -> None:
+        self.zone: str | None = None
+        self.language: str | None = None
+        self.saved: tuple[dt.tzinfo, str | None] | None = None
+
+    def activate(self, zone: str, locale: str) -> None:
+        if self.saved is None:
+            self.saved = (timezone.get_current_timezone(), translation.get_language())
+        if zone != self.zone:
+            timezone.activate(customer_zone(zone))
+            self.zone = zone
+        language = customer_language(locale)
+        if language != self.language:
+            translation.activate(language)
+            self.language = language
+
+    def restore(self) -> None:
+        if self.saved is None:
+            return
+        zone, language = self.saved
+        timezone.activate(zone)
+        if language:
+            translation.activate(language)
+        else:
+            translation.deactivate_all()
+        self.saved = self.zone = self.language = None
 
 
 @lru_cache(maxsize=512)
@@ -150,7 +234,11 @@ def sample_context(groups: set[str]) -> dict[str, dict[str, Any]]:
         "expires_at": dt.datetime(2030, 1, 31, tzinfo=dt.UTC),
         "value": "10",
     }
-    return {group: {name: samples.get(name, f"[{group}.{name}]") for name in VARIABLES[group]} for group in groups}
+    context: dict[str, Any] = {
+        group: {name: samples.get(name, f"[{group}.{name}]") for name in VARIABLES[group]} for group in groups
+    }
+    context["unsubscribe_url"] = "https://example.invalid/u/preview"
+    return context
 
 
 def render_one(source: str, context: dict[str, Any], *, html: bool = False) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from campaigns.models import Campaign, Content, Treatment
+from campaigns.models import Campaign, Content, Topic, Treatment
 from campaigns.services.editing import campaign_update_check
 from campaigns.services.render import content_check
 from segments.models import Channel, EventType
@@ -39,7 +39,21 @@ class ChannelListField(forms.CharField):
         return value or ""
 
 
+# The topic a campaign of each kind is about when the form leaves it empty.
+KIND_TOPICS: dict[str, str] = {
+    Campaign.Kind.REFERRAL: Topic.REFERRALS,
+    Campaign.Kind.RENEWAL: Topic.RENEWALS,
+    Campaign.Kind.WINBACK: Topic.RECALL,
+}
+
+
 class CampaignForm(forms.ModelForm):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "topic" in self.fields:
+            self.fields["topic"].required = False
+            self.fields["topic"].help_text += " Empty: chosen by kind (renewals, referrals, recall, else promotions)."
+
     channels = ChannelListField(
         help_text="In order of preference, comma separated: email, sms, push, in_app. 'First reachable' "
         "uses the first one that reaches the customer (win-back: the channel that still reaches them).",
@@ -65,6 +79,7 @@ class CampaignForm(forms.ModelForm):
             "channels",
             "channel_strategy",
             "is_transactional",
+            "topic",
             "send_at",
             "ends_at",
             "max_attempts",
@@ -77,6 +92,8 @@ class CampaignForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        if not data.get("topic"):
+            data["topic"] = KIND_TOPICS.get(data.get("kind", ""), Topic.PROMOTIONS)
         if self.instance.pk is not None:
             # The rule lives in the service; asked here so the message shows next to the field.
             stored = Campaign.objects.get(pk=self.instance.pk)
@@ -154,4 +171,18 @@ class CouponPoolForm(forms.Form):
         if not any(line.strip() for line in lines):
             raise ValidationError({"codes": "Paste codes or choose a file."})
         data["lines"] = lines
+        return data
+
+
+class SuppressionImportForm(forms.Form):
+    file = forms.FileField(help_text="CSV with a header line: channel,address,reason[,detail] (UTF-8).")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        upload = data.get("file")
+        if upload is not None:
+            try:
+                data["text"] = upload.read().decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise ValidationError({"file": "The file is not UTF-8 text."}) from None
         return data

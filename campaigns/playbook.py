@@ -8,13 +8,19 @@ experiments tables. One report per distinct experiment per call (two campaigns s
 experiment share its report).
 
 What a cell says (``Cell.outcome``), from the report's verdicts, which use the adjusted
-p-value (Holm over the dimension's layers x treatment variants):
+p-value. Only the report's *confirmatory* family decides (issue 14): the experiment's
+primary metric x treatment variants x (overall + the layers of the dimensions its analysis
+plan declared confirmatory), adjusted together with the plan's correction. A dimension
+the plan did not declare is exploratory: its cells never show a winner.
 
-* ``win``: at least one treatment variant is a "significant win"; the one with the largest
+* ``win``: at least one treatment variant is a confirmatory "significant win"; the one with the largest
   absolute lift is shown, with its relative lift and 95% interval and the incremental
   conversions per 1,000 customers (below);
 * ``loss``: no win, and some variant is a "significant loss": a warning, never a winner;
   a loss beside a win is listed in the win's ``losses``;
+* ``exploratory``: a "significant" result in an exploratory family (a dimension the plan
+  did not declare confirmatory): a lead to test in a new experiment, never a winner;
+* ``not_yet_evaluable``: a fixed-horizon experiment before its planned horizon;
 * ``not_enough_data``: every comparison's verdict is "not enough data" (an arm under the
   report's minimum customers, or a test that cannot be computed);
 * ``no_evidence``: otherwise (inconclusive: the difference could be chance);
@@ -27,9 +33,10 @@ p-value (Holm over the dimension's layers x treatment variants):
 
 Incremental conversions per 1,000 customers = absolute lift x 1,000
 = (treatment rate - control rate) x 1,000: how many more of 1,000 customers of the layer
-convert with the variant than with the control. Its interval is the report's 95% (Wald)
-interval of the absolute lift x 1,000; like every interval in the report it is not adjusted
-for multiplicity (the verdict is).
+convert with the variant than with the control. Its interval is the report's 95% interval
+of the absolute lift x 1,000 (the score interval of the pooled test in a fixed-horizon
+plan, the confidence sequence in an always-valid one); like every interval in the report
+it is not adjusted for multiplicity (the verdict is).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from django.utils import timezone
 
 from campaigns.models import Campaign, Recipient, Treatment
 from experiments.reports.aggregation import layer_labels
-from experiments.reports.assemble import ALPHA, NO_LAYER_LABEL, ExperimentNotFound, report_build
+from experiments.reports.assemble import ALPHA, NO_LAYER_LABEL, NOT_YET_EVALUABLE, ExperimentNotFound, report_build
 from experiments.reports.exports import csv_cell
 from experiments.reports.results import LiftResult, MetricReport, Report, RowResult
 from experiments.stats import NOT_ENOUGH_DATA, SIGNIFICANT_LOSS, SIGNIFICANT_WIN, Interval
@@ -78,7 +85,17 @@ NO_REACH = (
     "Check its audience (segments computed? layers right?) and its launch."
 )
 
-Outcome = Literal["win", "loss", "not_enough_data", "no_evidence", "no_customers", "no_report", "no_reach"]
+Outcome = Literal[
+    "win",
+    "loss",
+    "exploratory",
+    "not_yet_evaluable",
+    "not_enough_data",
+    "no_evidence",
+    "no_customers",
+    "no_report",
+    "no_reach",
+]
 
 
 def playbook_campaigns_queryset() -> QuerySet[Campaign]:
@@ -170,6 +187,8 @@ class Column:
     srm_flagged: bool
     warnings: tuple[str, ...]  # SRM, guardrail harm, no primary metric, ...
     reached: int | None = None  # customers the campaign decided into its experiment (treated or control)
+    # The analysis plan in words: mode and the declared decision family (issue 14).
+    decision_rule: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +292,23 @@ def _variant_lift(report: Report, row: RowResult, lift: LiftResult, offer: Calla
 def _cell(report: Report, row: RowResult, offer: Callable[[str], str]) -> Cell:
     lifts = tuple(_variant_lift(report, row, lift, offer) for lift in row.lifts)
     caveats = tuple(dict.fromkeys(c.message for lift in row.lifts for c in lift.verdict.caveats))
+    if any(lift.family_kind != "confirmatory" for lift in row.lifts):
+        significant = [v for v in lifts if v.verdict in (SIGNIFICANT_WIN, SIGNIFICANT_LOSS)]
+        if significant:
+            return Cell(
+                "exploratory",
+                row.customers,
+                None,
+                (),
+                lifts,
+                "Exploratory: this dimension is not in the experiment's declared decision family, so a "
+                "'significant' result here is a lead to test, not a decision. " + significant[0].message,
+                caveats,
+            )
     wins = [v for v in lifts if v.verdict == SIGNIFICANT_WIN]
     losses = tuple(v for v in lifts if v.verdict == SIGNIFICANT_LOSS)
+    if any(v.verdict == NOT_YET_EVALUABLE for v in lifts):
+        return Cell("not_yet_evaluable", row.customers, None, (), lifts, lifts[0].message, caveats)
     if wins:
         best = max(wins, key=lambda v: v.absolute_lift or 0.0)
         return Cell("win", row.customers, best, losses, lifts, best.message, caveats)
@@ -336,6 +370,12 @@ def _column(campaign: Campaign, report: Report | None, missing: str) -> Column:
         customers=primary.overall.customers if primary else 0,
         srm_flagged=bool(report and report.srm.flagged),
         warnings=tuple(warnings),
+        decision_rule=(
+            f"{report.plan.inference_mode_name.capitalize()}. {report.confirmatory_family.scope}"
+            + ("" if report.plan.recorded else " (no plan recorded at start)")
+            if report
+            else ""
+        ),
     )
 
 

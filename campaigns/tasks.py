@@ -8,8 +8,11 @@ import logging
 import os
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery import shared_task
 from celery.signals import worker_ready
+from celery.worker.request import Request
+from django.db import Error as DatabaseError
 from django.db import OperationalError, close_old_connections
 from django.utils import timezone
 
@@ -20,14 +23,43 @@ logger = logging.getLogger(__name__)
 
 # Retries are scheduled well inside the broker's visibility timeout (1 h): schedules that
 # are further away live in the database (not_before) and the tick picks them up.
-MAX_COUNTDOWN_SECONDS = 900
+MAX_COUNTDOWN_SECONDS = delivery.BROKER_COUNTDOWN_MAX_SECONDS
 
 
-@shared_task(name="campaigns.deliveries_send", bind=True, acks_late=True, ignore_result=True)
+class DeliveryRequest(Request):
+    """The worker's main process learns that the pool process running a send died
+    (``WorkerLostError``: killed, out of memory) before the message is requeued
+    (``task_reject_on_worker_lost``): it puts that process's claims back first, so the
+    redelivered task claims and sends them at once instead of after the lease."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+        if isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt) and self.worker_pid:
+            try:
+                close_old_connections()
+                outbox.deliveries_release_dead_claims(hostname=self.hostname, pid=int(self.worker_pid))
+            except Exception:  # the tick and the lease are the backstops
+                logger.exception("releasing the claims of lost pool process %s failed", self.worker_pid)
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+@shared_task(
+    name="campaigns.deliveries_send",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    Request="campaigns.tasks:DeliveryRequest",
+    max_retries=5,
+)
 def deliveries_send(self: Any, delivery_ids: list[int]) -> dict[str, int]:
     close_old_connections()
     worker = outbox.worker_token(self.request.hostname)
-    report = delivery.deliveries_send(delivery_ids=delivery_ids, worker=worker)
+    try:
+        report = delivery.deliveries_send(delivery_ids=delivery_ids, worker=worker)
+    except DatabaseError as exc:  # claims already put back (delivery._claims_release): try again shortly
+        close_old_connections()
+        raise self.retry(exc=exc, countdown=1 + 2 * self.request.retries) from exc
     if report.retry_ids:
         countdown = max(0.0, (report.retry_at - timezone.now()).total_seconds()) if report.retry_at else 0.0
         outbox.deliveries_enqueue(delivery_ids=report.retry_ids, countdown=min(countdown, MAX_COUNTDOWN_SECONDS))

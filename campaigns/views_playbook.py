@@ -119,6 +119,8 @@ class CellView:
 HEADLINES = {
     "win": "Winner",
     "loss": "Significant loss",
+    "exploratory": "Exploratory lead (not a decision)",
+    "not_yet_evaluable": "Not yet evaluable",
     "not_enough_data": "Not enough data",
     "no_evidence": "No evidence",
     "no_customers": "No customers",

@@ -29,14 +29,48 @@ env = environ.Env()
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 
+# --- Secret key ---------------------------------------------------------------------------
+# The embedded default (no DATABASE_URL, or a sqlite:// one) generates a key once into
+# GROWTH_VAR_DIR/secret_key (mode 0600) so `manage.py ...` works from a fresh clone without
+# variables. Any other database means a deployment: DJANGO_SECRET_KEY is then required
+# (ImproperlyConfigured), unless DJANGO_DEBUG=true.
+EMBEDDED_DEFAULT = env.str("DATABASE_URL", default="sqlite://").startswith("sqlite:")
+
+
+def _local_secret_key(path: Path) -> str:
+    """Read the local key, creating it first if missing (atomically: a temporary file
+    linked into place, so concurrent first runs agree on one key and none reads half of it)."""
+    import os
+    import secrets
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(50) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)  # written world-readable by an older scripts/demo.sh
+    return path.read_text().strip()
+
+
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
 if not SECRET_KEY:
-    if not DEBUG:
+    if EMBEDDED_DEFAULT:
+        SECRET_KEY = _local_secret_key(VAR_DIR / "secret_key")
+    elif DEBUG:
+        SECRET_KEY = "insecure-development-key-do-not-use-in-production-" + "x" * 20
+    else:
         raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY is not set. Set it (50+ random characters) or run with "
-            "DJANGO_DEBUG=true for local development."
+            "DJANGO_SECRET_KEY is not set. Set it (50+ random characters); it is generated under "
+            "GROWTH_VAR_DIR only on the embedded default (SQLite), and DATABASE_URL names another database."
         )
-    SECRET_KEY = "insecure-development-key-do-not-use-in-production-" + "x" * 20
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
@@ -53,6 +87,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "anymail",
     "axes",
     "access",
     "segments",
@@ -62,6 +97,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Answers /healthz and /readyz before anything reads the Host header (config/health.py).
+    "config.health.HealthProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.logging.RequestIdMiddleware",
@@ -88,6 +125,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                # The admin's "no worker seen" banner (templates/admin/base_site.html).
+                "config.health.worker_status_context",
             ],
         },
     },
@@ -124,6 +163,9 @@ IS_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.post
 CACHES = {
     "default": env.cache_url("CACHE_URL", default=f"filecache://{VAR_DIR / 'cache'}"),
 }
+if "redis" in CACHES["default"]["BACKEND"].lower():
+    # A stalled Redis must not hang requests: the throttle fails open on errors (access.throttling).
+    CACHES["default"].setdefault("OPTIONS", {}).update({"socket_connect_timeout": 2, "socket_timeout": 2})
 
 # --- Auth ------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -157,6 +199,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# The languages customer-facing pages (unsubscribe, preferences) and footers are translated to.
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
 
 # --- Static files (vendored; nothing loads from a CDN) --------------------------------
 STATIC_URL = "static/"
@@ -175,7 +219,11 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=DEBUG)
 
 # --- Security (production defaults; relaxed only by DJANGO_DEBUG) ---------------------
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto says "the client used https" only when a TLS-terminating proxy in front
+# sets it (and strips the client's own): trusted only with DJANGO_TRUST_PROXY=true. Without a
+# proxy (gunicorn published directly) any client could send it and pass for https.
+TRUST_PROXY = env.bool("DJANGO_TRUST_PROXY", default=False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUST_PROXY else None
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
@@ -188,7 +236,18 @@ X_FRAME_OPTIONS = "DENY"
 # Health probes come from the orchestrator over plain HTTP inside the network.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 
+# --- Provider webhooks (django-anymail: signature checked, events normalized) -----------
+# Mailgun's tracking webhook is mounted at /anymail/mailgun/tracking/; bounces, complaints
+# and provider unsubscribes suppress the address (campaigns.services.suppression). Without
+# a signing key the webhook refuses every request.
+ANYMAIL = {
+    "MAILGUN_WEBHOOK_SIGNING_KEY": env.str("MAILGUN_WEBHOOK_SIGNING_KEY", default=""),
+}
+
 # --- REST framework ----------------------------------------------------------------------
+# The largest request body (413 above it): a 1,000-item batch of ~10 KB items fits.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("API_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+
 REST_FRAMEWORK = {
     # Server API keys first (their scheme names the 401 challenge), then customer tokens.
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -199,8 +258,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["access.throttling.ApiKeyRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api_key": env.str("API_THROTTLE_RATE", default="6000/min")},
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PARSER_CLASSES": ["access.parsers.JsonParser"],
+    "DEFAULT_PAGINATION_CLASS": "access.pagination.ApiPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
@@ -237,8 +296,12 @@ SPECTACULAR_SETTINGS = {
 # --- Celery -----------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://localhost//")
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport lets a consumer read a message file before it is fully
+    # written (the worker then dies on JSONDecodeError) and loses what a killed worker had
+    # taken; config.broker's subclass writes atomically and keeps a claim until the ack.
+    CELERY_BROKER_TRANSPORT = "config.broker:Transport"
     _broker_dir = VAR_DIR / "broker"
-    for _folder in ("queue", "processed", "control"):
+    for _folder in ("queue", "processed", "control", "staging", "processing", "corrupt"):
         (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
@@ -280,8 +343,18 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # CONN_HEALTH_CHECKS, so a broken connection is still replaced.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
+# --- Worker heartbeat (config/health.py, config/celery.py) -------------------------------
+# Every worker records a heartbeat in the cache this often; /readyz and the admin say
+# "no worker seen" when the newest is older than WORKER_STALE_SECONDS. /readyz then answers
+# 503 "degraded", or 200 "degraded" with READYZ_REQUIRE_WORKER=false.
+WORKER_HEARTBEAT_SECONDS = env.float("GROWTH_WORKER_HEARTBEAT_SECONDS", default=10.0)
+WORKER_STALE_SECONDS = env.int("GROWTH_WORKER_STALE_SECONDS", default=60)
+READYZ_REQUIRE_WORKER = env.bool("GROWTH_READYZ_REQUIRE_WORKER", default=True)
+
 # --- Email ------------------------------------------------------------------------------
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="smtp://127.0.0.1:1025")
+# django-environ puts URL options (``?timeout=10``) under OPTIONS, which Django never reads.
+EMAIL_TIMEOUT = EMAIL_CONFIG.pop("OPTIONS", {}).get("TIMEOUT")
 globals().update(EMAIL_CONFIG)
 # The demo captures mail into a database mailbox shown in the admin.
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default=EMAIL_CONFIG["EMAIL_BACKEND"])
@@ -317,4 +390,11 @@ GROWTH = {
     "MAX_BATCH": 1000,
     # Events for an unknown customer: "reject" (default) or "create".
     "UNKNOWN_CUSTOMER_EVENTS": env.str("GROWTH_UNKNOWN_CUSTOMER_EVENTS", default="reject"),
+    # Client clocks (POST /exposures occurred_at) may be this far off the server's: a time up
+    # to this much in the future, or before the assignment / phase start, is clamped to
+    # [assignment, now]; further off it is refused (400 on occurred_at).
+    "EXPOSURE_CLOCK_SKEW_SECONDS": env.int("GROWTH_EXPOSURE_CLOCK_SKEW_SECONDS", default=300),
+    # Lift-report verdicts count only customers whose metric window has closed (first exposure
+    # + window <= now); a report view can turn it off (?exclude_open_windows=false).
+    "REPORT_EXCLUDE_OPEN_WINDOWS": env.bool("GROWTH_REPORT_EXCLUDE_OPEN_WINDOWS", default=True),
 }

@@ -28,5 +28,15 @@ urlpatterns = [
     path("admin/reports/", include("experiments.reports.urls", namespace="reports")),
     # The tier playbook (campaigns x layers, from the lift reports); admin-styled, likewise.
     path("admin/playbook/", include("campaigns.urls_admin", namespace="playbook")),
+    # Growth analytics (retention cohorts, step funnels); admin-styled, likewise.
+    path("admin/analytics/", include("segments.analytics.views", namespace="analytics")),
     path("admin/", admin.site.urls),
+    # Unsubscribe links, the preference page and provider webhooks (no session, no login).
+    path("", include("campaigns.urls_public", namespace="optout")),
 ]
+
+# Under /api/ these answer in the API's JSON error shape; elsewhere Django's own pages.
+handler400 = "access.exceptions.handler400"
+handler403 = "access.exceptions.handler403"
+handler404 = "access.exceptions.handler404"
+handler500 = "access.exceptions.handler500"

@@ -31,6 +31,9 @@ from segments.selectors import layer_ids_by_keys
 from segments.services.segments import segment_create
 
 GROWTH_USERNAME = "growth"  # created by ``manage.py demo_users``
+# The demo's compressed experiment duration: every report is read once, by the analysis step,
+# well after this (see ``demo.plan.ExperimentPlan``).
+DEMO_HORIZON = dt.timedelta(seconds=1)
 
 
 def growth_user() -> AbstractBaseUser | None:
@@ -110,10 +113,20 @@ def experiment_ensure(*, plan: ExperimentPlan, holdout: Holdout | None) -> Exper
                 targeting=experiment_services.Targeting(holdout_id=holdout.pk if holdout else None),
                 metrics=[experiment_services.MetricSpec(event_type_code=plan.metric, window_hours=plan.window_hours)],
                 minimum_detectable_effect=plan.minimum_detectable_effect,
+                plan={
+                    "confirmatory_dimensions": list(plan.confirmatory_dimensions),
+                    "fixed_audience": plan.fixed_audience,
+                    "inference_mode": plan.inference_mode,
+                    "planned_end_at": timezone.now() + DEMO_HORIZON if plan.inference_mode == "fixed" else None,
+                },
             )
         except ValidationError as exc:
             raise _fail(f"experiment {plan.key}", exc) from exc
     if experiment.status == Experiment.Status.DRAFT:
+        if experiment.planned_end_at is not None and experiment.planned_end_at <= timezone.now():
+            experiment = experiment_services.experiment_plan_update(
+                experiment=experiment, changes={"planned_end_at": timezone.now() + DEMO_HORIZON}
+            )
         experiment = experiment_services.experiment_start(experiment=experiment)
     return experiment
 

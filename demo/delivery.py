@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 
 from django.db.models import Count, Q
 from django.utils import timezone
-from tqdm import tqdm
 
 from campaigns.models import AudienceBatch, Campaign, Delivery
 from campaigns.services import lifecycle, outbox, triggers
 from campaigns.services.delivery import deliveries_send
+from config.progress import progress_bar
 from segments.selectors import events_queryset
 
 SWEEP_EVERY_SECONDS = 30.0
@@ -169,7 +169,7 @@ def drive_worker(
     in_flight: dict[int, tuple[float, int]] = {}  # campaign id -> (published at, cursor then)
     last_sweep = started
     last_progress, last_marker = started, None
-    bar = tqdm(desc="deliveries", unit="msg", total=0, disable=None if progress is None else not progress)
+    bar = progress_bar(desc="deliveries", unit="msg", total=0, enabled=progress)
     try:
         while True:
             state = settle_state(campaign_ids=campaign_ids)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+from config.progress import progress_bar
 
 DAY = dt.timedelta(days=1)
 CUSTOMER_COLUMNS = (
@@ -399,9 +399,7 @@ def generate(spec: DemoSpec, out_dir: Path, *, progress: bool | None = None, pro
         partial["customers"].open("w", newline="", encoding="utf-8") as customers_file,
         partial["events"].open("w", encoding="utf-8") as events_file,
         partial["memberships"].open("w", encoding="utf-8") as memberships_file,
-        tqdm(
-            total=spec.customers, desc="demo customers", unit="cust", disable=None if progress is None else not progress
-        ) as bar,
+        progress_bar(total=spec.customers, desc="demo customers", unit="cust", enabled=progress) as bar,
         contextlib.ExitStack() as stack,
     ):
         csv.DictWriter(customers_file, fieldnames=CUSTOMER_COLUMNS).writeheader()

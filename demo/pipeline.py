@@ -38,8 +38,11 @@ from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 
+from access.models import ApiKey, Scope
+from access.services import api_key_create, api_key_revoke
 from campaigns.models import Campaign
 from campaigns.services.referrals import referral_code_get_or_create
+from config.progress import progress_bar
 from demo import configure, delivery, responses, summary
 from demo.generator import DemoSpec, generate
 from demo.plan import CAMPAIGNS, HOLDOUT_PERCENT, OFFERS, SEGMENTS, WAVE, CampaignPlan, SegmentPlan, WavePlan
@@ -49,11 +52,12 @@ from experiments import services as experiment_services
 from experiments.reports.assemble import report_build
 from segments.importing import RecordError, parse_customer, parse_event
 from segments.importing.records import event_type_map
-from segments.models import Customer, Dimension, Event, Membership, RecomputeRun
+from segments.models import Customer, Dimension, Event, Membership, RecomputeRun, Segment
 from segments.selectors import audience_queryset, dimension_last_run, layer_ids_by_keys
 from segments.services.ingestion import customers_upsert, events_record
 from segments.services.recompute import recompute_all
 
+DEMO_API_KEY_NAME = "demo (make demo)"
 GENERATED_CUSTOMERS = ("cust-", "cust.")  # external id range of the generated customers
 GENERATED_EVENTS = ("ev-", "ev.")
 WAVE_MARKER = "wave-000000"
@@ -92,6 +96,7 @@ class DemoResult:
     settled: bool
     responses: tuple[responses.ResponseStats, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    api_key: str = ""  # the demo's API key with every scope (raw; replaced at every run)
 
 
 class Pipeline:
@@ -160,7 +165,19 @@ class Pipeline:
             return True
 
     def recompute(self, note: list[str]) -> None:
-        outcomes = recompute_all(trigger=RecomputeRun.Trigger.COMMAND)
+        # Target by target (what recompute_all does in one call, in the same order) so a long
+        # recompute reports its progress (config.progress).
+        dimension_keys = list(Dimension.objects.filter(is_active=True).order_by("key").values_list("key", flat=True))
+        segment_keys = list(Segment.objects.filter(is_active=True).order_by("key").values_list("key", flat=True))
+        outcomes = []
+        with progress_bar(
+            total=len(dimension_keys) + len(segment_keys), desc="recompute", unit="target", enabled=self.o.progress
+        ) as bar:
+            for kind, keys in (("dimension_keys", dimension_keys), ("segment_keys", segment_keys)):
+                for key in keys:
+                    bar.set_postfix_str(f"now {key}", refresh=False)
+                    outcomes += recompute_all(trigger=RecomputeRun.Trigger.COMMAND, **{kind: [key]})
+                    bar.update(1)
         failed = [o.target for o in outcomes if o.status == "failed"]
         if failed:
             raise RuntimeError(f"demo: recompute failed for {', '.join(failed)} (see the runs in the admin)")
@@ -313,13 +330,25 @@ class Pipeline:
             for plan in self.o.campaigns:
                 experiment = experiment_selectors.experiment_get(key=plan.experiment.key)
                 experiment_services.conversions_refresh(experiment=experiment, full=True)
-                report = report_build(experiment_key=plan.experiment.key, adjustment="holm")
+                # Responses come within MAX_DELAY_SECONDS of exposure: every window is complete
+                # although not yet closed by the clock, so none is left out as "open".
+                report = report_build(experiment_key=plan.experiment.key, adjustment="holm", exclude_open_windows=False)
                 findings.append(summary.findings_from_report(plan=plan, report=report))
             recovered = sum(p.recovered for f in findings for p in f.planted)
             planted = sum(len(f.planted) for f in findings)
             false = sum(len(f.false_positives) for f in findings)
             note.append(f"{recovered} of {planted} planted effects recovered, {false} false positives")
             return findings
+
+    def api_key(self) -> str:
+        """A key with every scope, so the API docs (/api/docs/) can be tried. Only its hash is
+        stored, so a run cannot show the previous run's key: each run revokes the demo's key
+        and creates a new one (one active demo key at a time)."""
+        with self.step("api key: one with every scope, for the API docs") as note:
+            revoked = [api_key_revoke(api_key=k) for k in ApiKey.objects.active().filter(name=DEMO_API_KEY_NAME)]
+            key, raw = api_key_create(name=DEMO_API_KEY_NAME, scopes=Scope.values)
+            note.append(f"'{key.name}' with {len(key.scopes)} scopes" + (", the previous revoked" if revoked else ""))
+            return raw
 
     def run(self) -> DemoResult:
         manifest = self.data()
@@ -337,8 +366,11 @@ class Pipeline:
         settled = self.deliver(list(campaigns.values()))
         stats = self.simulate()
         findings = self.analyse()
+        raw_key = self.api_key()
         counts = summary.demo_counts(campaigns=self.o.campaigns, segments=self.o.segments)
-        return DemoResult(tuple(self.timings), tuple(findings), counts, settled, tuple(stats), tuple(self.notes))
+        return DemoResult(
+            tuple(self.timings), tuple(findings), counts, settled, tuple(stats), tuple(self.notes), raw_key
+        )
 
 
 def run_demo(options: DemoOptions, *, stdout: IO[str], write: Callable[[str], None]) -> DemoResult:
@@ -376,7 +408,8 @@ def summary_text(result: DemoResult, options: DemoOptions) -> list[str]:
         f"  conversions: {c['conversions']:,}",
         "",
         "What the lift reports found against what was planted (primary metric; significant: Holm-adjusted p < 0.05",
-        "within each experiment's family of layer x variant comparisons). A planted effect lifts the goal rate of",
+        "within each experiment's confirmatory family: variants x (all customers + the planted dimension's layers)).",
+        "A planted effect lifts the goal rate of",
         "customers a treated variant's message reached; the reports compare everyone assigned (intent to treat), so",
         "they should see about the planted lift x the share reached (intervals: 95%, not multiplicity-adjusted):",
     ]
@@ -387,6 +420,8 @@ def summary_text(result: DemoResult, options: DemoOptions) -> list[str]:
         lines += summary.findings_text(findings, reach=reach)
     lines += ["", summary.verdict_text(result.findings)]
     lines += [f"  note: {n}" for n in result.notes]
+    if result.api_key:
+        lines += ["", f"API key (every scope; a new one each run, the previous revoked): {result.api_key}"]
     lines += ["", "Timings:"] + [f"  {t.seconds:7.1f} s  {t.name}" for t in result.timings]
     lines.append(f"  {sum(t.seconds for t in result.timings):7.1f} s  total")
     return lines

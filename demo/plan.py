@@ -95,6 +95,17 @@ class ExperimentPlan:
     metric: str  # the primary metric's event type
     window_hours: int
     minimum_detectable_effect: Decimal = Decimal("0.30")
+    # The analysis plan recorded at start (issue 14): the dimension whose layers carry the
+    # planted effects is declared confirmatory, so its layers are in the decision family;
+    # broadcasts have a fixed audience. The demo compresses weeks into seconds and reads
+    # each report exactly once, after every response is in (``pipeline.analyse``): that is
+    # a fixed-horizon design, so its plans are fixed-horizon with the horizon at the
+    # (compressed) end, ``configure.DEMO_HORIZON`` after the start. (Always-valid verdicts,
+    # the product's default, pay for being readable every day with wider intervals: at the
+    # demo's default scale they miss the smallest planted cells.)
+    confirmatory_dimensions: tuple[str, ...] = ()
+    fixed_audience: bool = False
+    inference_mode: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -303,6 +314,7 @@ REFERRAL = CampaignPlan(
         ),
         metric="order",
         window_hours=7 * 24,
+        confirmatory_dimensions=("lifecycle",),
     ),
     treatments=(
         TreatmentPlan(
@@ -364,6 +376,8 @@ RENEWAL = CampaignPlan(
         ),
         metric="membership_renewed",
         window_hours=14 * 24,
+        confirmatory_dimensions=("expiry",),
+        fixed_audience=True,
     ),
     treatments=(
         TreatmentPlan(
@@ -443,6 +457,8 @@ WINBACK = CampaignPlan(
         ),
         metric="order",
         window_hours=14 * 24,
+        confirmatory_dimensions=("lifecycle",),
+        fixed_audience=True,
     ),
     treatments=(
         TreatmentPlan(

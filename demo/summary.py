@@ -1,9 +1,10 @@
 """What the demo created, and what the lift reports found against what was planted.
 
 For each campaign experiment the report is read where the effects were planted: the
-layers of the plan's ``evaluate_dimension`` (one Holm family: those layers x the treatment
-variants, primary metric), or the overall row (family: the treatment variants) for an
-audience that sits in one layer. A planted effect is *recovered* when its cell's verdict
+layers of the plan's ``evaluate_dimension``, which the experiment's analysis plan declares
+confirmatory (one Holm family: primary metric x treatment variants x (all customers + those
+layers)), or the overall row (family: the treatment variants) for an audience that sits in
+one layer. A planted effect is *recovered* when its cell's verdict
 is "significant win"; any other significant cell of that family is a *false positive*
 (no effect was planted there).
 """
@@ -67,6 +68,8 @@ class Findings:
     significant: tuple[Cell, ...]
     false_positives: tuple[Cell, ...]
     caveats: tuple[str, ...]
+    # The analysis plan recorded at start, in words: mode and the declared decision family.
+    plan: str = ""
 
     @property
     def significant_cells(self) -> set[tuple[str | None, str]]:
@@ -128,6 +131,7 @@ def findings_from_report(*, plan: CampaignPlan, report: Report) -> Findings:
         significant=significant,
         false_positives=false_positives,
         caveats=tuple(c.message for c in report.caveats),
+        plan=f"{report.plan.inference_mode_name}; {report.confirmatory_family.scope}",
     )
 
 
@@ -215,6 +219,8 @@ def findings_text(findings: Findings, *, reach: dict[tuple[str | None, str], flo
         f"  {findings.experiment} (campaign {findings.campaign}; {findings.metric}; {scope}; "
         f"Holm family of {findings.family_size})"
     ]
+    if findings.plan:
+        lines.append(f"    plan: {findings.plan}")
     lifts = {(p.layer, p.variant): p.lift for p in findings.planted}
     cells = {(c.layer, c.variant): c for c in findings.cells}
     keys = list(cells) + [key for key in lifts if key not in cells]

@@ -83,8 +83,14 @@ class VariantInline(admin.TabularInline):
 class MetricInline(admin.TabularInline):
     model = Metric
     extra = 0
-    fields = ["role", "event_type", "window_hours", "conversions_watermark"]
+    fields = ["role", "event_type", "window_hours", "noninferiority_margin", "conversions_watermark"]
     readonly_fields = ["conversions_watermark"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Experiment | None = None) -> list[str]:
+        # The metrics and margins are part of the analysis plan recorded at start.
+        if obj is not None and obj.status != Experiment.Status.DRAFT:
+            return list(self.fields)
+        return list(super().get_readonly_fields(request, obj))
 
 
 class PhaseInline(ReadOnlyAdminMixin, admin.TabularInline):
@@ -126,12 +132,29 @@ class ExperimentAdmin(admin.ModelAdmin):
             "Mutual exclusion and holdout",
             {"fields": ["namespace", "namespace_start", "namespace_end", "holdout"]},
         ),
+        (
+            "Analysis plan",
+            {
+                "fields": [
+                    "inference_mode",
+                    "planned_sample_size",
+                    "planned_end_at",
+                    "fixed_audience",
+                    "alpha",
+                    "correction",
+                    "confirmatory_dimensions",
+                ],
+                "description": "Recorded when the experiment starts (with the metrics and their guardrail "
+                "margins) and shown on the report. It cannot change while the experiment runs: a changed plan "
+                "needs a new phase.",
+            },
+        ),
     ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Experiment | None = None) -> list[str]:
         fields = ["status", "started_at", "stopped_at", "live_counts"]
         if obj is not None and obj.status != Experiment.Status.DRAFT:
-            fields += ["key", *Experiment.ASSIGNMENT_FIELDS]
+            fields += ["key", *Experiment.ASSIGNMENT_FIELDS, *Experiment.PLAN_FIELDS]
         return fields
 
     def has_change_status_permission(self, request: HttpRequest) -> bool:

@@ -10,7 +10,9 @@ Routes (under ``/api/v1/``):
   and phases never are. An experiment a campaign owns is never assigned or exposed here:
   the campaign's decision is reported, else ``campaign_managed``.
 - ``POST exposures`` (scope ``events:write``): client-side exposure logging, for clients
-  that fetch with ``expose=false`` and log when the variant is actually shown.
+  that fetch with ``expose=false`` and log when the variant is actually shown; an
+  ``occurred_at`` outside the experiment (before the assignment or phase start, or in the
+  future, beyond the clock skew) is refused on ``occurred_at``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.models import Scope
+from access.pagination import LIMIT_SCHEMA, OFFSET_SCHEMA, ApiPagination
 from access.permissions import CustomerTokenAccess
 from experiments import selectors, services
 from experiments.selectors import ExperimentConfig
@@ -67,7 +69,7 @@ class AssignmentsQuerySerializer(serializers.Serializer):
     )
 
 
-class AssignmentsPagination(LimitOffsetPagination):
+class AssignmentsPagination(ApiPagination):
     default_limit = 100
     max_limit = 500
 
@@ -94,8 +96,8 @@ class CustomerAssignmentsView(APIView):
         parameters=[
             OpenApiParameter("external_id", OpenApiTypes.STR, OpenApiParameter.PATH),
             AssignmentsQuerySerializer,
-            OpenApiParameter("limit", OpenApiTypes.INT, description="Page size (default 100, at most 500)."),
-            OpenApiParameter("offset", OpenApiTypes.INT),
+            OpenApiParameter("limit", LIMIT_SCHEMA, description="Page size (default 100; above 500 is capped)."),
+            OpenApiParameter("offset", OFFSET_SCHEMA, description="Entries to skip."),
         ],
         responses={
             200: DecisionSerializer(many=True),
@@ -138,7 +140,15 @@ class ExposureInSerializer(serializers.Serializer):
     customer_id = serializers.CharField(max_length=128, help_text="The customer's external_id.")
     experiment = serializers.SlugField(max_length=64, help_text="The experiment key.")
     variant = serializers.SlugField(max_length=64, help_text="The variant the customer saw.")
-    occurred_at = serializers.DateTimeField(required=False, help_text="When it was shown (default: now).")
+    occurred_at = serializers.DateTimeField(
+        required=False,
+        help_text=(
+            "When it was shown (default: now), with a time zone. Refused (400 on occurred_at) when it is before "
+            "the customer's assignment or the experiment's current phase start, or in the future, by more than "
+            "the allowed clock skew (GROWTH_EXPOSURE_CLOCK_SKEW_SECONDS, 300 s); within it, clamped to "
+            "[assignment time, now]."
+        ),
+    )
 
 
 class ExposureOutSerializer(serializers.Serializer):
@@ -161,7 +171,11 @@ class ExposuresView(APIView):
         request=ExposureInSerializer,
         responses={
             200: ExposureOutSerializer,
-            400: ErrorSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="Invalid input, no assignment (`experiment`), or a time outside the experiment "
+                "(`occurred_at`).",
+            ),
             401: ErrorSerializer,
             403: ErrorSerializer,
             404: ErrorSerializer,

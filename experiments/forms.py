@@ -36,7 +36,38 @@ class ExperimentAdminForm(forms.ModelForm):
             "namespace_start",
             "namespace_end",
             "holdout",
+            # The analysis plan: editable while a draft, frozen at start (read-only after).
+            "inference_mode",
+            "planned_sample_size",
+            "planned_end_at",
+            "fixed_audience",
+            "alpha",
+            "correction",
+            "confirmatory_dimensions",
         ]
+
+    # Plan fields left out of a submission keep the model's defaults (sequential, alpha
+    # 0.05, Holm), so forms and scripts written before the plan existed still work.
+    PLAN_DEFAULTS = ("inference_mode", "alpha", "correction")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in self.PLAN_DEFAULTS:
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def _plan_default(self, name: str) -> Any:
+        value = self.cleaned_data.get(name)
+        return Experiment._meta.get_field(name).get_default() if value in (None, "") else value
+
+    def clean_inference_mode(self) -> Any:
+        return self._plan_default("inference_mode")
+
+    def clean_alpha(self) -> Any:
+        return self._plan_default("alpha")
+
+    def clean_correction(self) -> Any:
+        return self._plan_default("correction")
 
     def clean_key(self) -> str:
         key = self.cleaned_data["key"]

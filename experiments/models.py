@@ -140,6 +140,54 @@ class Experiment(models.Model):
         help_text="Smallest relative lift worth detecting (0.10 = +10%); drives the power status.",
     )
 
+    # The analysis plan (issue 14): set while the experiment is a draft; ``experiment_start``
+    # (and every new phase) freezes it, with the metrics, into the phase's ``AnalysisPlan``,
+    # and ``experiment_plan_update`` refuses to change it while running unless a new phase
+    # starts. The report reads the frozen plan, never these fields.
+    PLAN_FIELDS = (
+        "minimum_detectable_effect",
+        "inference_mode",
+        "planned_sample_size",
+        "planned_end_at",
+        "fixed_audience",
+        "alpha",
+        "correction",
+        "confirmatory_dimensions",
+    )
+
+    class InferenceMode(models.TextChoices):
+        SEQUENTIAL = "sequential", "Always valid (sequential): read it any day"
+        FIXED = "fixed", "Fixed horizon: verdicts only once the planned horizon is reached"
+
+    class Correction(models.TextChoices):
+        HOLM = "holm", "Holm (family-wise error rate)"
+        BH = "bh", "Benjamini-Hochberg (false discovery rate)"
+
+    inference_mode = models.CharField(max_length=16, choices=InferenceMode.choices, default=InferenceMode.SEQUENTIAL)
+    planned_sample_size = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Customers in all arms together at the planned horizon (tunes the sequential test).",
+    )
+    planned_end_at = models.DateTimeField(null=True, blank=True, help_text="Planned end of the experiment.")
+    fixed_audience = models.BooleanField(
+        default=False,
+        help_text="The audience is fixed in advance (a campaign broadcast): no more customers will come.",
+    )
+    alpha = models.DecimalField(
+        max_digits=4,
+        decimal_places=3,
+        default=Decimal("0.05"),
+        validators=[MinValueValidator(Decimal("0.001")), MaxValueValidator(Decimal("0.2"))],
+        help_text="Significance level of the confirmatory family.",
+    )
+    correction = models.CharField(max_length=8, choices=Correction.choices, default=Correction.HOLM)
+    confirmatory_dimensions = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Dimension keys whose layers are confirmatory (part of the decision family).",
+    )
+
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True, editable=False)
     stopped_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -200,6 +248,31 @@ class Phase(models.Model):
         return f"{self.experiment.key} phase {self.number}"
 
 
+class AnalysisPlan(models.Model):
+    """The analysis plan of one phase, frozen when the phase opens (``experiment_start``,
+    a new phase): what the report may call a decision. Rows are never edited; a changed
+    plan needs a new phase (``experiment_plan_update``)."""
+
+    phase = models.OneToOneField(Phase, on_delete=models.CASCADE, related_name="plan")
+    primary_metric = models.CharField(max_length=64, blank=True, help_text="Event type code.")
+    secondary_metrics = models.JSONField(default=list)
+    guardrail_metrics = models.JSONField(
+        default=list, help_text='[{"metric": code, "margin": "0.002"}]: non-inferiority margin in absolute points.'
+    )
+    confirmatory_dimensions = models.JSONField(default=list)
+    inference_mode = models.CharField(max_length=16, choices=Experiment.InferenceMode.choices)
+    planned_sample_size = models.PositiveIntegerField(null=True, blank=True)
+    planned_end_at = models.DateTimeField(null=True, blank=True)
+    fixed_audience = models.BooleanField(default=False)
+    minimum_detectable_effect = models.DecimalField(max_digits=6, decimal_places=4)
+    alpha = models.DecimalField(max_digits=4, decimal_places=3)
+    correction = models.CharField(max_length=8, choices=Experiment.Correction.choices)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"plan of {self.phase}"
+
+
 class Variant(models.Model):
     """An arm of an experiment. ``weight`` is a fraction (0.5 = 50%); the active variants'
     weights sum to 1 and exactly one of them is the control. ``position`` orders the
@@ -242,6 +315,13 @@ class Metric(models.Model):
     event_type = models.ForeignKey(EventType, on_delete=models.PROTECT, related_name="+")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.PRIMARY)
     window_hours = models.PositiveIntegerField(default=7 * 24, help_text="Conversion window after first exposure.")
+    noninferiority_margin = models.DecimalField(
+        max_digits=6,
+        decimal_places=4,
+        default=Decimal(0),
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Guardrails: tolerated worsening in absolute points (0.002 = 0.2 pts) before harm is flagged.",
+    )
     conversions_watermark = models.DateTimeField(
         null=True,
         blank=True,
@@ -390,6 +470,15 @@ class Conversion(models.Model):
         SegmentSnapshot, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
     )
     converted_at = models.DateTimeField()
+    first_exposed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=(
+            "The assignment's first exposure this conversion was computed from (its window's start), "
+            "so a report can leave out customers whose window is still open without a join; rewritten "
+            "when the first exposure moves. Null only on rows written outside the engine."
+        ),
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["assignment", "metric"], name="conversion_unique")]

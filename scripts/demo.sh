@@ -17,12 +17,16 @@ PORT=${DEMO_PORT:-8000}
 export GROWTH_VAR_DIR=${GROWTH_VAR_DIR:-$PWD/var}
 VAR=$GROWTH_VAR_DIR
 mkdir -p "$VAR"
-[ -s "$VAR/secret_key" ] || "$PY" -c "import secrets; print(secrets.token_urlsafe(50))" > "$VAR/secret_key"
-export DJANGO_SECRET_KEY=$(cat "$VAR/secret_key")
+# No DJANGO_SECRET_KEY: on the embedded default the settings generate one once into
+# $VAR/secret_key (mode 0600), which every later manage.py command here also uses.
+unset DJANGO_SECRET_KEY
 export DJANGO_DEBUG=false DJANGO_SECURE_SSL_REDIRECT=false DJANGO_SECURE_COOKIES=false DJANGO_SECURE_HSTS_SECONDS=0
 export DJANGO_ALLOWED_HOSTS=127.0.0.1,localhost
 unset DATABASE_URL CELERY_BROKER_URL CACHE_URL
 # Messages land in the database mailbox the admin shows: no SMTP server or SMS/push provider needed.
+# The simulated customers respond within seconds of exposure (demo/responses.py): their
+# 7-14 day conversion windows are complete at once, so reports count every window.
+export GROWTH_REPORT_EXCLUDE_OPEN_WINDOWS=${GROWTH_REPORT_EXCLUDE_OPEN_WINDOWS:-false}
 export EMAIL_BACKEND=campaigns.mailbox.DatabaseMailboxBackend
 export CAMPAIGNS_SMS_BACKEND=campaigns.channels.mailbox.SmsMailboxBackend
 export CAMPAIGNS_PUSH_BACKEND=campaigns.channels.mailbox.PushMailboxBackend
@@ -41,9 +45,31 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
-# The worker that delivers the demo's campaigns, and keeps serving afterwards.
-.venv/bin/celery -A config worker --concurrency 2 --hostname "demo@%h" --loglevel INFO \
-  --without-gossip --without-mingle --without-heartbeat >>"$VAR/worker.log" 2>&1 &
+# The worker that delivers the demo's campaigns, and keeps serving afterwards, supervised:
+# whenever it exits (a crash, the OOM killer, kill -9) it is started again, and the broker
+# puts back the messages it had taken but not finished (config/broker.py). It runs in a
+# session of its own so that what it leaves behind (pool processes) can be stopped as a
+# group; its pid is in $VAR/worker.pid.
+supervise_worker() {
+  local child="" rc
+  stop_worker() {
+    if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; kill -KILL -- "-$child" 2>/dev/null; fi
+    exit 0
+  }
+  trap stop_worker TERM INT
+  while :; do
+    setsid "$PWD/.venv/bin/celery" -A config worker --concurrency 2 --hostname "demo@%h" --loglevel INFO \
+      --without-gossip --without-mingle --without-heartbeat >>"$VAR/worker.log" 2>&1 &
+    child=$!
+    echo "$child" > "$VAR/worker.pid"
+    rc=0; wait "$child" || rc=$?
+    kill -KILL -- "-$child" 2>/dev/null || true
+    echo "$(date -u +%FT%TZ) demo: the Celery worker (pid $child) exited with status $rc; starting it again in 2 s" \
+      | tee -a "$VAR/worker.log" >&2
+    sleep 2
+  done
+}
+supervise_worker &
 pids+=($!)
 
 LOG_LEVEL=${DEMO_LOG_LEVEL:-WARNING} "$PY" manage.py run_demo \
@@ -71,6 +97,9 @@ echo
 echo "Admin:    http://127.0.0.1:$PORT/admin/   (users above)"
 echo "Reports:  http://127.0.0.1:$PORT/admin/reports/"
 echo "Playbook: http://127.0.0.1:$PORT/admin/playbook/"
-echo "API docs: http://127.0.0.1:$PORT/api/docs/"
+echo "API docs: http://127.0.0.1:$PORT/api/docs/   (Authorize with: Api-Key $(cat "$VAR/demo-api-key.txt"))"
+echo "API key:  $(cat "$VAR/demo-api-key.txt")   (every scope; a new one each run, the previous revoked), e.g."
+echo "  curl -H 'Authorization: Api-Key $(cat "$VAR/demo-api-key.txt")' http://127.0.0.1:$PORT/api/v1/customers/cust-000001/segments"
+echo "Health:   http://127.0.0.1:$PORT/readyz   (503 \"degraded\" when no worker was seen in the last minute)"
 echo "Logs: $VAR/web.log, $VAR/worker.log, $VAR/beat.log. Ctrl-C stops everything."
 wait

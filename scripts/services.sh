@@ -6,27 +6,53 @@
 #   scripts/services.sh restart-redis | stop-redis | start-redis
 #   scripts/services.sh status              # exit 0 when both are up
 #   scripts/services.sh env                 # print the URLs to export
+#   scripts/services.sh pg-datadir          # print where the PostgreSQL cluster lives
 #
 # PostgreSQL refuses to run as root; as root the cluster runs as the 'postgres' system
 # user (created by Debian's package). Ports: PG_PORT (54329) and REDIS_PORT (63799).
+#
+# The cluster lives in var/services/pg, unless we are root and the 'postgres' user cannot
+# reach that folder (a checkout under /root, or any folder of mode 700 on the way): then
+# initdb would fail with "Permission denied", so the cluster lives in
+# /var/tmp/growth-pg-<hash of the folder>/pg instead, owned by postgres, one per checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-VAR=${GROWTH_SERVICES_DIR:-$ROOT/var/services}
+VAR=$(realpath -m "${GROWTH_SERVICES_DIR:-$ROOT/var/services}")
 PG_PORT=${PG_PORT:-54329}
 REDIS_PORT=${REDIS_PORT:-63799}
-PG_DATA=$VAR/pg
 REDIS_DIR=$VAR/redis
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 
 as_pg() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  # From /: the postgres user may not be allowed into the current directory.
+  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
+
+pg_data_dir() {
+  if [ "$(id -u)" != 0 ] || [ -s "$VAR/pg/PG_VERSION" ] || ! id postgres >/dev/null 2>&1; then
+    echo "$VAR/pg"; return
+  fi
+  # The nearest folder that exists: VAR and what is missing below it are created mode 755.
+  local probe=$VAR
+  while [ ! -e "$probe" ]; do probe=$(dirname "$probe"); done
+  if (cd / && runuser -u postgres -- test -x "$probe") 2>/dev/null; then
+    echo "$VAR/pg"
+  else
+    echo "/var/tmp/growth-pg-$(printf '%s' "$VAR" | sha256sum | cut -c1-12)/pg"
+  fi
+}
+PG_DATA=$(pg_data_dir)
 
 pg_start() {
   [ -n "$PG_BIN" ] || { echo "PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 1; }
   mkdir -p "$VAR"
   if [ ! -s "$PG_DATA/PG_VERSION" ]; then
+    if [ "$PG_DATA" != "$VAR/pg" ]; then
+      echo "The postgres user cannot enter $VAR (a folder on the way is private to root)," >&2
+      echo "so the PostgreSQL cluster goes to $PG_DATA (remove it after 'scripts/services.sh stop')." >&2
+      install -d -m 700 -o postgres -g postgres "$(dirname "$PG_DATA")"
+    fi
     mkdir -p "$PG_DATA"
     [ "$(id -u)" = 0 ] && chown postgres:postgres "$PG_DATA"
     local pw; pw=$(mktemp); echo growth > "$pw"; chmod 644 "$pw"
@@ -82,10 +108,11 @@ case "${1:-}" in
   status)
     redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 \
       && [ -s "$PG_DATA/PG_VERSION" ] && as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1 ;;
+  pg-datadir) echo "$PG_DATA" ;;
   env)
     echo "DATABASE_URL=postgres://growth:growth@127.0.0.1:$PG_PORT/growth"
     echo "CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0"
     echo "CACHE_URL=redis://127.0.0.1:$REDIS_PORT/1"
     ;;
-  *) echo "usage: $0 start [--durable] | stop | start-redis | stop-redis | restart-redis | status | env" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--durable] | stop | start-redis | stop-redis | restart-redis | status | env | pg-datadir" >&2; exit 2 ;;
 esac

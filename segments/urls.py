@@ -1,4 +1,4 @@
-from segments.api import customer_segments, ingestion
+from segments.api import analytics, customer_segments, ingestion
 
 app_name = "segments"
-urlpatterns = [*ingestion.urlpatterns, *customer_segments.urlpatterns]
+urlpatterns = [*ingestion.urlpatterns, *customer_segments.urlpatterns, *analytics.urlpatterns]

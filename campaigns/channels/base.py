@@ -37,6 +37,8 @@ class OutgoingMessage:
     title: str = ""
     text: str = ""
     html: str = ""
+    # Extra headers (email): e.g. List-Unsubscribe and List-Unsubscribe-Post (RFC 8058).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,16 @@ class TransientError(Exception):
 
 
 class PermanentError(Exception):
-    pass
+    """``smtp_code`` and ``smtp_command`` say which SMTP reply refused the message, when it
+    was one: the reply's code and the command it answered ("MAIL", "RCPT", "DATA", or "END"
+    for the end of the content). A 5xx at RCPT, DATA or END (503 excluded) is a hard bounce
+    and suppresses the address (``campaigns.services.suppression``). The same two names are
+    on ``campaigns.channels.smtp.SmtpError`` (a transient refusal)."""
+
+    def __init__(self, message: str = "", *, smtp_code: int | None = None, smtp_command: str = "") -> None:
+        super().__init__(message)
+        self.smtp_code = smtp_code
+        self.smtp_command = smtp_command
 
 
 class ChannelBackend:

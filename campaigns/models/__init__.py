@@ -1,4 +1,5 @@
 from campaigns.models.campaigns import Campaign, CampaignQuerySet, CampaignVersion, Content, Treatment
+from campaigns.models.consent import Suppression, Topic, TopicOptOut
 from campaigns.models.delivery import AudienceBatch, CapSlot, ChannelPolicy, Delivery, Recipient
 from campaigns.models.mailbox import MailboxMessage
 from campaigns.models.offers import Coupon, Offer
@@ -20,5 +21,8 @@ __all__ = [
     "Referral",
     "ReferralAudit",
     "ReferralCode",
+    "Suppression",
+    "Topic",
+    "TopicOptOut",
     "Treatment",
 ]

@@ -14,6 +14,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from campaigns.models.consent import Topic
 from experiments.models import Experiment
 from segments.models import Channel, Dimension, EventType, Layer, Segment
 
@@ -112,7 +113,15 @@ class Campaign(models.Model):
         max_length=16, choices=ChannelStrategy.choices, default=ChannelStrategy.FIRST_REACHABLE
     )
     is_transactional = models.BooleanField(
-        default=False, help_text="Transactional messages are exempt from frequency caps and quiet hours."
+        default=False,
+        help_text="Transactional messages are exempt from frequency caps, quiet hours, topic opt-outs "
+        "and the unsubscribe link.",
+    )
+    topic = models.CharField(
+        max_length=32,
+        choices=Topic.choices,
+        default=Topic.PROMOTIONS,
+        help_text="What the campaign is about: customers can opt out of a topic per channel.",
     )
     send_at = models.DateTimeField(null=True, blank=True, help_text="Broadcast: when to send.")
     ends_at = models.DateTimeField(

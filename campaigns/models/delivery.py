@@ -113,6 +113,7 @@ class Delivery(models.Model):
         CAPPED = "capped", "Frequency cap reached"
         QUIET_HOURS = "quiet_hours", "Held for quiet hours"
         NO_CONSENT = "no_consent", "No consent or opted out"
+        SUPPRESSED = "suppressed", "Contact point suppressed (bounce, complaint, invalid)"
         NO_CONTACT = "no_contact", "No contact point for the channel"
         CONTROL = "control", "Control group (would have sent)"
         HOLDOUT = "holdout", "Holdout (would have sent)"
@@ -126,6 +127,7 @@ class Delivery(models.Model):
     SUPPRESSION_REASONS = (
         Reason.CAPPED,
         Reason.NO_CONSENT,
+        Reason.SUPPRESSED,
         Reason.NO_CONTACT,
         Reason.CONTROL,
         Reason.HOLDOUT,
@@ -155,6 +157,9 @@ class Delivery(models.Model):
     max_attempts = models.PositiveSmallIntegerField(default=5)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # The first claim's time: a deferred message is retried for its channel's retry period
+    # from here (campaigns.conf, CAMPAIGNS_RETRY_PERIOD_<CHANNEL>).
+    first_tried_at = models.DateTimeField(null=True, blank=True)
     claimed_by = models.CharField(max_length=200, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)

@@ -130,3 +130,18 @@ def exposures_mode() -> str:
     from experiments import services as experiment_services
 
     return "bulk" if hasattr(experiment_services, "exposures_record") else "per-assignment"
+
+
+# Every campaign experiment watches what its messages cost: unsubscribes, spam complaints and
+# hard bounces, per variant and layer like any metric (``experiments.reports``).
+GUARDRAIL_EVENTS: tuple[str, ...] = ("unsubscribe", "complaint", "bounce")
+
+
+def guardrails_ensure(*, experiment: Experiment) -> int:
+    """Add the default guardrail metrics the campaign's experiment lacks."""
+    from experiments import services as experiment_services
+
+    return experiment_services.experiment_metrics_ensure(
+        experiment=experiment,
+        metrics=[experiment_services.MetricSpec(event_type_code=code, role="guardrail") for code in GUARDRAIL_EVENTS],
+    )

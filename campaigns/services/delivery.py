@@ -11,9 +11,28 @@ see ``_SentMarks``), and that statement is committed before the backend hands th
 message over, which keeps the in-doubt window — accepted by the provider but not yet
 recorded — to the one message a process has in flight.
 
-Errors: a ``PermanentError`` fails the row with the reason; a ``TransientError`` schedules
-the next try with exponential backoff and full jitter (never sooner than the provider's
-``Retry-After``) until ``max_attempts`` tries, then the row fails with ``gave_up``.
+Right before a chunk is rendered, the send-time rules (consent, suppression, topic
+opt-outs, quiet hours, the campaign's status and end date) are checked again on facts read
+by the chunk's one query; what fails them is recorded and never sent (``sendtime``).
+
+Errors: a ``PermanentError`` fails the row with the reason (an SMTP 5xx at RCPT, DATA or the
+end of DATA also suppresses the address: ``smtp_code`` / ``smtp_command``); a
+``TransientError`` schedules
+the next try with exponential backoff and jitter, never sooner than the provider's
+``Retry-After`` (up to ``CAMPAIGNS_RETRY_AFTER_MAX_SECONDS``), for the channel's retry
+period after the first try (email: 24 h; mail servers queue for days) or, for channels
+without one, until ``max_attempts`` tries; then the row fails with ``gave_up``. A next try
+further away than the broker's countdown limit is left to the outbox sweeper (the schedule
+is the row's ``not_before``).
+
+A database error while sending (PostgreSQL restarted, the connection lost) ends the task at
+once: the SMTP session is aborted, the acceptance being recorded is recorded once the
+database answers again, and the task's other claims are put back (``_claims_release``),
+so the next try starts within seconds instead of after the claim's lease.
+
+Claims are keyed by ``hostname:pid`` and, on PostgreSQL, the claiming database session
+(``claim_token``): a claim whose session is gone (its process was killed, on this host or
+another) is released by the next tick (``outbox.deliveries_release_lost_sessions``).
 """
 
 from __future__ import annotations
@@ -22,12 +41,14 @@ import datetime as dt
 import logging
 import random
 import select
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import DatabaseError, connection
+from django.db import Error as DjangoDatabaseError
 from django.db.models import Q
 from django.template import TemplateSyntaxError
 from django.utils import timezone
@@ -41,9 +62,9 @@ from campaigns.channels import (
     TransientError,
     get_backend,
 )
-from campaigns.content import MissingVariable, render_message
+from campaigns.content import CustomerLocale, MissingVariable, render_message
 from campaigns.models import Campaign, Content, Delivery, Offer
-from campaigns.services import bulk
+from campaigns.services import bulk, consent, sendtime, suppression
 from campaigns.services import policy as send_policy
 from campaigns.services.outbox import chunked
 from campaigns.services.render import (
@@ -66,20 +87,60 @@ class SendReport:
     failed: int = 0
     retried: int = 0
     released: int = 0
+    stopped: int = 0  # stopped by the send-time rules (held, or suppressed with a reason)
     retry_ids: tuple[int, ...] = ()
     retry_at: dt.datetime | None = None
 
 
+# A retry further away than this is not published with a broker countdown (it must stay
+# well inside the Redis visibility timeout, 1 h): the row's ``not_before`` holds it and the
+# outbox sweeper publishes it when it is due.
+BROKER_COUNTDOWN_MAX_SECONDS = 900
+
+
 def retry_delay(*, attempts: int, retry_after: float | None = None) -> float:
-    """Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff
-    and Jitter", 2015): uniform in [base·2^(n-1)/2, base·2^(n-1)], capped; never below the
-    provider's Retry-After."""
+    """Exponential backoff with "equal jitter" (AWS Architecture Blog, "Exponential Backoff
+    and Jitter", 2015): uniform in [c/2, c] with c = min(cap, base·2^(n-1)); never below the
+    provider's Retry-After, even above the cap, up to ``retry_after_max_seconds``."""
     settings = conf.get()
     ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** max(0, attempts - 1))
     delay = random.uniform(ceiling / 2, ceiling)  # jitter, not security
     if retry_after is not None:
-        delay = max(delay, min(retry_after, settings.retry_max_seconds))
+        delay = max(delay, min(retry_after, settings.retry_after_max_seconds))
     return delay
+
+
+def claim_token(worker: str) -> str:
+    """``worker`` (``hostname:pid``) plus, on PostgreSQL, the database session's identity
+    (backend pid and start time): ``outbox.deliveries_release_lost_sessions`` releases a
+    claim once its session is gone, whichever host or hostname claimed it."""
+    session = _session_id()
+    return f"{worker}:{session}" if session else worker
+
+
+_SESSIONS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _session_id() -> str:
+    if connection.vendor != "postgresql":
+        return ""
+    connection.ensure_connection()
+    raw = connection.connection
+    session = _SESSIONS.get(raw)
+    if session is None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_activity "
+                "WHERE pid = pg_backend_pid()"
+            )
+            pid, started = cursor.fetchone()
+        session = _SESSIONS[raw] = f"pg{pid}.{started}"
+    return session
+
+
+class SessionLost(DatabaseError):
+    """The database connection was replaced while sending: the claims were made by the old
+    session (the tick may release them any moment), so this task stops."""
 
 
 def deliveries_claim(*, delivery_ids: Sequence[int], worker: str, now: dt.datetime) -> list[int]:
@@ -94,7 +155,7 @@ def deliveries_claim(*, delivery_ids: Sequence[int], worker: str, now: dt.dateti
         ids_sql, ids = f"id IN ({', '.join(['%s'] * len(delivery_ids))})", list(delivery_ids)
     sql = (
         f"UPDATE {Delivery._meta.db_table} SET status = %s, attempts = attempts + 1, claimed_at = %s, "
-        f"claimed_by = %s, lease_until = %s "
+        f"claimed_by = %s, lease_until = %s, first_tried_at = COALESCE(first_tried_at, %s) "
         f"WHERE {ids_sql} AND status = %s AND (not_before IS NULL OR not_before <= %s) "
         f"RETURNING id"
     )
@@ -103,6 +164,7 @@ def deliveries_claim(*, delivery_ids: Sequence[int], worker: str, now: dt.dateti
         ops.adapt_datetimefield_value(now),
         worker,
         ops.adapt_datetimefield_value(lease_until),
+        ops.adapt_datetimefield_value(now),
         *ids,
         Delivery.Status.PENDING,
         ops.adapt_datetimefield_value(now),
@@ -121,6 +183,7 @@ class _Row:
     channel: str
     attempts: int
     max_attempts: int
+    first_tried_at: dt.datetime | None
     campaign_id: int
     to: str
     customer: dict[str, Any]
@@ -128,6 +191,8 @@ class _Row:
     offer_id: int | None
     layer_id: int | None
     coupon: dict[str, Any] | None
+    tz: str
+    facts: sendtime.Facts
 
 
 _ROW_FIELDS = (
@@ -136,6 +201,7 @@ _ROW_FIELDS = (
     "channel",
     "attempts",
     "max_attempts",
+    "first_tried_at",
     "campaign_id",
     "customer__external_id",
     "customer__email",
@@ -154,9 +220,10 @@ _ROW_FIELDS = (
 
 def _rows(claimed: Sequence[int]) -> list[_Row]:
     rows = []
+    facts = sendtime.facts_read(claimed)
     for values in Delivery.objects.filter(bulk.id_in(Delivery, "id", claimed)).order_by("pk").values_list(*_ROW_FIELDS):
-        (pk, key, channel, attempts, max_attempts, campaign_id, external_id, email, phone, push_token) = values[:10]
-        attributes, locale, tz, treatment_id, offer_id, layer_id, code, expires_at = values[10:]
+        (pk, key, channel, attempts, max_attempts, first_tried_at, campaign_id, external_id, email, phone) = values[:10]
+        push_token, attributes, locale, tz, treatment_id, offer_id, layer_id, code, expires_at = values[10:]
         to = {"email": email, "sms": phone, "push": push_token}.get(channel, external_id)
         rows.append(
             _Row(
@@ -165,6 +232,7 @@ def _rows(claimed: Sequence[int]) -> list[_Row]:
                 channel=channel,
                 attempts=attempts,
                 max_attempts=max_attempts,
+                first_tried_at=first_tried_at,
                 campaign_id=campaign_id,
                 to=to,
                 customer=customer_variables(
@@ -179,6 +247,8 @@ def _rows(claimed: Sequence[int]) -> list[_Row]:
                 offer_id=offer_id,
                 layer_id=layer_id,
                 coupon={"code": code, "expires_at": expires_at or ""} if code is not None else None,
+                tz=tz,
+                facts=facts.get(pk, sendtime.NO_FACTS),
             )
         )
     return rows
@@ -215,10 +285,14 @@ class _SentMarks:
     did accept the message, so the row is recorded unless the database is unreachable (then
     the task fails and the row is the one message in doubt, resent after its lease)."""
 
-    def __init__(self, worker: str) -> None:
+    def __init__(self, worker: str, *, session_bound: bool = False) -> None:
         self.worker = worker
+        # Claims keyed by the database session (``claim_token``): a new session ends the task.
+        self.session_bound = session_bound
         # The statement whose answer is not read yet: (libpq connection, key, params).
         self.pending: tuple[Any, str, list[Any]] | None = None
+        # An acceptance the database could not record (it was down): (key, params).
+        self.unrecorded: tuple[str, list[Any]] | None = None
 
     def _params(self, pk: int, provider_ref: str) -> list[Any]:
         return [
@@ -305,6 +379,9 @@ class _SentMarks:
         """The asynchronous mark failed: drop the session if its state is unknown, then
         record the acceptance synchronously (the statement is idempotent)."""
         logger.warning("recording %s as sent asynchronously failed (%r); recording it synchronously", key, exc)
+        # A libpq connection is handed in when its session is dropped here or was already
+        # closed or replaced under the pending mark: the mark below runs on a new session.
+        replaced = pgconn is not None
         if pgconn is not None:
             _PREPARED.pop(pgconn, None)
             if getattr(connection.connection, "pgconn", None) is pgconn:
@@ -312,7 +389,13 @@ class _SentMarks:
                     connection.close()
                 except Exception:  # the session is being dropped anyway
                     logger.exception("closing the database connection failed")
-        self._execute(key, params, again=True)
+        try:
+            self._execute(key, params, again=True)
+        except DjangoDatabaseError:
+            self.unrecorded = (key, params)  # the provider accepted it: recorded when the database is back
+            raise
+        if replaced and self.session_bound:
+            raise SessionLost(f"the database session was replaced while sending ({exc!r})")
 
     def _execute(self, key: str, params: list[Any], *, again: bool = False) -> None:
         params = [*params]
@@ -334,8 +417,10 @@ class _Sender:
     """One task's sending session: backends (one connection per channel), rate limiters,
     and the campaign, offer, layer and content rows its deliveries share, read once."""
 
-    def __init__(self, worker: str) -> None:
+    def __init__(self, worker: str, *, session_bound: bool = False) -> None:
         self.worker = worker
+        self.settings = conf.get()
+        self.locale = CustomerLocale()
         self.backends: dict[str, ChannelBackend] = {}
         self.policies = send_policy.policies_get()
         self.limiters: dict[str, send_policy.RateLimiter] = {}
@@ -343,15 +428,26 @@ class _Sender:
         self.campaign_vars: dict[int, dict[str, Any]] = {}
         self.offer_vars: dict[int, dict[str, Any]] = {}
         self.layer_vars: dict[int, dict[str, Any]] = {}
-        self.marks = _SentMarks(worker)
+        self.marks = _SentMarks(worker, session_bound=session_bound)
+        settings = conf.get()
+        self.site_url, self.unsubscribe_mailto = settings.site_url, settings.unsubscribe_mailto
+        self.sms_opt_out_text = settings.sms_opt_out_text
+        self.states: dict[int, sendtime.CampaignState] = {}
         self.sent = self.failed = self.retried = self.released = 0
+        self.stopped = 0  # rows the send-time rules held or suppressed
         self.retry_ids: list[int] = []
         self.retry_at: dt.datetime | None = None
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = False) -> None:
+        """Close the backends' sessions; ``abort``: drop them without a word (the task
+        failed mid-batch, a transaction may be open)."""
+        self.locale.restore()
         for backend in self.backends.values():
             try:
-                backend.close()
+                if abort and hasattr(backend, "abort"):
+                    backend.abort()
+                else:
+                    backend.close()
             except Exception:  # closing must not hide the batch's outcome
                 logger.exception("closing %s backend failed", backend.channel)
 
@@ -366,31 +462,58 @@ class _Sender:
         self.failed += 1
 
     def _retry(self, row: _Row, exc: TransientError) -> None:
+        """Schedule the next try, or fail the row ``gave_up``: after the channel's retry
+        period (from the first try) or, for a channel without one, ``max_attempts`` tries.
+        A ``Retry-After`` that reaches past the period's end gives up at once (never sooner
+        than it asks)."""
         self.marks.wait()
-        if row.attempts >= row.max_attempts:
-            self._fail(row, Delivery.Reason.GAVE_UP, f"Try {row.attempts}/{row.max_attempts}: {exc}")
-            return
-        not_before = timezone.now() + dt.timedelta(
-            seconds=retry_delay(attempts=row.attempts, retry_after=exc.retry_after)
-        )
+        now = timezone.now()
+        period = self.settings.retry_period(row.channel)
+        delay = dt.timedelta(seconds=retry_delay(attempts=row.attempts, retry_after=exc.retry_after))
+        if period > 0:
+            deadline = (row.first_tried_at or now) + dt.timedelta(seconds=period)
+            earliest = now + dt.timedelta(seconds=min(exc.retry_after or 0.0, self.settings.retry_after_max_seconds))
+            tried = f"Try {row.attempts}, retried for {_duration(period)}"
+            if now >= deadline or earliest > deadline:
+                self._fail(row, Delivery.Reason.GAVE_UP, f"{tried}: {exc}")
+                return
+            not_before = min(now + delay, deadline)  # the last try at the period's end
+        else:
+            tried = f"Try {row.attempts}/{row.max_attempts}"
+            if row.attempts >= row.max_attempts:
+                self._fail(row, Delivery.Reason.GAVE_UP, f"{tried}: {exc}")
+                return
+            not_before = now + delay
+        by_broker = (not_before - now).total_seconds() <= BROKER_COUNTDOWN_MAX_SECONDS
         Delivery.objects.filter(self._owned(row.pk)).update(
             status=Delivery.Status.PENDING,
             not_before=not_before,
-            enqueued_at=not_before,  # the retry task becomes visible then; the sweeper waits past it
+            # A countdown task publishes it then and the sweeper waits past it; a later try
+            # is the sweeper's to publish as soon as it is due.
+            enqueued_at=(
+                not_before if by_broker else not_before - dt.timedelta(seconds=self.settings.requeue_after_seconds)
+            ),
             lease_until=None,
-            last_error=f"Try {row.attempts}/{row.max_attempts}: {exc}"[:2000],
+            last_error=f"{tried}: {exc}"[:2000],
         )
         self.retried += 1
-        self.retry_ids.append(row.pk)
-        self.retry_at = max(self.retry_at or not_before, not_before)
+        if by_broker:
+            self.retry_ids.append(row.pk)
+            self.retry_at = max(self.retry_at or not_before, not_before)
 
     def _release(self, delivery_ids: list[int]) -> None:
         """Give rows back untouched (their campaign is paused): not counted as a try."""
-        from django.db.models import F
+        from django.db.models import Case, F, When
 
         self.released += Delivery.objects.filter(
             pk__in=delivery_ids, status=Delivery.Status.SENDING, claimed_by=self.worker
-        ).update(status=Delivery.Status.PENDING, attempts=F("attempts") - 1, enqueued_at=None, lease_until=None)
+        ).update(
+            status=Delivery.Status.PENDING,
+            attempts=F("attempts") - 1,
+            first_tried_at=Case(When(attempts__lte=1, then=None), default=F("first_tried_at")),
+            enqueued_at=None,
+            lease_until=None,
+        )
 
     def _content(self, treatment_id: int | None, channel: str) -> dict[str, str] | None:
         if treatment_id is None:
@@ -403,10 +526,12 @@ class _Sender:
         return self.contents[key]
 
     def _load_shared(self, rows: list[_Row]) -> dict[int, str]:
-        """Campaign statuses (read for every chunk: a pause takes effect at the next
-        chunk) and the variables of the campaigns, offers and layers not seen yet."""
+        """Campaign statuses (read for every chunk, with the end date, topic and kind: a
+        pause or an end takes effect at the next chunk) and the variables of the campaigns,
+        offers and layers not seen yet."""
         campaign_ids = {r.campaign_id for r in rows}
-        statuses = dict(Campaign.objects.filter(pk__in=campaign_ids).order_by().values_list("pk", "status"))
+        self.states = sendtime.campaign_states(campaign_ids)
+        statuses = {pk: state.status for pk, state in self.states.items()}
         unseen = campaign_ids - self.campaign_vars.keys()
         if unseen:
             for campaign in Campaign.objects.filter(pk__in=unseen):
@@ -435,19 +560,40 @@ class _Sender:
             coupon=row.coupon,
             layer=self.layer_vars.get(row.layer_id) if row.layer_id is not None else None,
         )
+        self.locale.activate(row.customer["timezone"], row.customer["locale"])  # dates and numbers as they read them
+        marketing = not self.states[row.campaign_id].is_transactional and row.channel in consent.OPT_OUT_CHANNELS
+        url = ""
+        if marketing:
+            url = consent.unsubscribe_url(
+                customer_id=row.facts.customer_id, channel=row.channel, site_url=self.site_url
+            )
+        context["unsubscribe_url"] = url  # type: ignore[assignment]
         try:
             rendered = render_message(fields, context)
         except (MissingVariable, TemplateSyntaxError) as exc:
             self._fail(row, Delivery.Reason.RENDER_ERROR, str(exc))
             return None
+        text, html, headers = rendered.text, rendered.html, ()
+        if marketing and row.channel == "email":
+            # Every marketing email: the link (the template's, or a default footer) and
+            # the one-click unsubscribe headers.
+            locale = row.customer["locale"]
+            if url not in text:
+                text += consent.footer_text(url=url, locale=locale)
+            if html and url not in html:
+                html += consent.footer_html(url=url, locale=locale)
+            headers = consent.email_headers(url=url, mailto=self.unsubscribe_mailto)
+        elif marketing and row.channel == "sms" and self.sms_opt_out_text and self.sms_opt_out_text not in text:
+            text = f"{text}\n{self.sms_opt_out_text}"
         return OutgoingMessage(
             key=row.key,
             channel=row.channel,
             to=row.to,
             subject=rendered.subject,
             title=rendered.title,
-            text=rendered.text,
-            html=rendered.html,
+            text=text,
+            html=html,
+            headers=headers,
         )
 
     def send_chunk(self, claimed: list[int]) -> None:
@@ -461,9 +607,27 @@ class _Sender:
             Delivery.objects.filter(pk__in=ended, status=Delivery.Status.SENDING, claimed_by=self.worker).update(
                 status=Delivery.Status.SUPPRESSED, reason=Delivery.Reason.CAMPAIGN_ENDED, lease_until=None
             )
+        running = [r for r in rows if statuses[r.campaign_id] == Campaign.Status.RUNNING]
+        now = timezone.now()
+        verdicts: dict[int, sendtime.Verdict] = {}
+        for row in running:
+            found = sendtime.verdict(
+                channel=row.channel,
+                tz=row.tz,
+                facts=row.facts,
+                campaign=self.states[row.campaign_id],
+                policies=self.policies,
+                now=now,
+            )
+            if found is not None:
+                verdicts[row.pk] = found
+        if verdicts:
+            self.marks.wait()
+            written = sendtime.verdicts_record(verdicts=verdicts, worker=self.worker)
+            self.stopped += written
         by_channel: dict[str, list[tuple[_Row, OutgoingMessage]]] = {}
-        for row in rows:
-            if statuses[row.campaign_id] != Campaign.Status.RUNNING:
+        for row in running:
+            if row.pk in verdicts:
                 continue
             message = self._render(row)
             if message is not None:
@@ -492,6 +656,13 @@ class _Sender:
                     self.sent += 1
                 elif isinstance(outcome, PermanentError):
                     self._fail(row, Delivery.Reason.PERMANENT_ERROR, str(outcome))
+                    suppression.suppress_from_send(
+                        channel=row.channel,
+                        address=row.to,
+                        code=outcome.smtp_code,
+                        command=outcome.smtp_command,
+                        detail=str(outcome),
+                    )
                 elif isinstance(outcome, TransientError):
                     self._retry(row, outcome)
                 else:  # a backend yielding anything else is a bug: retried, then failed visibly
@@ -504,26 +675,84 @@ class _Sender:
             self.marks.wait()
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
+
+
 def deliveries_send(*, delivery_ids: Sequence[int], worker: str) -> SendReport:
+    """Claim and send ``delivery_ids`` as ``worker`` (``hostname:pid``). A database error
+    aborts the backends' sessions, puts this task's claims back and propagates (the task
+    is retried); see the module docstring."""
     settings = conf.get()
-    sender = _Sender(worker)
+    token = claim_token(worker)
+    sender = _Sender(token, session_bound=token != worker)
     claimed_total = 0
     try:
         with connection.execute_wrapper(sender.marks.guard):
             for chunk in chunked(sorted(set(delivery_ids)), settings.claim_chunk):
-                claimed = deliveries_claim(delivery_ids=chunk, worker=worker, now=timezone.now())
+                claimed = deliveries_claim(delivery_ids=chunk, worker=token, now=timezone.now())
                 claimed_total += len(claimed)
                 if claimed:
                     sender.send_chunk(claimed)
-    finally:
-        sender.marks.wait()
-        sender.close()
+            sender.marks.wait()
+    except DjangoDatabaseError as exc:
+        sender.close(abort=True)  # never QUIT into a transaction the server waits to finish
+        _claims_release(sender, exc)
+        raise
+    except BaseException:
+        sender.close(abort=True)
+        try:
+            sender.marks.wait()  # what the provider accepted is recorded
+        except DjangoDatabaseError:
+            logger.exception("recording the last acceptance failed")
+        raise
+    sender.close()
     return SendReport(
         claimed=claimed_total,
         sent=sender.sent,
         failed=sender.failed,
         retried=sender.retried,
         released=sender.released,
+        stopped=sender.stopped,
         retry_ids=tuple(sender.retry_ids),
         retry_at=sender.retry_at,
     )
+
+
+# How long a task whose database failed keeps trying to put its claims back (a PostgreSQL
+# restart takes a few seconds); if it cannot, the tick releases them once their session is
+# gone (PostgreSQL) or their lease ends.
+RELEASE_WITHIN_SECONDS = 15.0
+
+
+def _claims_release(sender: _Sender, error: BaseException) -> int:
+    """After a database error: record the acceptance the database missed (the provider did
+    accept it), then put every row this task still holds back to ``pending`` (not counted as
+    a try), reconnecting for up to ``RELEASE_WITHIN_SECONDS``. Returns the rows released."""
+    from django.db.models import F
+
+    deadline = time.monotonic() + RELEASE_WITHIN_SECONDS
+    while True:
+        try:
+            if not connection.in_atomic_block:
+                connection.close()  # the session is dead or its state unknown (an answer may be unread)
+            if sender.marks.unrecorded is not None:
+                key, params = sender.marks.unrecorded
+                sender.marks._execute(key, params, again=True)
+                sender.marks.unrecorded = None
+                sender.sent += 1
+            released = Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_by=sender.worker).update(
+                status=Delivery.Status.PENDING,
+                attempts=F("attempts") - 1,
+                enqueued_at=None,
+                lease_until=None,
+                last_error=f"Put back: the database failed while sending ({error!r})."[:2000],
+            )
+        except DjangoDatabaseError as exc:
+            if time.monotonic() >= deadline:
+                logger.error("could not put claims of %s back (%r); the tick releases them", sender.worker, exc)
+                return 0
+            time.sleep(0.5)
+            continue
+        logger.warning("database error while sending (%r): %d claims of %s put back", error, released, sender.worker)
+        return released

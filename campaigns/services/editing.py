@@ -42,6 +42,7 @@ LOCKED_FIELDS: tuple[str, ...] = (
     "channels",
     "channel_strategy",
     "is_transactional",
+    "topic",
     "referral_reward_to",
     "referral_qualifying_event_type",
     "referral_cap_per_inviter",
@@ -294,9 +295,17 @@ def _experiment_copy(experiment: Any, *, user: Any) -> Any:
         for v in experiment.variants.all()
     ]
     metrics = [
-        experiment_services.MetricSpec(event_type_code=m.event_type.code, role=m.role, window_hours=m.window_hours)
+        experiment_services.MetricSpec(
+            event_type_code=m.event_type.code,
+            role=m.role,
+            window_hours=m.window_hours,
+            noninferiority_margin=m.noninferiority_margin,
+        )
         for m in experiment.metrics.select_related("event_type")
     ]
+    # The analysis plan travels with the copy (issue 14): it is frozen when the copy starts.
+    plan = {name: getattr(experiment, name) for name in Experiment.PLAN_FIELDS}
+    plan["confirmatory_dimensions"] = list(plan["confirmatory_dimensions"])
     return experiment_services.experiment_create(
         key=_free_key(Experiment, experiment.key),
         name=f"{experiment.name} (copy)"[:150],
@@ -305,5 +314,5 @@ def _experiment_copy(experiment: Any, *, user: Any) -> Any:
         coverage=experiment.coverage,
         variants=variants,
         metrics=metrics,
-        minimum_detectable_effect=experiment.minimum_detectable_effect,
+        plan=plan,
     )

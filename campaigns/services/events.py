@@ -1,7 +1,9 @@
 """What campaigns write back to the event stream, through ``segments.services.ingestion``.
 
 Event ids are derived from what happened (``coupon_redeemed:<code>``), so writing the same
-fact twice is a no-op (ingestion is idempotent by ``event_id``).
+fact twice is a no-op (ingestion is idempotent by ``event_id``). They are stored in the
+platform's id namespace (``platform:coupon_redeemed:<code>``), which API clients may not
+use, and only types listed in ``PLATFORM_EVENT_TYPES`` (refused from clients) are written.
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from segments.services.ingestion import EventInput, events_record
+from segments.services.ingestion import PLATFORM_EVENT_TYPES, EventInput, events_record, platform_event_id
 
 
 def event_write(
     *, event_id: str, customer_external_id: str, type: str, occurred_at: dt.datetime, properties: Mapping[str, Any]
 ) -> None:
+    if type not in PLATFORM_EVENT_TYPES:
+        raise ValueError(f"{type!r} is not a platform event type: add it to PLATFORM_EVENT_TYPES first")
     result = events_record(
         events=[
             EventInput(
-                event_id=event_id,
+                event_id=platform_event_id(event_id),
                 customer_id=customer_external_id,
                 type=type,
                 occurred_at=occurred_at,

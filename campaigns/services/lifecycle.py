@@ -255,6 +255,7 @@ def campaign_schedule(*, campaign: Campaign, send_at: dt.datetime | None = None)
     campaign_validate(campaign=row)
     if row.experiment is not None:
         assignments.experiment_claim(experiment=row.experiment, campaign_id=row.pk)
+        assignments.guardrails_ensure(experiment=row.experiment)
     row.status, row.scheduled_at = Campaign.Status.SCHEDULED, timezone.now()
     row.save(update_fields=["status", "scheduled_at", "send_at", "updated_at"])
     return row
@@ -268,6 +269,7 @@ def campaign_launch(*, campaign: Campaign, now: dt.datetime | None = None) -> Ca
     campaign_validate(campaign=row, at_launch=True)
     if row.experiment is not None:
         assignments.experiment_claim(experiment=row.experiment, campaign_id=row.pk)
+        assignments.guardrails_ensure(experiment=row.experiment)
     row.status, row.started_at = Campaign.Status.RUNNING, now
     if row.send_at is None or row.send_at > now:
         row.send_at = now

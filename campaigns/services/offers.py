@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from campaigns.content import render_message
+from campaigns.content import CustomerLocale, render_message
 from campaigns.models import Campaign, Content, Coupon, Delivery, Offer, Recipient
 from campaigns.models.offers import validate_code
 from campaigns.selectors import (
@@ -149,12 +149,21 @@ def _customer_offer(campaign: Campaign, customer: Customer, recipient: Recipient
     if any(channel == Channel.IN_APP and status in _OPEN for channel, status, _ in deliveries):
         content = Content.objects.filter(treatment_id=recipient.treatment_id, channel=Channel.IN_APP).first()
         if content is not None:
-            rendered = render_message(
-                content_fields(content),
-                message_context(
-                    campaign=campaign, customer=customer, offer=recipient.offer, coupon=coupon, layer=recipient.layer
-                ),
-            )
+            locale = CustomerLocale()  # the customer's zone and language, as in every message
+            locale.activate(customer.timezone, customer.locale)
+            try:
+                rendered = render_message(
+                    content_fields(content),
+                    message_context(
+                        campaign=campaign,
+                        customer=customer,
+                        offer=recipient.offer,
+                        coupon=coupon,
+                        layer=recipient.layer,
+                    ),
+                )
+            finally:
+                locale.restore()
             message = {"title": rendered.title, "body": rendered.text}
     expires = coupon.expires_at if coupon is not None else campaign.ends_at
     return CustomerOffer(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -128,7 +129,12 @@ def outbox_sweep(*, now: dt.datetime | None = None) -> SweepResult:
     settings = conf.get()
     now = now or timezone.now()
     expired = Delivery.objects.filter(status=Delivery.Status.SENDING, lease_until__lt=now)
-    gave_up = expired.filter(attempts__gte=F("max_attempts")).update(
+    # Out of tries: the channel's retry period is over, or (channels without one) max_attempts.
+    periods = {channel: period for channel, period in settings.retry_periods.items() if period > 0}
+    out_of_tries = ~Q(channel__in=list(periods)) & Q(attempts__gte=F("max_attempts"))
+    for channel, period in periods.items():
+        out_of_tries |= Q(channel=channel, first_tried_at__lt=now - dt.timedelta(seconds=period))
+    gave_up = expired.filter(out_of_tries).update(
         status=Delivery.Status.FAILED,
         reason=Delivery.Reason.GAVE_UP,
         last_error="Out of tries; the last try's worker was lost before it finished.",
@@ -140,6 +146,7 @@ def outbox_sweep(*, now: dt.datetime | None = None) -> SweepResult:
         lease_until=None,
         last_error="In doubt: the worker's claim expired before it finished; resent with the same key.",
     )
+    released += deliveries_release_lost_sessions()
     unheld = Delivery.objects.filter(status=Delivery.Status.HELD, not_before__lte=now).update(
         status=Delivery.Status.PENDING, enqueued_at=None
     )
@@ -164,28 +171,93 @@ def outbox_sweep(*, now: dt.datetime | None = None) -> SweepResult:
     return result
 
 
-def deliveries_release_dead_claims(*, hostname: str) -> int:
-    """At worker start: rows claimed by a process of this node that no longer exists are in
-    doubt (the worker was killed); put them back without waiting for the lease to expire.
-    A process still alive (an orphaned pool child) keeps its rows until its lease ends."""
-    released = 0
+_CLAIM = re.compile(r"^(?P<host>.*):(?P<pid>\d+)(?::pg(?P<session>\d+\.\d+))?$")
+
+
+@dataclass(frozen=True)
+class ClaimOwner:
+    """Who holds a claim: ``hostname:pid`` and, on PostgreSQL, ``:pg<backend pid>.<start µs>``
+    (``campaigns.services.delivery.claim_token``)."""
+
+    host: str
+    pid: int
+    session: str  # "" when not keyed by a database session
+
+
+def claim_owner(claimed_by: str) -> ClaimOwner | None:
+    match = _CLAIM.match(claimed_by)
+    if match is None:
+        return None
+    return ClaimOwner(host=match["host"], pid=int(match["pid"]), session=match["session"] or "")
+
+
+def _claims_put_back(claims: Sequence[str], why: str) -> int:
+    if not claims:
+        return 0
+    return Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_by__in=list(claims)).update(
+        status=Delivery.Status.PENDING, enqueued_at=None, lease_until=None, last_error=why
+    )
+
+
+def deliveries_release_dead_claims(*, hostname: str, pid: int | None = None) -> int:
+    """Rows claimed by a process of this node that no longer exists are in doubt (the
+    worker was killed): put them back without waiting for the lease to expire. Called at
+    worker start for every dead process of the node, and by the worker's main process with
+    ``pid`` when it sees that pool process die (``campaigns.tasks.DeliveryRequest``). A
+    process still alive (an orphaned pool child) keeps its rows until its lease ends."""
     claims = (
         Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_by__startswith=f"{hostname}:")
         .values_list("claimed_by", flat=True)
         .distinct()
     )
+    dead = []
     for claimed_by in list(claims):
-        pid = claimed_by.rsplit(":", 1)[-1]
-        if pid.isdigit() and _alive(int(pid)):
+        owner = claim_owner(claimed_by)
+        if owner is None or owner.host != hostname or (pid is not None and owner.pid != pid):
             continue
-        released += Delivery.objects.filter(status=Delivery.Status.SENDING, claimed_by=claimed_by).update(
-            status=Delivery.Status.PENDING,
-            enqueued_at=None,
-            lease_until=None,
-            last_error="In doubt: the worker was restarted while sending; resent with the same key.",
-        )
+        if _alive(owner.pid):
+            continue
+        dead.append(claimed_by)
+    released = _claims_put_back(dead, "In doubt: the worker process died while sending; resent with the same key.")
     if released:
         logger.warning("released %d deliveries claimed by dead processes of %s", released, hostname)
+    return released
+
+
+def deliveries_release_lost_sessions() -> int:
+    """PostgreSQL: put back rows whose claim was made by a database session that no longer
+    exists. A process that dies (killed, its host gone, its container recreated under
+    another hostname) loses its session with it, so its claims are released by the next
+    tick instead of after the lease. A live process whose session was replaced stops
+    sending (``delivery.SessionLost``) before it could send a released row. Sessions
+    another role cannot see (no ``backend_start``) are taken as alive."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return 0
+    claims = list(
+        Delivery.objects.filter(status=Delivery.Status.SENDING)
+        .order_by()
+        .values_list("claimed_by", flat=True)
+        .distinct()
+    )
+    keyed = {c: owner.session for c in claims if (owner := claim_owner(c)) is not None and owner.session}
+    if not keyed:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::bigint FROM pg_stat_activity "
+            "WHERE datname = current_database()"
+        )
+        rows = cursor.fetchall()
+    hidden = {str(pid) for pid, started in rows if started is None}
+    alive = {f"{pid}.{started}" for pid, started in rows if started is not None}
+    lost = [c for c, session in keyed.items() if session not in alive and session.split(".")[0] not in hidden]
+    released = _claims_put_back(
+        lost, "In doubt: the claiming process's database session ended while sending; resent with the same key."
+    )
+    if released:
+        logger.warning("released %d deliveries claimed by ended database sessions", released)
     return released
 
 

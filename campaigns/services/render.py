@@ -7,13 +7,9 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from campaigns.content import RenderedMessage, available_groups, content_validate, render_message
+from campaigns.content import CustomerLocale, RenderedMessage, available_groups, content_validate, render_message
 from campaigns.models import Campaign, Content, Coupon, Offer, Treatment
 from segments.models import Customer, Layer
-
-
-def _value(value: Any) -> str:
-    return format(value.normalize(), "f") if hasattr(value, "normalize") else str(value)
 
 
 def customer_variables(
@@ -38,7 +34,7 @@ def offer_variables(offer: Offer) -> dict[str, Any]:
         "name": offer.name,
         "benefit": offer.describe(),
         "kind": offer.benefit_kind,
-        "value": _value(offer.value),
+        "value": offer.value.normalize() if offer.value is not None else "",  # localized when rendered
         "currency": offer.currency,
         "valid_until": offer.valid_until or "",
     }
@@ -83,7 +79,7 @@ def message_context(
             coupon_vars = {"code": coupon.code, "expires_at": coupon.expires_at or ""}
         elif coupon_placeholder and offer.code_source != Offer.CodeSource.NONE:
             coupon_vars = {"code": "PREVIEW-CODE", "expires_at": campaign.ends_at or ""}
-    return context_build(
+    context = context_build(
         customer=customer_variables(
             external_id=customer.external_id,
             email=customer.email,
@@ -97,6 +93,13 @@ def message_context(
         coupon=coupon_vars,
         layer=layer_variables(layer) if layer is not None else None,
     )
+    if not campaign.is_transactional and customer.pk is not None:
+        from campaigns.services.consent import unsubscribe_url
+
+        context["unsubscribe_url"] = unsubscribe_url(customer_id=customer.pk, channel="email")  # type: ignore[assignment]
+    else:
+        context["unsubscribe_url"] = ""  # type: ignore[assignment]
+    return context
 
 
 def content_fields(content: Content) -> dict[str, str]:
@@ -146,8 +149,12 @@ def content_preview(*, content: Content, customer: Customer) -> Preview:
         layer=layer,
         coupon_placeholder=True,
     )
+    locale = CustomerLocale()  # the customer's zone and language, as in the message they get
+    locale.activate(customer.timezone, customer.locale)
     try:
         message = render_message(content_fields(content), context)
     except Exception as exc:  # any template failure is shown to the author as a field error
         raise ValidationError({"content": f"Cannot render: {exc}"}) from exc
+    finally:
+        locale.restore()
     return Preview(channel=content.channel, message=message, customer_external_id=customer.external_id)

@@ -92,7 +92,11 @@ class ExperimentReportView(APIView):
                 OpenApiTypes.STR,
                 enum=list(ADJUSTMENTS),
                 default="holm",
-                description="Multiple-comparison adjustment: `holm` (default) or `bh` (Benjamini-Hochberg).",
+                description=(
+                    "Multiple-comparison adjustment of the exploratory families: `holm` or `bh` "
+                    "(Benjamini-Hochberg); default: the plan's correction. The confirmatory family (the one "
+                    "that decides, `confirmatory_family`) always uses the plan's correction."
+                ),
             ),
             OpenApiParameter(
                 "timeseries",
@@ -103,23 +107,43 @@ class ExperimentReportView(APIView):
                     "It costs one more pass over the experiment's assignments, so it is off by default."
                 ),
             ),
+            OpenApiParameter(
+                "exclude_open_windows",
+                OpenApiTypes.BOOL,
+                default=True,
+                description=(
+                    "Count, per metric, only customers whose window after first exposure has closed (default "
+                    "true; the number left out is `metrics[].metric.open_window_customers`). `false` counts "
+                    "everyone exposed so far, converted or not yet."
+                ),
+            ),
         ],
         responses={
             200: OpenApiResponse(response=dataclass_schema(Report), description="The report."),
-            400: OpenApiResponse(description="Unknown adjustment method (errors name `adjustment`)."),
+            400: OpenApiResponse(
+                description="Unknown adjustment method or a non-boolean flag (errors name the parameter)."
+            ),
             404: OpenApiResponse(description="No experiment with this key."),
         },
         tags=["reports"],
     )
     def get(self, request: Request, key: str) -> HttpResponse:
-        adjustment = request.query_params.get("adjustment", "holm")
-        if adjustment not in ADJUSTMENTS:
+        adjustment = request.query_params.get("adjustment")  # None: the plan's correction
+        if adjustment is not None and adjustment not in ADJUSTMENTS:
             raise ValidationError({"adjustment": [f"Choose one of: {', '.join(ADJUSTMENTS)}."]})
         timeseries = request.query_params.get("timeseries", "false").lower()
         if timeseries not in BOOLEANS:
             raise ValidationError({"timeseries": ["Use true or false."]})
+        exclude = request.query_params.get("exclude_open_windows")
+        if exclude is not None and exclude.lower() not in BOOLEANS:
+            raise ValidationError({"exclude_open_windows": ["Use true or false."]})
         try:
-            report = report_build(experiment_key=key, adjustment=adjustment, timeseries=BOOLEANS[timeseries])
+            report = report_build(
+                experiment_key=key,
+                adjustment=adjustment,
+                timeseries=BOOLEANS[timeseries],
+                exclude_open_windows=None if exclude is None else BOOLEANS[exclude.lower()],
+            )
         except ExperimentNotFound:
             raise NotFound(f"No experiment with key '{key}'.") from None
         # Serialised once, by the export (the admin's JSON download is byte-for-byte the same shape).

@@ -34,10 +34,11 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from django.conf import settings
 from django.utils import timezone
 
 from experiments import selectors, stats
-from experiments.models import Experiment, Metric, Phase, Variant
+from experiments.models import AnalysisPlan, Experiment, Metric, Phase, Variant
 from experiments.reports import aggregation, planner
 from experiments.reports.results import (
     ArmResult,
@@ -46,11 +47,13 @@ from experiments.reports.results import (
     Direction,
     ExperimentInfo,
     Family,
+    GuardrailPlan,
     HeterogeneityView,
     LiftResult,
     MetricInfo,
     MetricReport,
     PhaseInfo,
+    PlanInfo,
     PowerResult,
     Report,
     RowResult,
@@ -73,7 +76,7 @@ __all__ = [
 ]
 
 ALPHA = 0.05
-COMPARISON_METHOD = "wald"
+COMPARISON_METHOD = stats.DECISION_METHOD  # pooled z + the score interval that inverts it
 MIN_CUSTOMERS_PER_ARM = 100
 POWER = 0.8
 ADJUSTMENTS: dict[str, str] = {
@@ -82,6 +85,11 @@ ADJUSTMENTS: dict[str, str] = {
 }
 NO_LAYER_LABEL = "Not in any layer when assigned"
 HEADLINE_HETEROGENEITY_ALPHA = 0.05
+NOT_YET_EVALUABLE = "not yet evaluable"
+MODES: dict[str, str] = {
+    "sequential": "always valid (sequential): the verdicts may be read at every look",
+    "fixed": "fixed horizon: verdicts only once the planned horizon is reached",
+}
 
 
 class ExperimentNotFound(LookupError):
@@ -137,7 +145,12 @@ def _name_arms(message: str, variants: Sequence[str]) -> str:
 
 
 def _directed_verdict(
-    verdict: stats.Verdict, absolute_lift: float | None, adjusted_p: float | None, direction: Direction, metric: str
+    verdict: stats.Verdict,
+    absolute_lift: float | None,
+    adjusted_p: float | None,
+    direction: Direction,
+    metric: str,
+    alpha: float = ALPHA,
 ) -> VerdictResult:
     """The stats verdict assumes higher is better; for a "higher is worse" metric a
     significant increase is a loss (harm) and a significant decrease a win."""
@@ -153,7 +166,7 @@ def _directed_verdict(
         message = (
             f"{'Significant improvement' if good else 'Significant harm'}: the treatment {change} the "
             f"'{metric}' rate (where lower is better), and the difference is larger than chance explains "
-            f"(adjusted p = {adjusted_p:.3g} < {ALPHA:g})."
+            f"(adjusted p = {adjusted_p:.3g} < {alpha:g})."
         )
     return VerdictResult(label, verdict.reason, message, harm=not good)
 
@@ -177,7 +190,21 @@ class _Context:
         mde: float,
         days_elapsed: float,
         running: bool,
+        alpha: float = ALPHA,
+        mode: str = "sequential",
+        planned_total: float | None = None,
+        overall_customers: int = 0,
+        horizon_reached: bool = True,
+        horizon_message: str = "",
+        fixed_audience: bool = False,
     ) -> None:
+        self.alpha = alpha
+        self.mode = mode
+        self.planned_total = planned_total
+        self.overall_customers = overall_customers
+        self.horizon_reached = horizon_reached
+        self.horizon_message = horizon_message
+        self.fixed_audience = fixed_audience
         self.variants = tuple(variants)
         self.keys = tuple(v.key for v in variants)
         self.control = next((v for v in variants if v.is_control), None)
@@ -188,15 +215,42 @@ class _Context:
         self.days_elapsed = days_elapsed
         self.running = running
         self.arms = tuple(planner.Arm(v.key, v.weight, v.is_control) for v in variants)
+        self.weights = {v.key: v.weight for v in variants}
+
+    def expected_n(self, row_customers: int, treatment: str) -> float:
+        """The sequential test's tuning parameter for one comparison in one row: the
+        customers the control and this treatment are expected to have at the planned
+        horizon = planned total x (row's share of the customers so far) x (w_c + w_t) /
+        sum w. Without a planned horizon: ``stats.DEFAULT_EXPECTED_N`` (as gbstats)."""
+        if not self.planned_total or self.control is None:
+            return float(stats.DEFAULT_EXPECTED_N)
+        share = row_customers / self.overall_customers if self.overall_customers else 1.0
+        total_weight = sum(self.weights.values()) or 1.0
+        pair = (self.weights[self.control.key] + self.weights[treatment]) / total_weight
+        return max(self.planned_total * share * pair, 2.0)
 
 
-def _power(ctx: _Context, cells: Mapping[str, _Cell], daily_traffic: float) -> PowerResult:
-    """Customers needed per arm for the MDE at the control's observed rate
-    (``planner.requirement``: per treatment, ``stats.sample_size`` with the arms in the
-    ratio of their weights); progress = min over arms of customers / required; days
-    remaining at the row's daily traffic split by weight (``planner.days_to_reach``)."""
+def _power(
+    ctx: _Context, cells: Mapping[str, _Cell], daily_traffic: float, family_size: int, family_words: str
+) -> PowerResult:
+    """Customers needed per arm for the MDE at the control's observed rate, under the
+    rules in use (issue 14): at the per-comparison level alpha / m of the row's family
+    (``stats.family_alpha``: Bonferroni, Holm's strictest step, so a lower bound on
+    power under Holm and BH) and for the inference mode (``stats.sequential_sample_size``
+    for the always-valid test, ``stats.sample_size`` for the fixed horizon; per
+    treatment with the arms in the ratio of their weights, ``planner.requirement``);
+    progress = min over arms of customers / required; days remaining at the row's daily
+    traffic split by weight (``planner.days_to_reach``). A fixed audience (a broadcast)
+    gets no days: the smallest lift detectable at its final size instead."""
     customers = {key: cells[key].customers for key in ctx.keys}
     undefined: dict[str, Reason] = {}
+    level = stats.family_alpha(ctx.alpha, family_size)
+    rule = (
+        f"at α = {ctx.alpha:g}/{max(family_size, 1)} = {level:.4g} per comparison ({family_words}; Bonferroni, "
+        f"the strictest step of the correction, so real power is at least this), "
+        f"{'always-valid sequential test' if ctx.mode == 'sequential' else 'fixed-horizon test'}"
+    )
+    sequential = ctx.mode == "sequential"
 
     def undefined_all(reason: Reason, baseline: float | None) -> PowerResult:
         for name in ("required_per_arm", "progress", "days_remaining"):
@@ -214,6 +268,9 @@ def _power(ctx: _Context, cells: Mapping[str, _Cell], daily_traffic: float) -> P
             None,
             "Cannot tell how much data is needed: " + reason.message,
             undefined,
+            level,
+            rule,
+            ctx.mode,
         )
 
     if ctx.control is None:
@@ -222,14 +279,35 @@ def _power(ctx: _Context, cells: Mapping[str, _Cell], daily_traffic: float) -> P
     if control.customers == 0:
         return undefined_all(Reason("no_traffic", "The control arm has no customers yet."), None)
     baseline = control.conversions / control.customers
-    need = planner.requirement(baseline_rate=baseline, relative_mde=ctx.mde, arms=ctx.arms, alpha=ALPHA, power=POWER)
+    need = planner.requirement(
+        baseline_rate=baseline, relative_mde=ctx.mde, arms=ctx.arms, alpha=level, power=POWER, sequential=sequential
+    )
     if need.required_per_arm is None:
         return undefined_all(need.undefined["required_per_arm"], baseline)
     required = need.required_per_arm
     progress = min(customers[key] / n for key, n in required.items())
     reached = progress >= 1.0
     days: int | None = None
-    if reached:
+    detectable: float | None = None
+    if ctx.fixed_audience and ctx.treatments:
+        # The audience is final: say what it can detect, not how long to wait.
+        smallest = min(ctx.treatments, key=lambda t: customers[t.key])
+        lift = stats.detectable_lift(
+            baseline,
+            customers[ctx.control.key],
+            customers[smallest.key],
+            alpha=level,
+            power=POWER,
+            sequential=sequential,
+            expected_n=customers[ctx.control.key] + customers[smallest.key],
+        )
+        detectable = lift.relative_lift
+        undefined["days_remaining"] = Reason(
+            "fixed_audience", "The audience is fixed (a broadcast): no more customers are coming."
+        )
+        if detectable is None:
+            undefined["detectable_lift"] = lift.undefined["relative_lift"]
+    elif reached:
         days = 0
     elif not ctx.running:
         undefined["days_remaining"] = Reason(
@@ -242,19 +320,38 @@ def _power(ctx: _Context, cells: Mapping[str, _Cell], daily_traffic: float) -> P
         if why is not None:
             undefined["days_remaining"] = why
     mde = f"{ctx.mde:+.1%} relative lift"
-    if reached:
+    if ctx.fixed_audience:
+        final = sum(customers.values())
+        message = f"Final audience {final:,}: the smallest detectable lift is " + (
+            f"{detectable:+.1%} (relative, {POWER:.0%} power, {rule})." if detectable is not None else "not defined."
+        )
+    elif reached:
         message = (
-            f"Enough customers to detect a {mde} with {POWER:.0%} power (needed {max(required.values()):,} per arm)."
+            f"Enough customers to detect a {mde} with {POWER:.0%} power (needed {max(required.values()):,} per arm, "
+            f"{rule})."
         )
     else:
         behind = min(required, key=lambda key: customers[key] / required[key])
         message = (
             f"{progress:.0%} of the way: variant {behind} has {customers[behind]:,} of the "
-            f"{required[behind]:,} customers it needs to detect a {mde} with {POWER:.0%} power"
+            f"{required[behind]:,} customers it needs to detect a {mde} with {POWER:.0%} power ({rule})"
         )
         message += f"; about {days:,} more days at current traffic." if days is not None else "."
     return PowerResult(
-        baseline, ctx.mde, dict(required), customers, progress, reached, daily_traffic, days, message, undefined
+        baseline,
+        ctx.mde,
+        dict(required),
+        customers,
+        progress,
+        reached,
+        daily_traffic,
+        days,
+        message,
+        undefined,
+        level,
+        rule,
+        ctx.mode,
+        detectable,
     )
 
 
@@ -266,8 +363,15 @@ def _row(
     label: str,
     cells: Mapping[str, _Cell],
     traffic: Mapping[str, int],
+    family_size: int = 1,
+    family_words: str = "",
 ) -> tuple[RowResult, list[stats.Comparison]]:
-    """A row without adjusted p-values (filled in once the family is known)."""
+    """A row without adjusted p-values (filled in once the family is known).
+
+    Comparisons by the plan's mode: always valid (``stats.compare_sequential``, tuned
+    at the row's expected size, ``_Context.expected_n``) or fixed horizon (the pooled
+    decision test, ``stats.compare(method=DECISION_METHOD)``)."""
+    customers = sum(traffic.values())
     arms = tuple(
         ArmResult(
             variant=v.key,
@@ -288,8 +392,14 @@ def _row(
         control = stats.Arm(cells[ctx.control.key].customers, cells[ctx.control.key].conversions)
         for t in ctx.treatments:
             treatment = stats.Arm(cells[t.key].customers, cells[t.key].conversions)
-            comparisons.append(stats.compare(control, treatment, alpha=ALPHA, method=COMPARISON_METHOD))
-    customers = sum(traffic.values())
+            if ctx.mode == "sequential":
+                comparisons.append(
+                    stats.compare_sequential(
+                        control, treatment, alpha=ctx.alpha, expected_n=ctx.expected_n(customers, t.key)
+                    )
+                )
+            else:
+                comparisons.append(stats.compare(control, treatment, alpha=ctx.alpha, method=COMPARISON_METHOD))
     daily_traffic = customers / ctx.days_elapsed if ctx.days_elapsed > 0 else 0.0
     row = RowResult(
         dimension=dimension,
@@ -299,29 +409,120 @@ def _row(
         arms=arms,
         lifts=(),
         srm=_srm_status(ctx.keys, [traffic[k] for k in ctx.keys], [v.weight for v in ctx.variants]),
-        power=_power(ctx, cells, daily_traffic),
+        power=_power(ctx, cells, daily_traffic, family_size, family_words),
     )
     return row, comparisons
 
 
+_Raw = tuple[RowResult, list[stats.Comparison]]
+
+
+def _harm_tests(ctx: _Context, rows: Sequence[_Raw], margin: float) -> list[list[stats.HarmTest]]:
+    """One-sided harm tests beyond the guardrail's margin (``stats.harm_test``)."""
+    return [
+        [
+            stats.harm_test(
+                c.control,
+                c.treatment,
+                margin=margin,
+                alpha=ctx.alpha,
+                sequential=ctx.mode == "sequential",
+                expected_n=ctx.expected_n(row.customers, t.key),
+            )
+            for t, c in zip(ctx.treatments, comparisons, strict=True)
+        ]
+        for row, comparisons in rows
+    ]
+
+
+def _adjust_families(
+    families: Sequence[tuple[Sequence[_Raw], str, list[list[stats.HarmTest]] | None]],
+) -> list[list[float | None]]:
+    """Adjust each family's p-values together: ``families`` = (rows, method, harm tests
+    or None); returns the adjusted p-values per family in row x treatment order."""
+    out = []
+    for rows, method, harm in families:
+        if harm is None:
+            p_values = [c.p_value for _, comparisons in rows for c in comparisons]
+        else:
+            p_values = [h.p_value for tests in harm for h in tests]
+        out.append(stats.adjust(p_values, method=method))
+    return out
+
+
 def _finish_rows(
     ctx: _Context,
-    rows: Sequence[tuple[RowResult, list[stats.Comparison]]],
+    rows: Sequence[_Raw],
     *,
     metric: MetricInfo,
     experiment_srm: SrmStatus,
+    adjusted_p_values: Sequence[float | None],
+    family: Family,
+    harm: list[list[stats.HarmTest]] | None = None,
 ) -> tuple[RowResult, ...]:
-    """Adjust the family's p-values together and attach lifts with verdicts and notes."""
-    p_values = [c.p_value for _, comparisons in rows for c in comparisons]
-    adjusted = iter(stats.adjust(p_values, method=ctx.adjustment))
-    family_size = sum(p is not None for p in p_values)
+    """Attach lifts with verdicts and notes, given the family's adjusted p-values.
+
+    Verdicts: ``stats.verdict`` at the plan's alpha; before the planned horizon of a
+    fixed-horizon test every verdict is withheld ("not yet evaluable: n of N planned");
+    exploratory families are labelled so and never raise harm; in the guardrail family
+    the p-value is the one-sided harm test beyond the margin and only it flags harm."""
+    adjusted = iter(adjusted_p_values)
+    harm_iter = iter(harm or [])
+    family_size = family.size
     finished = []
     for row, comparisons in rows:
         lifts = []
-        for treatment, comparison in zip(ctx.treatments, comparisons, strict=True):
+        harm_row = next(harm_iter) if harm is not None else [None] * len(comparisons)
+        for treatment, comparison, harm_test in zip(ctx.treatments, comparisons, harm_row, strict=True):
             adjusted_p = next(adjusted)
-            base = stats.verdict(comparison, adjusted_p, alpha=ALPHA, min_n_per_arm=MIN_CUSTOMERS_PER_ARM)
-            verdict = _directed_verdict(base, comparison.absolute_lift, adjusted_p, metric.direction, metric.name)
+            undefined = dict(comparison.undefined)
+            p_value = comparison.p_value
+            if harm_test is not None:
+                p_value = harm_test.p_value
+                if p_value is None:
+                    undefined["p_value"] = harm_test.undefined["p_value"]
+                else:
+                    undefined.pop("p_value", None)
+            base = stats.verdict(comparison, adjusted_p, alpha=ctx.alpha, min_n_per_arm=MIN_CUSTOMERS_PER_ARM)
+            if harm_test is not None and base.label != stats.NOT_ENOUGH_DATA:
+                assert adjusted_p is not None
+                if adjusted_p < ctx.alpha:
+                    verdict = VerdictResult(
+                        stats.SIGNIFICANT_LOSS,
+                        "harm_beyond_margin",
+                        f"Significant harm: the treatment raises the '{metric.name}' rate by more than the "
+                        f"tolerated {harm_test.margin * 100:.2g} points (one-sided adjusted p = {adjusted_p:.3g} "
+                        f"< {ctx.alpha:g}).",
+                        harm=True,
+                    )
+                else:
+                    verdict = VerdictResult(
+                        stats.INCONCLUSIVE,
+                        "no_harm_shown",
+                        f"No harm beyond the tolerated {harm_test.margin * 100:.2g} points shown "
+                        f"(one-sided adjusted p = {adjusted_p:.3g}, harm needs < {ctx.alpha:g}).",
+                        harm=False,
+                    )
+            else:
+                verdict = _directed_verdict(
+                    base, comparison.absolute_lift, adjusted_p, metric.direction, metric.name, ctx.alpha
+                )
+                verdict = VerdictResult(verdict.label, verdict.reason, verdict.message, harm=False)
+            if ctx.mode == "fixed" and not ctx.horizon_reached and verdict.label != stats.NOT_ENOUGH_DATA:
+                verdict = VerdictResult(
+                    NOT_YET_EVALUABLE,
+                    "before_planned_horizon",
+                    f"Not yet evaluable: {ctx.horizon_message}. A fixed-horizon test is read once, at the horizon.",
+                    harm=False,
+                )
+            elif family.kind == "exploratory" and verdict.label in (stats.SIGNIFICANT_WIN, stats.SIGNIFICANT_LOSS):
+                verdict = VerdictResult(
+                    verdict.label,
+                    verdict.reason,
+                    "Exploratory (outside the declared decision family; a lead to test, not a decision): "
+                    + verdict.message,
+                    harm=False,
+                )
             caveats = []
             if experiment_srm.flagged:
                 caveats.append(
@@ -340,9 +541,8 @@ def _finish_rows(
                     )
                 )
             verdict = VerdictResult(verdict.label, verdict.reason, verdict.message, verdict.harm, tuple(caveats))
-            undefined = dict(comparison.undefined)
             if adjusted_p is None:
-                undefined["adjusted_p_value"] = comparison.undefined.get("p_value") or Reason(
+                undefined["adjusted_p_value"] = undefined.get("p_value") or Reason(
                     "test_undefined", "The p-value is not available."
                 )
             lifts.append(
@@ -353,11 +553,12 @@ def _finish_rows(
                     relative_lift=comparison.relative_lift,
                     relative_lift_ci=comparison.relative_lift_ci,
                     z=comparison.z,
-                    p_value=comparison.p_value,
+                    p_value=p_value,
                     adjusted_p_value=adjusted_p,
                     verdict=verdict,
-                    notes=tuple(_notes(comparison, adjusted_p, verdict, row.power, family_size)),
+                    notes=tuple(_notes(comparison, adjusted_p, verdict, row.power, family_size, harm_test)),
                     undefined=undefined,
+                    family_kind=family.kind,
                 )
             )
         finished.append(replace(row, lifts=tuple(lifts)))
@@ -370,10 +571,19 @@ def _notes(
     verdict: VerdictResult,
     power: PowerResult,
     family_size: int,
+    harm_test: stats.HarmTest | None = None,
 ) -> list[Reason]:
     notes = []
     ci = comparison.absolute_lift_ci
-    if verdict.label == stats.INCONCLUSIVE and ci is not None and (ci.low > 0 or ci.high < 0):
+    if harm_test is not None:
+        notes.append(
+            Reason(
+                "one_sided_harm_test",
+                f"Guardrail: the p-value is one-sided (does the treatment raise this rate by more than "
+                f"{harm_test.margin * 100:.2g} points?); the interval shown is two-sided.",
+            )
+        )
+    elif verdict.label == stats.INCONCLUSIVE and ci is not None and (ci.low > 0 or ci.high < 0):
         notes.append(
             Reason(
                 "interval_not_adjusted",
@@ -414,6 +624,30 @@ def _heterogeneity(
     return HeterogeneityView(
         result.statistic, result.df, result.p_value, differs, result.message, result.notes, undefined
     )
+
+
+def _heterogeneity_adjusted(view: HeterogeneityView, adjusted_p: float | None, tested: int) -> HeterogeneityView:
+    """Attach the Holm-adjusted p (across the ``tested`` dimensions of the metric); the
+    headline "differs" follows the adjusted p only."""
+    undefined = dict(view.undefined)
+    if adjusted_p is None:
+        undefined.setdefault("adjusted_p_value", undefined.get("p_value") or Reason("test_undefined", "No test."))
+        return replace(view, adjusted_p_value=None, undefined=undefined)
+    differs = adjusted_p < HEADLINE_HETEROGENEITY_ALPHA
+    if tested > 1 and differs:
+        message = (
+            f"The lift differs between layers (Holm-adjusted across the {tested} dimensions tested: "
+            f"p = {adjusted_p:.2g}; unadjusted {view.p_value:.2g}): read the layers separately."
+        )
+    elif tested > 1:
+        message = (
+            f"No evidence that the lift differs between layers (Holm-adjusted across the {tested} dimensions "
+            f"tested: p = {adjusted_p:.2g}; unadjusted {view.p_value:.2g}): differences between layers are "
+            "consistent with noise."
+        )
+    else:
+        message = view.message
+    return replace(view, differs=differs, adjusted_p_value=adjusted_p, message=message, undefined=undefined)
 
 
 def _undef3(reason: Reason) -> dict[str, Reason]:
@@ -488,22 +722,123 @@ def _inconsistency_caveats(
     return reasons
 
 
+def _open_window_caveat(info: MetricInfo, analysed: int) -> Reason:
+    days = info.window_hours / 24
+    window = f"{days:g}-day" if info.window_hours % 24 == 0 else f"{info.window_hours}-hour"
+    return Reason(
+        "open_windows_excluded",
+        f"{info.open_window_customers:,} of {analysed:,} customers are left out of {info.event_type}'s counts and "
+        f"verdicts: their {window} window after first exposure is still open, so they may yet convert. They "
+        "join as their windows close (turn off with exclude_open_windows=false to count everyone so far).",
+    )
+
+
 # --------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------
 
 
+def _plan_info(experiment: Experiment, phase: Phase | None, *, overall_customers: int, now: dt.datetime) -> PlanInfo:
+    """The phase's recorded plan (or, for a phase that predates plans, the experiment's
+    current settings, ``recorded`` False), with whether the planned horizon is reached."""
+    plan = AnalysisPlan.objects.filter(phase=phase).first() if phase is not None else None
+    if plan is not None:
+        source: Experiment | AnalysisPlan = plan
+        primary = plan.primary_metric
+        secondary = tuple(plan.secondary_metrics)
+        guardrails = tuple(GuardrailPlan(g["metric"], float(g["margin"])) for g in plan.guardrail_metrics)
+    else:
+        source = experiment
+        metrics = list(Metric.objects.filter(experiment=experiment).select_related("event_type").order_by("pk"))
+        primary = next((m.event_type.code for m in metrics if m.role == Metric.Role.PRIMARY), "")
+        secondary = tuple(m.event_type.code for m in metrics if m.role == Metric.Role.SECONDARY)
+        guardrails = tuple(
+            GuardrailPlan(m.event_type.code, float(m.noninferiority_margin))
+            for m in metrics
+            if m.role == Metric.Role.GUARDRAIL
+        )
+    planned_n, planned_end = source.planned_sample_size, source.planned_end_at
+    reached_by_n = bool(planned_n) and overall_customers >= (planned_n or 0)
+    reached_by_date = planned_end is not None and now >= planned_end
+    parts = []
+    if planned_n:
+        parts.append(f"{overall_customers:,} of {planned_n:,} planned customers")
+    if planned_end is not None:
+        parts.append(f"planned end {planned_end.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC")
+    if not parts:
+        parts.append("no planned horizon")
+    horizon = "; ".join(parts)
+    return PlanInfo(
+        recorded=plan is not None,
+        recorded_at=plan.recorded_at if plan is not None else None,
+        primary_metric=primary,
+        secondary_metrics=secondary,
+        guardrails=guardrails,
+        confirmatory_dimensions=tuple(source.confirmatory_dimensions),
+        inference_mode=source.inference_mode,
+        inference_mode_name=MODES.get(source.inference_mode, source.inference_mode),
+        planned_sample_size=planned_n,
+        planned_end_at=planned_end,
+        fixed_audience=source.fixed_audience,
+        minimum_detectable_effect=float(source.minimum_detectable_effect),
+        alpha=float(source.alpha),
+        correction=source.correction,
+        correction_name=ADJUSTMENTS.get(source.correction, source.correction),
+        horizon_reached=reached_by_n or reached_by_date,
+        horizon_message=horizon,
+    )
+
+
+def _planned_total(plan: PlanInfo, overall_customers: int, phase: Phase | None, now: dt.datetime) -> float | None:
+    """Customers expected at the planned horizon: the planned sample size, else the
+    current rate projected to the planned end date, else unknown."""
+    if plan.planned_sample_size:
+        return float(plan.planned_sample_size)
+    if plan.planned_end_at is not None and phase is not None and overall_customers:
+        elapsed = max((now - phase.started_at).total_seconds(), 3600.0)
+        planned = max((plan.planned_end_at - phase.started_at).total_seconds(), elapsed)
+        return overall_customers * planned / elapsed
+    return None
+
+
+def exclude_open_windows_default() -> bool:
+    """``GROWTH["REPORT_EXCLUDE_OPEN_WINDOWS"]`` (on unless configured off)."""
+    return bool(settings.GROWTH.get("REPORT_EXCLUDE_OPEN_WINDOWS", True))
+
+
 def report_build(
-    *, experiment_key: str, adjustment: str = "holm", timeseries: bool = False, now: dt.datetime | None = None
+    *,
+    experiment_key: str,
+    adjustment: str | None = None,
+    timeseries: bool = False,
+    now: dt.datetime | None = None,
+    exclude_open_windows: bool | None = None,
 ) -> Report:
     """The lift report of the experiment's current phase. Raises ``ExperimentNotFound``;
     ``ValueError`` naming ``adjustment`` for an unknown adjustment method.
 
+    Families (issue 14): the **confirmatory** family is the plan's primary metric x the
+    treatment variants x (the overall row + every layer of the plan's confirmatory
+    dimensions), adjusted together with the plan's correction at the plan's alpha; it
+    alone makes decisions. Guardrails form one **guardrail** family (overall rows, one-
+    sided harm tests beyond each metric's margin); it alone raises harm. Everything else
+    (secondary metrics, other dimensions, guardrail layers) is **exploratory**, adjusted
+    per metric and dimension with ``adjustment`` (default: the plan's correction).
+    Heterogeneity p-values are Holm-adjusted across the dimensions tested, per metric.
+
     ``timeseries=True`` adds the conversion-over-time series: one more pass over the
     phase's assignments (grouped by day), which at 10M assignments costs as much as the
     whole report (see ``aggregation``), so it is asked for separately (the admin page
-    loads its chart after the tables)."""
-    if adjustment not in ADJUSTMENTS:
+    loads its chart after the tables).
+
+    ``exclude_open_windows`` (default ``exclude_open_windows_default()``, on): each metric
+    counts only customers whose window has closed at ``now`` (see ``aggregation``); the
+    number left out is ``MetricInfo.open_window_customers`` and a caveat. Every family,
+    verdict and power figure is computed on those counts; SRM, traffic and the planned
+    horizon use every analysed customer."""
+    if exclude_open_windows is None:
+        exclude_open_windows = exclude_open_windows_default()
+    if adjustment is not None and adjustment not in ADJUSTMENTS:
         raise ValueError(f"adjustment: choose one of {', '.join(ADJUSTMENTS)}, got {adjustment!r}")
     experiment = selectors.experiment_get(key=experiment_key)
     if experiment is None:
@@ -543,15 +878,62 @@ def report_build(
         days_elapsed = max((end - phase.started_at).total_seconds() / 86400.0, 1.0)
         primary_id = next((m.pk for m in metrics if m.role == Metric.Role.PRIMARY), None)
         counts = aggregation.phase_counts(
-            phase_id=phase.pk, metric_ids=[m.pk for m in metrics], daily_metric_id=primary_id, daily=timeseries
+            phase_id=phase.pk,
+            metric_ids=[m.pk for m in metrics],
+            daily_metric_id=primary_id,
+            daily=timeseries,
+            as_of=now if exclude_open_windows else None,
         )
         caveats.extend(_inconsistency_caveats(counts.inconsistencies, metrics, variants_by_key))
+
+    overall_customers = sum(v.customers for v in counts.overall if v.variant_id in key_of)
+    plan = _plan_info(experiment, phase, overall_customers=overall_customers, now=now)
+    if phase is not None and not plan.recorded:
+        caveats.append(
+            Reason(
+                "no_plan_recorded",
+                "This phase started before analysis plans were recorded; the experiment's current settings are "
+                "used as its plan.",
+            )
+        )
+    if plan.recorded:
+        now_metrics = (
+            next((m.event_type.code for m in metrics if m.role == Metric.Role.PRIMARY), ""),
+            sorted(m.event_type.code for m in metrics if m.role == Metric.Role.SECONDARY),
+            sorted(m.event_type.code for m in metrics if m.role == Metric.Role.GUARDRAIL),
+        )
+        planned = (plan.primary_metric, sorted(plan.secondary_metrics), sorted(g.metric for g in plan.guardrails))
+        if now_metrics != planned:
+            caveats.append(
+                Reason(
+                    "metrics_differ_from_plan",
+                    f"The experiment's metrics changed after its analysis plan was recorded (plan: primary "
+                    f"{planned[0] or 'none'}, secondary {', '.join(planned[1]) or 'none'}, guardrails "
+                    f"{', '.join(planned[2]) or 'none'}): verdicts on metrics outside the plan were not "
+                    "pre-registered. Start a new phase to analyse the new metrics.",
+                )
+            )
+    exploratory_adjustment = adjustment or plan.correction
+    if plan.inference_mode == "fixed" and not plan.horizon_reached and phase is not None:
+        caveats.append(
+            Reason(
+                "before_planned_horizon",
+                f"Fixed-horizon test: verdicts are withheld until the planned horizon ({plan.horizon_message}).",
+            )
+        )
     ctx = _Context(
         variants=variants,
-        adjustment=adjustment,
-        mde=float(experiment.minimum_detectable_effect),
+        adjustment=exploratory_adjustment,
+        mde=plan.minimum_detectable_effect,
         days_elapsed=days_elapsed,
         running=experiment.status == Experiment.Status.RUNNING,
+        alpha=plan.alpha,
+        mode=plan.inference_mode,
+        planned_total=_planned_total(plan, overall_customers, phase, now),
+        overall_customers=overall_customers,
+        horizon_reached=plan.horizon_reached,
+        horizon_message=plan.horizon_message,
+        fixed_audience=plan.fixed_audience,
     )
     if ctx.control is None:
         caveats.append(Reason("no_control", "The experiment has no control variant, so nothing can be compared."))
@@ -563,7 +945,9 @@ def report_build(
     def cells_of(variant_counts: Sequence[aggregation.VariantCounts], metric_index: int) -> dict[str, _Cell]:
         found = {key_of.get(v.variant_id): v for v in variant_counts}
         return {
-            key: _Cell(found[key].customers, found[key].conversions[metric_index]) if key in found else _Cell(0, 0)
+            key: _Cell(found[key].counted_for(metric_index), found[key].conversions[metric_index])
+            if key in found
+            else _Cell(0, 0)
             for key in ctx.keys
         }
 
@@ -583,8 +967,26 @@ def report_build(
         order = {key: i for i, (key, _) in enumerate(labels[dimension].layers)}
         layer_list.sort(key=lambda lc: (lc.layer is None, order.get(lc.layer or "", len(order)), lc.layer or ""))
 
-    metric_reports = []
     n_treatments = len(ctx.treatments)
+    confirmatory_dimensions = [d for d in plan.confirmatory_dimensions if d in by_dimension]
+    confirmatory_rows = 1 + sum(len(by_dimension[d]) for d in confirmatory_dimensions)
+    confirmatory_size = max(n_treatments * confirmatory_rows, 1)
+    dimension_words = (
+        " + the layers of " + ", ".join(labels[d].name for d in confirmatory_dimensions)
+        if confirmatory_dimensions
+        else ""
+    )
+    confirmatory_scope = (
+        f"Confirmatory (the declared decision family): primary metric {plan.primary_metric or '(none)'} x "
+        f"{n_treatments} treatment variant(s) x (all customers{dimension_words}); "
+        f"{ADJUSTMENTS[plan.correction].split(' (')[0]} at α = {plan.alpha:g}."
+    )
+    guardrail_metrics = [m for m in metrics if m.role == Metric.Role.GUARDRAIL]
+    guardrail_size = max(n_treatments * len(guardrail_metrics), 1)
+    margins = {g.metric: g.margin for g in plan.guardrails}
+
+    # Pass 1: raw rows (comparisons, no adjusted p-values yet) per metric.
+    raw: list[dict] = []
     for index, metric in enumerate(metrics):
         info = MetricInfo(
             event_type=metric.event_type.code,
@@ -592,8 +994,21 @@ def report_build(
             role=metric.role,
             window_hours=metric.window_hours,
             direction="higher_is_worse" if metric.role == Metric.Role.GUARDRAIL else "higher_is_better",
+            open_window_customers=counts.open_window(index),
         )
-        role_words = f"{info.event_type} ({info.role} metric)"
+        if info.open_window_customers:
+            caveats.append(_open_window_caveat(info, counts.customers))
+        is_primary = metric.role == Metric.Role.PRIMARY
+        overall_words = (
+            "the confirmatory family"
+            if is_primary
+            else ("the guardrail family" if metric.role == Metric.Role.GUARDRAIL else "its exploratory family")
+        )
+        overall_size = (
+            confirmatory_size
+            if is_primary
+            else (guardrail_size if metric.role == Metric.Role.GUARDRAIL else max(n_treatments, 1))
+        )
         overall_raw = _row(
             ctx,
             dimension=None,
@@ -601,18 +1016,16 @@ def report_build(
             label="All customers",
             cells=cells_of(counts.overall, index),
             traffic=traffic_of(counts.overall),
+            family_size=overall_size,
+            family_words=f"{overall_words} of {overall_size}",
         )
-        (overall,) = _finish_rows(ctx, [overall_raw], metric=info, experiment_srm=experiment_srm)
-        overall_family = Family(
-            scope=f"The {n_treatments} treatment variant(s) against the control, all customers, {role_words}.",
-            method=adjustment,
-            size=sum(lift.p_value is not None for lift in overall.lifts),
-        )
-        dimensions = []
+        dims = []
         for dimension, layer_list in by_dimension.items():
-            dimension_labels = labels[dimension]
-            names = dict(dimension_labels.layers)
-            raw = [
+            names = dict(labels[dimension].layers)
+            confirmatory = is_primary and dimension in confirmatory_dimensions
+            size = confirmatory_size if confirmatory else max(len(layer_list) * n_treatments, 1)
+            words = "the confirmatory family" if confirmatory else "its exploratory family"
+            rows = [
                 _row(
                     ctx,
                     dimension=dimension,
@@ -620,39 +1033,139 @@ def report_build(
                     label=NO_LAYER_LABEL if lc.layer is None else names.get(lc.layer, lc.layer),
                     cells=cells_of(lc.variants, index),
                     traffic=traffic_of(lc.variants),
+                    family_size=size,
+                    family_words=f"{words} of {size}",
                 )
                 for lc in layer_list
             ]
-            rows = _finish_rows(ctx, raw, metric=info, experiment_srm=experiment_srm)
-            family = Family(
-                scope=(
-                    f"The {len(rows)} layers of {dimension_labels.name} x {n_treatments} treatment variant(s), "
-                    f"{role_words}."
-                ),
-                method=adjustment,
-                size=sum(lift.p_value is not None for row in rows for lift in row.lifts),
+            dims.append((dimension, layer_list, confirmatory, rows))
+        raw.append({"metric": metric, "info": info, "index": index, "overall": overall_raw, "dims": dims})
+
+    # Pass 2: families. The confirmatory family and the guardrail family span rows of
+    # several dimensions / metrics and are adjusted together.
+    primary = next((r for r in raw if r["metric"].role == Metric.Role.PRIMARY), None)
+    confirmatory_rows_raw: list[_Raw] = []
+    if primary is not None:
+        confirmatory_rows_raw.append(primary["overall"])
+        for _, _, confirmatory, rows in primary["dims"]:
+            if confirmatory:
+                confirmatory_rows_raw.extend(rows)
+    [confirmatory_adjusted] = _adjust_families([(confirmatory_rows_raw, plan.correction, None)])
+    confirmatory_family = Family(
+        scope=confirmatory_scope,
+        method=plan.correction,
+        size=sum(p is not None for p in confirmatory_adjusted),
+        kind="confirmatory",
+        alpha=plan.alpha,
+    )
+    adjusted_by_row: dict[int, list[float | None]] = {}
+    position = iter(confirmatory_adjusted)
+    for row_raw in confirmatory_rows_raw:
+        adjusted_by_row[id(row_raw)] = [next(position) for _ in ctx.treatments]
+
+    guardrail_raw = [r for r in raw if r["metric"].role == Metric.Role.GUARDRAIL]
+    harm_by_metric = {
+        id(r): _harm_tests(ctx, [r["overall"]], margins.get(r["info"].event_type, 0.0)) for r in guardrail_raw
+    }
+    harm_p = [h.p_value for r in guardrail_raw for tests in harm_by_metric[id(r)] for h in tests]
+    guardrail_adjusted = iter(stats.adjust(harm_p, method=plan.correction))
+    for r in guardrail_raw:
+        adjusted_by_row[id(r["overall"])] = [next(guardrail_adjusted) for _ in ctx.treatments]
+    guardrail_family = Family(
+        scope=(
+            f"Guardrail harm tests: {len(guardrail_raw)} guardrail metric(s) x {n_treatments} treatment variant(s), "
+            f"all customers; one-sided, beyond each metric's non-inferiority margin; "
+            f"{ADJUSTMENTS[plan.correction].split(' (')[0]} at α = {plan.alpha:g}."
+        ),
+        method=plan.correction,
+        size=sum(p is not None for p in harm_p),
+        kind="guardrail",
+        alpha=plan.alpha,
+    )
+
+    metric_reports = []
+    for r in raw:
+        metric, info, index = r["metric"], r["info"], r["index"]
+        role_words = f"{info.event_type} ({info.role} metric)"
+        is_primary = metric.role == Metric.Role.PRIMARY
+        is_guardrail = metric.role == Metric.Role.GUARDRAIL
+        if is_primary:
+            overall_family = confirmatory_family
+        elif is_guardrail:
+            overall_family = guardrail_family
+        else:
+            [adjusted] = _adjust_families([([r["overall"]], exploratory_adjustment, None)])
+            adjusted_by_row[id(r["overall"])] = adjusted
+            overall_family = Family(
+                scope=f"Exploratory: the {n_treatments} treatment variant(s) against the control, all customers, "
+                f"{role_words}.",
+                method=exploratory_adjustment,
+                size=sum(p is not None for p in adjusted),
+                kind="exploratory",
+                alpha=plan.alpha,
             )
-            heterogeneity = _heterogeneity(
+        (overall,) = _finish_rows(
+            ctx,
+            [r["overall"]],
+            metric=info,
+            experiment_srm=experiment_srm,
+            adjusted_p_values=adjusted_by_row[id(r["overall"])],
+            family=overall_family,
+            harm=harm_by_metric.get(id(r)),
+        )
+        dimensions = []
+        heterogeneity_views = []
+        for dimension, layer_list, confirmatory, rows_raw in r["dims"]:
+            dimension_labels = labels[dimension]
+            if confirmatory:
+                family = confirmatory_family
+                adjusted_flat = [p for row_raw in rows_raw for p in adjusted_by_row[id(row_raw)]]
+            else:
+                [adjusted_flat] = _adjust_families([(rows_raw, exploratory_adjustment, None)])
+                family = Family(
+                    scope=(
+                        f"Exploratory: the {len(rows_raw)} layers of {dimension_labels.name} x {n_treatments} "
+                        f"treatment variant(s), {role_words}."
+                    ),
+                    method=exploratory_adjustment,
+                    size=sum(p is not None for p in adjusted_flat),
+                    kind="exploratory",
+                    alpha=plan.alpha,
+                )
+            rows = _finish_rows(
                 ctx,
-                {lc.layer: cells_of(lc.variants, index) for lc in layer_list},
-                no_layer_key="(none)",
+                rows_raw,
+                metric=info,
+                experiment_srm=experiment_srm,
+                adjusted_p_values=adjusted_flat,
+                family=family,
             )
-            dimensions.append(DimensionResult(dimension, dimension_labels.name, family, heterogeneity, tuple(rows)))
+            heterogeneity_views.append(
+                _heterogeneity(
+                    ctx, {lc.layer: cells_of(lc.variants, index) for lc in layer_list}, no_layer_key="(none)"
+                )
+            )
+            dimensions.append([dimension, dimension_labels.name, family, None, tuple(rows), confirmatory])
+        # Heterogeneity: one test per dimension, Holm across the dimensions tested.
+        het_adjusted = stats.adjust([h.p_value for h in heterogeneity_views], method="holm")
+        for entry, view, adjusted_p in zip(dimensions, heterogeneity_views, het_adjusted, strict=True):
+            entry[3] = _heterogeneity_adjusted(view, adjusted_p, len(heterogeneity_views))
+        dimension_results = tuple(DimensionResult(*entry) for entry in dimensions)
         harms = tuple(
             f"{info.event_type}: variant {lift.variant}, "
             + (row.label if row.dimension is None else f"{labels[row.dimension].name} = {row.label}")
-            for row in [overall] + [r for d in dimensions for r in d.layers]
+            for row in [overall] + [row for d in dimension_results for row in d.layers]
             for lift in row.lifts
             if lift.verdict.harm
         )
-        if harms and metric.role == Metric.Role.GUARDRAIL:
+        if harms and is_guardrail:
             caveats.append(
                 Reason(
                     "guardrail_harm",
-                    f"Guardrail {info.event_type} got significantly worse ({'; '.join(harms)}).",
+                    f"Guardrail {info.event_type} got significantly worse beyond its margin ({'; '.join(harms)}).",
                 )
             )
-        metric_reports.append(MetricReport(info, overall, overall_family, tuple(dimensions), harms))
+        metric_reports.append(MetricReport(info, overall, overall_family, dimension_results, harms))
 
     return Report(
         experiment=ExperimentInfo(
@@ -660,7 +1173,7 @@ def report_build(
             name=experiment.name,
             status=experiment.status,
             hypothesis=experiment.hypothesis,
-            minimum_detectable_effect=float(experiment.minimum_detectable_effect),
+            minimum_detectable_effect=plan.minimum_detectable_effect,
             started_at=experiment.started_at,
             stopped_at=experiment.stopped_at,
         ),
@@ -669,13 +1182,17 @@ def report_build(
             if phase is not None
             else None
         ),
+        plan=plan,
+        confirmatory_family=confirmatory_family,
         settings=Settings(
-            alpha=ALPHA,
-            comparison_method=COMPARISON_METHOD,
-            adjustment=adjustment,
-            adjustment_name=ADJUSTMENTS[adjustment],
+            alpha=plan.alpha,
+            comparison_method="sequential" if plan.inference_mode == "sequential" else COMPARISON_METHOD,
+            adjustment=exploratory_adjustment,
+            adjustment_name=ADJUSTMENTS[exploratory_adjustment],
             min_customers_per_arm=MIN_CUSTOMERS_PER_ARM,
             power=POWER,
+            inference_mode=plan.inference_mode,
+            exclude_open_windows=exclude_open_windows,
         ),
         variants=variants,
         srm=experiment_srm,

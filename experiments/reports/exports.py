@@ -6,6 +6,8 @@ precision (``repr``); an undefined number is the words ``undefined: <reason>``, 
 ``nan`` or ``inf``. Text cells that a spreadsheet would run as a formula (starting with
 ``=``, ``+``, ``-``, ``@``, a tab or a carriage return; OWASP "CSV injection") are
 prefixed with a single quote. Numbers are never text, so a negative lift stays a number.
+``open_window_customers_left_out``: the row's exposed customers left out of the metric's
+counts because their window is still open (0 when open windows are not excluded).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from experiments.reports.results import LiftResult, MetricReport, Report, RowResult
+from experiments.reports.results import Family, LiftResult, MetricReport, Report, RowResult
 from experiments.stats import Interval, Reason
 
 __all__ = ["CSV_COLUMNS", "csv_cell", "report_csv", "report_filename", "report_json"]
@@ -60,6 +62,12 @@ CSV_COLUMNS = (
     "power_progress",
     "power_days_remaining",
     "heterogeneity_p_value",
+    "family_kind",
+    "inference_mode",
+    "alpha",
+    "power_alpha",
+    "detectable_lift",
+    "open_window_customers_left_out",
 )
 
 
@@ -95,15 +103,15 @@ def _reasons(reasons: tuple[Reason, ...]) -> str:
     return " | ".join(r.message for r in reasons)
 
 
-def _lines(metric: MetricReport) -> Iterator[tuple[RowResult, LiftResult, str, Any]]:
+def _lines(metric: MetricReport) -> Iterator[tuple[RowResult, LiftResult, Family, Any]]:
     for lift in metric.overall.lifts:
-        yield metric.overall, lift, metric.overall_family.scope, None
+        yield metric.overall, lift, metric.overall_family, None
     for dimension in metric.dimensions:
         het = dimension.heterogeneity
         het_p = het.p_value if het.p_value is not None else _undefined(het.undefined, "p_value")
         for row in dimension.layers:
             for lift in row.lifts:
-                yield row, lift, dimension.family.scope, het_p
+                yield row, lift, dimension.family, het_p
 
 
 def report_csv(report: Report) -> str:
@@ -144,8 +152,8 @@ def report_csv(report: Report) -> str:
                 _number(lift.z, lift.undefined, "z"),
                 _number(lift.p_value, lift.undefined, "p_value"),
                 _number(lift.adjusted_p_value, lift.undefined, "adjusted_p_value"),
-                report.settings.adjustment,
-                family,
+                family.method,
+                family.scope,
                 lift.verdict.label,
                 lift.verdict.harm,
                 lift.verdict.message,
@@ -156,6 +164,15 @@ def report_csv(report: Report) -> str:
                 _number(row.power.progress, row.power.undefined, "progress"),
                 _number(row.power.days_remaining, row.power.undefined, "days_remaining"),
                 "not applicable: tested per dimension" if het_p is None else het_p,
+                lift.family_kind,
+                report.plan.inference_mode,
+                report.plan.alpha,
+                row.power.alpha,
+                _number(row.power.detectable_lift, row.power.undefined, "detectable_lift")
+                if report.plan.fixed_audience
+                else "not applicable: the audience is not fixed",
+                # The row's exposed customers not in the arms' counts: their window is still open.
+                row.customers - sum(arm.customers for arm in row.arms),
             )
             writer.writerow([csv_cell(v) for v in values])
     return out.getvalue()

@@ -48,8 +48,17 @@ class Requirement:
 
 
 def requirement(
-    *, baseline_rate: float, relative_mde: float, arms: Sequence[Arm], alpha: float, power: float
+    *,
+    baseline_rate: float,
+    relative_mde: float,
+    arms: Sequence[Arm],
+    alpha: float,
+    power: float,
+    sequential: bool = False,
 ) -> Requirement:
+    """Customers per arm; ``sequential``: for the always-valid test
+    (``stats.sequential_sample_size``, mixture tuned at the requirement itself)."""
+    size = stats.sequential_sample_size if sequential else stats.sample_size
     control = next((a for a in arms if a.is_control), None)
 
     def undefined(reason: Reason) -> Requirement:
@@ -65,9 +74,7 @@ def requirement(
     for arm in arms:
         if arm.is_control or arm.weight <= 0:
             continue
-        plan = stats.sample_size(
-            baseline_rate, relative_mde, alpha=alpha, power=power, ratio=arm.weight / control.weight
-        )
+        plan = size(baseline_rate, relative_mde, alpha=alpha, power=power, ratio=arm.weight / control.weight)
         if plan.required_control is None or plan.required_treatment is None:
             return undefined(
                 plan.undefined.get("required_control")

@@ -28,6 +28,7 @@ __all__ = [
     "MetricInfo",
     "MetricReport",
     "PhaseInfo",
+    "PlanInfo",
     "PowerResult",
     "Report",
     "RowResult",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 Direction = Literal["higher_is_better", "higher_is_worse"]
+# Which family a comparison belongs to (issue 14): the one declared decision family, a
+# guardrail's harm test, or exploratory (never a decision, never a playbook winner).
+FamilyKind = Literal["confirmatory", "guardrail", "exploratory"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,36 @@ class PhaseInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardrailPlan:
+    metric: str
+    margin: float  # tolerated worsening, absolute points (0.002 = 0.2 pts)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanInfo:
+    """The analysis plan of the phase, as recorded when it opened (``recorded`` False:
+    the phase predates plans and the experiment's current settings are used instead)."""
+
+    recorded: bool
+    recorded_at: dt.datetime | None
+    primary_metric: str
+    secondary_metrics: tuple[str, ...]
+    guardrails: tuple[GuardrailPlan, ...]
+    confirmatory_dimensions: tuple[str, ...]
+    inference_mode: str
+    inference_mode_name: str
+    planned_sample_size: int | None
+    planned_end_at: dt.datetime | None
+    fixed_audience: bool
+    minimum_detectable_effect: float
+    alpha: float
+    correction: str
+    correction_name: str
+    horizon_reached: bool
+    horizon_message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     alpha: float
     comparison_method: str
@@ -68,6 +102,10 @@ class Settings:
     adjustment_name: str
     min_customers_per_arm: int
     power: float
+    inference_mode: str = "sequential"
+    # Customers whose metric window is still open at ``generated_at`` are left out of the
+    # counts and verdicts (README: "Who is counted"); False: everyone exposed counts.
+    exclude_open_windows: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +123,9 @@ class MetricInfo:
     role: str
     window_hours: int
     direction: Direction
+    # Analysed customers left out of this metric because their window is still open (0 when
+    # ``Settings.exclude_open_windows`` is off).
+    open_window_customers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +168,7 @@ class LiftResult:
     verdict: VerdictResult
     notes: tuple[Reason, ...] = ()
     undefined: dict[str, Reason] = field(default_factory=dict)
+    family_kind: FamilyKind = "exploratory"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +205,10 @@ class PowerResult:
     days_remaining: int | None
     message: str
     undefined: dict[str, Reason] = field(default_factory=dict)
+    alpha: float = 0.05  # the per-comparison level the requirement is computed at
+    alpha_rule: str = ""  # in words: which family and correction that level comes from
+    inference_mode: str = "sequential"
+    detectable_lift: float | None = None  # fixed audience: smallest relative lift detectable
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +228,15 @@ class RowResult:
 
 @dataclass(frozen=True, slots=True)
 class Family:
-    """The comparisons adjusted together (``method``), described in words."""
+    """The comparisons adjusted together (``method``), described in words. ``kind``:
+    confirmatory (the one declared decision family), guardrail (one-sided harm tests) or
+    exploratory (its own correction; never a decision)."""
 
     scope: str
     method: str
     size: int
+    kind: FamilyKind = "exploratory"
+    alpha: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +250,7 @@ class HeterogeneityView:
     message: str
     notes: tuple[Reason, ...] = ()
     undefined: dict[str, Reason] = field(default_factory=dict)
+    adjusted_p_value: float | None = None  # Holm across the dimensions tested for this metric
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +260,7 @@ class DimensionResult:
     family: Family
     heterogeneity: HeterogeneityView
     layers: tuple[RowResult, ...]
+    confirmatory: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +291,8 @@ class DailyPoint:
 class Report:
     experiment: ExperimentInfo
     phase: PhaseInfo | None
+    plan: PlanInfo
+    confirmatory_family: Family
     settings: Settings
     variants: tuple[VariantInfo, ...]
     srm: SrmStatus

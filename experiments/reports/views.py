@@ -60,14 +60,29 @@ def _context(request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
     return {**admin.site.each_context(request), "title": title, **extra}
 
 
-def _adjustment(request: HttpRequest) -> str:
-    value = request.GET.get("adjustment", "holm")
-    return value if value in ADJUSTMENTS else "holm"
+def _adjustment(request: HttpRequest) -> str | None:
+    """The exploratory families' correction; None: the plan's (the confirmatory family
+    always uses the plan's)."""
+    value = request.GET.get("adjustment")
+    return value if value in ADJUSTMENTS else None
 
 
-def _report_or_404(key: str, adjustment: str, timeseries: bool = False) -> Report:
+def _exclude_open_windows(request: HttpRequest) -> bool | None:
+    """``?exclude_open_windows=false`` counts customers whose window is still open (default: the setting)."""
+    value = request.GET.get("exclude_open_windows")
+    return BOOLEANS.get(value.lower()) if value is not None else None
+
+
+def _report_or_404(
+    key: str, adjustment: str | None, timeseries: bool = False, exclude_open_windows: bool | None = None
+) -> Report:
     try:
-        return report_build(experiment_key=key, adjustment=adjustment, timeseries=timeseries)
+        return report_build(
+            experiment_key=key,
+            adjustment=adjustment,
+            timeseries=timeseries,
+            exclude_open_windows=exclude_open_windows,
+        )
     except ExperimentNotFound:
         raise Http404(f"No experiment with key '{key}'.") from None
 
@@ -124,6 +139,8 @@ class DimensionView:
     differs: bool | None
     rows: tuple[RowView, ...]
     forest: SafeString
+    family_method: str = ""  # the family's own correction, in words (the plan's for the confirmatory one)
+    family_kind: str = "exploratory"
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,8 @@ class MetricView:
     overall_family: str
     dimensions: tuple[DimensionView, ...]
     harms: tuple[str, ...] = field(default_factory=tuple)
+    overall_family_method: str = ""
+    overall_family_kind: str = "exploratory"
 
     @property
     def overall_rows(self) -> tuple[RowView, ...]:
@@ -225,6 +244,8 @@ def _metric_view(report: Report, metric: MetricReport) -> MetricView:
             differs=d.heterogeneity.differs,
             rows=tuple(_row_view(row) for row in d.layers),
             forest=_forest(metric, d, several),
+            family_method=ADJUSTMENTS[d.family.method],
+            family_kind=d.family.kind,
         )
         for d in metric.dimensions
     )
@@ -239,6 +260,8 @@ def _metric_view(report: Report, metric: MetricReport) -> MetricView:
         overall_family=metric.overall_family.scope,
         dimensions=dimensions,
         harms=metric.harms,
+        overall_family_method=ADJUSTMENTS[metric.overall_family.method],
+        overall_family_kind=metric.overall_family.kind,
     )
 
 
@@ -276,8 +299,9 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @report_view
 def experiment_report(request: HttpRequest, key: str) -> HttpResponse:
-    adjustment = _adjustment(request)
-    report = _report_or_404(key, adjustment)
+    report = _report_or_404(key, _adjustment(request), exclude_open_windows=_exclude_open_windows(request))
+    adjustment = report.settings.adjustment
+    windows = f"&exclude_open_windows={'true' if report.settings.exclude_open_windows else 'false'}"
     primary = report.primary
     context = _context(
         request,
@@ -292,8 +316,8 @@ def experiment_report(request: HttpRequest, key: str) -> HttpResponse:
         srm_pairs=list(zip(report.srm.variants, report.srm.observed, report.srm.expected, strict=True)),
         mde_percent=f"{report.experiment.minimum_detectable_effect:+.1%}",
         other_caveats=[c for c in report.caveats if c.code != "srm"],
-        csv_url=reverse("reports:experiment-csv", args=[key]) + f"?adjustment={adjustment}",
-        json_url=reverse("reports:experiment-json", args=[key]) + f"?adjustment={adjustment}",
+        csv_url=reverse("reports:experiment-csv", args=[key]) + f"?adjustment={adjustment}{windows}",
+        json_url=reverse("reports:experiment-json", args=[key]) + f"?adjustment={adjustment}{windows}",
         planner_url=reverse("reports:planner") + f"?experiment={key}",
     )
     return render(request, "experiments/reports/report.html", context)
@@ -311,7 +335,7 @@ def experiment_timeseries(request: HttpRequest, key: str) -> HttpResponse:
 
 @report_view
 def experiment_report_csv(request: HttpRequest, key: str) -> HttpResponse:
-    report = _report_or_404(key, _adjustment(request))
+    report = _report_or_404(key, _adjustment(request), exclude_open_windows=_exclude_open_windows(request))
     response = HttpResponse(report_csv(report), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{report_filename(report, "csv")}"'
     return response
@@ -320,7 +344,7 @@ def experiment_report_csv(request: HttpRequest, key: str) -> HttpResponse:
 @report_view
 def experiment_report_json(request: HttpRequest, key: str) -> HttpResponse:
     timeseries = BOOLEANS.get(request.GET.get("timeseries", "false").lower(), False)
-    report = _report_or_404(key, _adjustment(request), timeseries)
+    report = _report_or_404(key, _adjustment(request), timeseries, _exclude_open_windows(request))
     response = HttpResponse(report_json(report, indent=2), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{report_filename(report, "json")}"'
     return response

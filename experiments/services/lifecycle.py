@@ -13,6 +13,12 @@ Stickiness rules while running or paused (assignments exist):
 - lowering coverage, adding, removing or renaming a variant key, changing the control,
   and any change to targeting, namespace or holdout are refused unless a new phase is
   started with them.
+
+The analysis plan (primary, secondary and guardrail metrics with their non-inferiority
+margins, confirmatory dimensions, inference mode, planned horizon, MDE, alpha, correction)
+is frozen into an ``AnalysisPlan`` row whenever a phase opens. Changing it while running
+or paused is refused unless a new phase starts with it (``experiment_plan_update``):
+a plan chosen after seeing the data is not a plan.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from experiments.models import Experiment, Holdout, Metric, Namespace, Phase, Variant
+from experiments.models import AnalysisPlan, Experiment, Holdout, Metric, Namespace, Phase, Variant
 from experiments.selectors import experiment_configs_invalidate
 from segments import selectors as segment_selectors
 
@@ -50,6 +56,7 @@ class MetricSpec:
     event_type_code: str
     role: str = Metric.Role.PRIMARY
     window_hours: int = 7 * 24
+    noninferiority_margin: Decimal = Decimal(0)  # guardrails: tolerated worsening, absolute points
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,7 @@ def experiment_create(
     targeting: Targeting | None = None,
     metrics: Sequence[MetricSpec] = (),
     minimum_detectable_effect: Decimal | None = None,
+    plan: dict[str, Any] | None = None,
 ) -> Experiment:
     """A draft experiment with its variants (in order), targeting and metrics."""
     _key_validate(key)
@@ -193,6 +201,11 @@ def experiment_create(
     experiment = Experiment(key=key, name=name, hypothesis=hypothesis, owner=owner, coverage=coverage)
     if minimum_detectable_effect is not None:
         experiment.minimum_detectable_effect = minimum_detectable_effect
+    unknown = sorted(set(plan or {}) - set(Experiment.PLAN_FIELDS))
+    if unknown:
+        raise ValidationError({name: "Not a field of the analysis plan." for name in unknown})
+    for name, value in (plan or {}).items():
+        setattr(experiment, name, value)
     _targeting_apply(experiment, targeting, save=False)
     experiment.full_clean(exclude=["owner"])
     experiment.save()
@@ -203,10 +216,33 @@ def experiment_create(
         if event_type is None:
             raise ValidationError({"metrics": f"Unknown event type '{spec.event_type_code}'."})
         Metric.objects.create(
-            experiment=experiment, event_type=event_type, role=spec.role, window_hours=spec.window_hours
+            experiment=experiment,
+            event_type=event_type,
+            role=spec.role,
+            window_hours=spec.window_hours,
+            noninferiority_margin=spec.noninferiority_margin,
         )
     experiment_configs_invalidate()
     return experiment
+
+
+def experiment_metrics_ensure(*, experiment: Experiment, metrics: Sequence[MetricSpec]) -> int:
+    """Add the metrics ``experiment`` lacks (same event type and role), in any status: a
+    metric is read from the event stream, so one added later still covers the whole run.
+    Unknown event types are skipped. Return how many were added."""
+    added = 0
+    for spec in metrics:
+        event_type = segment_selectors.event_type_get(code=spec.event_type_code)
+        if event_type is None:
+            continue
+        _, created = Metric.objects.get_or_create(
+            experiment=experiment,
+            event_type=event_type,
+            role=spec.role,
+            defaults={"window_hours": spec.window_hours},
+        )
+        added += created
+    return added
 
 
 def _targeting_apply(experiment: Experiment, targeting: Targeting, *, save: bool) -> None:
@@ -270,7 +306,7 @@ def _refresh(instance: Experiment, locked: Experiment) -> Experiment:
 def _phase_open(*, experiment: Experiment, number: int, coverage: Decimal, reason: str, at: dt.datetime) -> Phase:
     allocation = [{"variant": v.key, "weight": str(v.weight)} for v in _variants_of(experiment)]
     seed = experiment.key if number == 1 else f"{experiment.key}:phase-{number}"
-    return Phase.objects.create(
+    phase = Phase.objects.create(
         experiment=experiment,
         number=number,
         seed=seed,
@@ -279,6 +315,106 @@ def _phase_open(*, experiment: Experiment, number: int, coverage: Decimal, reaso
         reason=reason,
         started_at=at,
     )
+    _plan_record(experiment=experiment, phase=phase, at=at)
+    return phase
+
+
+def _plan_validate(experiment: Experiment, at: dt.datetime) -> None:
+    """What a phase may not start without: a horizon for a fixed-horizon test, known
+    confirmatory dimensions, a horizon in the future."""
+    errors: dict[str, str] = {}
+    dimensions = experiment.confirmatory_dimensions
+    if not isinstance(dimensions, list) or not all(isinstance(d, str) for d in dimensions):
+        errors["confirmatory_dimensions"] = "A list of dimension keys."
+    else:
+        unknown = sorted(set(dimensions) - set(segment_selectors.dimension_layers(dimension_keys=dimensions)))
+        if unknown:
+            errors["confirmatory_dimensions"] = f"Unknown dimension(s): {', '.join(unknown)}."
+    if (
+        experiment.inference_mode == Experiment.InferenceMode.FIXED
+        and not experiment.planned_sample_size
+        and experiment.planned_end_at is None
+    ):
+        errors["planned_sample_size"] = (
+            "A fixed-horizon test needs a planned horizon: a sample size or an end date "
+            "(verdicts are withheld until it is reached)."
+        )
+    if experiment.planned_end_at is not None and experiment.planned_end_at <= at:
+        errors["planned_end_at"] = "The planned end must be after the start."
+    if experiment.correction not in Experiment.Correction.values:
+        errors["correction"] = f"Choose one of {', '.join(Experiment.Correction.values)}."
+    if errors:
+        raise ValidationError(errors)
+
+
+def _plan_record(*, experiment: Experiment, phase: Phase, at: dt.datetime) -> AnalysisPlan:
+    """Freeze the experiment's plan fields and metrics into the phase's plan."""
+    _plan_validate(experiment, at)
+    metrics = list(Metric.objects.filter(experiment=experiment).select_related("event_type").order_by("pk"))
+    return AnalysisPlan.objects.create(
+        phase=phase,
+        primary_metric=next((m.event_type.code for m in metrics if m.role == Metric.Role.PRIMARY), ""),
+        secondary_metrics=[m.event_type.code for m in metrics if m.role == Metric.Role.SECONDARY],
+        guardrail_metrics=[
+            {"metric": m.event_type.code, "margin": str(m.noninferiority_margin)}
+            for m in metrics
+            if m.role == Metric.Role.GUARDRAIL
+        ],
+        confirmatory_dimensions=list(experiment.confirmatory_dimensions),
+        inference_mode=experiment.inference_mode,
+        planned_sample_size=experiment.planned_sample_size,
+        planned_end_at=experiment.planned_end_at,
+        fixed_audience=experiment.fixed_audience,
+        minimum_detectable_effect=experiment.minimum_detectable_effect,
+        alpha=experiment.alpha,
+        correction=experiment.correction,
+        recorded_at=at,
+    )
+
+
+@transaction.atomic
+def experiment_plan_update(
+    *,
+    experiment: Experiment,
+    changes: dict[str, Any],
+    start_new_phase: bool = False,
+    reason: str = "",
+    at: dt.datetime | None = None,
+) -> Experiment:
+    """Change the analysis plan (``Experiment.PLAN_FIELDS``).
+
+    Draft: saved, frozen at start. Running or paused: refused (400 naming the fields)
+    unless ``start_new_phase``, which re-randomizes everyone under the new plan; the
+    old phase keeps its own plan. Stopped: refused.
+    """
+    at = at or timezone.now()
+    locked = _locked(experiment)
+    unknown = sorted(set(changes) - set(Experiment.PLAN_FIELDS))
+    if unknown:
+        raise ValidationError({name: "Not a field of the analysis plan." for name in unknown})
+    changed = {name: value for name, value in changes.items() if getattr(locked, name) != value}
+    if not changed:
+        return experiment
+    if locked.status == S.STOPPED:
+        raise ValidationError({name: f"Experiment '{locked.key}' is stopped; its plan is final." for name in changed})
+    if locked.is_active and not start_new_phase:
+        raise ValidationError(
+            {
+                name: "The analysis plan was recorded when the phase started and cannot change while the "
+                "experiment is running or paused. Start a new phase to change it."
+                for name in changed
+            }
+        )
+    for name, value in changed.items():
+        setattr(locked, name, value)
+    locked.full_clean(exclude=["owner"], validate_unique=False)
+    if locked.is_active:
+        _plan_validate(locked, at)
+    locked.save(update_fields=list(changed))
+    if locked.is_active:
+        experiment_new_phase(experiment=locked, reason=reason or "Analysis plan changed", at=at)
+    experiment.refresh_from_db()
+    return experiment
 
 
 @transaction.atomic

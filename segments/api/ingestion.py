@@ -88,7 +88,12 @@ class CustomerFieldsSerializer(serializers.Serializer):
         choices=sorted(time_zone_names()), required=False, help_text="IANA time zone name."
     )
     locale = serializers.RegexField(
-        LOCALE_RE.pattern, max_length=35, required=False, allow_blank=True, help_text="BCP 47 tag, e.g. pt-BR."
+        LOCALE_RE.pattern,
+        max_length=35,
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        help_text="BCP 47 tag, e.g. pt-BR; null or empty clears it.",
     )
     attributes = serializers.DictField(required=False, allow_null=True, help_text="Free attributes (JSON object).")
     email = serializers.EmailField(required=False, allow_blank=True, allow_null=True, max_length=254)
@@ -141,10 +146,15 @@ class CustomerOutSerializer(serializers.ModelSerializer):
 
 
 class EventInSerializer(serializers.Serializer):
-    event_id = serializers.CharField(max_length=128, help_text="Client-supplied; makes ingestion idempotent.")
+    event_id = serializers.CharField(
+        max_length=128,
+        help_text="Client-supplied; makes ingestion idempotent. Ids starting with `platform:` are reserved (400).",
+    )
     customer_id = serializers.CharField(max_length=128, help_text="The customer's external_id.")
     type = serializers.CharField(
-        max_length=64, help_text="An event type code (built in: signup, login, visit, add_to_cart, order, …)."
+        max_length=64,
+        help_text="An event type code (built in: signup, login, visit, add_to_cart, order, …). "
+        "`coupon_redeemed` is written by the platform when a coupon is redeemed and refused here (400).",
     )
     occurred_at = serializers.DateTimeField(help_text=TIMESTAMP_HELP)
     properties = serializers.DictField(required=False, allow_null=True)
@@ -269,7 +279,7 @@ def _run_batch(
             if result.outcome.is_error:
                 key = ".".join(p for p in ("items", str(positions[result.index]), result.field) if p)
                 errors.setdefault(key, []).append(result.message)
-    rejected = len(items) - len(valid) + counts[Outcome.CONFLICT] + counts[Outcome.UNKNOWN_CUSTOMER]
+    rejected = len(items) - len(valid) + sum(counts[outcome] for outcome in Outcome if outcome.is_error)
     if rejected == 0:
         code, detail = status.HTTP_200_OK, f"All {len(items)} items were accepted."
     elif rejected < len(items):
@@ -328,8 +338,9 @@ class CustomerUpsertApi(APIView):
         summary="Create or update one customer",
         description=(
             "Upsert by `external_id`: the fields sent are set, the fields left out keep their stored value "
-            "(a new customer gets the defaults: time zone UTC, locale en). `null` clears a timestamp or a "
-            "contact point. 201 when the customer was created, 200 when it was updated. "
+            "(a new customer gets the defaults: time zone UTC, locale en). `null` clears a timestamp, a "
+            "contact point, the locale or the attributes (the time zone cannot be cleared). "
+            "201 when the customer was created, 200 when it was updated. "
             "(An `external_id` of exactly `batch` or containing `/` can only be sent through the batch route.)"
             + _scope_note(Scope.CUSTOMERS_WRITE)
         ),
@@ -411,12 +422,12 @@ class EventCreateApi(APIView):
             event = parse_event(request.data, event_types=event_type_map())
         except RecordError as exc:
             raise ValidationError(_record_errors(exc)) from None
-        result = events_record(events=[event]).items[0]
+        result = events_record(events=[event], from_client=True).items[0]
         if result.outcome == Outcome.CONFLICT:
             return Response(
                 {"detail": result.message, "errors": {result.field: [result.message]}}, status=status.HTTP_409_CONFLICT
             )
-        if result.outcome == Outcome.UNKNOWN_CUSTOMER:
+        if result.outcome.is_error:  # unknown customer, or a platform type / reserved id
             raise ValidationError({result.field: [result.message]})
         stored = Event.objects.select_related("customer", "event_type").get(event_id=event.event_id)
         code = status.HTTP_201_CREATED if result.outcome == Outcome.CREATED else status.HTTP_200_OK
@@ -448,7 +459,7 @@ class EventBatchApi(APIView):
         return _run_batch(
             request,
             parse=lambda item: parse_event(item, event_types=event_types),
-            write=lambda batch: events_record(events=batch),
+            write=lambda batch: events_record(events=batch, from_client=True),
         )
 
 

@@ -22,7 +22,7 @@ M = sum of their amounts, exact on every database (integer hundredths, see
 
 Each score is compared with its mean over the customers in the window: strictly above
 the mean is *high*, otherwise *low* (so when everyone ties, everyone is low). The three
-high/low bits give the 8 tiers of DOMAIN.md; customers with no purchase in the window
+high/low bits give the 8 tiers of docs/domain.md; customers with no purchase in the window
 (and every customer when the window is empty) are in ``no_purchase``.
 """
 

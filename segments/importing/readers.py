@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from config.progress import ProgressLines, progress_bar
 from segments.importing.records import loads_json
 
 
@@ -29,7 +30,7 @@ Line = tuple[int, Any, tuple[str, str] | None]
 class _Progress:
     """Bytes read, reported to tqdm every so often (a per-line update would cost more than parsing)."""
 
-    def __init__(self, bar: tqdm | None) -> None:
+    def __init__(self, bar: tqdm | ProgressLines | None) -> None:
         self.bar, self.pending = bar, 0
 
     def add(self, n: int) -> None:
@@ -147,7 +148,7 @@ def detect_format(path: Path, given: str | None) -> str:
 
 
 def _open_lines(
-    path: Path, fmt: str, *, columns: tuple[str, ...], required: tuple[str, ...], bar: tqdm | None
+    path: Path, fmt: str, *, columns: tuple[str, ...], required: tuple[str, ...], bar: tqdm | ProgressLines | None
 ) -> tuple[Iterator[Line], IO[bytes], _Progress]:
     stream = path.open("rb")
     progress = _Progress(bar)
@@ -160,13 +161,8 @@ def _open_lines(
         raise
 
 
-def _progress_bar(path: Path, label: str, enabled: bool | None) -> tqdm:
-    # enabled=None: shown when stderr is a terminal.
-    return tqdm(
-        total=os.path.getsize(path),
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=label,
-        disable=None if enabled is None else not enabled,
+def _progress_bar(path: Path, label: str, enabled: bool | None) -> tqdm | ProgressLines:
+    # enabled=None: a bar when stderr is a terminal, else a progress line every ~10 s.
+    return progress_bar(
+        total=os.path.getsize(path), unit="B", unit_scale=True, unit_divisor=1024, desc=label, enabled=enabled
     )

@@ -245,6 +245,8 @@ def parse_customer(record: Any, *, text: bool = False) -> CustomerInput:
                 errors["locale"] = "Use a BCP 47 language tag, e.g. 'en' or 'pt-BR'."
             else:
                 values["locale"] = locale
+        elif record["locale"] is None:
+            values["locale"] = ""  # an explicit null clears it, like the contact points
     if "attributes" in record:
         attributes = _json_object(record, "attributes", errors, text=text)
         if attributes is not None:

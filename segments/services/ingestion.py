@@ -13,7 +13,17 @@ Rules (documented in README.md):
   Within one batch, later items for the same customer win field by field.
 - Events are keyed by the client's ``event_id``. The same id with the same body is a
   duplicate: nothing is stored and the stored event is the result. The same id with a
-  different body is a conflict naming the fields that differ.
+  different body is a conflict naming the fields that differ. "The same body" is judged
+  on a canonical form (:func:`canonical_json`) that survives PostgreSQL's jsonb round
+  trip (``1e16`` comes back as ``10000000000000000``, ``-0.0`` as ``0.0``).
+- Exactly one writer is told it created a row: rows are inserted with ``INSERT … ON
+  CONFLICT DO NOTHING RETURNING`` and only the ids the database returns count as
+  created; concurrent identical requests get "duplicate" (customers: "updated").
+- Clients (``from_client=True``: the API) may not post the event types the platform
+  writes itself (:data:`PLATFORM_EVENT_TYPES`, e.g. coupon redemptions, which experiments
+  count as conversions) nor use the event ids reserved for them (prefix
+  :data:`PLATFORM_EVENT_ID_PREFIX`, see :func:`platform_event_id`), so a client can
+  neither forge a platform fact nor squat the id a future one will use.
 - An event for an unknown customer follows ``settings.GROWTH["UNKNOWN_CUSTOMER_EVENTS"]``:
   ``"reject"`` (default; the item fails on ``customer_id``) or ``"create"`` (a bare
   customer with that ``external_id`` is created first).
@@ -33,9 +43,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
+from django.db import connection, models, transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from segments.models import Customer, Event, EventType, Membership
+from segments.models.customers import CONTACT_FIELDS
 
 # Customer fields an upsert may set (``external_id`` is the key).
 CUSTOMER_FIELDS: tuple[str, ...] = (
@@ -54,6 +68,14 @@ CUSTOMER_FIELDS: tuple[str, ...] = (
     "push_opt_out_at",
 )
 UNKNOWN_CUSTOMER_RULES = ("reject", "create")
+# Event types only the platform writes, through ``platform_event_id`` ids: campaigns record
+# coupon redemptions (``campaigns.services.events``). Deliveries and exposures are rows of
+# their own apps, not events. A client posting one of these could forge a redemption that
+# an experiment counts as a conversion.
+PLATFORM_EVENT_TYPES: frozenset[str] = frozenset({"coupon_redeemed"})
+# Every event id the platform writes starts with this; clients may not use it, so a
+# client's event can never take the id a platform event will need later.
+PLATFORM_EVENT_ID_PREFIX = "platform:"
 # Rows per statement: keeps SQLite under its bound-parameter limit and PostgreSQL
 # statements a sensible size.
 WRITE_BATCH = 1000
@@ -65,10 +87,11 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     UNKNOWN_CUSTOMER = "unknown_customer"
+    REFUSED = "refused"  # a client sent what only the platform may write
 
     @property
     def is_error(self) -> bool:
-        return self in (Outcome.CONFLICT, Outcome.UNKNOWN_CUSTOMER)
+        return self in (Outcome.CONFLICT, Outcome.UNKNOWN_CUSTOMER, Outcome.REFUSED)
 
 
 @dataclass(frozen=True)
@@ -145,16 +168,79 @@ def _customer_ids(external_ids: Iterable[str]) -> dict[str, int]:
     return found
 
 
+def _insert_new(
+    model: type[models.Model], rows: Sequence[Mapping[str, Any]], *, key: str | tuple[str, ...]
+) -> set[Any]:
+    """``INSERT … ON CONFLICT (key) DO NOTHING RETURNING key``: insert the rows whose key is
+    not stored yet and return the keys this statement inserted. Of concurrent writers of
+    one key exactly one gets it back (PostgreSQL waits for the other transaction to
+    finish before deciding; SQLite serializes writers), which is what lets exactly one
+    caller be told "created". Django's ``bulk_create(ignore_conflicts=True)`` does not say
+    which rows it inserted, hence this statement. SQLite has RETURNING since 3.35."""
+    if not rows:
+        return set()
+    meta = model._meta
+    by_attname = {column.attname: column for column in meta.concrete_fields}
+    columns = [by_attname[attname] for attname in rows[0]]
+    quote = connection.ops.quote_name
+    keys = [by_attname[name] for name in ((key,) if isinstance(key, str) else key)]
+    key_columns = ", ".join(quote(column.column) for column in keys)
+    head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(c.column) for c in columns)}) "
+    tail = f" ON CONFLICT ({key_columns}) DO NOTHING RETURNING {key_columns}"
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    # On PostgreSQL one array per column (as Django's bulk_create does): a short statement
+    # psycopg need not rewrite and PostgreSQL plans once, instead of 8 placeholders a row.
+    unnest = "SELECT * FROM UNNEST(" + ", ".join(f"%s::{c.db_type(connection)}[]" for c in columns) + ")"
+    size = max(1, min(WRITE_BATCH, connection.ops.bulk_batch_size(columns, rows)))
+    inserted: set[Any] = set()
+    with connection.cursor() as cursor:
+        for chunk in _chunks(rows, size):
+            prepared = [
+                [column.get_db_prep_save(row[column.attname], connection) for column in columns] for row in chunk
+            ]
+            if connection.vendor == "postgresql":
+                cursor.execute(head + unnest + tail, [list(values) for values in zip(*prepared, strict=True)])
+            else:
+                params = [value for values in prepared for value in values]
+                cursor.execute(head + "VALUES " + ", ".join([one] * len(chunk)) + tail, params)
+            for returned in cursor.fetchall():
+                values = tuple(_from_db(value, column) for value, column in zip(returned, keys, strict=True))
+                inserted.add(values[0] if isinstance(key, str) else values)
+    return inserted
+
+
+def _from_db(value: Any, column: models.Field) -> Any:
+    """A returned key value as the ORM would give it: SQLite returns datetimes as text (naive UTC)."""
+    if isinstance(value, str) and column.get_internal_type() == "DateTimeField":
+        parsed = parse_datetime(value)
+        if parsed is not None:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return value
+
+
 def customers_create_missing(*, external_ids: Iterable[str]) -> int:
     """Create a bare customer for each external id not stored yet; return how many were new."""
     wanted = set(external_ids)
     missing = sorted(wanted - _customer_ids(wanted).keys())
-    created = 0
-    for chunk in _chunks(missing):
-        before = Customer.objects.filter(external_id__in=chunk).count()
-        Customer.objects.bulk_create([Customer(external_id=ext) for ext in chunk], ignore_conflicts=True)
-        created += len(chunk) - before
-    return created
+    now = timezone.now()
+    rows = [_new_row(Customer, {"external_id": external_id}, now) for external_id in missing]
+    return len(_insert_new(Customer, rows, key="external_id"))
+
+
+def _new_row(model: type[models.Model], values: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """Every column of a new row (by attname): the values given, the model's defaults (and
+    ``now`` for auto_now fields) for the rest, as ``Model.save()`` would fill them."""
+    row: dict[str, Any] = {}
+    for column in model._meta.concrete_fields:
+        if column.primary_key:
+            continue
+        if column.attname in values:
+            row[column.attname] = values[column.attname]
+        elif getattr(column, "auto_now", False) or getattr(column, "auto_now_add", False):
+            row[column.attname] = now
+        else:
+            row[column.attname] = column.get_default()
+    return row
 
 
 # --- Customers ----------------------------------------------------------------------
@@ -162,22 +248,41 @@ def customers_create_missing(*, external_ids: Iterable[str]) -> int:
 
 @transaction.atomic
 def customers_upsert(*, customers: Sequence[CustomerInput]) -> IngestResult:
-    """Insert or update customers by ``external_id``: one ``INSERT … ON CONFLICT DO UPDATE``
-    per group of items that set the same fields (usually one group per batch)."""
-    existing = set(_customer_ids(c.external_id for c in customers))
+    """Insert or update customers by ``external_id``. New customers are inserted first with
+    ``INSERT … ON CONFLICT DO NOTHING RETURNING`` (the ids it returns, and only those, were
+    created by this call, even against concurrent writers); the others get one ``INSERT …
+    ON CONFLICT DO UPDATE`` per group of items that set the same fields (usually one group
+    per batch). Within a batch the first item of a new customer is "created", later ones
+    "updated"."""
     merged: dict[str, dict[str, Any]] = {}
-    outcomes: list[ItemResult] = []
+    first_item: dict[str, int] = {}
     for index, customer in enumerate(customers):
-        seen = customer.external_id in merged
+        first_item.setdefault(customer.external_id, index)
         merged.setdefault(customer.external_id, {}).update(customer.values)
-        is_new = customer.external_id not in existing and not seen
-        outcomes.append(ItemResult(index, Outcome.CREATED if is_new else Outcome.UPDATED))
+        unknown = set(customer.values) - set(CUSTOMER_FIELDS)
+        if unknown:
+            raise ValueError(f"Not customer fields: {', '.join(sorted(unknown))}")
+
+    existing = set(_customer_ids(merged))
+    now = timezone.now()
+    new_rows = [
+        _new_row(Customer, {**values, "external_id": ext}, now) for ext, values in merged.items() if ext not in existing
+    ]
+    created = _insert_new(Customer, new_rows, key="external_id")
+    outcomes = [
+        ItemResult(
+            index,
+            Outcome.CREATED
+            if customer.external_id in created and first_item[customer.external_id] == index
+            else Outcome.UPDATED,
+        )
+        for index, customer in enumerate(customers)
+    ]
 
     groups: dict[tuple[str, ...], list[Customer]] = {}
     for external_id, values in merged.items():
-        unknown = set(values) - set(CUSTOMER_FIELDS)
-        if unknown:
-            raise ValueError(f"Not customer fields: {', '.join(sorted(unknown))}")
+        if external_id in created:
+            continue  # inserted above with every value it was sent
         groups.setdefault(tuple(sorted(values)), []).append(Customer(external_id=external_id, **values))
     for fields, rows in groups.items():
         for chunk in _chunks(rows):
@@ -193,8 +298,59 @@ def customers_upsert(*, customers: Sequence[CustomerInput]) -> IngestResult:
 # --- Events -------------------------------------------------------------------------
 
 
+def _canonical_number(value: int | float) -> str:
+    """An exact decimal spelling of a JSON number with no trailing zeros and no sign on
+    zero: what jsonb keeps of it. PostgreSQL stores a JSON number as ``numeric`` (``1e16``
+    and ``10000000000000000`` are one value, ``-0.0`` is ``0.0``) and gives back its own
+    spelling, which Python reads as an int or a float of the same value. ``repr(float)`` is
+    what the JSON encoder sent. No ``Decimal.normalize()``: it rounds to 28 digits."""
+    sign, digits, exponent = Decimal(repr(value) if isinstance(value, float) else value).as_tuple()
+    assert isinstance(exponent, int)  # finite: NaN and Infinity are refused by the parsers
+    number = "".join(map(str, digits)).lstrip("0")
+    if not number:
+        return "0"
+    stripped = number.rstrip("0")
+    exponent += len(number) - len(stripped)
+    return f"{'-' if sign else ''}{stripped}e{exponent}"
+
+
+def _canonical(value: Any) -> Any:
+    # Tagged so that no two JSON values of different kinds compare equal (True == 1 in Python).
+    if isinstance(value, dict):
+        return ("o", tuple(sorted((str(k), _canonical(v)) for k, v in value.items())))
+    if isinstance(value, list | tuple):
+        return ("a", tuple(_canonical(v) for v in value))
+    if isinstance(value, bool) or value is None:
+        return ("b", value)
+    if isinstance(value, int | float):
+        return ("n", _canonical_number(value))
+    if isinstance(value, str):
+        return ("s", value)
+    raise TypeError(f"Not a JSON value: {type(value).__name__}")
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    """A JSON value's identity as both databases keep it: object keys sorted, numbers by
+    value (see :func:`_canonical_number`). Two values are "the same body" when these are
+    equal, whether one side went through jsonb or not."""
+    return json.dumps(_canonical(value), separators=(",", ":"))
+
+
+def platform_event_id(key: str) -> str:
+    """The event id of an event the platform writes (``key`` names the fact, e.g.
+    ``coupon_redeemed:SUMMER-7Q2X``): in a namespace no client may use."""
+    return f"{PLATFORM_EVENT_ID_PREFIX}{key}"
+
+
+def _client_refusal(event: EventInput) -> tuple[str, str] | None:
+    if event.type in PLATFORM_EVENT_TYPES:
+        return "type", (
+            f"'{event.type}' events are written by the platform itself (e.g. when a coupon is redeemed "
+            "through the API); clients may not post them."
+        )
+    if event.event_id.startswith(PLATFORM_EVENT_ID_PREFIX):
+        return "event_id", f"Event ids starting with '{PLATFORM_EVENT_ID_PREFIX}' are reserved for the platform."
+    return None
 
 
 def _event_body(
@@ -246,23 +402,41 @@ def conflict_message(fields: Sequence[str]) -> str:
     )
 
 
+def _compared(index: int, stored: Mapping[str, Any], body: Mapping[str, Any]) -> ItemResult:
+    diff = _differences(stored, body)
+    if diff:
+        return ItemResult(index, Outcome.CONFLICT, "event_id", conflict_message(diff))
+    return ItemResult(index, Outcome.DUPLICATE)
+
+
 @transaction.atomic
-def events_record(*, events: Sequence[EventInput], unknown_customers: str | None = None) -> IngestResult:
+def events_record(
+    *, events: Sequence[EventInput], unknown_customers: str | None = None, from_client: bool = False
+) -> IngestResult:
     """Record events idempotently by ``event_id``, in a bounded number of statements:
     resolve customers and event types, read the bodies already stored under these ids,
-    ``bulk_create(ignore_conflicts=True)`` the new ones, then re-read what was stored to
-    catch a concurrent writer that won the race with a different body."""
+    insert the new ones with ``INSERT … ON CONFLICT DO NOTHING RETURNING`` (the ids it
+    returns are "created"), then compare the rest with what a concurrent writer stored.
+    ``from_client=True`` (the API) refuses platform event types and reserved ids."""
     rule = unknown_customer_rule(unknown_customers)
-    type_ids = dict(EventType.objects.filter(code__in={e.type for e in events}).values_list("code", "id"))
-    if rule == "create":
-        customers_create_missing(external_ids={e.customer_id for e in events})
-    customer_ids = _customer_ids(e.customer_id for e in events)
-    stored = _stored_event_bodies(e.event_id for e in events)
-
     outcomes: dict[int, ItemResult] = {}
+    if from_client:
+        for index, event in enumerate(events):
+            refusal = _client_refusal(event)
+            if refusal is not None:
+                outcomes[index] = ItemResult(index, Outcome.REFUSED, *refusal)
+    accepted = [(index, event) for index, event in enumerate(events) if index not in outcomes]
+    type_ids = dict(EventType.objects.filter(code__in={e.type for _, e in accepted}).values_list("code", "id"))
+    if rule == "create":
+        customers_create_missing(external_ids={e.customer_id for _, e in accepted})
+    customer_ids = _customer_ids(e.customer_id for _, e in accepted)
+    stored = _stored_event_bodies(e.event_id for _, e in accepted)
+
     in_batch: dict[str, dict[str, Any]] = {}
-    to_create: dict[int, tuple[Event, dict[str, Any]]] = {}
-    for index, event in enumerate(events):
+    to_create: dict[int, tuple[str, dict[str, Any]]] = {}
+    rows: list[dict[str, Any]] = []
+    now = timezone.now()
+    for index, event in accepted:
         customer_pk = customer_ids.get(event.customer_id)
         if customer_pk is None:
             message = unknown_customer_message(event.customer_id)
@@ -281,39 +455,65 @@ def events_record(*, events: Sequence[EventInput], unknown_customers: str | None
         )
         previous = stored.get(event.event_id) or in_batch.get(event.event_id)
         if previous is not None:
-            diff = _differences(previous, body)
-            outcomes[index] = (
-                ItemResult(index, Outcome.CONFLICT, "event_id", conflict_message(diff))
-                if diff
-                else ItemResult(index, Outcome.DUPLICATE)
-            )
+            outcomes[index] = _compared(index, previous, body)
             continue
         in_batch[event.event_id] = body
-        row = Event(
-            event_id=event.event_id,
-            customer_id=customer_pk,
-            event_type_id=type_id,
-            occurred_at=event.occurred_at,
-            properties=dict(event.properties),
-            amount=event.amount,
-            currency=event.currency,
+        rows.append(
+            _new_row(
+                Event,
+                {
+                    "event_id": event.event_id,
+                    "customer_id": customer_pk,
+                    "event_type_id": type_id,
+                    "occurred_at": event.occurred_at,
+                    "received_at": now,
+                    "properties": dict(event.properties),
+                    "amount": event.amount,
+                    "currency": event.currency,
+                },
+                now,
+            )
         )
-        to_create[index] = (row, body)
+        to_create[index] = (event.event_id, body)
 
-    rows = [row for row, _ in to_create.values()]
-    for chunk in _chunks(rows):
-        Event.objects.bulk_create(chunk, ignore_conflicts=True)
-    # A concurrent request may have stored one of these ids between our read and our
-    # insert (ignore_conflicts skipped ours): compare with what is stored now.
-    now_stored = _stored_event_bodies(row.event_id for row in rows)
-    for index, (row, body) in to_create.items():
-        diff = _differences(now_stored[row.event_id], body)
-        outcomes[index] = (
-            ItemResult(index, Outcome.CONFLICT, "event_id", conflict_message(diff))
-            if diff
-            else ItemResult(index, Outcome.CREATED)
-        )
+    created = _insert_new(Event, rows, key="event_id")
+    # Ids not inserted were stored by a concurrent request between our read and our
+    # insert: the same body is a duplicate, another body a conflict.
+    now_stored = _stored_event_bodies(event_id for event_id, _ in to_create.values() if event_id not in created)
+    for index, (event_id, body) in to_create.items():
+        if event_id in created:
+            outcomes[index] = ItemResult(index, Outcome.CREATED)
+        else:
+            outcomes[index] = _compared(index, now_stored[event_id], body)
+    _opt_outs_apply(
+        row for row in rows if row["event_id"] in created and row["event_type_id"] == type_ids.get(UNSUBSCRIBE)
+    )
     return IngestResult(tuple(outcomes[i] for i in range(len(events))))
+
+
+UNSUBSCRIBE = "unsubscribe"
+
+
+def _opt_outs_apply(rows: Iterable[Mapping[str, Any]]) -> None:
+    """An ``unsubscribe`` event naming a channel (``properties.channel``: email, sms, push)
+    is an opt-out of that channel at the event's time: ``<channel>_opt_out_at`` moves to
+    it unless a later opt-out is already recorded (a consent given after the event still
+    wins, as ``Customer.reachable_by`` compares the two times). Only events this call
+    created count, so a replay changes nothing. One UPDATE per (channel, time): unsubscribes
+    are rare within a batch. An event without a channel (or with a topic: topic opt-outs
+    belong to campaigns' preferences) leaves consent alone."""
+    groups: dict[tuple[str, dt.datetime], list[int]] = {}
+    for row in rows:
+        properties = row.get("properties") or {}
+        channel = properties.get("channel")
+        if channel not in CONTACT_FIELDS or properties.get("topic"):
+            continue
+        groups.setdefault((channel, row["occurred_at"]), []).append(row["customer_id"])
+    for (channel, at), customer_ids in groups.items():
+        opt_out = CONTACT_FIELDS[channel][2]
+        Customer.objects.filter(pk__in=customer_ids).filter(
+            Q(**{f"{opt_out}__isnull": True}) | Q(**{f"{opt_out}__lt": at})
+        ).update(**{opt_out: at})
 
 
 # --- Memberships --------------------------------------------------------------------
@@ -325,8 +525,10 @@ def _membership_key(customer_pk: int, plan: str, started_at: dt.datetime) -> tup
 
 @transaction.atomic
 def memberships_upsert(*, memberships: Sequence[MembershipInput]) -> IngestResult:
-    """Insert or update membership terms keyed by (customer, plan, started_at): one
-    ``INSERT … ON CONFLICT DO UPDATE`` per 1,000 terms. Unknown customers are rejected."""
+    """Insert or update membership terms keyed by (customer, plan, started_at): new terms
+    with ``INSERT … ON CONFLICT DO NOTHING RETURNING`` (those returned were created by this
+    call), the others with ``INSERT … ON CONFLICT DO UPDATE``, 1,000 terms per statement.
+    Unknown customers are rejected."""
     customer_ids = _customer_ids(m.customer_id for m in memberships)
     existing: set[tuple[int, str, dt.datetime]] = set()
     pks = sorted(set(customer_ids.values()))
@@ -336,22 +538,17 @@ def memberships_upsert(*, memberships: Sequence[MembershipInput]) -> IngestResul
         ):
             existing.add(_membership_key(customer_pk, plan, started_at))
 
-    outcomes: list[ItemResult] = []
+    outcomes: dict[int, ItemResult] = {}
+    first_item: dict[tuple[int, str, dt.datetime], int] = {}
     rows: dict[tuple[int, str, dt.datetime], Membership] = {}
     for index, membership in enumerate(memberships):
         customer_pk = customer_ids.get(membership.customer_id)
         if customer_pk is None:
-            outcomes.append(
-                ItemResult(
-                    index,
-                    Outcome.UNKNOWN_CUSTOMER,
-                    "customer_id",
-                    unknown_customer_message(membership.customer_id, events=False),
-                )
-            )
+            message = unknown_customer_message(membership.customer_id, events=False)
+            outcomes[index] = ItemResult(index, Outcome.UNKNOWN_CUSTOMER, "customer_id", message)
             continue
         key = _membership_key(customer_pk, membership.plan, membership.started_at)
-        outcomes.append(ItemResult(index, Outcome.UPDATED if key in existing or key in rows else Outcome.CREATED))
+        first_item.setdefault(key, index)
         rows[key] = Membership(
             customer_id=customer_pk,
             plan=membership.plan,
@@ -359,11 +556,39 @@ def memberships_upsert(*, memberships: Sequence[MembershipInput]) -> IngestResul
             started_at=membership.started_at,
             expires_at=membership.expires_at,
         )
-    for chunk in _chunks(list(rows.values())):
+    # New terms first, with INSERT … ON CONFLICT DO NOTHING RETURNING: only the terms this
+    # call inserted are "created", even against a concurrent writer of the same term.
+    now = timezone.now()
+    new_rows = [
+        _new_row(
+            Membership,
+            {
+                "customer_id": row.customer_id,
+                "plan": row.plan,
+                "level": row.level,
+                "started_at": row.started_at,
+                "expires_at": row.expires_at,
+            },
+            now,
+        )
+        for key, row in rows.items()
+        if key not in existing
+    ]
+    created = {
+        _membership_key(*returned)
+        for returned in _insert_new(Membership, new_rows, key=("customer_id", "plan", "started_at"))
+    }
+    for index, membership in enumerate(memberships):
+        if index in outcomes:
+            continue
+        key = _membership_key(customer_ids[membership.customer_id], membership.plan, membership.started_at)
+        is_new = key in created and first_item[key] == index
+        outcomes[index] = ItemResult(index, Outcome.CREATED if is_new else Outcome.UPDATED)
+    for chunk in _chunks([row for key, row in rows.items() if key not in created]):
         Membership.objects.bulk_create(
             chunk,
             update_conflicts=True,
             unique_fields=["customer", "plan", "started_at"],
             update_fields=["level", "expires_at", "updated_at"],
         )
-    return IngestResult(tuple(outcomes))
+    return IngestResult(tuple(outcomes[i] for i in range(len(memberships))))

@@ -39,6 +39,8 @@ def campaigns_with_results() -> Results:
         key="renewal-by-window",
         variants=(("control", 0.5), ("discount20", 0.5)),
         metrics=(("order", "primary"), ("unsubscribe", "guardrail")),
+        # The expiry windows are the decision (issue 14: only a confirmatory layer is a winner).
+        plan={"inference_mode": "fixed", "planned_sample_size": 1, "confirmatory_dimensions": ["expiry"]},
     )
     expiry = Dimension.objects.get(key="expiry")
     populate(
@@ -70,7 +72,11 @@ def campaigns_with_results() -> Results:
         offer=OfferFactory(key="renew-20", name="20% off your renewal", value=20),
     )
 
-    winback_experiment = experiment_create(key="winback-recall", variants=(("control", 0.5), ("comeback", 0.5)))
+    winback_experiment = experiment_create(
+        key="winback-recall",
+        variants=(("control", 0.5), ("comeback", 0.5)),
+        plan={"inference_mode": "fixed", "planned_sample_size": 1, "confirmatory_dimensions": ["rfm"]},
+    )
     populate(
         winback_experiment,
         [

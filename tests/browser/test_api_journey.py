@@ -106,5 +106,5 @@ def test_api_client__offers_then_redeem_twice_in_swagger_ui__coupon_redeemed_onc
 
     coupon = Coupon.objects.get(code=code)
     assert coupon.customer_id == customer.pk and coupon.redeemed_at is not None
-    assert Event.objects.filter(event_id=f"coupon_redeemed:{code}", customer=customer).count() == 1
+    assert Event.objects.filter(event_id=f"platform:coupon_redeemed:{code}", customer=customer).count() == 1
     assert outside == []

@@ -52,7 +52,8 @@ def plain_sink(settings):  # type: ignore[no-untyped-def]
 def test_send_many__server_offers_pipelining__pipelined_all_delivered_in_order(smtp_sink) -> None:  # type: ignore[no-untyped-def]
     backend = EmailBackend()
     try:
-        assert backend._pipelining_smtp() is not None
+        backend.open()
+        assert backend.session is not None and backend.session.pipelining
         outcomes = list(backend.send_many(_messages(25)))
     finally:
         backend.close()
@@ -113,7 +114,8 @@ def test_send_many__no_pipelining_offered__one_command_at_a_time_all_delivered(p
     plain_sink.refuse["m1@example.com"] = "550 5.1.1 No such user"
     backend = EmailBackend()
     try:
-        assert backend._pipelining_smtp() is None
+        backend.open()
+        assert backend.session is not None and not backend.session.pipelining
         outcomes = dict(backend.send_many(_messages(4)))
     finally:
         backend.close()
@@ -293,3 +295,270 @@ def test_send_many__ready_called_before_each_handover__after_every_earlier_accep
     # Before message i is handed over, the i earlier outcomes were yielded (and recorded by
     # the caller) and no later message was accepted: one acceptance at a time.
     assert seen_at_ready == [(i, i) for i in range(6)]
+
+
+# --- The session: RSET across batches, classification, timeouts, abort -------------------
+
+
+class GreylistSink(SmtpSink):
+    """aiosmtpd answering ``450`` at RCPT the first time it sees an address of
+    ``greylist`` (greylisting, as Postgrey does), and accepting it afterwards."""
+
+    def __init__(self, greylist: set[str], **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(**kwargs)
+        self.greylist = set(greylist)
+        self.seen: set[str] = set()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if address in self.greylist and address not in self.seen:
+            self.seen.add(address)
+            return "450 4.7.1 Greylisted, try again later"
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+@pytest.fixture
+def greylist_sink(settings):  # type: ignore[no-untyped-def]
+    sink = GreylistSink({"m1@example.com", "n0@example.com"}).start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", sink.port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    yield sink
+    sink.stop()
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("refusal", ["550 5.1.1 No such user", "450 4.7.1 Greylisted"])
+def test_send_many__batch_ends_with_a_refused_recipient__next_batch_on_the_session_is_accepted(
+    settings, pipelining, refusal
+) -> None:  # type: ignore[no-untyped-def]
+    # Given a batch whose last recipient is refused at RCPT (the server's transaction stays open)
+    sink = SmtpSink(pipelining=pipelining).start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", sink.port
+    sink.refuse["m1@example.com"] = refusal
+    backend = EmailBackend()
+    try:
+        first = dict(backend.send_many(_messages(2)))
+        # When the next batch goes out on the same session
+        second = dict(backend.send_many(_messages(2, prefix="n")))
+    finally:
+        backend.close()
+        sink.stop()
+    # Then it follows a RSET: no "503 nested MAIL command", both accepted
+    expected = PermanentError if refusal.startswith("5") else TransientError
+    assert isinstance(first[0], SendResult) and isinstance(first[1], expected) and "RCPT" in str(first[1])
+    assert all(isinstance(o, SendResult) for o in second.values()), second
+    assert sink.unique == {"m-0", "n-0", "n-1"}
+
+
+@pytest.mark.pure
+def test_send_many__greylisted_then_next_batch_greylisted__both_transient_never_503_permanent(greylist_sink) -> None:  # type: ignore[no-untyped-def]
+    backend = EmailBackend()
+    try:
+        first = dict(backend.send_many(_messages(2)))  # m1 greylisted: the batch ends on a refusal
+        second = dict(backend.send_many(_messages(2, prefix="n")))  # n0 greylisted too
+        again = dict(backend.send_many([_messages(2)[1], _messages(1, prefix="n")[0]]))  # retried later
+    finally:
+        backend.close()
+    assert isinstance(first[1], TransientError) and "450" in str(first[1])
+    assert isinstance(second[0], TransientError) and "450" in str(second[0]) and "503" not in str(second[0])
+    assert isinstance(second[1], SendResult)
+    assert all(isinstance(o, SendResult) for o in again.values())
+    assert greylist_sink.unique == {"m-0", "m-1", "n-0", "n-1"} and greylist_sink.total == 4
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize(
+    ("command", "code", "permanent"),
+    [
+        ("RCPT", 550, True),  # the recipient: a hard bounce
+        ("RCPT", 450, False),  # greylisting
+        ("RCPT", 503, False),  # our own sequencing, never the recipient's fault
+        ("MAIL", 503, False),  # "nested MAIL command"
+        ("MAIL", 550, False),  # the relay refuses our sender: the same for every message
+        ("RCPT", 552, False),  # "too many recipients": 452 (RFC 5321 4.5.3.1.10)
+        ("DATA", 554, True),
+        ("END", 554, True),  # the content refused
+        ("END", 451, False),
+        ("RSET", 500, False),
+    ],
+)
+def test_reply_error__by_command__permanent_only_for_the_message_or_recipient(command, code, permanent) -> None:  # type: ignore[no-untyped-def]
+    from campaigns.channels.smtp import reply_error
+
+    error = reply_error(command, code, b"5.0.0 whatever")
+    assert isinstance(error, PermanentError if permanent else TransientError)
+    assert (error.smtp_command, error.smtp_code) == (command, code)
+
+
+class StallingServer:
+    """A raw SMTP server on loopback that answers the greeting, EHLO (with PIPELINING),
+    MAIL, RCPT and DATA, then never answers again (a stalled or wedged MTA), recording
+    every byte it reads."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        from tests.campaigns.peers import free_port
+
+        self.port = free_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.received = b""
+        self.closed_by_client = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.sendall(b"220 stall ESMTP\r\n")
+        answered = 0
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                self.closed_by_client.set()
+                return
+            self.received += chunk
+            lines = self.received.split(b"\r\n")
+            commands = [line for line in lines[:-1] if line[:4].upper() in (b"EHLO", b"MAIL", b"RCPT", b"DATA")]
+            for line in commands[answered:]:
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-stall\r\n250 PIPELINING\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    answered = len(commands)
+                    break
+                else:
+                    conn.sendall(b"250 ok\r\n")
+            answered = max(answered, len(commands))
+
+    def stop(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def stalling(settings):  # type: ignore[no-untyped-def]
+    server = StallingServer()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", server.port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.CAMPAIGNS = {"SMTP_COMMAND_TIMEOUT": "1", "SMTP_DATA_TIMEOUT": "1.5", "SMTP_CONNECT_TIMEOUT": "1"}
+    yield server
+    server.stop()
+
+
+def _within(seconds: float, work) -> None:  # type: ignore[no-untyped-def]
+    """Run ``work`` in a thread; fail (instead of hanging the suite) if it takes longer."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds}s"
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.pure
+def test_send_many__server_stops_answering_after_the_content__transient_within_the_data_timeout(stalling) -> None:  # type: ignore[no-untyped-def]
+    outcomes: list[tuple[int, object]] = []
+
+    def work() -> None:
+        backend = EmailBackend()
+        try:
+            outcomes.extend(backend.send_many(_messages(1)))
+        finally:
+            backend.close()
+
+    started = time.monotonic()
+    _within(10, work)
+    assert 1.4 <= time.monotonic() - started < 5
+    ((index, outcome),) = outcomes
+    assert index == 0 and isinstance(outcome, TransientError)
+    assert b"QUIT" not in stalling.received  # the session was aborted, not QUIT into a wedged server
+
+
+@pytest.mark.pure
+def test_backend_close__caller_fails_while_the_server_waits_for_data__socket_closed_without_quit(stalling) -> None:  # type: ignore[no-untyped-def]
+    from django.db import OperationalError
+
+    # Given the server waits for the message's content (354) and recording fails
+    def ready() -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    def work() -> None:
+        backend = EmailBackend()
+        try:
+            with pytest.raises(OperationalError):
+                list(backend.send_many(_messages(1), ready=ready))
+        finally:
+            backend.close()  # what the sender does after a database error
+
+    # When the batch ends: at once, the socket closed, nothing written into the DATA phase
+    started = time.monotonic()
+    _within(10, work)
+    assert time.monotonic() - started < 1
+    assert stalling.closed_by_client.wait(2)
+    assert stalling.received.endswith(b"DATA\r\n") and b"QUIT" not in stalling.received
+
+
+@pytest.mark.pure
+def test_email_url_timeout__option_in_the_url__used_by_the_smtp_session() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings_test",
+        "EMAIL_URL": "smtp://127.0.0.1:2525?timeout=7",
+    }
+    code = (
+        "import django; django.setup(); from campaigns import conf; c = conf.get(); "
+        "print(c.smtp_connect_timeout, c.smtp_command_timeout, c.smtp_data_timeout)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["7.0", "7.0", "7.0"]
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize(
+    ("text", "html"),
+    [
+        # A paragraph joined by U+2028 (str.splitlines breaks there, SMTP does not): 1,386 bytes
+        ("Hello\n" + "\u2028".join(["é" * 230] * 3) + "\nend", ""),
+        ("Hello\nend", "<p>" + "\u2029".join(["é" * 230] * 3) + "</p>"),
+        ("Hello\n" + "x" * 1200 + "\nend", "<p>" + "é" * 700 + "</p>"),
+    ],
+)
+def test_send_many__line_over_998_bytes_or_u2028__every_physical_line_short_and_parses_cleanly(
+    smtp_sink, text, html
+) -> None:  # type: ignore[no-untyped-def]
+    import email as email_lib
+    from email import policy
+
+    message = OutgoingMessage(key="long-1", channel="email", to="a@example.com", subject="Hi", text=text, html=html)
+    backend = EmailBackend()
+    try:
+        ((_, outcome),) = list(backend.send_many([message]))
+    finally:
+        backend.close()
+    assert isinstance(outcome, SendResult)
+    raw = smtp_sink.messages[0]
+    assert max(len(line) for line in re.split(rb"\r\n|\r|\n", raw)) <= 998
+    parsed = email_lib.message_from_bytes(raw, policy=policy.default)
+    assert all(not part.defects for part in parsed.walk())
+    body = parsed.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert body.rstrip("\n") == text  # the transport's final line end aside
+    if html:
+        assert parsed.get_body(("html",)).get_content().replace("\r\n", "\n").rstrip("\n") == html

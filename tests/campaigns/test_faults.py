@@ -158,3 +158,110 @@ def test_eight_workers_three_overlapping_campaigns_cap_one_per_day__one_message_
     # The peer saw exactly the messages recorded as sent, each once.
     assert smtp_sink.total == sum(c["sent:"] for c in per_customer.values())
     assert len(smtp_sink.unique) == smtp_sink.total
+
+
+def _restart_postgres() -> float:
+    """Restart the test's PostgreSQL server (``pg_ctl restart -m fast``: every session is
+    terminated, as on a failover or an upgrade); returns how long it took."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW data_directory")
+        data = cursor.fetchone()[0]
+    connection.close()
+    pg_ctl = shutil.which("pg_ctl") or str(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1])
+    command = [pg_ctl, "-D", data, "-l", f"{data}/server.log", "-m", "fast", "-w", "-t", "60", "restart"]
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    started = time.monotonic()
+    # The server inherits stdout: not a pipe this process would wait on.
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=90)
+    return time.monotonic() - started
+
+
+def test_postgres_restart_mid_send__costs_seconds_not_the_smtp_timeout_or_the_lease(
+    worker_factory, smtp_sink, email_only
+) -> None:  # type: ignore[no-untyped-def]
+    # Given a 3,000-message send by two pool processes whose leases are the production 10 min
+    smtp_sink.keep_messages = False
+    customers(3_000)
+    row = campaign(key="pg-restart")
+    worker_factory(concurrency=2, CAMPAIGNS_LEASE_SECONDS="600")
+    lifecycle.campaign_launch(campaign=row)
+    wait_until(lambda: smtp_sink.total >= 600, timeout=240, message="600 messages before the restart")
+    # When PostgreSQL restarts mid-send
+    restart = _restart_postgres()
+    restarted_at = time.monotonic()
+    assert Delivery.objects.filter(campaign=row).exclude(status="sent").exists(), "the restart must land mid-send"
+    # Then the send completes within seconds (not the SMTP server's 300 s timeout, not the lease)
+    _drain([row], timeout=90)
+    after = time.monotonic() - restarted_at
+    statuses = dict(Delivery.objects.filter(campaign=row).values_list("status").annotate(n=Count("pk")))
+    assert statuses == {"sent": 3_000}, statuses
+    assert smtp_sink.unique == set(Delivery.objects.filter(campaign=row).values_list("key", flat=True))
+    duplicates = smtp_sink.duplicates()
+    assert len(duplicates) <= 2 and all(n == 2 for n in duplicates.values()), duplicates
+    print(f"PostgreSQL restart took {restart:.1f}s; send finished {after:.1f}s later; {len(duplicates)} duplicates")
+    assert after < 60
+
+
+def _pool_children(worker) -> list[int]:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-P", str(worker.process.pid)], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def test_kill9_pool_child__its_claims_released_by_the_main_process_not_after_the_lease(
+    worker_factory, smtp_sink, email_only
+) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+
+    smtp_sink.keep_messages = False
+    customers(3_000)
+    row = campaign(key="child")
+    worker = worker_factory(concurrency=2, CAMPAIGNS_LEASE_SECONDS="600")
+    lifecycle.campaign_launch(campaign=row)
+    wait_until(lambda: smtp_sink.total >= 500, timeout=240, message="500 messages before the kill")
+    # When one pool process is killed (the worker's main process survives)
+    claims = Delivery.objects.filter(campaign=row, status="sending").values_list("claimed_by", flat=True).distinct()
+    victim = next(
+        pid for pid in _pool_children(worker) if any(f":{pid}:" in c or c.endswith(f":{pid}") for c in claims)
+    )
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    # Then its claims are put back at once and the send completes in seconds, not the 10-minute lease
+    wait_until(
+        lambda: not Delivery.objects.filter(campaign=row, status="sending", claimed_by__contains=f":{victim}").exists(),
+        timeout=15,
+        message="the dead child's claims released",
+    )
+    _drain([row], timeout=90)
+    assert time.monotonic() - killed_at < 60
+    assert dict(Delivery.objects.filter(campaign=row).values_list("status").annotate(n=Count("pk"))) == {"sent": 3_000}
+    assert len(smtp_sink.unique) == 3_000 and len(smtp_sink.duplicates()) <= 1
+
+
+def test_kill9_worker_recreated_under_another_hostname__claims_released_by_the_tick(
+    worker_factory, smtp_sink, email_only
+) -> None:  # type: ignore[no-untyped-def]
+    smtp_sink.keep_messages = False
+    customers(3_000)
+    row = campaign(key="rename")
+    old = worker_factory(concurrency=2, CAMPAIGNS_LEASE_SECONDS="600")
+    lifecycle.campaign_launch(campaign=row)
+    wait_until(lambda: smtp_sink.total >= 500, timeout=240, message="500 messages before the kill")
+    old.kill9()
+    assert Delivery.objects.filter(campaign=row, status="sending").exists(), "the kill must land mid-send"
+    killed_at = time.monotonic()
+    worker_factory(concurrency=2, CAMPAIGNS_LEASE_SECONDS="600")  # another node name: it releases nothing itself
+    _drain([row], timeout=90)
+    assert time.monotonic() - killed_at < 60
+    assert dict(Delivery.objects.filter(campaign=row).values_list("status").annotate(n=Count("pk"))) == {"sent": 3_000}
+    assert len(smtp_sink.unique) == 3_000 and len(smtp_sink.duplicates()) <= 2

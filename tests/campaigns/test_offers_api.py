@@ -34,7 +34,7 @@ def test_coupon_redeem__once__second_refused_and_event_written(no_caps: None) ->
     with pytest.raises(CouponError) as info:
         coupon_redeem(code=coupon.code, customer=coupon.customer)
     assert info.value.code == "already_redeemed"
-    event = Event.objects.get(event_id=f"coupon_redeemed:{coupon.code}")
+    event = Event.objects.get(event_id=f"platform:coupon_redeemed:{coupon.code}")
     assert (event.customer_id, event.event_type.code, event.properties["campaign"]) == (
         coupon.customer_id,
         "coupon_redeemed",
@@ -219,3 +219,32 @@ def _signup_type() -> int:
     from segments.models import EventType
 
     return EventType.objects.get(code="signup").pk
+
+
+def test_coupon_redeem__client_posted_the_old_redemption_id_first__still_redeems(api_client_factory, no_caps) -> None:  # type: ignore[no-untyped-def]
+    # Redemptions used to take the id coupon_redeemed:<CODE>; a client that took it first
+    # made every later redemption of that coupon fail (500). A client may still use that
+    # id for its own event: the platform's ids live under "platform:".
+    coupon = _issued_coupon()
+    person = coupon.customer
+    writer = api_client_factory("events:write")
+    squat = writer.post(
+        "/api/v1/events",
+        {
+            "event_id": f"coupon_redeemed:{coupon.code}",
+            "customer_id": person.external_id,
+            "type": "visit",
+            "occurred_at": "2025-03-01T10:00:00Z",
+        },
+        format="json",
+    )
+    assert squat.status_code == 201
+
+    redeemer = api_client_factory("coupons:redeem")
+    response = redeemer.post(
+        f"/api/v1/coupons/{coupon.code}/redeem", {"customer_id": person.external_id}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    coupon.refresh_from_db()
+    assert coupon.redeemed_at is not None
+    assert Event.objects.filter(event_type__code="coupon_redeemed", customer=person).count() == 1

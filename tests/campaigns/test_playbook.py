@@ -28,6 +28,7 @@ from campaigns.playbook import (
     playbook_csv,
     playbook_unmeasured_queryset,
 )
+from experiments import stats
 from experiments.models import Experiment
 from segments.models import Layer
 from tests.campaigns.builders import recipients_from_assignments
@@ -45,7 +46,11 @@ def renewal_experiment(key: str = "renewal-split") -> Experiment:
     expiring_soon 10% -> 18% (win), valid 10% -> 10.4% (no evidence),
     expired_recently 20% -> 13% (loss), none 40 customers per arm (not enough data)."""
     dimension_create("expiry", EXPIRY_LAYERS)
-    experiment = experiment_create(key=key, variants=(("control", 0.5), ("discount", 0.5)))
+    experiment = experiment_create(
+        key=key,
+        variants=(("control", 0.5), ("discount", 0.5)),
+        plan={"inference_mode": "fixed", "planned_sample_size": 1, "confirmatory_dimensions": ["expiry"]},
+    )
     populate(
         experiment,
         [
@@ -112,18 +117,21 @@ def test_playbook_build__planted_layers__win_loss_no_evidence_and_not_enough_dat
     assert playbook.overall.rows[0].cells[0].customers == 6080
 
 
-def test_playbook_build__win__incremental_per_1000_is_absolute_lift_times_1000_with_wald_interval() -> None:
+def test_playbook_build__win__incremental_per_1000_is_absolute_lift_times_1000_with_its_interval() -> None:
     running_campaign(renewal_experiment())
     win = cell(build(), "expiry", "expiring_soon", "renewal").best
     assert win is not None
-    # Hand-worked: rates 0.10 and 0.18 on 1,000 each; Wald standard error of the difference.
+    # Rates 0.10 and 0.18 on 1,000 each: the report's interval (the score interval of the
+    # pooled decision test, tested in test_stats) x 1,000; it is a little wider than Wald's.
     se = math.sqrt(0.10 * 0.90 / 1000 + 0.18 * 0.82 / 1000)
+    ci = stats.compare(stats.Arm(1000, 100), stats.Arm(1000, 180), method="pooled").absolute_lift_ci
     assert win.per_1000 == pytest.approx(80.0, abs=1e-9)
     assert win.per_1000_ci is not None
     assert (win.per_1000_ci.low, win.per_1000_ci.high) == (
-        pytest.approx((0.08 - Z975 * se) * 1000, abs=1e-6),
-        pytest.approx((0.08 + Z975 * se) * 1000, abs=1e-6),
+        pytest.approx(ci.low * 1000, abs=1e-9),
+        pytest.approx(ci.high * 1000, abs=1e-9),
     )
+    assert win.per_1000_ci.low == pytest.approx((0.08 - Z975 * se) * 1000, abs=1.0)
     assert win.relative_lift == pytest.approx(0.8)
     assert win.adjusted_p_value is not None and win.adjusted_p_value < 0.05
 
@@ -154,7 +162,9 @@ def test_playbook_build__holm_adjusted_not_significant__no_winner() -> None:
 def test_playbook_build__two_winning_variants__largest_lift_shown_and_a_loss_listed_beside_it() -> None:
     dimension_create("expiry", EXPIRY_LAYERS)
     experiment = experiment_create(
-        key="three-way", variants=(("control", 0.25), ("small", 0.25), ("big", 0.25), ("bad", 0.25))
+        key="three-way",
+        variants=(("control", 0.25), ("small", 0.25), ("big", 0.25), ("bad", 0.25)),
+        plan={"inference_mode": "fixed", "planned_sample_size": 1, "confirmatory_dimensions": ["expiry"]},
     )
     populate(
         experiment,
@@ -462,3 +472,25 @@ def test_playbook_page__campaign_reached_nobody__reached_nobody_not_winner(clien
     client.force_login(marketer_user)
     html = client.get(reverse("playbook:index")).content.decode()
     assert "Reached nobody" in html and "Winner" not in html.split("<h2>All customers</h2>")[1].split("</table>")[0]
+
+
+def test_playbook_build__dimension_not_declared_confirmatory__exploratory_never_a_winner() -> None:
+    # Given the same planted layers, but a plan that declares no confirmatory dimension
+    dimension_create("expiry", EXPIRY_LAYERS)
+    experiment = experiment_create(variants=(("control", 0.5), ("discount", 0.5)))
+    populate(
+        experiment,
+        [
+            Group("control", 1000, {"order": 100}, {"expiry": "expiring_soon"}),
+            Group("discount", 1000, {"order": 180}, {"expiry": "expiring_soon"}),
+        ],
+    )
+    running_campaign(experiment)
+
+    playbook = build()
+
+    # Then the significant layer is an exploratory lead, not a winner
+    lead = cell(playbook, "expiry", "expiring_soon", "renewal")
+    assert (lead.outcome, lead.best) == ("exploratory", None)
+    assert "not in the experiment's declared decision family" in lead.explanation
+    assert "declared decision family" in playbook.columns[0].decision_rule

@@ -19,17 +19,23 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import time_machine
 from django.conf import settings
+from django.core.cache.backends.filebased import FileBasedCache
 
+from access.models import Scope
+from config.health import HEARTBEAT_KEY
 from demo.pipeline import DemoOptions, DemoResult, run_demo, summary_text
 from demo.plan import CAMPAIGNS
 
@@ -115,15 +121,25 @@ def _table_counts(db: Path) -> dict[str, int]:
         return {t: connection.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
 
 
-def _demo_sh(var: Path) -> subprocess.CompletedProcess[str]:
+def _demo_env(var: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("DJANGO_", "DATABASE_", "CELERY_", "CACHE_", "EMAIL_", "CAMPAIGNS_", "PYTEST"))
     }
     env.update(GROWTH_VAR_DIR=str(var), DEMO_SERVE="0", DEMO_CUSTOMERS="300", DEMO_SEED="7")
+    return env
+
+
+def _demo_sh(var: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=420, check=False
+        [str(ROOT / "scripts" / "demo.sh")],
+        cwd=ROOT,
+        env=_demo_env(var),
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
     )
 
 
@@ -143,6 +159,9 @@ def test_demo_script__tiny_business__a_real_worker_delivers_and_a_rerun_creates_
     assert "campaigns.deliveries_send" in worker_log and "succeeded" in worker_log
     before = _table_counts(var / "db.sqlite3")
     assert before["campaigns_mailboxmessage"] > 0 and before["campaigns_campaign"] == 4
+    # and the worker recorded its heartbeat (for /readyz and the admin) in the demo's cache
+    beat = FileBasedCache(str(var / "cache"), {}).get(HEARTBEAT_KEY)
+    assert beat and beat["hostname"].startswith("demo@") and time.time() - beat["at"] < 300
 
     # When: again
     second = _demo_sh(var)
@@ -151,3 +170,72 @@ def test_demo_script__tiny_business__a_real_worker_delivers_and_a_rerun_creates_
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "already imported" in second.stdout and "ingested before" in second.stdout
     assert _table_counts(var / "db.sqlite3") == before
+
+    # and each run printed an API key with every scope: the second run's works, the first's
+    # was revoked (only hashes are stored, so a run cannot show the previous key again)
+    keys = [re.search(r"API key \(every scope.*\): (gk_(\w+?)_\S+)", run.stdout) for run in (first, second)]
+    assert all(keys), second.stdout[-2000:]
+    assert (var / "demo-api-key.txt").read_text().strip() == keys[1].group(1)
+    assert (var / "demo-api-key.txt").stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(var / "db.sqlite3") as connection:
+        rows = dict(
+            connection.execute(
+                "SELECT prefix, revoked_at IS NULL FROM access_apikey WHERE name = 'demo (make demo)'"
+            ).fetchall()
+        )
+        scopes = json.loads(
+            connection.execute("SELECT scopes FROM access_apikey WHERE prefix = ?", (keys[1].group(2),)).fetchone()[0]
+        )
+    assert rows == {keys[0].group(2): 0, keys[1].group(2): 1}
+    assert sorted(scopes) == sorted(Scope.values)
+
+
+def test_demo_script__worker_killed_mid_delivery__restarted_and_every_message_sent_once(tmp_path: Path) -> None:
+    # Given: `make demo` (not serving) on the embedded default, its worker delivering
+    var = tmp_path / "var"
+    demo = subprocess.Popen(
+        [str(ROOT / "scripts" / "demo.sh")],
+        cwd=ROOT,
+        env=_demo_env(var),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        worker_log = var / "worker.log"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and demo.poll() is None:
+            if worker_log.exists() and "Task campaigns.deliveries_send" in worker_log.read_text():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the worker never started sending")
+        killed = int((var / "worker.pid").read_text())
+
+        # When: the worker is killed with SIGKILL in the middle of delivering
+        os.kill(killed, signal.SIGKILL)
+        with sqlite3.connect(var / "db.sqlite3", timeout=30) as connection:
+            sent_at_kill = connection.execute("SELECT COUNT(*) FROM campaigns_mailboxmessage").fetchone()[0]
+        out, err = demo.communicate(timeout=420)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+
+    # Then: the demo's supervisor started it again, and delivery completed
+    assert demo.returncode == 0, out[-4000:] + err[-4000:]
+    log = worker_log.read_text()
+    assert f"the Celery worker (pid {killed}) exited with status 137; starting it again" in log
+    assert int((var / "worker.pid").read_text()) != killed
+    after_restart = log.split(f"(pid {killed}) exited", 1)[1]
+    assert "succeeded" in after_restart, "the new worker ran nothing"
+    assert "NOT SETTLED" not in out, out[-4000:]
+    sent = re.search(r"deliver: through the Celery worker\n\s+[\d.]+ s\s+([\d,]+) sent", out)
+    assert sent and int(sent.group(1).replace(",", "")) > 0, out[-4000:]
+    # and nothing was sent twice: one mailbox message per sent delivery
+    with sqlite3.connect(var / "db.sqlite3") as connection:
+        sent_rows = connection.execute("SELECT COUNT(*) FROM campaigns_delivery WHERE status = 'sent'").fetchone()[0]
+        mailbox = connection.execute("SELECT COUNT(*) FROM campaigns_mailboxmessage").fetchone()[0]
+    assert mailbox == sent_rows == int(sent.group(1).replace(",", ""))
+    assert sent_at_kill < mailbox, "everything was sent before the kill: not mid-delivery"
+    assert not list((var / "broker" / "corrupt").iterdir())

@@ -13,11 +13,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection
 from django.utils import timezone
 
 from experiments.models import Assignment, Conversion, Experiment, Metric, Phase, SegmentSnapshot, Variant
+from experiments.services.lifecycle import _plan_record
 from segments.models import Customer, Dimension, EventType, Layer
 
 PHASE_START = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
@@ -47,14 +49,23 @@ def experiment_create(
     status: str = Experiment.Status.RUNNING,
     phase_start: dt.datetime = PHASE_START,
     phase_end: dt.datetime | None = None,
+    plan: dict[str, Any] | None = None,
+    margins: dict[str, str] | None = None,
 ) -> Experiment:
-    """Variants ``(key, weight)``, the first is the control; metrics ``(event code, role)``."""
+    """Variants ``(key, weight)``, the first is the control; metrics ``(event code, role)``.
+
+    ``plan``: analysis-plan fields recorded for phase 1 (``lifecycle._plan_record``). The
+    default is a fixed-horizon plan whose horizon (1 customer) is already reached, so the
+    report shows the pooled decision test's numbers, which most tests check against
+    statsmodels; sequential tests pass ``plan={"inference_mode": "sequential", ...}``.
+    ``margins``: guardrail non-inferiority margins by event code."""
     experiment = Experiment.objects.create(
         key=key,
         name=key.replace("-", " ").title(),
         status=status,
         minimum_detectable_effect=Decimal(mde),
         started_at=phase_start,
+        **(plan if plan is not None else {"inference_mode": "fixed", "planned_sample_size": 1}),
     )
     for position, (variant_key, weight) in enumerate(variants):
         Variant.objects.create(
@@ -65,7 +76,7 @@ def experiment_create(
             is_control=position == 0,
             position=position,
         )
-    Phase.objects.create(
+    phase = Phase.objects.create(
         experiment=experiment,
         number=1,
         seed=key,
@@ -75,7 +86,13 @@ def experiment_create(
         ended_at=phase_end,
     )
     for code, role in metrics:
-        Metric.objects.create(experiment=experiment, event_type=EventType.objects.get(code=code), role=role)
+        Metric.objects.create(
+            experiment=experiment,
+            event_type=EventType.objects.get(code=code),
+            role=role,
+            noninferiority_margin=Decimal((margins or {}).get(code, "0")),
+        )
+    _plan_record(experiment=experiment, phase=phase, at=phase_start)
     return experiment
 
 

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from experiments import services
-from experiments.models import Assignment, Conversion, Metric
+from experiments.models import Assignment, Conversion, Metric, Phase
 from tests.factories import EventFactory, OrderFactory, event_type
 
 pytestmark = pytest.mark.django_db
@@ -30,7 +30,15 @@ def _assigned(make_experiment, make_customers, n: int = 1, **kwargs):  # type: i
     )
     customers = make_customers(n)
     decisions = [services.assignment_get_or_create(experiment=experiment, customer=c) for c in customers]
+    _backdate(experiment)
     return experiment, customers, decisions
+
+
+def _backdate(experiment, at: dt.datetime = T0 - 24 * H) -> None:  # type: ignore[no-untyped-def]
+    """Move the phase start and the assignments to ``at``: exposures are never recorded
+    before the assignment (they would be clamped to it), and these tests expose at T0."""
+    Phase.objects.filter(experiment=experiment).update(started_at=at)
+    Assignment.objects.filter(experiment=experiment).update(assigned_at=at)
 
 
 def _conversions(experiment, code: str = "order") -> dict[int, dt.datetime]:  # type: ignore[no-untyped-def]
@@ -181,6 +189,7 @@ def test_layer_rollup__exposed_and_converted__per_variant_and_pre_treatment_laye
     place(customers[:25], important)
     place(customers[25:], general)
     decisions = [services.assignment_get_or_create(experiment=experiment, customer=c) for c in customers]
+    _backdate(experiment)
     for d in decisions[:30]:  # the last 10 are never exposed
         services.exposure_record(assignment_id=d.assignment_id, at=T0)
     other = "control" if decisions[0].variant_key == "treatment" else "treatment"

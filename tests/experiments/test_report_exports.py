@@ -14,7 +14,7 @@ from experiments.reports.exports import CSV_COLUMNS, csv_cell, report_csv, repor
 from segments.models import Layer
 from tests.experiments.report_builders import PHASE_START, Group, dimension_create, experiment_create, populate
 
-NOW = PHASE_START + dt.timedelta(days=7)
+NOW = PHASE_START + dt.timedelta(days=8)  # after the 7-day windows of exposures on day 0 have closed
 
 
 @pytest.mark.pure

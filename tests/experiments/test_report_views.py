@@ -90,7 +90,7 @@ def test_report_page__admin_look_tables_forest_plot_and_family(
     forest = re.search(r'<svg class="forest-plot".*?</svg>', html, re.S).group(0)  # type: ignore[union-attr]
     assert forest.count("<circle") == 3  # all customers + 2 layers
     assert "Adjusted together (Holm" in html
-    assert "The 2 layers of Tier x 1 treatment variant(s), order (primary metric)." in html
+    assert "Exploratory: the 2 layers of Tier x 1 treatment variant(s), order (primary metric)." in html
     assert "Does the lift differ between layers?" in html
     assert 'id="srm-banner"' not in html
     assert "vendor/chartjs/chart.umd.min.js" in html

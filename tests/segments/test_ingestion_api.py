@@ -12,7 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from segments.models import Customer, Event, Membership
+from segments.models import Channel, Customer, Event, Membership
 from tests.factories import CustomerFactory, EventFactory, MembershipFactory
 
 pytestmark = pytest.mark.django_db
@@ -30,14 +30,17 @@ def events_client(api_client_factory) -> APIClient:  # type: ignore[no-untyped-d
     return api_client_factory("events:write")
 
 
-def assert_set_based(queries: CaptureQueriesContext, model: type, *, rows: int, other_statements: int) -> None:
-    """INSERTs as few as the backend's parameter limit allows (1 on PostgreSQL), plus a fixed
-    number of other statements: nothing grows with the number of rows but the INSERT split."""
+def assert_set_based(
+    queries: CaptureQueriesContext, model: type, *, rows: int, other_statements: int, insert_kinds: int = 1
+) -> None:
+    """INSERTs as few as the backend's parameter limit allows (1 on PostgreSQL) per kind of
+    insert (new customers, then updates of existing ones), plus a fixed number of other
+    statements: nothing grows with the number of rows but the INSERT split."""
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
     per_insert = connection.ops.bulk_batch_size(fields, [None] * rows)
     inserts = [q for q in queries if q["sql"].startswith("INSERT")]
     others = [q["sql"][:80] for q in queries if not q["sql"].startswith("INSERT")]
-    assert len(inserts) <= math.ceil(rows / per_insert)
+    assert len(inserts) <= insert_kinds * math.ceil(rows / per_insert)
     assert len(others) <= other_statements, others
 
 
@@ -159,7 +162,7 @@ def test_customer_batch__1000_items__set_based_bounded_queries(customers_client:
     assert response.status_code == 200
     assert (response.json()["created"], response.json()["updated"]) == (990, 10)
     assert Customer.objects.filter(locale="fr").count() == 1000
-    assert_set_based(queries, Customer, rows=1000, other_statements=8)
+    assert_set_based(queries, Customer, rows=1000, other_statements=8, insert_kinds=2)
 
 
 @pytest.mark.parametrize(
@@ -406,3 +409,38 @@ def test_membership_batch__mixed__207(customers_client: APIClient) -> None:
     assert response.status_code == 207
     assert list(response.json()["errors"]) == ["items.1.customer_id"]
     assert set(Membership.objects.values_list("plan", flat=True)) == {"plus", "pro"}
+
+
+# --- Unsubscribe events change consent ------------------------------------------------
+
+
+def test_event_post__unsubscribe_with_channel__customer_no_longer_reachable(events_client: APIClient) -> None:
+    # Given a customer who consented to email before the event
+    consented = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    customer = CustomerFactory(external_id="c-1", email="c1@example.com", email_consent_at=consented)
+    assert customer.can_receive(Channel.EMAIL)
+    # When the client posts an unsubscribe event for email (and one with a topic only)
+    body = order(type="unsubscribe", amount=None, currency="", properties={"channel": "email"})
+    response = events_client.post("/api/v1/events", body, format="json")
+    topic_only = order(event_id="e-2", type="unsubscribe", amount=None, currency="", occurred_at="2025-03-02T09:00:00Z")
+    topic_only["properties"] = {"channel": "sms", "topic": "promotions"}
+    events_client.post("/api/v1/events", topic_only, format="json")
+    # Then email is opted out at the event's time; the topic-only event leaves SMS alone
+    assert response.status_code == 201, response.json()
+    customer.refresh_from_db()
+    assert customer.email_opt_out_at == dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
+    assert not customer.can_receive(Channel.EMAIL)
+    assert customer.sms_opt_out_at is None
+    assert Customer.objects.reachable_by(Channel.EMAIL).filter(pk=customer.pk).count() == 0
+
+
+def test_event_post__unsubscribe_before_later_consent__consent_wins(events_client: APIClient) -> None:
+    # A late-arriving unsubscribe older than a newer consent does not withdraw it.
+    customer = CustomerFactory(
+        external_id="c-1", email="c1@example.com", email_consent_at=dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
+    )
+    body = order(type="unsubscribe", amount=None, currency="", properties={"channel": "email"})
+    assert events_client.post("/api/v1/events", body, format="json").status_code == 201
+    customer.refresh_from_db()
+    assert customer.email_opt_out_at == dt.datetime(2025, 3, 1, 9, 0, tzinfo=dt.UTC)
+    assert customer.can_receive(Channel.EMAIL)

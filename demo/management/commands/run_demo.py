@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,13 @@ class Command(BaseCommand):
             result = run_demo(demo_options, stdout=self.stdout, write=write)
         except NoWorker as exc:
             raise CommandError(str(exc)) from None
+        if result.api_key:
+            # For scripts/demo.sh to print beside the admin's address; readable by its owner only.
+            path = Path(settings.VAR_DIR) / "demo-api-key.txt"
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(result.api_key + "\n")
         for line in summary_text(result, demo_options):
             self.stdout.write(line)
         clean = all(f.all_recovered and not f.false_positives for f in result.findings)

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('experiments', '0004_bulk_rows_without_db_constraints'),
+        ('experiments', '0006_analysis_plan'),
     ]
 
     operations = [

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0004_campaign_rows_without_fk_constraints'),
+        ('campaigns', '0006_optout_topics_suppression'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -1,0 +1,358 @@
+"""Step funnels over the event stream, computed by one SQL statement (PostgreSQL and SQLite).
+
+Definitions (README "Growth analytics"):
+
+- A funnel is an ordered list of **steps**; a step is an event type, optionally narrowed by
+  equality on event properties (``{"page": "product"}``; compared as text, so ``true``,
+  ``3`` and ``"3"`` match the JSON values ``true`` and ``3``).
+- A customer **enters** with a step-1 event in ``[start, end)``. The **conversion window**
+  (``window_seconds``) runs from that entry event.
+- ``order="strict"``: steps in the given order. Step k is the first step-k event strictly
+  after the event that completed step k−1 and no later than entry + window. Two events at
+  the same instant are not "one after the other", so they cannot complete consecutive
+  steps (this also keeps one event from counting twice when two steps share a type).
+  Taking the *first* matching event at each step reaches as far as any other choice would.
+- ``order="any"``: the steps in any order: every step needs an event in
+  ``[s, s + window]`` where ``s`` is any event of the funnel's steps in ``[start, end)``.
+- A customer who entered several times counts **once**, with the attempt that reached the
+  furthest step (the earliest such attempt on a tie).
+- **Reached step k**: customers whose counted attempt completed steps 1…k. **Conversion
+  from the previous step** = reached k / reached k−1; **overall** = reached k / reached 1.
+  Undefined (null, with a reason) when the denominator is 0.
+- **Median time from the previous step** (strict order only): over customers who reached
+  step k, the median of (time of step k − time of step k−1), in seconds, to the millisecond;
+  an even count averages the two middle values (as ``statistics.median``). Any order: null.
+- **Breakdown**: ``layer:<dimension>`` the layer held at the counted entry instant (layer
+  history, as in retention: not today's layer), e.g. ``layer:rfm`` (tier) or
+  ``layer:lifecycle`` (lifecycle stage); ``attribute:<name>`` a customer attribute, e.g.
+  ``attribute:channel`` (acquisition channel); ``''`` when missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from django.db import connection
+from django.utils import timezone
+
+from segments.analytics import sql
+from segments.analytics.errors import AnalyticsInputError
+from segments.models import Dimension, EventType
+
+Order = Literal["strict", "any"]
+MAX_STEPS = 10
+MAX_WINDOW_SECONDS = 366 * 86400
+PROPERTY_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+ATTRIBUTE_KEY = PROPERTY_KEY
+
+
+@dataclass(frozen=True)
+class FunnelStep:
+    event: str
+    where: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class FunnelSpec:
+    steps: tuple[FunnelStep, ...]
+    window_seconds: int = 86400
+    order: Order = "strict"
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    breakdown: str | None = None
+
+
+PRESETS: dict[str, FunnelSpec] = {
+    # channel -> scene -> product -> decision -> done (docs/domain.md): arrived (login),
+    # was shown a scene (any page visit), looked at a product page, added to cart, ordered.
+    "five_step": FunnelSpec(
+        steps=(
+            FunnelStep("login", label="Channel"),
+            FunnelStep("visit", label="Scene"),
+            FunnelStep("visit", {"page": "product"}, label="Product"),
+            FunnelStep("add_to_cart", label="Decision"),
+            FunnelStep("order", label="Done"),
+        ),
+        window_seconds=3 * 86400,
+    ),
+    # AARRR: acquisition (sign-up), activation (first add to cart), retention (came back:
+    # a login), revenue (an order), referral (a referral sign-up recorded on the customer).
+    "aarrr": FunnelSpec(
+        steps=(
+            FunnelStep("signup", label="Acquisition"),
+            FunnelStep("add_to_cart", label="Activation"),
+            FunnelStep("login", label="Retention"),
+            FunnelStep("order", label="Revenue"),
+            FunnelStep("referral_signup", label="Referral"),
+        ),
+        window_seconds=30 * 86400,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: int
+    label: str
+    event: str
+    reached: int
+    conversion_from_previous: float | None
+    conversion_overall: float | None
+    median_seconds_from_previous: float | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class FunnelGroup:
+    group: str
+    steps: tuple[StepResult, ...]
+
+
+@dataclass(frozen=True)
+class FunnelResult:
+    order: str
+    window_seconds: int
+    start: dt.datetime
+    end: dt.datetime
+    steps: tuple[StepResult, ...]
+    breakdown: str | None = None
+    groups: tuple[FunnelGroup, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    spec: FunnelSpec
+    start: dt.datetime
+    end: dt.datetime
+    type_ids: tuple[int, ...]
+    breakdown_kind: str | None  # "layer" | "attribute"
+    breakdown_arg: Any
+
+
+def _resolve(spec: FunnelSpec) -> _Resolved:
+    if not 1 <= len(spec.steps) <= MAX_STEPS:
+        raise AnalyticsInputError("steps", f"Between 1 and {MAX_STEPS} steps.")
+    if spec.order not in ("strict", "any"):
+        raise AnalyticsInputError("order", "Use 'strict' or 'any'.")
+    if not 1 <= spec.window_seconds <= MAX_WINDOW_SECONDS:
+        raise AnalyticsInputError("window_seconds", f"Between 1 and {MAX_WINDOW_SECONDS} seconds.")
+    codes = dict(EventType.objects.values_list("code", "id"))
+    for i, step in enumerate(spec.steps):
+        if step.event not in codes:
+            raise AnalyticsInputError(f"steps.{i}.event", f"Unknown event type '{step.event}'.")
+        for key, value in step.where.items():
+            if not PROPERTY_KEY.match(key):
+                raise AnalyticsInputError(f"steps.{i}.where", f"Property names are letters, digits and '_': '{key}'.")
+            if not isinstance(value, str | int | float | bool) or value is None:
+                raise AnalyticsInputError(f"steps.{i}.where.{key}", "Compare with a string, number or boolean.")
+    end = spec.end or timezone.now()
+    start = spec.start or end - dt.timedelta(days=30)
+    for name, value in (("start", start), ("end", end)):
+        if timezone.is_naive(value):
+            raise AnalyticsInputError(name, "Give a time zone offset.")
+    if start >= end:
+        raise AnalyticsInputError("start", "Must be before end.")
+    kind, arg = None, None
+    if spec.breakdown:
+        kind, _, name = spec.breakdown.partition(":")
+        if kind == "layer":
+            arg = Dimension.objects.filter(key=name).values_list("id", flat=True).first()
+            if arg is None:
+                raise AnalyticsInputError("breakdown", f"Unknown dimension '{name}'.")
+        elif kind == "attribute" and ATTRIBUTE_KEY.match(name):
+            arg = name
+        else:
+            raise AnalyticsInputError("breakdown", "Use 'layer:<dimension key>' or 'attribute:<name>'.")
+    return _Resolved(spec, start, end, tuple(codes[s.event] for s in spec.steps), kind, arg)
+
+
+def _ms(value: dt.datetime) -> int:
+    return (value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def funnel_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
+    """Rows ``(kind, group, step, value)``: kind 'n' = customers who reached the step, 'm' = the
+    median milliseconds from the previous step. ``group`` is NULL for everyone, else the
+    breakdown value."""
+    k_steps = len(r.spec.steps)
+    seconds = int(r.spec.window_seconds)
+    params: list[object] = []
+
+    def condition(k: int) -> str:
+        """Event ``e`` completes step k (its type and property filters); appends its params."""
+        step = r.spec.steps[k - 1]
+        parts = ["e.event_type_id = %s"]
+        params.append(r.type_ids[k - 1])
+        for key, value in sorted(step.where.items()):
+            parts.append(f"{sql.json_text('e.properties', '%s', v)} = %s")
+            params.extend([key, _text(value)] if v == "postgresql" else [key, key, _text(value)])
+        return " AND ".join(parts)
+
+    times = [f"t{k}" for k in range(1, k_steps + 1)]
+    ctes: list[str] = []
+    # Each next step is a correlated MIN / EXISTS over the (customer, type, time) index: one
+    # index probe per attempt and step, whatever the planner thinks of the row counts (a
+    # join of materialized CTEs here was planned as a nested loop and went quadratic).
+    # Each step's CTE is MATERIALIZED (PostgreSQL 12+, SQLite 3.35+): inlined, the planner
+    # copies a step's subquery into every later reference and re-runs it there.
+    if r.spec.order == "strict":
+        ctes.append(
+            f"c1 AS (SELECT DISTINCT e.customer_id, e.occurred_at AS ts1 FROM segments_event e WHERE {condition(1)} "
+            "AND e.occurred_at >= %s AND e.occurred_at < %s)"
+        )
+        params += [sql.timestamp(r.start), sql.timestamp(r.end)]
+        for k in range(2, k_steps + 1):
+            ctes.append(
+                f"c{k} AS MATERIALIZED (SELECT c.*, CASE WHEN c.ts{k - 1} IS NULL THEN NULL "
+                "ELSE (SELECT MIN(e.occurred_at) "
+                f"FROM segments_event e WHERE e.customer_id = c.customer_id AND {condition(k)} "
+                f"AND e.occurred_at > c.ts{k - 1} AND e.occurred_at <= {sql.plus_seconds('c.ts1', seconds, v)}) END "
+                f"AS ts{k} FROM c{k - 1} c)"
+            )
+        reached = " + ".join(f"CASE WHEN ts{k} IS NULL THEN 0 ELSE 1 END" for k in range(1, k_steps + 1))
+        epochs = ", ".join(f"{sql.epoch_ms(f'ts{k}', v)} AS t{k}" for k in range(1, k_steps + 1))
+        ctes.append(f"attempts AS (SELECT customer_id, ts1, {epochs}, {reached} AS reached FROM c{k_steps})")
+    else:
+        any_step = " OR ".join(f"({condition(k)})" for k in range(1, k_steps + 1))
+        ctes.append(
+            f"starts AS (SELECT DISTINCT e.customer_id, e.occurred_at AS ts1 FROM segments_event e WHERE ({any_step}) "
+            "AND e.occurred_at >= %s AND e.occurred_at < %s)"
+        )
+        params += [sql.timestamp(r.start), sql.timestamp(r.end)]
+        flags = ", ".join(
+            f"CASE WHEN EXISTS (SELECT 1 FROM segments_event e WHERE e.customer_id = s.customer_id AND {condition(k)} "
+            f"AND e.occurred_at >= s.ts1 AND e.occurred_at <= {sql.plus_seconds('s.ts1', seconds, v)}) "
+            f"THEN 1 ELSE 0 END AS k{k}"
+            for k in range(1, k_steps + 1)
+        )
+        ctes.append(f"sat AS (SELECT s.customer_id, s.ts1, {flags} FROM starts s)")
+        leading = (
+            "CASE " + " ".join(f"WHEN k{k} = 0 THEN {k - 1}" for k in range(1, k_steps + 1)) + f" ELSE {k_steps} END"
+        )
+        nulls = ", ".join(f"NULL AS t{k}" for k in range(2, k_steps + 1))
+        ctes.append(
+            f"attempts AS (SELECT customer_id, ts1, {sql.epoch_ms('ts1', v)} AS t1"
+            f"{', ' + nulls if nulls else ''}, {leading} AS reached FROM sat)"
+        )
+    ctes.append(
+        "best AS (SELECT a.*, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY reached DESC, t1) AS rn "
+        "FROM attempts a)"
+    )
+    if r.breakdown_kind == "layer":
+        group = sql.layer_at("b.customer_id", "b.ts1")
+        group_params: list[object] = [r.breakdown_arg, r.breakdown_arg]
+        join = ""
+    elif r.breakdown_kind == "attribute":
+        group = f"COALESCE({sql.json_text('cu.attributes', '%s', v)}, '')"
+        group_params = [r.breakdown_arg] if v == "postgresql" else [r.breakdown_arg] * 2
+        join = "JOIN segments_customer cu ON cu.id = b.customer_id"
+    else:
+        group, group_params, join = "NULL", [], ""
+    ctes.append(
+        f"chosen AS (SELECT NULL AS g, b.reached, {', '.join(f'b.{t}' for t in times)} FROM best b "
+        "WHERE b.rn = 1 AND b.reached >= 1"
+        + (
+            f" UNION ALL SELECT {group} AS g, b.reached, {', '.join(f'b.{t}' for t in times)} FROM best b {join} "
+            "WHERE b.rn = 1 AND b.reached >= 1"
+            if r.breakdown_kind
+            else ""
+        )
+        + ")"
+    )
+    params += group_params
+    ctes.insert(0, f"p(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM p WHERE n < {k_steps})")
+    ctes.append(
+        "counts AS (SELECT ch.g, p.n AS step, SUM(CASE WHEN ch.reached >= p.n THEN 1 ELSE 0 END) AS cnt "
+        "FROM chosen ch CROSS JOIN p GROUP BY ch.g, p.n)"
+    )
+    if r.spec.order == "strict" and k_steps > 1:
+        durs = " UNION ALL ".join(
+            f"SELECT g, {k} AS step, t{k} - t{k - 1} AS d FROM chosen WHERE reached >= {k}"
+            for k in range(2, k_steps + 1)
+        )
+        ctes.append(f"durs AS ({durs})")
+        ctes.append(
+            "ranked AS (SELECT g, step, d, ROW_NUMBER() OVER (PARTITION BY g, step ORDER BY d) AS rn, "
+            "COUNT(*) OVER (PARTITION BY g, step) AS cnt FROM durs)"
+        )
+        ctes.append(
+            "med AS (SELECT g, step, AVG(d) AS m FROM ranked WHERE rn = (cnt + 1) / 2 OR rn = (cnt + 2) / 2 "
+            "GROUP BY g, step)"
+        )
+        tail = " UNION ALL SELECT 'm', g, step, m FROM med"
+    else:
+        tail = ""
+    statement = f"WITH RECURSIVE {', '.join(ctes)} SELECT 'n', g, step, cnt FROM counts{tail}"
+    return statement, params
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return None if whole == 0 else part / whole
+
+
+def _steps(spec: FunnelSpec, counts: dict[int, int], medians: dict[int, float]) -> tuple[StepResult, ...]:
+    out = []
+    first = counts.get(1, 0)
+    for k, step in enumerate(spec.steps, start=1):
+        reached = counts.get(k, 0)
+        previous = counts.get(k - 1, 0) if k > 1 else reached
+        reason = None
+        if first == 0:
+            reason = "nobody entered the funnel"
+        elif k > 1 and previous == 0:
+            reason = "nobody reached the previous step"
+        median = None
+        if k > 1 and reached and spec.order == "strict":
+            median = medians[k] / 1000
+        out.append(
+            StepResult(
+                step=k,
+                label=step.label or step.event,
+                event=step.event,
+                reached=reached,
+                conversion_from_previous=_ratio(reached, previous) if k > 1 else _ratio(reached, first),
+                conversion_overall=_ratio(reached, first),
+                median_seconds_from_previous=median,
+                reason=reason,
+            )
+        )
+    return tuple(out)
+
+
+def funnel(*, spec: FunnelSpec) -> FunnelResult:
+    """Reached, conversion and median time per step, overall and per breakdown group."""
+    r = _resolve(spec)
+    statement, params = funnel_sql(r, sql.vendor())
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        rows = cursor.fetchall()
+    counts: dict[str | None, dict[int, int]] = defaultdict(dict)
+    medians: dict[str | None, dict[int, float]] = defaultdict(dict)
+    for kind, group, step, value in rows:
+        if kind == "n":
+            counts[group][int(step)] = int(value)
+        else:
+            medians[group][int(step)] = float(value)
+    groups = tuple(
+        FunnelGroup(str(g), _steps(spec, counts[g], medians[g])) for g in sorted(k for k in counts if k is not None)
+    )
+    return FunnelResult(
+        order=spec.order,
+        window_seconds=spec.window_seconds,
+        start=r.start,
+        end=r.end,
+        steps=_steps(spec, counts.get(None, {}), medians.get(None, {})),
+        breakdown=spec.breakdown,
+        groups=groups,
+    )

@@ -1,0 +1,142 @@
+"""The few SQL fragments that differ between PostgreSQL and SQLite, for the analytics builders.
+
+Everything else in ``segments.analytics`` is one statement for both vendors. The fragments:
+
+- **A customer's local day.** PostgreSQL: ``(ts AT TIME ZONE tz)::date`` with the customer's
+  IANA zone from the ``timezone`` column. SQLite has no time-zone database; Django registers
+  ``django_datetime_cast_date(value, tzname, conn_tzname)`` on every SQLite connection (it is
+  what ``TruncDate(tzinfo=...)`` compiles to) and it converts with :mod:`zoneinfo`, so both
+  vendors use the same IANA rules, DST included. Values are stored in UTC (``USE_TZ``).
+- **Day differences**: ``date - date`` is an integer on PostgreSQL; SQLite's dates are ISO
+  text, so the difference goes through ``julianday``.
+- **Week and month starts** (ISO weeks start on Monday) and the next bucket of a series.
+- **Epoch milliseconds**, so that funnels compare and subtract integers on both vendors
+  (SQLite: the Julian day has ~40 µs resolution at today's dates, rounded to whole ms).
+
+Literal ``%`` is written ``%%``: statements always go through ``cursor.execute(sql, params)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from django.db import connection
+
+Vendor = Literal["postgresql", "sqlite"]
+Grain = Literal["day", "week", "month"]
+
+
+def vendor() -> Vendor:
+    return "postgresql" if connection.vendor == "postgresql" else "sqlite"
+
+
+def local_date(ts: str, tz: str, v: Vendor) -> str:
+    if v == "postgresql":
+        return f"(({ts}) AT TIME ZONE {tz})::date"
+    return f"django_datetime_cast_date({ts}, {tz}, 'UTC')"
+
+
+def day_diff(later: str, earlier: str, v: Vendor) -> str:
+    if v == "postgresql":
+        return f"(({later}) - ({earlier}))"
+    return f"CAST(julianday({later}) - julianday({earlier}) AS INTEGER)"
+
+
+def bucket_start(day: str, grain: Grain, v: Vendor) -> str:
+    if grain == "day":
+        return day
+    if v == "postgresql":
+        if grain == "week":
+            return f"(({day}) - (EXTRACT(ISODOW FROM {day})::int - 1))"
+        return f"date_trunc('month', {day})::date"
+    if grain == "week":
+        return f"date({day}, '-' || ((CAST(strftime('%%w', {day}) AS INTEGER) + 6) %% 7) || ' days')"
+    return f"strftime('%%Y-%%m-01', {day})"
+
+
+def next_bucket(day: str, grain: Grain, v: Vendor) -> str:
+    step = {"day": "1 day", "week": "7 days", "month": "1 month"}[grain]
+    if v == "postgresql":
+        return f"(({day}) + interval '{step}')::date"
+    return f"date({day}, '+{step}')"
+
+
+def date_param(v: Vendor) -> str:
+    return "CAST(%s AS date)" if v == "postgresql" else "%s"
+
+
+def epoch_ms(ts: str, v: Vendor) -> str:
+    if v == "postgresql":
+        return f"FLOOR(EXTRACT(EPOCH FROM {ts}) * 1000)::bigint"
+    return f"CAST(ROUND((julianday({ts}) - 2440587.5) * 86400000.0) AS INTEGER)"
+
+
+def json_text(column: str, key_param: str, v: Vendor) -> str:
+    """A JSON property's value as text ('true'/'false' for booleans, numbers as written)."""
+    if v == "postgresql":
+        return f"({column} ->> {key_param})"
+    return (
+        f"(CASE json_type({column}, '$.' || {key_param}) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+        f"ELSE CAST(json_extract({column}, '$.' || {key_param}) AS TEXT) END)"
+    )
+
+
+def timestamp(value: dt.datetime) -> Any:
+    """A tz-aware instant as the database driver wants it (UTC text on SQLite)."""
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def as_date(value: Any) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
+
+
+def layer_at(customer: str, instant: str) -> str:
+    """The key of the layer ``customer`` held at ``instant`` in one dimension (two ``%s``: its id).
+
+    From layer history, never today's layer: the row open at the instant (entered at or
+    before it, not left by then). A customer who was not yet layered then (layers are
+    recomputed nightly, so a sign-up is layered the next night) gets the first layer they
+    entered afterwards. Never layered: ``''``. The history index (customer, dimension,
+    entered_at) serves both probes.
+    """
+    held = (
+        "SELECT l.key FROM segments_layerhistory h JOIN segments_layer l ON l.id = h.layer_id "
+        f"WHERE h.customer_id = {customer} AND h.dimension_id = %s AND h.entered_at <= {instant} "
+        f"AND (h.left_at IS NULL OR h.left_at > {instant}) ORDER BY h.entered_at DESC, h.id DESC LIMIT 1"
+    )
+    first_after = (
+        "SELECT l.key FROM segments_layerhistory h JOIN segments_layer l ON l.id = h.layer_id "
+        f"WHERE h.customer_id = {customer} AND h.dimension_id = %s AND h.entered_at > {instant} "
+        "ORDER BY h.entered_at, h.id LIMIT 1"
+    )
+    return f"COALESCE(({held}), ({first_after}), '')"
+
+
+def bucket_of(day: dt.date, grain: Grain) -> dt.date:
+    """The first day of ``day``'s bucket, as :func:`bucket_start` computes it in SQL."""
+    if grain == "week":
+        return day - dt.timedelta(days=day.weekday())
+    if grain == "month":
+        return day.replace(day=1)
+    return day
+
+
+def previous_bucket(day: str, grain: Grain, v: Vendor) -> str:
+    step = {"day": "1 day", "week": "7 days", "month": "1 month"}[grain]
+    if v == "postgresql":
+        return f"(({day}) - interval '{step}')::date"
+    return f"date({day}, '-{step}')"
+
+
+def utc_date(ts: str, v: Vendor) -> str:
+    if v == "postgresql":
+        return f"(({ts}) AT TIME ZONE 'UTC')::date"
+    return f"date({ts})"
+
+
+def plus_seconds(ts: str, seconds: int, v: Vendor) -> str:
+    """``ts`` + whole seconds, comparable with stored values (SQLite: ISO text to the ms)."""
+    if v == "postgresql":
+        return f"({ts} + interval '{int(seconds)} seconds')"
+    return f"strftime('%%Y-%%m-%%d %%H:%%M:%%f', {ts}, '+{int(seconds)} seconds')"

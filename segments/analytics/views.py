@@ -1,0 +1,223 @@
+"""Admin pages of the growth analytics (growth and marketer users: ``segments.view_customer``).
+
+- ``analytics:retention``   the cohort table with D1/D7/D30, curves, a layer breakdown;
+- ``analytics:funnel``      a step funnel (presets or steps) with its chart and breakdown;
+- ``analytics:flows``       layer flows (a from → to matrix and moves per period) and the
+  lifecycle's new / returning / resurrecting / dormant counts per period, charted;
+- each with a CSV download (``?download=csv``) of exactly the numbers on the page.
+
+Same query string as the API (``segments.analytics.query``); admin-styled (``base_site``),
+wrapped in ``admin.site.admin_view`` (staff login), 403 without the permission. A bad
+parameter is shown on the page, next to the form, naming the parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import path
+
+from segments.analytics import exports
+from segments.analytics.errors import AnalyticsInputError
+from segments.analytics.flows import layer_flows, lifecycle_counts
+from segments.analytics.funnels import PRESETS, funnel
+from segments.analytics.query import flows_args, funnel_spec, lifecycle_args, retention_spec
+from segments.analytics.retention import retention_table
+from segments.models import Dimension
+
+PERMISSION = "segments.view_customer"
+COLOURS = ["#417690", "#e07b39", "#4c9a2a", "#b03a48", "#6c5ba7", "#c9a227", "#2a9d8f", "#8d6e63"]
+
+
+def analytics_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    @wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.has_perm(PERMISSION):
+            raise PermissionDenied("You need the 'Can view customer' permission.")
+        return view(request, *args, **kwargs)
+
+    return admin.site.admin_view(guarded)
+
+
+def _csv(body: str, name: str) -> HttpResponse:
+    response = HttpResponse(body, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+@analytics_view
+def retention(request: HttpRequest) -> HttpResponse:
+    params = request.GET
+    context: dict[str, Any] = {
+        **admin.site.each_context(request),
+        "title": "Retention cohorts",
+        "params": params,
+        "dimensions": list(Dimension.objects.values_list("key", flat=True)),
+    }
+    try:
+        table = retention_table(spec=retention_spec(params))
+    except AnalyticsInputError as error:
+        context["error"] = error
+        return render(request, "segments/analytics/retention.html", context, status=400)
+    if params.get("download") == "csv":
+        return _csv(exports.retention_csv(table), "retention.csv")
+    key = "rate_on_or_after" if params.get("mode") == "on_or_after" else "rate"
+    rows = [
+        {
+            "cohort": c.cohort,
+            "size": c.size,
+            "cells": [{"text": _pct(getattr(cell, key)), "reason": cell.reason or ""} for cell in c.cells],
+        }
+        for c in table.cohorts
+    ]
+    chart = {
+        "labels": list(range(table.periods + 1)),
+        "datasets": [
+            {
+                "label": c.cohort.isoformat(),
+                "data": [None if getattr(x, key) is None else round(100 * getattr(x, key), 2) for x in c.cells],
+                "borderColor": COLOURS[i % len(COLOURS)],
+            }
+            for i, c in enumerate(table.cohorts[-8:])
+            if c.size
+        ],
+    }
+    layers = [
+        {"layer": g.layer or "(not layered)", "size": sum(c.size for c in g.cohorts), "headlines": g.headlines}
+        for g in table.by_layer
+    ]
+    context.update(table=table, rows=rows, chart=chart, layers=layers, mode=key, csv_query=_with_csv(request))
+    return render(request, "segments/analytics/retention.html", context)
+
+
+@analytics_view
+def funnel_page(request: HttpRequest) -> HttpResponse:
+    params = request.GET
+    if not params.get("steps") and not params.get("preset"):
+        params = params.copy()
+        params["preset"] = "five_step"
+    context: dict[str, Any] = {
+        **admin.site.each_context(request),
+        "title": "Step funnel",
+        "params": params,
+        "presets": list(PRESETS),
+    }
+    try:
+        result = funnel(spec=funnel_spec(params))
+    except AnalyticsInputError as error:
+        context["error"] = error
+        return render(request, "segments/analytics/funnel.html", context, status=400)
+    if params.get("download") == "csv":
+        return _csv(exports.funnel_csv(result), "funnel.csv")
+    groups = [("Everyone", result.steps), *((g.group or "(none)", g.steps) for g in result.groups)]
+    chart = {
+        "labels": [s.label for s in result.steps],
+        "datasets": [
+            {"label": name, "data": [s.reached for s in steps], "backgroundColor": COLOURS[i % len(COLOURS)]}
+            for i, (name, steps) in enumerate(groups[:9])
+        ],
+    }
+    tables = [
+        {
+            "name": name,
+            "steps": [
+                {
+                    "step": s,
+                    "from_previous": _pct(s.conversion_from_previous),
+                    "overall": _pct(s.conversion_overall),
+                    "median": ""
+                    if s.median_seconds_from_previous is None
+                    else _duration(s.median_seconds_from_previous),
+                }
+                for s in steps
+            ],
+        }
+        for name, steps in groups
+    ]
+    context.update(result=result, chart=chart, tables=tables, csv_query=_with_csv(request, params))
+    return render(request, "segments/analytics/funnel.html", context)
+
+
+@analytics_view
+def flows(request: HttpRequest) -> HttpResponse:
+    params = request.GET
+    context: dict[str, Any] = {
+        **admin.site.each_context(request),
+        "title": "Layer flows and lifecycle",
+        "params": params,
+        "dimensions": list(Dimension.objects.values_list("key", flat=True)),
+    }
+    try:
+        moves = layer_flows(**flows_args(params))
+        counts = lifecycle_counts(**lifecycle_args(params))
+    except AnalyticsInputError as error:
+        context["error"] = error
+        return render(request, "segments/analytics/flows.html", context, status=400)
+    if params.get("download") == "csv":
+        return _csv(exports.flows_csv(moves), "layer-flows.csv")
+    if params.get("download") == "lifecycle-csv":
+        return _csv(exports.lifecycle_csv(counts), "lifecycle.csv")
+    # The from -> to matrix over the whole range: a sum of the SQL's per-period rows.
+    layers = list(Dimension.objects.get(key=moves.dimension).layers.order_by("position").values_list("key", flat=True))
+    totals: dict[tuple[str, str], int] = {}
+    for m in moves.moves:
+        totals[(m.from_layer, m.to_layer)] = totals.get((m.from_layer, m.to_layer), 0) + m.customers
+    matrix = [
+        {"from": source or "(entered)", "cells": [totals.get((source, target), 0) for target in layers]}
+        for source in ["", *layers]
+    ]
+    chart = {
+        "labels": [p.period.isoformat() for p in counts.periods],
+        "datasets": [
+            {"label": "new", "data": [p.new for p in counts.periods], "backgroundColor": COLOURS[2]},
+            {"label": "returning", "data": [p.returning for p in counts.periods], "backgroundColor": COLOURS[0]},
+            {"label": "resurrecting", "data": [p.resurrecting for p in counts.periods], "backgroundColor": COLOURS[1]},
+            {"label": "dormant", "data": [-p.dormant for p in counts.periods], "backgroundColor": COLOURS[3]},
+        ],
+    }
+    query = params.copy()
+    query["download"] = "lifecycle-csv"
+    context.update(
+        moves=moves,
+        counts=counts,
+        layers=layers,
+        matrix=matrix,
+        chart=chart,
+        csv_query=_with_csv(request),
+        lifecycle_csv_query=query.urlencode(),
+    )
+    return render(request, "segments/analytics/flows.html", context)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _with_csv(request: HttpRequest, params: Any = None) -> str:
+    query = (params if params is not None else request.GET).copy()
+    query["download"] = "csv"
+    return query.urlencode()
+
+
+app_name = "analytics"
+urlpatterns = [
+    path("retention/", retention, name="retention"),
+    path("funnel/", funnel_page, name="funnel"),
+    path("flows/", flows, name="flows"),
+]

@@ -1,0 +1,254 @@
+"""Read-only growth analytics: retention cohorts and step funnels, as JSON or CSV.
+
+Scope ``reports:read``. Parameters are the query string (``segments.analytics.query``);
+a bad one is a 400 in the API's one error shape naming it. The numbers are computed by SQL
+in the database on each request (no cache): the definitions are in the README's "Growth
+analytics" section.
+
+- ``GET /api/v1/analytics/retention`` and ``.../retention.csv``
+- ``GET /api/v1/analytics/funnel`` and ``.../funnel.csv``
+- ``GET /api/v1/analytics/layer-flows`` and ``.../layer-flows.csv``
+- ``GET /api/v1/analytics/lifecycle`` and ``.../lifecycle.csv``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpResponse
+from django.urls import path
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from access.models import Scope
+from segments.analytics import exports
+from segments.analytics.errors import AnalyticsInputError
+from segments.analytics.flows import LayerFlows, LifecycleCounts, layer_flows, lifecycle_counts
+from segments.analytics.funnels import PRESETS, FunnelResult, funnel
+from segments.analytics.query import flows_args, funnel_spec, lifecycle_args, retention_spec
+from segments.analytics.retention import RetentionTable, retention_table
+
+RETENTION_PARAMETERS = [
+    OpenApiParameter("anchor", OpenApiTypes.STR, enum=["signup", "first_purchase"], default="signup"),
+    OpenApiParameter("cohort", OpenApiTypes.STR, enum=["day", "week", "month"], default="week"),
+    OpenApiParameter("period", OpenApiTypes.STR, enum=["day", "week"], default="day"),
+    OpenApiParameter("periods", OpenApiTypes.INT, default=30, description="Periods 0..N (at most 400)."),
+    OpenApiParameter(
+        "return_events", OpenApiTypes.STR, description="Comma-separated event types; default every type but signup."
+    ),
+    OpenApiParameter("purchase_event", OpenApiTypes.STR, default="order", description="For anchor=first_purchase."),
+    OpenApiParameter("cohort_from", OpenApiTypes.DATE, description="First local anchor day (default: a span back)."),
+    OpenApiParameter("cohort_to", OpenApiTypes.DATE, description="Last local anchor day (default: as_of's UTC day)."),
+    OpenApiParameter("as_of", OpenApiTypes.DATETIME, description="The instant the table is computed at (now)."),
+    OpenApiParameter("breakdown", OpenApiTypes.STR, description="A dimension key: layer held at the anchor."),
+]
+FUNNEL_PARAMETERS = [
+    OpenApiParameter("preset", OpenApiTypes.STR, enum=list(PRESETS), description="Or give steps."),
+    OpenApiParameter(
+        "steps", OpenApiTypes.STR, description="Comma-separated: event or event[key=value], e.g. visit[page=product]."
+    ),
+    OpenApiParameter("window_seconds", OpenApiTypes.INT, description="Conversion window from the entry event."),
+    OpenApiParameter("order", OpenApiTypes.STR, enum=["strict", "any"], default="strict"),
+    OpenApiParameter("start", OpenApiTypes.DATETIME, description="Entries from (default: end - 30 days)."),
+    OpenApiParameter("end", OpenApiTypes.DATETIME, description="Entries before (default: now)."),
+    OpenApiParameter(
+        "breakdown", OpenApiTypes.STR, description="layer:<dimension> (layer at entry) or attribute:<name>."
+    ),
+]
+ERRORS = {400: OpenApiResponse(description="A bad parameter; `errors` names it.")}
+
+
+def _computed(build: Callable[[], Any]) -> Any:
+    try:
+        return build()
+    except AnalyticsInputError as error:
+        raise ValidationError({error.field: [error.message]}) from None
+
+
+def _csv_response(body: str, filename: str) -> HttpResponse:
+    response = HttpResponse(body, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+class RetentionView(APIView):
+    required_scope = Scope.REPORTS_READ
+    csv = False
+
+    @extend_schema(
+        operation_id="analytics_retention",
+        summary="Retention cohort table",
+        description=(
+            "Scope `reports:read`. Cohorts by sign-up or first purchase (day/week/month of the customer's local "
+            "anchor day) × return period (day N / week N): retained *on* the period and *on or after* it, with "
+            "rates; D1/D7/D30 headlines; with `breakdown`, the same per layer held at the anchor. A period not "
+            "over yet for every customer of a cohort, or an empty cohort, is null with a `reason`."
+        ),
+        parameters=RETENTION_PARAMETERS,
+        responses={200: OpenApiResponse(response=exports.dataclass_schema(RetentionTable)), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        table = _computed(lambda: retention_table(spec=retention_spec(request.query_params)))
+        if self.csv:
+            return _csv_response(exports.retention_csv(table), "retention.csv")
+        return HttpResponse(exports.to_json(table), content_type="application/json")
+
+
+class FunnelView(APIView):
+    required_scope = Scope.REPORTS_READ
+    csv = False
+
+    @extend_schema(
+        operation_id="analytics_funnel",
+        summary="Step funnel",
+        description=(
+            "Scope `reports:read`. Customers who reached each step (strict or any order, within the conversion "
+            "window from the entry event), conversion from the previous step and overall, median seconds from "
+            "the previous step; with `breakdown`, the same per group. Presets: "
+            + ", ".join(f"`{k}`" for k in PRESETS)
+            + "."
+        ),
+        parameters=FUNNEL_PARAMETERS,
+        responses={200: OpenApiResponse(response=exports.dataclass_schema(FunnelResult)), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        result = _computed(lambda: funnel(spec=funnel_spec(request.query_params)))
+        if self.csv:
+            return _csv_response(exports.funnel_csv(result), "funnel.csv")
+        return HttpResponse(exports.to_json(result), content_type="application/json")
+
+
+class RetentionCsvView(RetentionView):
+    csv = True
+
+    @extend_schema(
+        operation_id="analytics_retention_csv",
+        summary="Retention cohort table (CSV)",
+        description="Scope `reports:read`. The same table, one line per cohort × period (and layer).",
+        parameters=RETENTION_PARAMETERS,
+        responses={(200, "text/csv"): OpenApiResponse(response=OpenApiTypes.STR), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        return super().get(request)
+
+
+class FunnelCsvView(FunnelView):
+    csv = True
+
+    @extend_schema(
+        operation_id="analytics_funnel_csv",
+        summary="Step funnel (CSV)",
+        description="Scope `reports:read`. The same funnel, one line per step (and group).",
+        parameters=FUNNEL_PARAMETERS,
+        responses={(200, "text/csv"): OpenApiResponse(response=OpenApiTypes.STR), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        return super().get(request)
+
+
+PERIOD_PARAMETERS = [
+    OpenApiParameter("grain", OpenApiTypes.STR, enum=["day", "week", "month"], default="week"),
+    OpenApiParameter("start", OpenApiTypes.DATE, description="First period (default: a span back from end)."),
+    OpenApiParameter("end", OpenApiTypes.DATE, description="Last period (default: today, UTC)."),
+]
+
+
+class LayerFlowsView(APIView):
+    required_scope = Scope.REPORTS_READ
+    csv = False
+
+    @extend_schema(
+        operation_id="analytics_layer_flows",
+        summary="Moves between a dimension's layers per period",
+        description=(
+            "Scope `reports:read`. From layer history: per period (UTC day/week/month of the recompute that moved "
+            "them), how many customers moved from one layer to another (`from_layer` is empty for a first layer)."
+        ),
+        parameters=[
+            OpenApiParameter("dimension", OpenApiTypes.STR, default="rfm", description="A dimension key."),
+            *PERIOD_PARAMETERS,
+        ],
+        responses={200: OpenApiResponse(response=exports.dataclass_schema(LayerFlows)), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        flows = _computed(lambda: layer_flows(**flows_args(request.query_params)))
+        if self.csv:
+            return _csv_response(exports.flows_csv(flows), "layer-flows.csv")
+        return HttpResponse(exports.to_json(flows), content_type="application/json")
+
+
+class LifecycleView(APIView):
+    required_scope = Scope.REPORTS_READ
+    csv = False
+
+    @extend_schema(
+        operation_id="analytics_lifecycle",
+        summary="New, returning, resurrecting and dormant customers per period",
+        description=(
+            "Scope `reports:read`. Per period of the customers' local days: active for the first time (new), "
+            "active in the period before too (returning), active again after a gap (resurrecting), active in the "
+            "period before but not in this one (dormant)."
+        ),
+        parameters=[
+            *PERIOD_PARAMETERS,
+            OpenApiParameter("events", OpenApiTypes.STR, description="Comma-separated activity event types (all)."),
+        ],
+        responses={200: OpenApiResponse(response=exports.dataclass_schema(LifecycleCounts)), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        counts = _computed(lambda: lifecycle_counts(**lifecycle_args(request.query_params)))
+        if self.csv:
+            return _csv_response(exports.lifecycle_csv(counts), "lifecycle.csv")
+        return HttpResponse(exports.to_json(counts), content_type="application/json")
+
+
+class LayerFlowsCsvView(LayerFlowsView):
+    csv = True
+
+    @extend_schema(
+        operation_id="analytics_layer_flows_csv",
+        summary="Layer flows (CSV)",
+        description="Scope `reports:read`. One line per period, from and to layer.",
+        parameters=[OpenApiParameter("dimension", OpenApiTypes.STR, default="rfm"), *PERIOD_PARAMETERS],
+        responses={(200, "text/csv"): OpenApiResponse(response=OpenApiTypes.STR), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        return super().get(request)
+
+
+class LifecycleCsvView(LifecycleView):
+    csv = True
+
+    @extend_schema(
+        operation_id="analytics_lifecycle_csv",
+        summary="Lifecycle counts (CSV)",
+        description="Scope `reports:read`. One line per period.",
+        parameters=[*PERIOD_PARAMETERS, OpenApiParameter("events", OpenApiTypes.STR)],
+        responses={(200, "text/csv"): OpenApiResponse(response=OpenApiTypes.STR), **ERRORS},
+        tags=["analytics"],
+    )
+    def get(self, request: Request) -> HttpResponse:
+        return super().get(request)
+
+
+urlpatterns = [
+    path("analytics/layer-flows", LayerFlowsView.as_view(), name="analytics-layer-flows"),
+    path("analytics/layer-flows.csv", LayerFlowsCsvView.as_view(), name="analytics-layer-flows-csv"),
+    path("analytics/lifecycle", LifecycleView.as_view(), name="analytics-lifecycle"),
+    path("analytics/lifecycle.csv", LifecycleCsvView.as_view(), name="analytics-lifecycle-csv"),
+    path("analytics/retention", RetentionView.as_view(), name="analytics-retention"),
+    path("analytics/retention.csv", RetentionCsvView.as_view(), name="analytics-retention-csv"),
+    path("analytics/funnel", FunnelView.as_view(), name="analytics-funnel"),
+    path("analytics/funnel.csv", FunnelCsvView.as_view(), name="analytics-funnel-csv"),
+]

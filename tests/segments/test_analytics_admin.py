@@ -1,0 +1,98 @@
+"""The growth analytics admin pages: who may read them, the numbers and the CSV they show."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+
+import pytest
+from django.test import Client
+
+from tests.factories import CustomerFactory, EventFactory, UserFactory, event_type
+
+pytestmark = pytest.mark.django_db
+
+UTC = dt.UTC
+RETENTION = "/admin/analytics/retention/?cohort=day&periods=2&cohort_from=2026-01-01&cohort_to=2026-01-01&breakdown=rfm"
+FUNNEL = "/admin/analytics/funnel/?steps=login,visit&start=2026-01-01T00:00:00%2B00:00&end=2026-02-01T00:00:00%2B00:00"
+
+
+@pytest.fixture
+def data() -> None:
+    a = CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 10, tzinfo=UTC))
+    EventFactory(customer=a, event_type=event_type("login"), occurred_at=dt.datetime(2026, 1, 2, 10, tzinfo=UTC))
+    EventFactory(customer=a, event_type=event_type("visit"), occurred_at=dt.datetime(2026, 1, 2, 11, tzinfo=UTC))
+    CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 11, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("role", ["growth", "marketer"])
+def test_analytics_pages__roles__render_tables_chart_and_csv_link(role: str, data: None) -> None:
+    client = Client()
+    client.force_login(UserFactory(groups=[role]))
+    page = client.get(RETENTION)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="retention-chart"' in html and "vendor/chartjs/chart.umd.min.js" in html and "50.0%" in html
+    assert "(not layered)" in html
+    funnel = client.get(FUNNEL).content.decode()
+    assert 'id="funnel-chart"' in funnel and "60.0 min" in funnel
+    index = client.get("/admin/").content.decode()
+    assert "/admin/analytics/retention/" in index
+
+
+def test_analytics_pages__csv_download__the_numbers_of_the_page(data: None) -> None:
+    client = Client()
+    client.force_login(UserFactory(groups=["marketer"]))
+    response = client.get(RETENTION + "&download=csv")
+    assert response["Content-Type"].startswith("text/csv")
+    rows = [r for r in csv.DictReader(io.StringIO(response.content.decode())) if r["layer"] == ""]
+    assert [(r["period"], r["retained"], r["rate"]) for r in rows] == [
+        ("0", "0", "0.0"),
+        ("1", "1", "0.5"),
+        ("2", "0", "0.0"),
+    ]
+
+
+def test_analytics_pages__bad_parameter__400_page_naming_it(data: None) -> None:
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    response = client.get("/admin/analytics/funnel/?steps=visit,nope")
+    assert response.status_code == 400
+    assert "steps.1.event" in response.content.decode()
+
+
+def test_analytics_pages__staff_without_permission__403() -> None:
+    client = Client()
+    client.force_login(UserFactory())
+    assert client.get("/admin/analytics/retention/").status_code == 403
+    assert client.get("/admin/analytics/funnel/").status_code == 403
+
+
+def test_flows_page__history_and_activity__matrix_lifecycle_chart_and_csv(data: None) -> None:
+    from segments.models import Dimension, Layer, LayerHistory
+
+    rfm = Dimension.objects.get(key="rfm")
+    customer = CustomerFactory()
+    value = Layer.objects.get(dimension=rfm, key="important_value")
+    retention = Layer.objects.get(dimension=rfm, key="important_retention")
+    jan = dt.datetime(2026, 1, 5, 2, 30, tzinfo=UTC)
+    LayerHistory.objects.create(
+        customer=customer, dimension=rfm, layer=value, entered_at=jan, left_at=jan + dt.timedelta(days=7)
+    )
+    LayerHistory.objects.create(
+        customer=customer, dimension=rfm, layer=retention, entered_at=jan + dt.timedelta(days=7)
+    )
+    client = Client()
+    client.force_login(UserFactory(groups=["marketer"]))
+    url = "/admin/analytics/flows/?dimension=rfm&grain=week&start=2026-01-01&end=2026-01-31"
+    html = client.get(url).content.decode()
+    assert 'id="lifecycle-chart"' in html and 'id="flow-matrix"' in html
+    assert '<td>important_value</td><td>important_retention</td><td class="num">1</td>' in html
+    rows = list(csv.DictReader(io.StringIO(client.get(url + "&download=csv").content.decode())))
+    assert [(r["from_layer"], r["to_layer"], r["customers"]) for r in rows] == [
+        ("", "important_value", "1"),
+        ("important_value", "important_retention", "1"),
+    ]
+    lifecycle = client.get(url + "&download=lifecycle-csv").content.decode().splitlines()
+    assert lifecycle[0] == "period,new,returning,resurrecting,dormant" and len(lifecycle) == 1 + 5
