@@ -4,6 +4,7 @@ version that keeps the history and starts a new phase of the experiment."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -12,9 +13,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from campaigns.models import Campaign, CampaignVersion, Offer, Treatment
+from campaigns.models import Campaign, CampaignVersion, Offer, Topic, Treatment
 from campaigns.services import editing, lifecycle
-from experiments.models import Phase
+from experiments.models import Experiment, Metric, Phase
 from segments.models import Segment
 from tests.campaigns.builders import campaign, customers
 from tests.campaigns.test_decide import _experiment
@@ -227,3 +228,51 @@ def test_admin_campaign_new_version__invalid_then_valid__refused_then_version_tw
     row.refresh_from_db()
     assert (row.version, row.channel_strategy) == (2, "all")
     assert row.versions.get().config["channel_strategy"] == "first_reachable"
+
+
+def test_campaign_update__new_version__new_phase_has_its_own_frozen_plan_with_guardrails(no_caps: None) -> None:
+    # Given a running campaign (its launch ensured the guardrail metrics after phase 1 opened)
+    row = _running()
+    segment = Segment.objects.create(key="staff", name="Staff", rule={"all": []}, computed_at=timezone.now())
+    # When a new version starts
+    editing.campaign_update(campaign=row, changes={"exclude_segments": [segment]}, new_version=True)
+    # Then phase 2 has its own analysis plan, recorded by the experiments' lifecycle, which
+    # now names the guardrails; phase 1 keeps the plan it started with
+    plans = {p.number: p.plan for p in Phase.objects.filter(experiment=row.experiment).select_related("plan")}
+    assert set(plans) == {1, 2}
+    assert plans[2].recorded_at >= plans[1].recorded_at
+    assert {g["metric"] for g in plans[2].guardrail_metrics} >= {"unsubscribe", "complaint", "bounce"}
+
+
+def test_campaign_update__running_campaign_topic__refused_unless_new_version(no_caps: None) -> None:
+    # The topic decides whose opt-outs stop a message: part of who gets what.
+    row = _running()
+    with pytest.raises(ValidationError) as caught:
+        editing.campaign_update(campaign=row, changes={"topic": Topic.NEWS})
+    assert set(caught.value.message_dict) == {"topic"}
+    updated = editing.campaign_update(campaign=row, changes={"topic": Topic.NEWS}, new_version=True)
+    assert (updated.topic, updated.version) == (Topic.NEWS, 2)
+    assert CampaignVersion.objects.get(campaign=row).config["topic"] == Topic.PROMOTIONS
+
+
+def test_campaign_duplicate__topic_and_analysis_plan__carried_to_the_copy(no_caps: None) -> None:
+    row = _running()
+    experiment = row.experiment
+    Campaign.objects.filter(pk=row.pk).update(topic=Topic.RENEWALS)
+    Experiment.objects.filter(pk=experiment.pk).update(
+        inference_mode=Experiment.InferenceMode.FIXED, planned_sample_size=4000, correction="bh"
+    )
+    Metric.objects.filter(experiment=experiment, event_type__code="unsubscribe").update(
+        noninferiority_margin=Decimal("0.002")
+    )
+
+    copy = editing.campaign_duplicate(campaign=row)
+
+    assert copy.topic == Topic.RENEWALS
+    assert (copy.experiment.inference_mode, copy.experiment.planned_sample_size, copy.experiment.correction) == (
+        "fixed",
+        4000,
+        "bh",
+    )
+    margin = copy.experiment.metrics.get(event_type__code="unsubscribe").noninferiority_margin
+    assert margin == Decimal("0.002")
