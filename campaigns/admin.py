@@ -8,8 +8,11 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -21,6 +24,7 @@ from campaigns import selectors
 from campaigns.forms import CampaignForm, ContentForm, CouponPoolForm, PreviewForm, SuppressionImportForm
 from campaigns.models import (
     Campaign,
+    CampaignVersion,
     ChannelPolicy,
     Content,
     Coupon,
@@ -35,12 +39,53 @@ from campaigns.models import (
     TopicOptOut,
     Treatment,
 )
-from campaigns.services import lifecycle, suppression
+from campaigns.services import editing, lifecycle, suppression
 from campaigns.services.offers import coupon_pool_upload
 from campaigns.services.render import content_preview
 from segments.models import Customer
 
 LAUNCH_PERM = "campaigns.launch_campaign"
+NEW_VERSION_PARAM = "new_version"
+
+
+def _new_version_mode(request: HttpRequest) -> bool:
+    """The change form was opened with 'Edit as a new version' (the form posts back to the
+    same URL, so the mode survives the submit)."""
+    return request.GET.get(NEW_VERSION_PARAM) == "1"
+
+
+def _apply_new_version(modeladmin: admin.ModelAdmin, request: HttpRequest, campaign: Campaign, apply: Any) -> bool:
+    """Run ``apply()`` inside a new version of ``campaign`` (snapshot + new experiment phase),
+    all or nothing: a result that fails the launch checks is rolled back and reported."""
+    try:
+        with transaction.atomic():
+            editing.campaign_version_start(campaign=campaign, user=request.user)
+            apply()
+            lifecycle.campaign_validate(campaign=Campaign.objects.get(pk=campaign.pk))
+    except ValidationError as exc:
+        modeladmin.message_user(request, f"New version not saved: {'; '.join(exc.messages)}", messages.ERROR)
+        request._new_version_failed = True  # type: ignore[attr-defined]
+        return False
+    modeladmin.message_user(
+        request,
+        f"Campaign {campaign.key}: version {Campaign.objects.get(pk=campaign.pk).version} in force; the previous "
+        "configuration is kept and the experiment started a new phase.",
+        messages.SUCCESS,
+    )
+    return True
+
+
+def _unsaved(formsets: Any) -> None:
+    """Formsets a refused or empty new version did not save still feed the admin's change
+    message, which reads what they saved."""
+    for formset in formsets:
+        for name in ("new_objects", "changed_objects", "deleted_objects"):
+            if not hasattr(formset, name):
+                setattr(formset, name, [])
+
+
+def _locked_for(request: HttpRequest, campaign: Campaign | None) -> bool:
+    return campaign is not None and campaign.pk is not None and campaign.is_locked and not _new_version_mode(request)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -54,12 +99,39 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class TreatmentFormSet(BaseInlineFormSet):
+    """A row added and left blank would be an "any variant × any layer" treatment with no
+    offer; Django drops an unchanged extra row without a word, so the author believed it
+    saved. Refused instead, with what to do."""
+
+    def clean(self) -> None:
+        super().clean()
+        for form in self.extra_forms:
+            if not form.has_changed() and not self._should_delete_form(form):
+                raise ValidationError(
+                    "A treatment row is blank (any variant × any layer, no offer): choose its variant, layer or "
+                    "offer, or remove the row. (A content-only treatment: choose its variant or layer; its "
+                    "content is written on the treatment's own page.)"
+                )
+
+
 class TreatmentInline(admin.TabularInline):
     model = Treatment
+    formset = TreatmentFormSet
     extra = 0
     fields = ["variant_key", "layer", "referral_role", "offer"]
     autocomplete_fields = ["offer"]
     show_change_link = True
+
+    # Once scheduled, treatments change only in a new version (campaigns.services.editing).
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not _locked_for(request, obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not _locked_for(request, obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not _locked_for(request, obj) and super().has_delete_permission(request, obj)
 
 
 def _transition(action: str, label: str):  # type: ignore[no-untyped-def]
@@ -98,11 +170,14 @@ class CampaignAdmin(admin.ModelAdmin):
         "audience_resolved_at",
         "trigger_cursor",
         "delivery_summary",
+        "version",
+        "version_history",
     ]
     filter_horizontal = ["include_segments", "exclude_segments", "include_layers", "exclude_layers"]
     raw_id_fields = ["experiment"]
     inlines = [TreatmentInline]
     actions = [
+        "duplicate_as_draft",
         _transition("schedule", "Schedule"),
         _transition("launch", "Launch"),
         _transition("pause", "Pause"),
@@ -111,7 +186,7 @@ class CampaignAdmin(admin.ModelAdmin):
     ]
     change_form_template = "admin/campaigns/campaign/change_form.html"
     fieldsets = [
-        (None, {"fields": ["key", "name", "kind", "description", "status"]}),
+        (None, {"fields": ["key", "name", "kind", "description", "status", "version"]}),
         (
             "Audience",
             {
@@ -160,6 +235,7 @@ class CampaignAdmin(admin.ModelAdmin):
                     "finished_at",
                     "audience_resolved_at",
                     "trigger_cursor",
+                    "version_history",
                 ]
             },
         ),
@@ -168,10 +244,79 @@ class CampaignAdmin(admin.ModelAdmin):
     def has_launch_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(LAUNCH_PERM)
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Campaign | None = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.pk is not None and obj.is_locked:
+            locked = editing.LOCKED_FIELDS if not _new_version_mode(request) else editing.NEVER_CHANGED_ONCE_LIVE
+            fields += [name for name in locked if name not in fields]
+        return fields
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):  # type: ignore[no-untyped-def]
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.new_version = _new_version_mode(request)
+        return form
+
     def save_model(self, request: HttpRequest, obj: Campaign, form: Any, change: bool) -> None:
         if not change:
             obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+            super().save_model(request, obj, form, change)
+            return
+        changes = {name: form.cleaned_data[name] for name in form.changed_data if name in form.cleaned_data}
+        stored = Campaign.objects.get(pk=obj.pk)
+        if stored.is_locked and _new_version_mode(request):
+            request._campaign_changes = changes  # type: ignore[attr-defined]  # applied with the inlines
+            return
+        editing.campaign_update(campaign=stored, changes=changes)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        changes = getattr(request, "_campaign_changes", None)
+        if changes is None:
+            if change and any(fs.has_changed() for fs in formsets):
+                editing.treatments_write_check(campaign=form.instance)
+            super().save_related(request, form, formsets, change)
+            return
+        if not changes and not any(fs.has_changed() for fs in formsets):
+            self.message_user(request, "Nothing changed: no new version.", messages.INFO)
+            _unsaved(formsets)
+            return
+
+        def apply() -> None:
+            editing.campaign_update(campaign=form.instance, changes=changes, new_version=True, version_started=True)
+            for formset in formsets:
+                self.save_formset(request, form, formset, change=change)
+
+        _apply_new_version(self, request, form.instance, apply)
+        _unsaved(formsets)
+
+    def response_change(self, request: HttpRequest, obj: Campaign) -> HttpResponse:
+        if getattr(request, "_new_version_failed", False) or getattr(request, "_campaign_changes", None) is not None:
+            query = f"?{NEW_VERSION_PARAM}=1" if getattr(request, "_new_version_failed", False) else ""
+            return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[obj.pk]) + query)
+        return super().response_change(request, obj)
+
+    @admin.display(description="Earlier versions")
+    def version_history(self, obj: Campaign) -> str:
+        if obj.pk is None:
+            return "—"
+        rows = format_html_join(
+            "",
+            "<tr><td>v{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    v.number,
+                    v.experiment_phase or "—",
+                    v.replaced_at.strftime("%Y-%m-%d %H:%M"),
+                    v.replaced_by or "—",
+                    v.note,
+                )
+                for v in CampaignVersion.objects.filter(campaign=obj).select_related("replaced_by")
+            ),
+        )
+        return format_html(
+            "<table><tr><th>version</th><th>experiment phase</th><th>replaced at</th><th>by</th>"
+            "<th>note</th></tr>{}</table>",
+            rows or mark_safe("<tr><td colspan=5>none: this is the first version</td></tr>"),
+        )
 
     @admin.display(description="Deliveries")
     def deliveries_link(self, obj: Campaign) -> str:
@@ -206,10 +351,42 @@ class CampaignAdmin(admin.ModelAdmin):
             recipient_rows or mark_safe("<tr><td colspan=2>none</td></tr>"),
         )
 
+    @admin.action(description="Duplicate selected campaigns as drafts", permissions=["add"])
+    def duplicate_as_draft(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        copies = [editing.campaign_duplicate(campaign=c, user=request.user) for c in queryset]
+        self.message_user(
+            request,
+            f"Draft copies: {', '.join(c.key for c in copies)} (each with a draft copy of its experiment).",
+            messages.SUCCESS,
+        )
+
+    def duplicate_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        copy = editing.campaign_duplicate(campaign=get_object_or_404(Campaign, pk=pk), user=request.user)
+        self.message_user(request, f"Draft copy {copy.key} created; edit it, then launch.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[copy.pk]))
+
+    def compute_audience_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """The launch check's one click: compute the campaign's never-computed segments now."""
+        campaign = get_object_or_404(Campaign, pk=pk)
+        if not self.has_view_permission(request, campaign) or not request.user.has_perm("segments.change_segment"):
+            raise PermissionDenied
+        outcomes = lifecycle.campaign_audience_compute(campaign=campaign)
+        summary = ", ".join(f"{target}: {status}" for target, status in outcomes.items()) or "nothing to compute"
+        self.message_user(request, f"Computed {summary}.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[pk]))
+
     def get_urls(self) -> list[Any]:
         wrap = self.admin_site.admin_view
         return [
             path("<int:pk>/preview/", wrap(self.preview_view), name="campaigns_campaign_preview"),
+            path("<int:pk>/duplicate/", wrap(require_POST(self.duplicate_view)), name="campaigns_campaign_duplicate"),
+            path(
+                "<int:pk>/compute-audience/",
+                wrap(require_POST(self.compute_audience_view)),
+                name="campaigns_campaign_compute_audience",
+            ),
             path(
                 "<int:pk>/transition/<str:action>/",
                 wrap(require_POST(self.transition_view)),
@@ -226,6 +403,20 @@ class CampaignAdmin(admin.ModelAdmin):
             getattr(lifecycle, f"campaign_{action}")(campaign=campaign)
         except ValidationError as exc:
             self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+            if lifecycle.segments_never_computed(campaign=campaign):
+                # One click from the message: a button that computes them.
+                self.message_user(
+                    request,
+                    format_html(
+                        '<form method="post" action="{}" style="display:inline">'
+                        '<input type="hidden" name="csrfmiddlewaretoken" value="{}">'
+                        '<button type="submit" id="compute-audience">Compute audience now</button></form>'
+                        " computes the campaign's never-computed segments.",
+                        reverse("admin:campaigns_campaign_compute_audience", args=[pk]),
+                        get_token(request),
+                    ),
+                    messages.WARNING,
+                )
         else:
             self.message_user(request, f"Campaign {campaign.key}: {action} done.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:campaigns_campaign_change", args=[pk]))
@@ -258,7 +449,19 @@ class CampaignAdmin(admin.ModelAdmin):
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None):  # type: ignore[no-untyped-def]
         extra_context = extra_context or {}
         extra_context["can_launch"] = self.has_launch_permission(request)
-        extra_context["transitions"] = list(lifecycle.TRANSITIONS)
+        campaign = Campaign.objects.filter(pk=object_id).first() if str(object_id).isdigit() else None
+        # Only the transitions the campaign's status allows (the service refuses the others too).
+        extra_context["transitions"] = [
+            action for action, sources in lifecycle.TRANSITIONS.items() if campaign and campaign.status in sources
+        ]
+        extra_context["new_version_mode"] = _new_version_mode(request)
+        extra_context["can_duplicate"] = self.has_add_permission(request)
+        extra_context["can_new_version"] = (
+            campaign is not None
+            and campaign.is_locked
+            and campaign.status != Campaign.Status.FINISHED
+            and self.has_change_permission(request, campaign)
+        )
         return super().change_view(request, object_id, form_url, extra_context=extra_context)
 
 
@@ -266,6 +469,18 @@ class ContentInline(admin.StackedInline):
     model = Content
     form = ContentForm
     extra = 0
+
+    def _locked(self, request: HttpRequest, obj: Any) -> bool:
+        return obj is not None and _locked_for(request, obj.campaign)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not self._locked(request, obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not self._locked(request, obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not self._locked(request, obj) and super().has_delete_permission(request, obj)
 
 
 @admin.register(Treatment)
@@ -275,6 +490,62 @@ class TreatmentAdmin(admin.ModelAdmin):
     autocomplete_fields = ["offer"]
     inlines = [ContentInline]
     list_select_related = ["campaign", "layer__dimension", "offer"]
+    change_form_template = "admin/campaigns/treatment/change_form.html"
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not (obj is not None and _locked_for(request, obj.campaign)) and super().has_change_permission(
+            request, obj
+        )
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not (obj is not None and obj.campaign.is_locked) and super().has_delete_permission(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["campaign"] if obj is not None else []
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any):  # type: ignore[no-untyped-def]
+        if db_field.name == "campaign":
+            kwargs["queryset"] = Campaign.objects.filter(status=Campaign.Status.DRAFT)
+            kwargs["help_text"] = "Draft campaigns only: a scheduled campaign changes through a new version."
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: Treatment, form: Any, change: bool) -> None:
+        campaign = Campaign.objects.get(pk=obj.campaign_id)
+        if campaign.is_locked and _new_version_mode(request):
+            request._treatment_pending = obj  # type: ignore[attr-defined]  # saved inside the new version
+            return
+        editing.treatments_write_check(campaign=campaign)
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        pending = getattr(request, "_treatment_pending", None)
+        if pending is None:
+            super().save_related(request, form, formsets, change)
+            return
+
+        def apply() -> None:
+            pending.save()
+            form.save_m2m()
+            for formset in formsets:
+                self.save_formset(request, form, formset, change=change)
+
+        _apply_new_version(self, request, pending.campaign, apply)
+        _unsaved(formsets)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None):  # type: ignore[no-untyped-def]
+        treatment = (
+            Treatment.objects.select_related("campaign").filter(pk=object_id).first()
+            if str(object_id).isdigit()
+            else None
+        )
+        extra_context = {
+            **(extra_context or {}),
+            "new_version_mode": _new_version_mode(request),
+            "can_new_version": treatment is not None
+            and treatment.campaign.is_locked
+            and treatment.campaign.status != Campaign.Status.FINISHED,
+        }
+        return super().change_view(request, object_id, form_url, extra_context=extra_context)
 
 
 @admin.register(Offer)
@@ -283,6 +554,17 @@ class OfferAdmin(admin.ModelAdmin):
     list_filter = ["benefit_kind", "code_source"]
     search_fields = ["key", "name"]
     change_form_template = "admin/campaigns/offer/change_form.html"
+
+    # What a scheduled, running or finished campaign gives is read-only (a new offer instead).
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not (obj is not None and editing.offer_is_locked(offer=obj)) and super().has_change_permission(
+            request, obj
+        )
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not (obj is not None and editing.offer_is_locked(offer=obj)) and super().has_delete_permission(
+            request, obj
+        )
 
     def get_urls(self) -> list[Any]:
         return [
@@ -296,7 +578,9 @@ class OfferAdmin(admin.ModelAdmin):
 
     def upload_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         offer = get_object_or_404(Offer, pk=pk)
-        if not self.has_change_permission(request, offer):
+        # Topping up a pool does not change what a live campaign promised: the offer's own lock
+        # (has_change_permission above) does not apply here.
+        if not super().has_change_permission(request, offer):
             raise PermissionDenied
         form = CouponPoolForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():

@@ -9,6 +9,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from campaigns.models import Campaign, Content, Topic, Treatment
+from campaigns.services.editing import campaign_update_check
 from campaigns.services.render import content_check
 from segments.models import Channel, EventType
 
@@ -87,10 +88,21 @@ class CampaignForm(forms.ModelForm):
             "referral_cap_per_inviter",
         ]
 
+    new_version = False  # set by the admin in "Edit as a new version" mode
+
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         if not data.get("topic"):
             data["topic"] = KIND_TOPICS.get(data.get("kind", ""), Topic.PROMOTIONS)
+        if self.instance.pk is not None:
+            # The rule lives in the service; asked here so the message shows next to the field.
+            stored = Campaign.objects.get(pk=self.instance.pk)
+            changes = {name: data[name] for name in self.changed_data if name in data}
+            try:
+                campaign_update_check(campaign=stored, changes=changes, new_version=self.new_version)
+            except ValidationError as exc:
+                for name, messages in exc.message_dict.items():
+                    self.add_error(name if name in self.fields else None, messages)
         defaults = KIND_DEFAULTS.get(data.get("kind", ""))
         if defaults:
             if data.get("trigger") == Campaign.Trigger.BROADCAST:

@@ -25,7 +25,11 @@ the plan did not declare is exploratory: its cells never show a winner.
   report's minimum customers, or a test that cannot be computed);
 * ``no_evidence``: otherwise (inconclusive: the difference could be chance);
 * ``no_customers``: the experiment had no customers of this layer when they were assigned;
-* ``no_report``: the experiment has no primary metric (or disappeared).
+* ``no_report``: the experiment has no primary metric (or disappeared);
+* ``no_reach``: the campaign itself decided nobody into its experiment (no treated or
+  control recipient): whatever the experiment's report says, it is not this campaign's
+  result (measured: a finished campaign that reached 0 customers showed "Winner +195.8
+  per 1,000", read off an experiment other clients had filled).
 
 Incremental conversions per 1,000 customers = absolute lift x 1,000
 = (treatment rate - control rate) x 1,000: how many more of 1,000 customers of the layer
@@ -41,13 +45,13 @@ import csv
 import datetime as dt
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from django.db.models import Case, IntegerField, QuerySet, Value, When
+from django.db.models import Case, Count, IntegerField, QuerySet, Value, When
 from django.utils import timezone
 
-from campaigns.models import Campaign, Treatment
+from campaigns.models import Campaign, Recipient, Treatment
 from experiments.reports.aggregation import layer_labels
 from experiments.reports.assemble import ALPHA, NO_LAYER_LABEL, NOT_YET_EVALUABLE, ExperimentNotFound, report_build
 from experiments.reports.exports import csv_cell
@@ -76,6 +80,10 @@ ADJUSTMENT = "holm"
 PLAYBOOK_STATUSES = (Campaign.Status.RUNNING, Campaign.Status.PAUSED, Campaign.Status.FINISHED)
 OVERALL_DIMENSION = "(all customers)"
 PER = 1000
+NO_REACH = (
+    "This campaign reached nobody: no customer was decided into its experiment (treated or control). "
+    "Check its audience (segments computed? layers right?) and its launch."
+)
 
 Outcome = Literal[
     "win",
@@ -86,6 +94,7 @@ Outcome = Literal[
     "no_evidence",
     "no_customers",
     "no_report",
+    "no_reach",
 ]
 
 
@@ -177,6 +186,7 @@ class Column:
     customers: int
     srm_flagged: bool
     warnings: tuple[str, ...]  # SRM, guardrail harm, no primary metric, ...
+    reached: int | None = None  # customers the campaign decided into its experiment (treated or control)
     # The analysis plan in words: mode and the declared decision family (issue 14).
     decision_rule: str = ""
 
@@ -388,24 +398,44 @@ def playbook_build(*, campaigns: Sequence[Campaign], now: dt.datetime | None = N
             reports[key] = None
             missing[key] = f"Experiment '{key}' no longer exists."
     offers = _Offers(campaigns)
+    reached = dict(
+        Recipient.objects.filter(
+            campaign__in=[c.pk for c in campaigns],
+            outcome__in=[Recipient.Outcome.TREATED, Recipient.Outcome.CONTROL],
+        )
+        .values("campaign")
+        .annotate(n=Count("pk"))
+        .values_list("campaign", "n")
+    )
     primaries: list[MetricReport | None] = []
     columns = []
     for campaign in campaigns:
         key = campaign.experiment.key  # type: ignore[union-attr]
         report = reports[key]
-        columns.append(_column(campaign, report, missing.get(key, "")))
+        column = _column(campaign, report, missing.get(key, ""))
+        n = reached.get(campaign.pk, 0)
+        if n == 0:
+            column = replace(column, reached=0, customers=0, warnings=(NO_REACH, *column.warnings), srm_flagged=False)
+            report = None  # nothing of the experiment's report is this campaign's
+        else:
+            column = replace(column, reached=n)
+        columns.append(column)
         primaries.append(report.primary if report is not None else None)
+    unreached = [c.reached == 0 for c in columns]
 
     def offer_of(campaign: Campaign, dimension: str | None, layer: str | None) -> Callable[[str], str]:
         return lambda variant: offers.describe(campaign, variant, dimension, layer)
 
     no_report = Cell("no_report", 0, explanation="No lift report: the experiment has no primary metric.")
+    no_reach = Cell("no_reach", 0, explanation=NO_REACH)
 
     overall_cells = tuple(
-        _cell(reports[c.experiment.key], p.overall, offer_of(c, None, None))  # type: ignore[arg-type, union-attr]
+        no_reach
+        if gone
+        else _cell(reports[c.experiment.key], p.overall, offer_of(c, None, None))  # type: ignore[arg-type, union-attr]
         if p is not None
         else no_report
-        for c, p in zip(campaigns, primaries, strict=True)
+        for c, p, gone in zip(campaigns, primaries, unreached, strict=True)
     )
     overall = Matrix(OVERALL_DIMENSION, "All customers", (MatrixRow(None, "All customers", overall_cells),))
 
@@ -430,7 +460,10 @@ def playbook_build(*, campaigns: Sequence[Campaign], now: dt.datetime | None = N
         rows = []
         for layer, label in layers:
             cells = []
-            for campaign, primary in zip(campaigns, primaries, strict=True):
+            for campaign, primary, gone in zip(campaigns, primaries, unreached, strict=True):
+                if gone:
+                    cells.append(no_reach)
+                    continue
                 if primary is None:
                     cells.append(no_report)
                     continue

@@ -125,6 +125,7 @@ HEADLINES = {
     "no_evidence": "No evidence",
     "no_customers": "No customers",
     "no_report": "No report",
+    "no_reach": "Reached nobody",
 }
 
 

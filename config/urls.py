@@ -4,6 +4,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.health import healthz, readyz
 
+# The admin is the product's console: name it, and drop "View site" (there is no public site:
+# the link led to a 404).
+admin.site.site_header = "Growth experimentation platform"
+admin.site.site_title = "Growth platform"
+admin.site.index_title = "Segments, experiments and campaigns"
+admin.site.site_url = None
+
 api_v1 = [
     path("", include("segments.urls")),
     path("", include("experiments.urls")),

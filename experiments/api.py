@@ -7,7 +7,8 @@ Routes (under ``/api/v1/``):
   one named), assigning on first request and recording an exposure; experiments the
   customer is not in say why (``reason``). Paused experiments are listed with
   ``not_running``. Only the requested customer's decisions are returned; seeds, weights
-  and phases never are.
+  and phases never are. An experiment a campaign owns is never assigned or exposed here:
+  the campaign's decision is reported, else ``campaign_managed``.
 - ``POST exposures`` (scope ``events:write``): client-side exposure logging, for clients
   that fetch with ``expose=false`` and log when the variant is actually shown; an
   ``occurred_at`` outside the experiment (before the assignment or phase start, or in the
@@ -53,7 +54,10 @@ class DecisionSerializer(serializers.Serializer):
         help_text=(
             "assigned; not_targeted (outside the targeting); outside_coverage (outside the traffic "
             "coverage); holdout (in the global holdout); namespace (the customer's slot of the "
-            "namespace belongs to another experiment); not_running (paused, draft or stopped)."
+            "namespace belongs to another experiment); not_running (paused, draft or stopped); "
+            "campaign_managed (a campaign owns the experiment and has not assigned this customer: only "
+            "the campaign assigns and exposes in it; a customer it assigned gets the campaign's variant, "
+            "and no exposure is recorded by this call)."
         ),
     )
 
@@ -187,6 +191,12 @@ class ExposuresView(APIView):
         experiment = selectors.experiment_get(key=values["experiment"])
         if experiment is None:
             raise NotFound(f"Unknown experiment '{values['experiment']}'.")
+        if experiment.managed_by:
+            # The owner (a campaign) records exposures when it acts; a client's would count
+            # customers the campaign never treated (see experiments.services.ownership).
+            raise serializers.ValidationError(
+                {"experiment": [f"campaign_managed: experiment '{experiment.key}' is run by its campaign."]}
+            )
         assignment = services.exposure_log(
             experiment=experiment, customer=customer, variant_key=values["variant"], at=values.get("occurred_at")
         )

@@ -89,6 +89,15 @@ class Experiment(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, editable=False)
+    managed_by = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        editable=False,
+        help_text="The application that splits its audience with this experiment (e.g. 'campaign:winback'), "
+        "set through experiments.services.experiment_manager_set. The generic assignment API never assigns "
+        "or exposes anyone in a managed experiment: its owner decides who is in it.",
+    )
 
     # Once an experiment has started these change only through the allocation flow of
     # ``experiments.services.experiment_allocation_update`` (raise coverage, change

@@ -100,6 +100,7 @@ class ExperimentConfig:
     exclude_segment_ids: tuple[int, ...] = ()
     include_layer_ids: tuple[int, ...] = ()
     exclude_layer_ids: tuple[int, ...] = ()
+    managed_by: str = ""  # set: only its owner (a campaign) assigns and exposes
     variants_by_id: dict[int, VariantConfig] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -232,6 +233,7 @@ def _configs_load() -> dict[int, ExperimentConfig]:
             exclude_segment_ids=tuple(sorted(targeting["exclude_segments"][e.pk])),
             include_layer_ids=tuple(sorted(targeting["include_layers"][e.pk])),
             exclude_layer_ids=tuple(sorted(targeting["exclude_layers"][e.pk])),
+            managed_by=e.managed_by,
             variants_by_id={v.id: v for v in ordered},
         )
     return configs

@@ -145,8 +145,8 @@ def test_api_view__unhandled_error__500_json(key_client: Client, monkeypatch: py
 
 @pytest.fixture
 def offers_path(db: None) -> str:
+    CustomerFactory(external_id="p-1")  # first: a broadcast to nobody is refused at launch
     lifecycle.campaign_launch(campaign=campaign(key="pages"))
-    CustomerFactory(external_id="p-1")
     return "/api/v1/customers/p-1/offers"
 
 

@@ -1,4 +1,4 @@
-from campaigns.models.campaigns import Campaign, CampaignQuerySet, Content, Treatment
+from campaigns.models.campaigns import Campaign, CampaignQuerySet, CampaignVersion, Content, Treatment
 from campaigns.models.consent import Suppression, Topic, TopicOptOut
 from campaigns.models.delivery import AudienceBatch, CapSlot, ChannelPolicy, Delivery, Recipient
 from campaigns.models.mailbox import MailboxMessage
@@ -9,6 +9,7 @@ __all__ = [
     "AudienceBatch",
     "Campaign",
     "CampaignQuerySet",
+    "CampaignVersion",
     "CapSlot",
     "ChannelPolicy",
     "Content",

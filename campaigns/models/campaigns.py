@@ -156,6 +156,12 @@ class Campaign(models.Model):
     audience_resolved_at = models.DateTimeField(
         null=True, blank=True, editable=False, help_text="Broadcast: when the audience was split into batches."
     )
+    version = models.PositiveIntegerField(
+        default=1,
+        editable=False,
+        help_text="Bumped by each change made once the campaign is scheduled (a new version: a new phase "
+        "of its experiment; the previous configuration is kept in CampaignVersion).",
+    )
 
     objects = CampaignQuerySet.as_manager()
 
@@ -183,6 +189,35 @@ class Campaign(models.Model):
     @property
     def is_triggered(self) -> bool:
         return self.trigger != self.Trigger.BROADCAST
+
+    @property
+    def is_locked(self) -> bool:
+        """From scheduled on, audience, experiment, treatments, offers and content change only
+        as a new version (``campaigns.services.editing``)."""
+        return self.status != self.Status.DRAFT
+
+
+class CampaignVersion(models.Model):
+    """A configuration a campaign ran with before a new version replaced it."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    config = models.JSONField(help_text="The audience, experiment, channels, treatments and content of this version.")
+    experiment_phase = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The experiment phase this version was analysed in."
+    )
+    replaced_at = models.DateTimeField(default=timezone.now)
+    replaced_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    note = models.CharField(max_length=250, blank=True)
+
+    class Meta:
+        ordering = ["campaign", "number"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "number"], name="campaign_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign.key} v{self.number}"
 
 
 class Treatment(models.Model):

@@ -39,13 +39,32 @@ class Split:
 NO_EXPERIMENT = Split(variant_key="", is_control=False, reason="assigned", assignment_id=None)
 
 
+def manager_tag(campaign_id: int) -> str:
+    """The ``managed_by`` label a campaign puts on its experiment."""
+    return f"campaign:{campaign_id}"
+
+
+def experiment_claim(*, experiment: Experiment, campaign_id: int) -> None:
+    """Mark the experiment as this campaign's: the generic assignment API stops assigning and
+    exposing in it. Refused (``ValidationError``) when another campaign or app holds it."""
+    from experiments import services as experiment_services
+
+    experiment_services.experiment_manager_set(experiment=experiment, managed_by=manager_tag(campaign_id))
+
+
+def experiment_release(*, experiment: Experiment, campaign_id: int) -> None:
+    from experiments import services as experiment_services
+
+    experiment_services.experiment_manager_release(experiment=experiment, managed_by=manager_tag(campaign_id))
+
+
 def audience_assign(*, experiment: Experiment, customers: QuerySet[Customer]) -> None:
     from experiments import services as experiment_services
 
     experiment_services.audience_assign(experiment=experiment, customers=customers)
 
 
-def splits_get(*, experiment: Experiment | None, customer_ids: Sequence[int]) -> dict[int, Split]:
+def splits_get(*, experiment: Experiment | None, customer_ids: Sequence[int], manager: str = "") -> dict[int, Split]:
     if experiment is None:
         return dict.fromkeys(customer_ids, NO_EXPERIMENT)
     from experiments import selectors as experiment_selectors
@@ -63,16 +82,18 @@ def splits_get(*, experiment: Experiment | None, customer_ids: Sequence[int]) ->
         missing = [cid for cid in missing if cid not in splits]
     if missing:
         for customer in Customer.objects.filter(pk__in=missing):
-            splits[customer.pk] = split_one(experiment=experiment, customer=customer)
+            splits[customer.pk] = split_one(experiment=experiment, customer=customer, manager=manager)
     return splits
 
 
-def split_one(*, experiment: Experiment | None, customer: Customer, expose: bool = False) -> Split:
+def split_one(*, experiment: Experiment | None, customer: Customer, expose: bool = False, manager: str = "") -> Split:
     if experiment is None:
         return NO_EXPERIMENT
     from experiments import services as experiment_services
 
-    decision = experiment_services.assignment_get_or_create(experiment=experiment, customer=customer, expose=expose)
+    decision = experiment_services.assignment_get_or_create(
+        experiment=experiment, customer=customer, expose=expose, manager=manager
+    )
     return Split(
         variant_key=decision.variant_key or "",
         is_control=decision.is_control,

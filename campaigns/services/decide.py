@@ -30,7 +30,7 @@ from campaigns.models import Campaign, Content, Coupon, Delivery, Offer, Recipie
 from campaigns.models.delivery import delivery_key
 from campaigns.services import bulk
 from campaigns.services import policy as send_policy
-from campaigns.services.assignments import Split, exposures_record, splits_get
+from campaigns.services.assignments import Split, exposures_record, manager_tag, splits_get
 from segments.models import CONTACT_FIELDS, Channel, Customer, Layer, Membership
 from segments.selectors import audience_queryset
 
@@ -114,6 +114,51 @@ class TreatmentIndex:
                     if treatment is not None:
                         return treatment
         return None
+
+    def covers(self, *, variant_keys: Sequence[str], layer_id: int | None, role: str = "") -> bool:
+        """Every treated variant acts on a customer of ``layer_id`` (and ``role``).
+
+        Symmetric exposure: the experiment compares like with like only where each
+        non-control variant has a treatment; elsewhere nobody is assigned, exposed or
+        analysed, control included (else control's "would have sent" rows would stand for
+        customers no treated variant reaches: 185 control vs 103 treated, measured)."""
+        return all(
+            self.resolve(variant_key=key, is_control=False, layer_id=layer_id, role=role) is not None
+            for key in variant_keys
+        )
+
+
+def treated_variant_keys(campaign: Campaign) -> list[str]:
+    """The experiment's non-control variants ("" alone without an experiment: everyone is
+    treated by the "any variant" rows)."""
+    if campaign.experiment_id is None:
+        return [""]
+    from experiments.models import Variant
+
+    return list(
+        Variant.objects.filter(experiment_id=campaign.experiment_id, is_control=False)
+        .order_by("key")
+        .values_list("key", flat=True)
+    )
+
+
+def campaign_split_audience(*, campaign: Campaign):  # type: ignore[no-untyped-def]
+    """The part of the audience the experiment splits: customers whose layer of the split
+    dimension every treated variant acts on (see ``TreatmentIndex.covers``). One query:
+    the audience restricted to the covered layers; an "any layer" fallback covers everyone,
+    customers without a layer included."""
+    audience = campaign_audience(campaign=campaign)
+    index = TreatmentIndex(campaign)
+    keys = treated_variant_keys(campaign)
+    if index.covers(variant_keys=keys, layer_id=None):
+        return audience
+    if campaign.split_dimension_id is None:
+        return audience.none()
+    layer_ids = Layer.objects.filter(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True)
+    covered = [pk for pk in layer_ids if index.covers(variant_keys=keys, layer_id=pk)]
+    if not covered:
+        return audience.none()
+    return audience_queryset(include_layer_ids=covered, base=audience)
 
 
 def _ordered_channels(campaign: Campaign, available: Sequence[str]) -> list[str]:
@@ -259,9 +304,20 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
         c.pk: c
         for c in Customer.objects.filter(bulk.id_in(Customer, "id", customer_ids)).only("timezone", *contact_fields)
     }
-    splits = splits_get(experiment=campaign.experiment, customer_ids=customer_ids)
     layers = _layers_of(campaign, customer_ids)
     index = TreatmentIndex(campaign)
+    variant_keys = treated_variant_keys(campaign)
+    covered = {
+        (t.customer_id, t.role)
+        for t in targets
+        if index.covers(variant_keys=variant_keys, layer_id=layers.get(t.customer_id), role=t.role)
+    }
+    # Only covered customers are split: an uncovered one is never assigned (nor exposed).
+    splits = splits_get(
+        experiment=campaign.experiment,
+        customer_ids=sorted({cid for cid, _ in covered}),
+        manager=manager_tag(campaign.pk),
+    )
     memberships: dict[int, tuple[int, dt.datetime]] = {}
     window_keys: dict[int, str] = {}
     if campaign.kind == Campaign.Kind.RENEWAL:
@@ -279,8 +335,21 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
     for target in targets:
         if target.customer_id not in customers:
             continue
-        split: Split = splits[target.customer_id]
         layer_id = layers.get(target.customer_id)
+        if (target.customer_id, target.role) not in covered:
+            decisions.append(
+                _Decision(
+                    customer_id=target.customer_id,
+                    step=target.step,
+                    reason="no_treatment",
+                    variant_key="",
+                    assignment_id=None,
+                    layer_id=layer_id,
+                    outcome=Recipient.Outcome.EXCLUDED,
+                )
+            )
+            continue
+        split: Split = splits[target.customer_id]
         row = _Decision(
             customer_id=target.customer_id,
             step=target.step,

@@ -26,10 +26,18 @@ from django.utils import timezone
 from campaigns import conf
 from campaigns.models import AudienceBatch, Campaign, Content, Delivery, Treatment
 from campaigns.services import assignments
-from campaigns.services.decide import DecideResult, Target, campaign_audience, recipients_decide
+from campaigns.services.decide import (
+    DecideResult,
+    Target,
+    TreatmentIndex,
+    campaign_audience,
+    campaign_split_audience,
+    recipients_decide,
+    treated_variant_keys,
+)
 from campaigns.services.outbox import PUBLISH_RETRY, audience_batches_enqueue, deliveries_enqueue
 from campaigns.services.render import content_check
-from segments.models import Channel
+from segments.models import Channel, Layer
 from segments.selectors import events_queryset
 
 logger = logging.getLogger(__name__)
@@ -55,8 +63,10 @@ def _locked(campaign: Campaign, action: str) -> Campaign:
     return row
 
 
-def campaign_validate(*, campaign: Campaign) -> None:
-    """Everything a campaign needs before it may send; raises ``ValidationError`` by field."""
+def campaign_validate(*, campaign: Campaign, at_launch: bool = False) -> None:
+    """Everything a campaign needs before it may send; raises ``ValidationError`` by field.
+    ``at_launch``: also refuse a broadcast whose audience is empty now (a scheduled one may
+    still fill before its time)."""
     errors: dict[str, list[str]] = {}
 
     def err(name: str, message: str) -> None:
@@ -82,14 +92,35 @@ def campaign_validate(*, campaign: Campaign) -> None:
     for channel in campaign.channels:
         if channel in Channel.values and channel not in used:
             err("channels", f"No treatment has {channel} content.")
+    by_treatment: dict[int, set[str]] = {}
+    for content in contents:
+        by_treatment.setdefault(content.treatment_id, set()).add(content.channel)
+    for treatment in treatments:
+        missing = [c for c in campaign.channels if c in used and c not in by_treatment.get(treatment.pk, set())]
+        if missing:
+            # The decision would skip the channel for this treatment's customers: someone reachable
+            # only there is silently not contacted (or the message suppressed "no_content").
+            err(
+                "treatments",
+                f"Treatment '{_treatment_label(treatment)}' has no {', '.join(missing)} content: write it on the "
+                "treatment's page, or remove the channel from the campaign.",
+            )
+    for message in _audience_problems(campaign, at_launch=at_launch):
+        err("audience", message)
     experiment = campaign.experiment
     if experiment is not None:
         if experiment.status != "running":
             err("experiment", f"Experiment '{experiment.key}' is {experiment.status}; start it first.")
+        owner = _experiment_owner(campaign)
+        if owner:
+            err("experiment", f"Experiment '{experiment.key}' already splits {owner}'s audience; use a new experiment.")
         variant_keys = set(experiment.variants.values_list("key", flat=True))
         for treatment in treatments:
             if treatment.variant_key and treatment.variant_key not in variant_keys:
                 err("treatments", f"Variant '{treatment.variant_key}' is not a variant of '{experiment.key}'.")
+    if experiment is not None:
+        for message in _coverage_gaps(campaign):
+            err("treatments", message)
     for treatment in treatments:
         if treatment.layer_id and campaign.split_dimension_id != treatment.layer.dimension_id:
             err("treatments", f"Layer '{treatment.layer}' is not a layer of the campaign's split dimension.")
@@ -112,6 +143,108 @@ def campaign_validate(*, campaign: Campaign) -> None:
         raise ValidationError(errors)
 
 
+def _treatment_label(treatment: Treatment) -> str:
+    role = f" ({treatment.referral_role})" if treatment.referral_role else ""
+    return f"{treatment.variant_key or 'any variant'} × {treatment.layer or 'any layer'}{role}"
+
+
+def _audience_problems(campaign: Campaign, *, at_launch: bool) -> list[str]:
+    """A segment never computed has no members yet (the audience reads stored members), and
+    a broadcast to nobody is a mistake. (A triggered campaign's audience fills as triggers
+    come, so only its segments are checked.)"""
+    problems = [
+        f"Segment '{segment.key}' has never been computed, so it has no members yet: compute it "
+        f"(admin: Segments › {segment.name} › 'Recompute now', or the campaign page's 'Compute audience now')."
+        for segment in (*campaign.include_segments.all(), *campaign.exclude_segments.all())
+        if segment.computed_at is None
+    ]
+    if at_launch and not problems and not campaign.is_triggered and not campaign_audience(campaign=campaign).exists():
+        problems.append(
+            "The audience is empty: no customer is in the included segments and layers (recompute them, or "
+            "widen the audience)."
+        )
+    return problems
+
+
+def segments_never_computed(*, campaign: Campaign) -> list[int]:
+    """Ids of the campaign's segments that have never been computed."""
+    ids = [
+        *campaign.include_segments.filter(computed_at__isnull=True).values_list("pk", flat=True),
+        *campaign.exclude_segments.filter(computed_at__isnull=True).values_list("pk", flat=True),
+    ]
+    return sorted(set(ids))
+
+
+def campaign_audience_compute(*, campaign: Campaign) -> dict[str, str]:
+    """Compute the campaign's never-computed segments now (the launch check's one click).
+    Returns {segment key: outcome status}."""
+    from segments.services.recompute import segment_recompute
+
+    outcomes = {}
+    for segment_id in segments_never_computed(campaign=campaign):
+        outcome = segment_recompute(segment_id=segment_id)
+        outcomes[outcome.target] = outcome.status
+    return outcomes
+
+
+def _experiment_owner(campaign: Campaign) -> str:
+    """Who else holds the campaign's experiment ("" when free or this campaign's own)."""
+    managed_by = campaign.experiment.managed_by if campaign.experiment is not None else ""
+    if not managed_by or managed_by == assignments.manager_tag(campaign.pk):
+        return ""
+    prefix, _, ident = managed_by.partition(":")
+    if prefix == "campaign" and ident.isdigit():
+        other = Campaign.objects.filter(pk=int(ident)).only("key").first()
+        if other is not None:
+            return f"campaign '{other.key}'"
+    return managed_by
+
+
+def _coverage_gaps(campaign: Campaign) -> list[str]:
+    """Layers of the split dimension (within the audience's layer filters) where a treated
+    variant has no treatment. Launching is refused there: the decision would exclude those
+    customers from every variant (symmetric exposure), which is almost never what the
+    author meant. An "any layer" treatment of the variant (or of "any variant") is the
+    explicit fallback that covers them."""
+    index = TreatmentIndex(campaign)
+    keys = treated_variant_keys(campaign)
+    roles = [""]
+    if campaign.kind == Campaign.Kind.REFERRAL:
+        roles = {"inviter": ["inviter"], "invitee": ["invitee"]}.get(
+            campaign.referral_reward_to, ["inviter", "invitee"]
+        )
+    scope: list[tuple[int | None, str]] = [(None, "")]
+    if campaign.split_dimension_id is not None:
+        layers = Layer.objects.filter(dimension_id=campaign.split_dimension_id).order_by("position", "pk")
+        included = set(
+            campaign.include_layers.filter(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True)
+        )
+        excluded = set(campaign.exclude_layers.values_list("pk", flat=True))
+        scope = [
+            (layer.pk, layer.name)
+            for layer in layers
+            if (not included or layer.pk in included) and layer.pk not in excluded
+        ]
+    gaps = []
+    for key in keys:
+        for role in roles:
+            missing = [
+                name
+                for layer_id, name in scope
+                if index.resolve(variant_key=key, is_control=False, layer_id=layer_id, role=role) is None
+            ]
+            if not missing:
+                continue
+            who = f"Variant '{key}'" + (f" ({role})" if role else "")
+            where = f"layer(s) {', '.join(missing)}" if campaign.split_dimension_id is not None else "its audience"
+            gaps.append(
+                f"{who} has no treatment for {where}: add a treatment for each, or an 'any layer' treatment "
+                "as the fallback, or exclude those layers from the audience. (Otherwise nobody there would be "
+                "in the experiment, control included.)"
+            )
+    return gaps
+
+
 @transaction.atomic
 def campaign_schedule(*, campaign: Campaign, send_at: dt.datetime | None = None) -> Campaign:
     row = _locked(campaign, "schedule")
@@ -121,6 +254,7 @@ def campaign_schedule(*, campaign: Campaign, send_at: dt.datetime | None = None)
         raise ValidationError({"send_at": "Set when the campaign starts sending."})
     campaign_validate(campaign=row)
     if row.experiment is not None:
+        assignments.experiment_claim(experiment=row.experiment, campaign_id=row.pk)
         assignments.guardrails_ensure(experiment=row.experiment)
     row.status, row.scheduled_at = Campaign.Status.SCHEDULED, timezone.now()
     row.save(update_fields=["status", "scheduled_at", "send_at", "updated_at"])
@@ -132,8 +266,9 @@ def campaign_launch(*, campaign: Campaign, now: dt.datetime | None = None) -> Ca
     """Start sending now (a broadcast) or start listening to its trigger."""
     now = now or timezone.now()
     row = _locked(campaign, "launch")
-    campaign_validate(campaign=row)
+    campaign_validate(campaign=row, at_launch=True)
     if row.experiment is not None:
+        assignments.experiment_claim(experiment=row.experiment, campaign_id=row.pk)
         assignments.guardrails_ensure(experiment=row.experiment)
     row.status, row.started_at = Campaign.Status.RUNNING, now
     if row.send_at is None or row.send_at > now:
@@ -246,7 +381,10 @@ def campaign_audience_resolve(*, campaign_id: int) -> int:
         return 0
     audience = campaign_audience(campaign=campaign)
     if campaign.experiment is not None:
-        assignments.audience_assign(experiment=campaign.experiment, customers=audience)
+        # Only where every variant acts (symmetric exposure); the rest is decided "no_treatment".
+        assignments.audience_assign(
+            experiment=campaign.experiment, customers=campaign_split_audience(campaign=campaign)
+        )
     size = conf.get().task_batch
     ids = list(audience.order_by("pk").values_list("pk", flat=True))
     bounds = [(chunk[0], chunk[-1]) for chunk in (ids[i : i + size] for i in range(0, len(ids), size))]

@@ -37,6 +37,7 @@ from experiments.services.lifecycle import (
     namespace_overlap_check,
     variants_validate,
 )
+from experiments.services.ownership import experiment_manager_release, experiment_manager_set
 
 __all__ = [
     "AssignmentDecision",
@@ -51,6 +52,8 @@ __all__ = [
     "customer_decisions",
     "experiment_allocation_update",
     "experiment_create",
+    "experiment_manager_release",
+    "experiment_manager_set",
     "experiment_metrics_ensure",
     "experiment_new_phase",
     "experiment_pause",

@@ -56,6 +56,7 @@ class Reason(StrEnum):
     HOLDOUT = "holdout"
     NOT_RUNNING = "not_running"
     NAMESPACE = "namespace"
+    CAMPAIGN_MANAGED = "campaign_managed"
 
 
 @dataclass(frozen=True)
@@ -180,18 +181,25 @@ def _audience(config: ExperimentConfig, base: QuerySet[Customer]) -> QuerySet[Cu
 
 
 def assignment_get_or_create(
-    *, experiment: Experiment, customer: Customer, expose: bool = False, at: dt.datetime | None = None
+    *,
+    experiment: Experiment,
+    customer: Customer,
+    expose: bool = False,
+    at: dt.datetime | None = None,
+    manager: str = "",
 ) -> AssignmentDecision:
     """The customer's variant in the experiment's current phase, assigning on first call.
 
     Sticky (the stored row wins), concurrency-safe (one row, one answer), and with
     ``expose=True`` the exposure is recorded (first time kept, later ones counted).
     A paused, draft or stopped experiment answers ``not_running`` and writes nothing.
+    ``manager``: the caller's ``managed_by`` label; a managed experiment is assigned only
+    for its manager (anyone else reads, see ``customer_decisions``).
     """
     config = experiment_config_get(experiment_id=experiment.pk)
     if config is None or not config.is_running:
         return _out(experiment.key, Reason.NOT_RUNNING)
-    return customer_decisions(configs=[config], customer=customer, expose=expose, at=at)[0]
+    return customer_decisions(configs=[config], customer=customer, expose=expose, at=at, manager=manager)[0]
 
 
 def customer_decisions(
@@ -201,6 +209,7 @@ def customer_decisions(
     expose: bool = False,
     at: dt.datetime | None = None,
     layers: Mapping[str, str] | None = None,
+    manager: str = "",
 ) -> list[AssignmentDecision]:
     """Decisions for one customer in several experiments (the assignment API), in order.
 
@@ -208,10 +217,20 @@ def customer_decisions(
     first decisions add the targeting check, the snapshot and one insert per experiment.
     ``layers``: the customer's current layers if the caller read them already
     (``customer_get(with_layers=True)``); else they are read when a first decision needs them.
+
+    A managed experiment (``config.managed_by``, a campaign's) whose manager is not the
+    caller (``manager``) is read, never written: the
+    owner's assignment if it made one (no exposure recorded: the owner records it when it
+    acts), else ``holdout`` if the owner held the customer out, else ``campaign_managed``.
     """
     at = at or timezone.now()
     running = [c for c in configs if c.is_running]
-    stored = _stored_rows(customer_id=customer.pk, phase_ids=[c.phase_id for c in running], expose=expose, at=at)
+    # A managed experiment (a campaign's) is only read: its owner assigns and exposes.
+    read_only = {c.phase_id for c in running if c.managed_by and c.managed_by != manager}
+    own = [c.phase_id for c in running if c.phase_id not in read_only]
+    managed = [c.phase_id for c in running if c.phase_id in read_only]
+    stored = _stored_rows(customer_id=customer.pk, phase_ids=own, expose=expose, at=at)
+    stored |= _stored_rows(customer_id=customer.pk, phase_ids=managed, expose=False, at=at)
     undecided = [c for c in running if c.phase_id not in stored]
     held = _held_out_phases(customer_id=customer.pk, phase_ids=[c.phase_id for c in undecided if c.holdout_id])
     snapshot_id: int | None = None
@@ -225,6 +244,8 @@ def customer_decisions(
             decisions.append(_assigned(config, variant_id, assignment_id))
         elif config.phase_id in held:
             decisions.append(_out(config.key, Reason.HOLDOUT))
+        elif config.phase_id in read_only:
+            decisions.append(_out(config.key, Reason.CAMPAIGN_MANAGED))
         else:
             if snapshot_id is None:
                 snapshot_id = snapshot_id_for_customer(customer_id=customer.pk, layers=layers)

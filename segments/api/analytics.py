@@ -69,6 +69,23 @@ def _computed(build: Callable[[], Any]) -> Any:
         raise ValidationError({error.field: [error.message]}) from None
 
 
+def _formatted(*groups: list[OpenApiParameter]) -> frozenset[str]:
+    return frozenset(
+        p.name
+        for group in groups
+        for p in group
+        if p.enum or p.type in (OpenApiTypes.DATE, OpenApiTypes.DATETIME, OpenApiTypes.INT)
+    )
+
+
+def _params(request: Request) -> Any:
+    params = request.query_params
+    blank = sorted(name for name in FORMATTED if name in params and not params.get(name))
+    if blank:
+        raise ValidationError({name: ["Give a value or leave the parameter out."] for name in blank})
+    return params
+
+
 def _csv_response(body: str, filename: str) -> HttpResponse:
     response = HttpResponse(body, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
@@ -93,7 +110,7 @@ class RetentionView(APIView):
         tags=["analytics"],
     )
     def get(self, request: Request) -> HttpResponse:
-        table = _computed(lambda: retention_table(spec=retention_spec(request.query_params)))
+        table = _computed(lambda: retention_table(spec=retention_spec(_params(request))))
         if self.csv:
             return _csv_response(exports.retention_csv(table), "retention.csv")
         return HttpResponse(exports.to_json(table), content_type="application/json")
@@ -118,7 +135,7 @@ class FunnelView(APIView):
         tags=["analytics"],
     )
     def get(self, request: Request) -> HttpResponse:
-        result = _computed(lambda: funnel(spec=funnel_spec(request.query_params)))
+        result = _computed(lambda: funnel(spec=funnel_spec(_params(request))))
         if self.csv:
             return _csv_response(exports.funnel_csv(result), "funnel.csv")
         return HttpResponse(exports.to_json(result), content_type="application/json")
@@ -160,6 +177,11 @@ PERIOD_PARAMETERS = [
     OpenApiParameter("end", OpenApiTypes.DATE, description="Last period (default: today, UTC)."),
 ]
 
+# Parameters the schema documents as formatted values (dates, instants, integers, enums):
+# given but blank is a bad value, not "use the default" (the HTML pages' empty form fields
+# still mean the default; they do not come through here).
+FORMATTED = _formatted(RETENTION_PARAMETERS, FUNNEL_PARAMETERS, PERIOD_PARAMETERS)
+
 
 class LayerFlowsView(APIView):
     required_scope = Scope.REPORTS_READ
@@ -180,7 +202,7 @@ class LayerFlowsView(APIView):
         tags=["analytics"],
     )
     def get(self, request: Request) -> HttpResponse:
-        flows = _computed(lambda: layer_flows(**flows_args(request.query_params)))
+        flows = _computed(lambda: layer_flows(**flows_args(_params(request))))
         if self.csv:
             return _csv_response(exports.flows_csv(flows), "layer-flows.csv")
         return HttpResponse(exports.to_json(flows), content_type="application/json")
@@ -206,7 +228,7 @@ class LifecycleView(APIView):
         tags=["analytics"],
     )
     def get(self, request: Request) -> HttpResponse:
-        counts = _computed(lambda: lifecycle_counts(**lifecycle_args(request.query_params)))
+        counts = _computed(lambda: lifecycle_counts(**lifecycle_args(_params(request))))
         if self.csv:
             return _csv_response(exports.lifecycle_csv(counts), "lifecycle.csv")
         return HttpResponse(exports.to_json(counts), content_type="application/json")

@@ -21,6 +21,7 @@ from django.utils import timezone
 from campaigns.models import Campaign, Treatment
 from experiments.models import Experiment
 from segments.models import Dimension
+from tests.campaigns.builders import recipients_from_assignments
 from tests.experiments.report_builders import Group, experiment_create, populate
 from tests.factories import CampaignFactory, OfferFactory
 
@@ -64,6 +65,7 @@ def campaigns_with_results() -> Results:
         experiment=renewal_experiment,
         split_dimension=expiry,
     )
+    recipients_from_assignments(renewal)
     Treatment.objects.create(
         campaign=renewal,
         variant_key="discount20",
@@ -92,6 +94,7 @@ def campaigns_with_results() -> Results:
         started_at=timezone.now(),
         experiment=winback_experiment,
     )
+    recipients_from_assignments(winback)
     Treatment.objects.create(
         campaign=winback,
         variant_key="comeback",

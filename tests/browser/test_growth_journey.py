@@ -169,8 +169,39 @@ def test_growth_user__builds_segment_experiment_and_renewal_campaign__previews_a
     # --- Launch -----------------------------------------------------------------------------------------
     page.goto(f"{app_server}/admin/campaigns/campaign/{campaign.pk}/change/")
     page.click("#campaign-transitions input[value=Launch]")
+    # The segment was saved but never computed: launch is refused, computing it is one click away.
+    assert "Segment 'loyal-buyers' has never been computed" in page.inner_text(".messagelist .error")
+    screenshot("launch-refused-segment-not-computed")
+    page.click("#compute-audience")
+    _expect_success(page, "Computed segment:loyal-buyers: succeeded.")
+    page.click("#campaign-transitions input[value=Launch]")
     _expect_success(page, f"Campaign {campaign.key}: launch done.")
     assert "Running" in page.inner_text("#campaign-transitions")
     screenshot("campaign-launched")
     campaign.refresh_from_db()
     assert campaign.status == "running" and campaign.started_at is not None
+
+    # --- Running: locked, and changed only as a new version -----------------------------------------
+    buttons = page.locator("#campaign-transitions input[type=submit]")
+    assert sorted(buttons.nth(i).get_attribute("value") for i in range(buttons.count())) == ["Finish", "Pause"]
+    assert page.locator("#locked-banner").count() == 1
+    assert page.locator("#id_channels").count() == 0 and page.locator("#id_experiment").count() == 0
+    page.click("#new-version-link")
+    page.wait_for_selector("#new-version-banner")
+    # A channel without content is refused, and nothing is kept.
+    page.fill("#id_channels", "email, sms")
+    page.click("input[name=_continue]")
+    expect(page.locator(".messagelist .error")).to_contain_text("New version not saved")
+    assert "No treatment has sms content." in page.inner_text(".messagelist .error")
+    campaign.refresh_from_db()
+    assert campaign.channels == ["email"] and campaign.version == 1
+    # A valid change becomes version 2: the history is kept and the experiment starts phase 2.
+    page.select_option("#id_channel_strategy", "all")
+    page.fill("#id_channels", "email")
+    page.click("input[name=_continue]")
+    _expect_success(page, "version 2 in force")
+    screenshot("campaign-new-version")
+    campaign.refresh_from_db()
+    assert (campaign.version, campaign.channel_strategy) == (2, "all")
+    assert campaign.versions.get().config["channel_strategy"] == "first_reachable"
+    assert experiment.phases.count() == 2

@@ -73,3 +73,27 @@ def run_broadcast(row: Campaign, *, now: dt.datetime | None = None) -> None:
 def send_pending(row: Campaign, *, worker: str = "test:1") -> Any:
     ids = list(Delivery.objects.filter(campaign=row, status="pending").values_list("pk", flat=True))
     return deliveries_send(delivery_ids=ids, worker=worker)
+
+
+def recipients_from_assignments(row: Campaign) -> None:
+    """What the campaign's decisions would have written for an experiment filled directly
+    (report fixtures): a treated or control recipient per assignment. The playbook shows a
+    campaign without any as "reached nobody"."""
+    from campaigns.models import Recipient
+    from experiments.models import Assignment
+
+    Recipient.objects.bulk_create(
+        [
+            Recipient(
+                campaign=row,
+                customer_id=a.customer_id,
+                step="broadcast",
+                outcome="control" if a.variant.is_control else "treated",
+                variant_key=a.variant.key,
+                assignment_id=a.pk,
+            )
+            for a in Assignment.objects.filter(experiment_id=row.experiment_id).select_related("variant")
+        ],
+        batch_size=2000,
+        ignore_conflicts=True,
+    )

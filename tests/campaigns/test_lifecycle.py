@@ -10,12 +10,13 @@ from django.utils import timezone
 
 from campaigns.models import Campaign, Content
 from campaigns.services import lifecycle
-from tests.campaigns.builders import campaign
+from tests.campaigns.builders import campaign, customers
 
 pytestmark = pytest.mark.django_db
 
 
 def test_transitions__allowed_path__draft_scheduled_running_paused_finished(no_caps: None) -> None:
+    customers(1)  # a broadcast to nobody is refused at launch
     row = campaign()
     with pytest.raises(ValidationError) as info:
         lifecycle.campaign_schedule(campaign=row)

@@ -31,6 +31,7 @@ from campaigns.playbook import (
 from experiments import stats
 from experiments.models import Experiment
 from segments.models import Layer
+from tests.campaigns.builders import recipients_from_assignments
 from tests.experiments.report_builders import Group, dimension_create, experiment_create, populate
 from tests.factories import CampaignFactory, OfferFactory, UserFactory
 
@@ -73,7 +74,10 @@ def running_campaign(experiment: Experiment, key: str = "renewal", **fields: obj
         "status": Campaign.Status.RUNNING,
         "started_at": timezone.now(),
     }
-    return CampaignFactory(key=key, experiment=experiment, **{**defaults, **fields})
+    row = CampaignFactory(key=key, experiment=experiment, **{**defaults, **fields})
+    if row.experiment_id is not None:
+        recipients_from_assignments(row)
+    return row
 
 
 def cell(playbook: Playbook, dimension: str, layer: str | None, campaign: str) -> Cell:
@@ -437,6 +441,37 @@ def test_playbook_page__queries__a_fixed_number_per_experiment_not_per_cell(clie
     per_experiment = two - one
     assert per_experiment <= 15, (one, two, five)
     assert five - two == 3 * per_experiment, (one, two, five)
+
+
+def test_playbook_build__campaign_reached_nobody__says_so_not_the_experiments_winner() -> None:
+    # Given an experiment with a planted win, and a finished campaign on it that decided nobody
+    experiment = renewal_experiment()
+    running_campaign(experiment)
+    row = CampaignFactory(
+        key="empty",
+        experiment=experiment,
+        kind=Campaign.Kind.RENEWAL,
+        status=Campaign.Status.FINISHED,
+        started_at=timezone.now(),
+    )
+    # When the playbook is built
+    playbook = build()
+    # Then every cell of its column says it reached nobody, and no winner is shown
+    index = [c.campaign_key for c in playbook.columns].index(row.key)
+    column = playbook.columns[index]
+    assert column.reached == 0 and column.customers == 0
+    assert "reached nobody" in column.warnings[0]
+    assert playbook.overall.rows[0].cells[index].outcome == "no_reach"
+    assert cell(playbook, "expiry", "expiring_soon", "empty").outcome == "no_reach"
+    assert all(r.cells[index].best is None for m in playbook.dimensions for r in m.rows)
+
+
+def test_playbook_page__campaign_reached_nobody__reached_nobody_not_winner(client: Client, marketer_user) -> None:  # type: ignore[no-untyped-def]
+    experiment = renewal_experiment()
+    CampaignFactory(key="empty", experiment=experiment, status=Campaign.Status.FINISHED, started_at=timezone.now())
+    client.force_login(marketer_user)
+    html = client.get(reverse("playbook:index")).content.decode()
+    assert "Reached nobody" in html and "Winner" not in html.split("<h2>All customers</h2>")[1].split("</table>")[0]
 
 
 def test_playbook_build__dimension_not_declared_confirmatory__exploratory_never_a_winner() -> None:

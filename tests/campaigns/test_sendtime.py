@@ -221,6 +221,7 @@ def test_campaign_launch__with_experiment__guardrail_metrics_added_once(no_caps:
             metrics=[experiment_services.MetricSpec(event_type_code="unsubscribe", role="guardrail")],
         )
     )
+    customers(3)  # a broadcast to nobody is refused at launch (issue 16)
     row = campaign(experiment=experiment, treatment={"variant_key": "offer"})
     lifecycle.campaign_launch(campaign=row)
     lifecycle.campaign_pause(campaign=row)

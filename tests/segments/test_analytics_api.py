@@ -88,6 +88,10 @@ def test_funnel_api__preset__five_step_labels(api_client_factory, data: None) ->
         ("/api/v1/analytics/funnel?steps=visit[page", "steps"),
         ("/api/v1/analytics/funnel?preset=x", "preset"),
         ("/api/v1/analytics/funnel.csv?steps=visit&breakdown=tier", "breakdown"),
+        ("/api/v1/analytics/retention?cohort_to=", "cohort_to"),
+        ("/api/v1/analytics/layer-flows?start=", "start"),
+        ("/api/v1/analytics/lifecycle.csv?end=", "end"),
+        ("/api/v1/analytics/lifecycle?grain=", "grain"),
     ],
 )
 def test_analytics_api__bad_parameter__400_naming_it(api_client_factory, url: str, field: str) -> None:  # type: ignore[no-untyped-def]
