@@ -61,12 +61,14 @@ def test_api_client__offers_then_redeem_twice_in_swagger_ui__coupon_redeemed_onc
     page.goto(f"{app_server}/api/docs/")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("Growth experimentation platform API")
 
-    # Authorize with the key.
+    # Authorize with the key: the dialog lists the server key's scheme (apiKey) and the
+    # customer token's (http bearer); the server key goes into the first.
     page.click(".swagger-ui .btn.authorize")
-    page.fill(".auth-container input[type=text]", f"Api-Key {raw_key}")
-    page.click(".auth-btn-wrapper .btn.modal-btn.auth.authorize")
-    expect(page.locator(".auth-container")).to_contain_text("Authorized")
-    page.click(".auth-btn-wrapper .btn-done")
+    key_box = page.locator(".auth-container").filter(has_text="apiKey")
+    key_box.locator("input[type=text]").fill(f"Api-Key {raw_key}")
+    key_box.locator(".auth-btn-wrapper .btn.modal-btn.auth.authorize").click()
+    expect(key_box).to_contain_text("Authorized")
+    key_box.locator(".auth-btn-wrapper .btn-done").click()
 
     # The customer's offers: assigned on first request, with a coupon and the in-app message.
     offers = _operation(page, OFFERS_PATH, "get")
