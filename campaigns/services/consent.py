@@ -19,12 +19,16 @@ deciding (``Customer.can_receive``).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
 from dataclasses import dataclass
 from functools import lru_cache
 
 from django.conf import settings
 from django.core import signing
+from django.core.signals import setting_changed
 from django.db import transaction
 from django.utils import timezone
 
@@ -48,9 +52,24 @@ def _signer(secret: str) -> signing.Signer:
     return signing.Signer(key=secret, salt=TOKEN_SALT, algorithm="sha256")
 
 
+@lru_cache(maxsize=4)
+def _mac(secret: str) -> hmac.HMAC:
+    """``Signer(key=secret, salt=TOKEN_SALT, algorithm="sha256")``'s HMAC before any message:
+    Django's ``salted_hmac`` derives the key (``sha256(salt + "signer" + secret)``) and sets
+    up the HMAC again for every token; a copy of this one costs a third of that per message
+    (every marketing message carries a token). ``token_read`` verifies with Django's own
+    ``Signer``, and a test checks that both make the same token."""
+    key = hashlib.sha256(f"{TOKEN_SALT}signer{secret}".encode()).digest()
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def token_make(*, customer_id: int, channel: str) -> str:
-    """``<customer pk>.<channel>:<signature>``: URL-safe, no expiry (see the module doc)."""
-    return _signer(settings.SECRET_KEY).sign(f"{customer_id}.{channel}")
+    """``<customer pk>.<channel>:<signature>``: URL-safe, no expiry (see the module doc);
+    the same string as ``Signer.sign`` (``_mac``)."""
+    value = f"{customer_id}.{channel}"
+    mac = _mac(settings.SECRET_KEY).copy()
+    mac.update(value.encode())
+    return f"{value}:{base64.urlsafe_b64encode(mac.digest()).rstrip(b'=').decode()}"
 
 
 @dataclass(frozen=True)
@@ -220,9 +239,11 @@ def phone_unsubscribe(*, phone: str, source: str, at: dt.datetime | None = None)
 # --- What a marketing message carries ----------------------------------------------------
 
 
+@lru_cache(maxsize=256)
 def language_for(locale: str) -> str:
     """The site language for a customer's locale ("zh-CN", "zh_Hans" -> "zh-hans"), or the
-    default language when the site has no translation for it."""
+    default language when the site has no translation for it. Remembered per locale (it is
+    asked for every marketing email); forgotten when a setting changes."""
     tag = (locale or "").replace("_", "-").lower()
     available = {code.lower() for code, _ in settings.LANGUAGES}
     if tag.startswith("zh"):
@@ -244,6 +265,14 @@ def _footer_strings(language: str) -> tuple[str, str, str]:
             gettext("Unsubscribe or choose which messages you receive"),
             gettext("You receive this because you agreed to hear from us."),
         )
+
+
+def _caches_clear(**kwargs: object) -> None:
+    language_for.cache_clear()
+    _footer_strings.cache_clear()
+
+
+setting_changed.connect(_caches_clear, weak=False, dispatch_uid="campaigns.services.consent.language_for")
 
 
 def footer_text(*, url: str, locale: str) -> str:

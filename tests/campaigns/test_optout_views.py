@@ -209,3 +209,27 @@ def test_mailgun_webhook__wrong_signature_or_no_key__refused_nothing_suppressed(
     unsigned = client.post("/anymail/mailgun/tracking/", **_mailgun(_event("complained", "a@example.com"), ""))
     assert unsigned.status_code == 503
     assert not Suppression.objects.exists()
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("secret", ["s" * 50, "another-secret-" + "k" * 40])
+def test_token_make__any_customer_and_channel__same_token_as_djangos_signer(settings, secret: str) -> None:  # type: ignore[no-untyped-def]
+    """token_make computes the HMAC itself (one key derivation per secret); the token must
+    stay what django.core.signing.Signer makes, so links already sent keep working."""
+    from django.core import signing
+
+    settings.SECRET_KEY = secret
+    signer = signing.Signer(key=secret, salt=consent.TOKEN_SALT, algorithm="sha256")
+    for pk in (1, 42, 987_654_321):
+        for channel in consent.OPT_OUT_CHANNELS:
+            token = consent.token_make(customer_id=pk, channel=channel)
+            assert token == signer.sign(f"{pk}.{channel}")
+            assert consent.token_read(token) == consent.TokenSubject(customer_id=pk, channel=channel)
+
+
+@pytest.mark.pure
+def test_language_for__languages_setting_changed__answer_follows(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.LANGUAGES = [("en", "English"), ("zh-hans", "Chinese")]
+    assert consent.language_for("zh-CN") == "zh-hans"
+    settings.LANGUAGES = [("en", "English")]
+    assert consent.language_for("zh-CN") == "en"
