@@ -37,6 +37,7 @@ from campaigns.services.decide import (
 )
 from campaigns.services.outbox import PUBLISH_RETRY, audience_batches_enqueue, deliveries_enqueue
 from campaigns.services.render import content_check
+from experiments import services as experiment_services
 from segments.models import Channel, Layer
 from segments.selectors import events_queryset
 
@@ -109,9 +110,12 @@ def campaign_validate(*, campaign: Campaign, at_launch: bool = False) -> None:
         err("audience", message)
     experiment = campaign.experiment
     if experiment is not None:
-        if experiment.status != "running":
-            err("experiment", f"Experiment '{experiment.key}' is {experiment.status}; start it first.")
         owner = _experiment_owner(campaign)
+        # A draft experiment nobody else holds is the campaign's own (created with it, or copied
+        # by "Duplicate as draft"): launching or scheduling the campaign starts it
+        # (``_experiment_start_own``). Any other status is the growth team's to resolve.
+        if experiment.status != "running" and not (experiment.status == "draft" and not owner):
+            err("experiment", f"Experiment '{experiment.key}' is {experiment.status}; start it first.")
         if owner:
             err("experiment", f"Experiment '{experiment.key}' already splits {owner}'s audience; use a new experiment.")
         variant_keys = set(experiment.variants.values_list("key", flat=True))
@@ -245,6 +249,14 @@ def _coverage_gaps(campaign: Campaign) -> list[str]:
     return gaps
 
 
+def _experiment_start_own(campaign: Campaign) -> None:
+    """Start the campaign's own draft experiment with the campaign (its plan is frozen now):
+    a growth user launches one thing, not two. Called after the claim, in the same transaction."""
+    experiment = campaign.experiment
+    if experiment is not None and experiment.status == "draft":
+        campaign.experiment = experiment_services.experiment_start(experiment=experiment)
+
+
 @transaction.atomic
 def campaign_schedule(*, campaign: Campaign, send_at: dt.datetime | None = None) -> Campaign:
     row = _locked(campaign, "schedule")
@@ -256,6 +268,7 @@ def campaign_schedule(*, campaign: Campaign, send_at: dt.datetime | None = None)
     if row.experiment is not None:
         assignments.experiment_claim(experiment=row.experiment, campaign_id=row.pk)
         assignments.guardrails_ensure(experiment=row.experiment)
+        _experiment_start_own(row)
     row.status, row.scheduled_at = Campaign.Status.SCHEDULED, timezone.now()
     row.save(update_fields=["status", "scheduled_at", "send_at", "updated_at"])
     return row
@@ -270,6 +283,7 @@ def campaign_launch(*, campaign: Campaign, now: dt.datetime | None = None) -> Ca
     if row.experiment is not None:
         assignments.experiment_claim(experiment=row.experiment, campaign_id=row.pk)
         assignments.guardrails_ensure(experiment=row.experiment)
+        _experiment_start_own(row)
     row.status, row.started_at = Campaign.Status.RUNNING, now
     if row.send_at is None or row.send_at > now:
         row.send_at = now

@@ -276,3 +276,31 @@ def test_campaign_duplicate__topic_and_analysis_plan__carried_to_the_copy(no_cap
     )
     margin = copy.experiment.metrics.get(event_type__code="unsubscribe").noninferiority_margin
     assert margin == Decimal("0.002")
+
+
+def test_campaign_launch__duplicate_with_its_own_draft_experiment__launch_starts_the_experiment(no_caps: None) -> None:
+    # Found in the demo soak: "Duplicate as draft" then "Launch" was refused with "experiment
+    # ... is draft; start it first", sending the growth user to a second screen.
+    row = _running()
+    copy = editing.campaign_duplicate(campaign=row)
+    assert copy.experiment.status == "draft"
+
+    launched = lifecycle.campaign_launch(campaign=copy)
+
+    launched.experiment.refresh_from_db()
+    assert launched.status == Campaign.Status.RUNNING and launched.experiment.status == "running"
+    assert Phase.objects.filter(experiment=launched.experiment).count() == 1
+    assert launched.experiment.managed_by.endswith(str(copy.pk))
+
+
+def test_campaign_launch__draft_experiment_held_by_another_campaign__refused(no_caps: None) -> None:
+    row = _running()
+    copy = editing.campaign_duplicate(campaign=row)
+    third = campaign(key="third", experiment=copy.experiment)
+    lifecycle.campaign_launch(campaign=copy)
+    Experiment.objects.filter(pk=copy.experiment.pk).update(status="paused")
+
+    with pytest.raises(ValidationError) as caught:
+        lifecycle.campaign_launch(campaign=third)
+
+    assert "experiment" in caught.value.message_dict
