@@ -99,8 +99,17 @@ def soak_once(args: argparse.Namespace, number: int) -> dict[str, object]:
     env = dict(os.environ, GROWTH_VAR_DIR=str(args.var), DEMO_PORT=str(args.port), DEMO_CUSTOMERS=str(args.customers))
     log = open(args.var.parent / f"{args.var.name}-run{number}.log", "w")
     started = time.monotonic()
+    # Ctrl-C in a terminal: SIGINT to the demo's process group. A process started in the
+    # background (nohup, CI) inherits SIGINT ignored, and bash cannot trap a signal ignored on
+    # entry: restore the default so the demo's own Ctrl-C handling is what gets tested.
     demo = subprocess.Popen(
-        ["scripts/demo.sh"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        ["scripts/demo.sh"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     result: dict[str, object] = {"run": number, "customers": args.customers}
     try:
@@ -146,6 +155,10 @@ def soak_once(args: argparse.Namespace, number: int) -> dict[str, object]:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
         log.close()
+    # "Ctrl-C stops everything": the worker runs in a session of its own, so check it by pid.
+    worker_pid = (args.var / "worker.pid").read_text().strip() if (args.var / "worker.pid").exists() else ""
+    time.sleep(5)
+    result["worker_left_running_after_stop"] = bool(worker_pid) and Path(f"/proc/{worker_pid}").exists()
     worker_log = (args.var / "worker.log").read_text(errors="replace")
     result["unrecoverable_errors_in_worker_log"] = worker_log.count("Unrecoverable error")
     result["worker_restarts_in_log"] = worker_log.count("exited with status")
@@ -157,6 +170,7 @@ def soak_once(args: argparse.Namespace, number: int) -> dict[str, object]:
         and not final.get("queued")
         and final.get("sent", 0) > 0
         and result["unrecoverable_errors_in_worker_log"] == 0
+        and not result["worker_left_running_after_stop"]
     )
     return result
 
