@@ -24,6 +24,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Model
+from django.utils import timezone
 
 from campaigns.models import Campaign, CampaignVersion, Content, Offer, Treatment
 
@@ -266,8 +267,6 @@ def campaign_duplicate(*, campaign: Campaign, user: Any = None) -> Campaign:
         setattr(copy, name, None)
     copy.created_by = user if getattr(user, "pk", None) else None
     copy.experiment = _experiment_copy(source.experiment, user=user) if source.experiment is not None else None
-    from django.utils import timezone
-
     copy.created_at = timezone.now()
     copy.save()
     for name in M2M_FIELDS:
@@ -306,6 +305,15 @@ def _experiment_copy(experiment: Any, *, user: Any) -> Any:
     # The analysis plan travels with the copy (issue 14): it is frozen when the copy starts.
     plan = {name: getattr(experiment, name) for name in Experiment.PLAN_FIELDS}
     plan["confirmatory_dimensions"] = list(plan["confirmatory_dimensions"])
+    # A planned end date belongs to the source's run: the copy keeps the planned duration from
+    # now (editable before launch). Copied as is, a past end refused the copy's launch.
+    end = plan["planned_end_at"]
+    if end is not None:
+        now = timezone.now()
+        if experiment.started_at is not None and end > experiment.started_at:
+            plan["planned_end_at"] = now + (end - experiment.started_at)
+        elif end <= now:
+            plan["planned_end_at"] = None
     return experiment_services.experiment_create(
         key=_free_key(Experiment, experiment.key),
         name=f"{experiment.name} (copy)"[:150],

@@ -304,3 +304,19 @@ def test_campaign_launch__draft_experiment_held_by_another_campaign__refused(no_
         lifecycle.campaign_launch(campaign=third)
 
     assert "experiment" in caught.value.message_dict
+
+
+def test_campaign_duplicate__source_planned_end_passed__copy_keeps_the_duration_and_launches(no_caps: None) -> None:
+    # Found in the demo soak: the copy carried the source's planned end date, already past,
+    # and its launch was refused with "The planned end must be after the start".
+    row = _running()
+    started = timezone.now() - timezone.timedelta(days=30)
+    Experiment.objects.filter(pk=row.experiment.pk).update(
+        started_at=started, planned_end_at=started + timezone.timedelta(days=14)
+    )
+
+    copy = editing.campaign_duplicate(campaign=row)
+
+    duration = copy.experiment.planned_end_at - timezone.now()
+    assert timezone.timedelta(days=13, hours=23) < duration <= timezone.timedelta(days=14)
+    assert lifecycle.campaign_launch(campaign=copy).status == Campaign.Status.RUNNING
