@@ -24,6 +24,7 @@ unrecoverable error. Results (one object per run) go to ``--out`` as JSON.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -64,34 +65,49 @@ def deliveries(var: Path, campaign_key: str) -> dict[str, int]:
     return {status: count for status, count in rows}
 
 
-def launch_copy(base: str, user: str, password: str) -> dict[str, str]:
-    """In the admin: duplicate a running campaign as a draft and launch the copy."""
+def launch_copy(base: str, user: str, password: str, var: Path) -> dict[str, str]:
+    """In the admin: duplicate a running campaign as a draft, give the copy's experiment a
+    planned end two weeks out (the demo's plans end a second after they start: its time is
+    compressed), and launch the copy with its "Launch" button."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1366, "height": 900})
+
+        def click(selector: str) -> None:
+            with page.expect_navigation():
+                page.click(selector)
+
         page.goto(f"{base}/admin/login/")
         page.fill("#id_username", user)
         page.fill("#id_password", password)
-        page.click("input[type=submit]")
+        click("input[type=submit]")
         page.goto(f"{base}/admin/campaigns/campaign/?status__exact=running")
         links = page.locator("#result_list tbody tr th a")
         if links.count() == 0:
             raise RuntimeError("no running campaign in the demo's admin")
         source = links.first.inner_text()
-        links.first.click()
-        page.click("#duplicate-button")
-        page.wait_for_load_state()
+        click("#result_list tbody tr th a")
+        click("#duplicate-button")
         message = page.locator(".messagelist li").first.inner_text()
         copy_key = message.split("Draft copy ", 1)[1].split(" ", 1)[0]
-        page.goto(f"{base}/admin/campaigns/campaign/?q={copy_key}")
-        page.locator("#result_list tbody tr th a").first.click()
-        page.click("input[name=_launch]")
-        page.wait_for_load_state()
+        db = sqlite3.connect(f"file:{var / 'db.sqlite3'}?mode=ro", uri=True, timeout=10)
+        campaign_id, experiment_id = db.execute(
+            "SELECT id, experiment_id FROM campaigns_campaign WHERE key = ?", (copy_key,)
+        ).fetchone()
+        db.close()
+        end = dt.datetime.now(dt.UTC) + dt.timedelta(days=14)
+        page.goto(f"{base}/admin/experiments/experiment/{experiment_id}/change/")
+        page.fill("#id_planned_end_at_0", end.strftime("%Y-%m-%d"))
+        page.fill("#id_planned_end_at_1", end.strftime("%H:%M:%S"))
+        click("input[name=_continue]")
+        plan_message = page.locator(".messagelist li, .errornote").first.inner_text()
+        page.goto(f"{base}/admin/campaigns/campaign/{campaign_id}/change/")
+        click("input[name=_launch]")
         outcome = page.locator(".messagelist li").first.inner_text()
         browser.close()
-    return {"source": source, "copy": copy_key, "launch_message": outcome}
+    return {"source": source, "copy": copy_key, "plan_message": plan_message, "launch_message": outcome}
 
 
 def soak_once(args: argparse.Namespace, number: int) -> dict[str, object]:
@@ -122,7 +138,7 @@ def soak_once(args: argparse.Namespace, number: int) -> dict[str, object]:
         result["setup_seconds"] = round(time.monotonic() - started, 1)
         users = dict(line.split(" / ", 1) for line in (args.var / "demo-users.txt").read_text().splitlines())
         password = users["growth"].split(" ", 1)[0]
-        result["launch"] = launch_copy(base, "growth", password)
+        result["launch"] = launch_copy(base, "growth", password, args.var)
         key = result["launch"]["copy"]
         polls: list[dict[str, object]] = []
         serve_started = time.monotonic()

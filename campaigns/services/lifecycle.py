@@ -254,7 +254,14 @@ def _experiment_start_own(campaign: Campaign) -> None:
     a growth user launches one thing, not two. Called after the claim, in the same transaction."""
     experiment = campaign.experiment
     if experiment is not None and experiment.status == "draft":
-        campaign.experiment = experiment_services.experiment_start(experiment=experiment)
+        try:
+            campaign.experiment = experiment_services.experiment_start(experiment=experiment)
+        except ValidationError as exc:
+            # Name whose plan it is: the growth user is on the campaign's page.
+            problems = "; ".join(f"{field}: {' '.join(m)}" for field, m in exc.message_dict.items())
+            raise ValidationError(
+                {"experiment": f"Experiment '{experiment.key}' cannot start: {problems} Edit its analysis plan."}
+            ) from exc
 
 
 @transaction.atomic

@@ -320,3 +320,17 @@ def test_campaign_duplicate__source_planned_end_passed__copy_keeps_the_duration_
     duration = copy.experiment.planned_end_at - timezone.now()
     assert timezone.timedelta(days=13, hours=23) < duration <= timezone.timedelta(days=14)
     assert lifecycle.campaign_launch(campaign=copy).status == Campaign.Status.RUNNING
+
+
+def test_campaign_launch__own_draft_experiment_plan_invalid__refused_naming_the_experiment(no_caps: None) -> None:
+    row = _running()
+    copy = editing.campaign_duplicate(campaign=row)
+    Experiment.objects.filter(pk=copy.experiment.pk).update(planned_end_at=timezone.now() - timezone.timedelta(hours=1))
+
+    with pytest.raises(ValidationError) as caught:
+        lifecycle.campaign_launch(campaign=copy)
+
+    message = " ".join(caught.value.message_dict["experiment"])
+    assert copy.experiment.key in message and "planned_end_at" in message
+    copy.refresh_from_db()
+    assert copy.status == Campaign.Status.DRAFT and copy.experiment.status == "draft"
