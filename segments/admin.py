@@ -115,14 +115,18 @@ class CustomerAdmin(admin.ModelAdmin):
             return
         # Manual tags go through the service (who, when, history), never a bare save.
         customer = form.instance
+        # The formset's change-message bookkeeping (what save() would have filled in).
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         for inline_form in formset.forms:
             if not inline_form.has_changed() or inline_form.cleaned_data.get("DELETE"):
                 continue
             if inline_form.instance.pk is None and inline_form.cleaned_data.get("tag"):
-                customer_tag_add(customer=customer, tag=inline_form.cleaned_data["tag"], by=request.user)
-        for row in formset.deleted_forms:
-            if row.instance.pk is not None:
-                customer_tag_remove(customer=customer, tag=row.instance.tag, by=request.user)
+                row = customer_tag_add(customer=customer, tag=inline_form.cleaned_data["tag"], by=request.user)
+                formset.new_objects.append(row)
+        for deleted in formset.deleted_forms:
+            if deleted.instance.pk is not None:
+                customer_tag_remove(customer=customer, tag=deleted.instance.tag, by=request.user)
+                formset.deleted_objects.append(deleted.instance)
 
 
 @admin.register(EventType)
