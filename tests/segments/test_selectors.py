@@ -53,14 +53,10 @@ def test_customer_get__with_layers__current_layers_in_the_same_statement(placed:
         missing = customer_get(external_id="nobody", with_layers=True)
     assert len(queries) == 3
     assert a is not None and a.pk == placed["a"].pk
-    assert (
-        a.current_layers
-        == customer_layer_snapshot(customer_id=a.pk)
-        == {  # type: ignore[attr-defined]
-            "expiry": "expiring_soon",
-            "rfm": "general_win_back",
-        }
-    )
+    assert a.current_layers == customer_layer_snapshot(customer_id=a.pk) == {  # type: ignore[attr-defined]
+        "expiry": "expiring_soon",
+        "rfm": "general_win_back",
+    }
     assert fresh is not None and fresh.pk == new.pk and fresh.current_layers == {}  # type: ignore[attr-defined]
     assert missing is None
     assert not hasattr(customer_get(external_id="a"), "current_layers")
