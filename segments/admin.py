@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 
-from segments.forms import DimensionForm, SegmentForm, TagRuleForm
+from segments.forms import DimensionForm, SegmentForm, TagForm, TagRuleForm
 from segments.models import (
     Customer,
     CustomerLayer,
@@ -35,7 +35,13 @@ from segments.models import (
 from segments.selectors import dimension_last_run, dimension_layer_sizes
 from segments.services.dimensions import dimension_sync_layers
 from segments.services.segments import segment_preview
-from segments.services.tags import customer_tag_add, customer_tag_remove, tag_rule_create, tag_rule_update
+from segments.services.tags import (
+    customer_tag_add,
+    customer_tag_remove,
+    tag_create,
+    tag_rule_create,
+    tag_rule_update,
+)
 
 
 class CustomerTagInline(admin.TabularInline):
@@ -162,9 +168,28 @@ class MembershipAdmin(admin.ModelAdmin):
 
 @admin.register(Tag)
 class TagAdmin(admin.ModelAdmin):
+    """Every tag; new ones here are manual (computed tags come from *Tag rules* and the
+    dimensions). Codes are fixed once created: rules and segments name them."""
+
+    form = TagForm
     list_display = ["code", "name", "family", "source"]
     list_filter = ["family", "source"]
     search_fields = ["code", "name"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Tag | None = None) -> list[str]:
+        if obj is None:
+            return []
+        if obj.source == Tag.Source.COMPUTED:
+            return ["code", "family"]  # a tier tag stays tier; a tag rule's family is edited there
+        return ["code"]
+
+    def save_model(self, request: HttpRequest, obj: Tag, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        data = form.cleaned_data
+        saved = tag_create(code=data["code"], name=data["name"], family=data["family"], description=data["description"])
+        obj.pk = saved.pk
 
 
 @admin.register(TagRule)

@@ -11,7 +11,13 @@ from django.core.exceptions import ValidationError
 from segments.dimensions import config_issues, default_config, layer_specs
 from segments.models import CustomerLayer, Dimension, Layer, LayerHistory, Segment, Tag, TagRule
 from segments.rules import rule_check
-from segments.services.tags import RULE_FAMILIES, TAG_CODE_HELP, tag_code_validate, tag_rule_validate
+from segments.services.tags import (
+    RULE_FAMILIES,
+    TAG_CODE_HELP,
+    tag_code_validate,
+    tag_family_validate,
+    tag_rule_validate,
+)
 
 
 class PrettyJSONField(forms.JSONField):
@@ -141,4 +147,26 @@ class TagRuleForm(forms.ModelForm):
                 tag_rule_validate(code=cleaned["code"], rule=cleaned["rule"])
             except ValidationError as exc:
                 self.add_error("rule", exc.message_dict["rule"])
+        return cleaned
+
+
+class TagForm(forms.ModelForm):
+    """A manual tag. New codes follow the scheme (``tag_code_validate``, the service's own
+    check); the admin saves new tags through ``tag_create``."""
+
+    class Meta:
+        model = Tag
+        fields = ["code", "name", "family", "description"]
+        help_texts = {"code": TAG_CODE_HELP}
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.instance.pk:
+            return cleaned
+        for name, check in (("code", tag_code_validate), ("family", tag_family_validate)):
+            if name in cleaned:
+                try:
+                    check(**{name: cleaned[name]})
+                except ValidationError as exc:
+                    self.add_error(name, exc.message_dict[name])
         return cleaned

@@ -1,5 +1,6 @@
-"""Writes of tags: computed tag rules (one door: ``tag_rule_create`` / ``tag_rule_update``)
-and manual tags set by people (``customer_tag_add`` / ``customer_tag_remove``).
+"""Writes of tags: computed tag rules (one door: ``tag_rule_create`` / ``tag_rule_update``),
+manual tags (``tag_create``) and setting them on customers by hand (``customer_tag_add`` /
+``customer_tag_remove``).
 
 **The code scheme** (one for everyone, never free text): one to eight capital letters
 naming the fact, optionally followed by a number without leading zeros (a count, a level
@@ -118,6 +119,20 @@ def tag_rule_validate(*, code: str, rule: Any) -> None:
             continue
         seen.add(current)
         stack.extend((dep, (*path, dep)) for dep in sorted(deps.get(current, ())))
+
+
+@transaction.atomic
+def tag_create(*, code: str, name: str, family: str, description: str = "") -> Tag:
+    """A manual tag (set on customers by hand): the same code scheme and families as tag
+    rules; tier tags come from the dimensions."""
+    tag_code_validate(code=code)
+    tag_family_validate(family=family)
+    if Tag.objects.filter(code=code).exists():
+        raise ValidationError({"code": [f"a tag with code {code!r} already exists"]})
+    tag = Tag(code=code, name=name, family=family, source=Tag.Source.MANUAL, description=description)
+    tag.full_clean()
+    tag.save()
+    return tag
 
 
 @transaction.atomic

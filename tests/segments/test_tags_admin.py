@@ -142,3 +142,16 @@ def test_customer_admin__manual_tag_added_then_removed__who_and_when_recorded(  
     assert not CustomerTag.objects.filter(customer=customer).exists()
     closed = TagHistory.objects.get(customer=customer, tag=tag)
     assert closed.lost_at is not None and closed.changed_by == growth_user
+
+
+def test_tag_admin_add__manual_tag__scheme_checked_and_saved_as_manual(client, growth_user) -> None:  # type: ignore[no-untyped-def]
+    client.force_login(growth_user)
+    data = {"name": "Asked for a call", "family": "behaviour", "description": ""}
+    response = client.post("/admin/segments/tag/add/", {**data, "code": "asked for a call"})
+    assert response.status_code == 200
+    assert "tag code scheme" in response.context["adminform"].form.errors["code"][0]
+    response = client.post("/admin/segments/tag/add/", {**data, "code": "CALL", "family": "tier"})
+    assert "computed by dimensions" in response.context["adminform"].form.errors["family"][0]
+    response = client.post("/admin/segments/tag/add/", {**data, "code": "CALL"})
+    assert response.status_code == 302
+    assert Tag.objects.filter(code="CALL", source="manual", family="behaviour").exists()
