@@ -24,6 +24,15 @@ Semantics, the same on SQLite and PostgreSQL:
 - ``sum`` of amounts is exact on every backend: integer hundredths (``segments.money``),
   compared with the rule's value converted exactly, so equal spenders always compare equal
   and a total of exactly the threshold meets ``gte``/``eq`` whatever the order of the orders.
+- ``where`` on an event node keeps only the events whose ``properties`` satisfy every
+  condition, with the attribute semantics (typed: a string never equals a number; a JSON
+  null or a missing key is absent and matches only ``not_exists``).
+- ``share``: matching / total over the customer's events of the type in the window, where
+  matching counts those satisfying ``where``. Compared exactly, without division: for a
+  threshold p/q (the decimal as written: 0.1 is 1/10) ``share ≥ p/q`` is
+  ``matching·q − total·p ≥ 0`` in integers, so 2 of 4 meets ``gte 0.5`` and 1 of 3 is
+  below 0.3334 and above 0.3333. With no events (total 0) the share is undefined and every
+  comparison is false (its ``not`` is true).
 - ``rank``: customers ordered by the measure (count or sum of amounts in the window),
   highest first, with ``RANK()`` (equal values share a rank). A customer is in the top
   P% when fewer than P% of the population rank strictly above them, i.e.

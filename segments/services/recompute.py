@@ -137,12 +137,17 @@ class _Guard:
 
 
 @contextlib.contextmanager
-def _unit_of_work() -> Iterator[None]:
+def _unit_of_work(*, lock_customer_tags: bool = False) -> Iterator[None]:
     outermost = not connection.in_atomic_block
     with transaction.atomic():
         if outermost and connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        if lock_customer_tags:
+            # Before the snapshot (PostgreSQL docs, LOCK): see segments.services.tags.
+            from segments.services.tags import customer_tags_lock
+
+            customer_tags_lock()
         yield
 
 
@@ -358,7 +363,7 @@ def tag_rule_recompute(
             raise ValueError(f"as_of {as_of.isoformat()} is before the last recompute's ({previous.isoformat()})")
         members = Customer.objects.filter(rule_compile(tag_rule.rule, as_of=as_of)).values_list("pk")
         sql, params = members.query.sql_with_params()
-        with _unit_of_work():
+        with _unit_of_work(lock_customer_tags=True):
             written = materialize.tag_write(tag_id=tag_rule.tag_id, members_sql=sql, params=list(params), as_of=as_of)
             TagRule.objects.filter(pk=tag_rule.pk).update(size=written.holders, computed_at=timezone.now())
         details.update(

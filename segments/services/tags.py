@@ -196,6 +196,24 @@ def tag_rule_update(
 # --- Manual tags -----------------------------------------------------------------------------
 
 
+def customer_tags_lock() -> None:
+    """Serialize manual tag writes with tag rule recomputes (PostgreSQL; SQLite has one
+    writer at a time anyway, taken at BEGIN IMMEDIATE).
+
+    A recompute works on a REPEATABLE READ snapshot: a manual tag committed after it was
+    taken would be invisible to it, and its insert of a computed row would then collide
+    with the manual one (the run fails). Both sides take this lock first thing in their
+    transaction, before any snapshot, so each sees the other's committed rows. SHARE ROW
+    EXCLUSIVE conflicts with itself and with row writes, not with reads; manual edits are
+    rare and a tag recompute's transaction short, so the wait is short.
+    """
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {CustomerTag._meta.db_table} IN SHARE ROW EXCLUSIVE MODE")
+
+
 @transaction.atomic
 def customer_tag_add(
     *, customer: Customer, tag: Tag, by: AbstractBaseUser | None, at: dt.datetime | None = None
@@ -206,6 +224,7 @@ def customer_tag_add(
     when); in the history the computed period closes and a manual one opens at ``at``.
     """
     at = at or timezone.now()
+    customer_tags_lock()
     row = CustomerTag.objects.select_for_update().filter(customer=customer, tag=tag).first()
     if row is not None and row.source == Tag.Source.MANUAL:
         return row
@@ -229,6 +248,7 @@ def customer_tag_remove(
     """Take ``tag`` off ``customer`` (manual or computed); false when they did not hold it.
     A tag rule that still matches gives a computed tag back at its next recompute."""
     at = at or timezone.now()
+    customer_tags_lock()
     deleted, _ = CustomerTag.objects.filter(customer=customer, tag=tag).delete()
     if deleted:
         TagHistory.objects.filter(customer=customer, tag=tag, lost_at__isnull=True).update(lost_at=at, changed_by=by)

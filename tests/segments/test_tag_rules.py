@@ -423,3 +423,20 @@ def test_tag_rule_recompute__every_family__hand_worked_holders(shop: dict[str, C
         "REF": {"A"},
         "CPN": {"A"},
     }
+
+
+def test_tag_rule_recompute__vip_rank_tie_at_boundary__both_tied_customers_hold_it(world: World) -> None:
+    # Spend: P 300, Q 200, R 200, S 100, T 0 (among "with_value": N = 4). Top 25%:
+    # (rank − 1)·100 < 25·4 = 100 → rank 1 only (P). Top 50%: < 200 → ranks 1 and 2; Q and R
+    # tie at rank 2, so both are in (S has rank 4).
+    spend = {"P": "300.00", "Q": "200.00", "R": "200.00", "S": "100.00"}
+    for code, amount in spend.items():
+        world.order(world.customer(code), 5, amount)
+    world.customer("T")
+    rank = {"rank": {"event": "order", "agg": "sum", "window": {"last_days": 365}}, "among": "with_value"}
+    top25 = tag_rule_create(code="VIP", name="VIP", family="consumption", rule={**rank, "top_percent": 25})
+    top50 = tag_rule_create(code="TOPB", name="Top half", family="consumption", rule={**rank, "top_percent": 50})
+    tag_rule_recompute(tag_rule_id=top25.pk, as_of=AS_OF)
+    tag_rule_recompute(tag_rule_id=top50.pk, as_of=AS_OF)
+    assert set(holders("VIP")) == {"P"}
+    assert set(holders("TOPB")) == {"P", "Q", "R"}
