@@ -1,5 +1,5 @@
-"""Turning ``demo.plan`` into rows, the way a growth user would in the admin: rule segments
-through ``segments.services``, experiments through ``experiments.services``, campaigns
+"""Turning ``demo.plan`` into rows, the way a growth user would in the admin: tag rules and
+rule segments through ``segments.services``, experiments through ``experiments.services``, campaigns
 through the admin's ``CampaignForm`` / ``ContentForm`` (their per-kind defaults and content
 validation), launches through ``campaigns.services.lifecycle``.
 
@@ -22,13 +22,22 @@ from django.utils import timezone
 from campaigns.forms import CampaignForm, ContentForm
 from campaigns.models import Campaign, Content, Offer, Treatment
 from campaigns.services import lifecycle
-from demo.plan import HOLDOUT_KEY, HOLDOUT_PERCENT, CampaignPlan, ExperimentPlan, OfferPlan, SegmentPlan
+from demo.plan import (
+    HOLDOUT_KEY,
+    HOLDOUT_PERCENT,
+    CampaignPlan,
+    ExperimentPlan,
+    OfferPlan,
+    SegmentPlan,
+    TagRulePlan,
+)
 from experiments import selectors as experiment_selectors
 from experiments import services as experiment_services
 from experiments.models import Experiment, Holdout
-from segments.models import Dimension, EventType, Segment
+from segments.models import Dimension, EventType, Segment, TagRule
 from segments.selectors import layer_ids_by_keys
 from segments.services.segments import segment_create
+from segments.services.tags import tag_rule_create
 
 GROWTH_USERNAME = "growth"  # created by ``manage.py demo_users``
 # The demo's compressed experiment duration: every report is read once, by the analysis step,
@@ -59,6 +68,29 @@ def segments_ensure(*, plans: Sequence[SegmentPlan]) -> list[str]:
         except ValidationError as exc:
             raise _fail(f"segment {plan.key}", exc) from exc
         created.append(plan.key)
+    return created
+
+
+def tag_rules_ensure(*, plans: Sequence[TagRulePlan]) -> list[str]:
+    """Create the tag rules that do not exist (before the segments: rules name tags);
+    return the codes created."""
+    created = []
+    existing = set(TagRule.objects.filter(tag__code__in=[p.code for p in plans]).values_list("tag__code", flat=True))
+    for plan in plans:
+        if plan.code in existing:
+            continue
+        try:
+            tag_rule_create(
+                code=plan.code,
+                name=plan.name,
+                family=plan.family,
+                rule=plan.rule,
+                description=plan.description,
+                created_by=growth_user(),
+            )
+        except ValidationError as exc:
+            raise _fail(f"tag rule {plan.code}", exc) from exc
+        created.append(plan.code)
     return created
 
 

@@ -10,7 +10,9 @@
   referrer's ``external_id`` in ``properties.referrer_id``) for referred customers, whose
   referrer always signed up earlier; ``login`` / ``visit`` / ``add_to_cart`` as Poisson
   processes; ``order`` with log-normal amounts (a few customers bring most of the
-  revenue), some ``coupon_redeemed`` and ``refund``; ``membership_renewed`` at renewals;
+  revenue), a SKU and its product line (``properties.product``: TP, CM, KB, HD, SP) and,
+  for some, a ``coupon`` (then also ``coupon_redeemed``); some ``refund``;
+  ``membership_renewed`` at renewals;
 - ``memberships.jsonl``: terms on ``plus`` / ``premium`` plans whose latest expiry is
   spread over four windows relative to ``spec.end`` (expired over 3 months ago, expired
   within 3 months, expiring within 3 months, valid for more than 3 months), so every
@@ -105,11 +107,19 @@ PERSONAS: tuple[Persona, ...] = (
 )
 ORDER_SIGMA = 0.7
 CHANNELS = ("organic", "paid_search", "social", "email", "partner")
+# Product lines (the code tags name, e.g. TP2 = bought TP twice): tea & teapots, coffee
+# machines, kitchen basics, home decor, spices. SKU n belongs to line (n - 1) mod 5, so the
+# line adds no random draw and every other generated value stays what it was.
+PRODUCT_LINES = ("TP", "CM", "KB", "HD", "SP")
 AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
 PLANS = (("plus", 365, ("silver", "gold")), ("premium", 365, ("gold", "platinum")), ("plus", 90, ("silver",)))
 # Latest-expiry windows relative to spec.end, in days: the four renewal windows.
 EXPIRY_WINDOWS = ((-270, -91), (-90, -1), (1, 90), (91, 360))
 REFERRAL_PROBABILITY = 0.12
+
+
+def product_line(sku_number: int) -> str:
+    return PRODUCT_LINES[(sku_number - 1) % len(PRODUCT_LINES)]
 
 
 def _utc_midnight_today() -> dt.datetime:
@@ -217,9 +227,19 @@ def customer_story(spec: DemoSpec, index: int) -> CustomerStory:
     for moment in _poisson_times(rng, persona.orders_per_day, signed_up + DAY / 24, active_until):
         eur = rng.lognormvariate(persona.order_mu, ORDER_SIGMA)
         amount = round(eur * market.price_scale, 2 if market.currency != "JPY" else 0)
-        sku = f"SKU{rng.randrange(1, 60):03d}"
-        add("add_to_cart", moment - dt.timedelta(minutes=rng.randint(2, 50)), properties={"sku": sku})
-        properties: dict[str, Any] = {"sku": sku, "items": rng.randint(1, 4), "first_order": first_order}
+        number = rng.randrange(1, 60)
+        sku, product = f"SKU{number:03d}", product_line(number)
+        add(
+            "add_to_cart",
+            moment - dt.timedelta(minutes=rng.randint(2, 50)),
+            properties={"sku": sku, "product": product},
+        )
+        properties: dict[str, Any] = {
+            "sku": sku,
+            "product": product,
+            "items": rng.randint(1, 4),
+            "first_order": first_order,
+        }
         coupon = (first_order and rng.random() < 0.4) or rng.random() < 0.08
         if coupon:
             properties["coupon"] = "WELCOME10" if first_order else f"PROMO{rng.randrange(1, 9)}"

@@ -45,14 +45,25 @@ from campaigns.services.referrals import referral_code_get_or_create
 from config.progress import progress_bar
 from demo import configure, delivery, responses, summary
 from demo.generator import DemoSpec, generate
-from demo.plan import CAMPAIGNS, HOLDOUT_PERCENT, OFFERS, SEGMENTS, WAVE, CampaignPlan, SegmentPlan, WavePlan
+from demo.plan import (
+    CAMPAIGNS,
+    HOLDOUT_PERCENT,
+    OFFERS,
+    SEGMENTS,
+    TAG_RULES,
+    WAVE,
+    CampaignPlan,
+    SegmentPlan,
+    TagRulePlan,
+    WavePlan,
+)
 from demo.wave import Inviter, wave_build
 from experiments import selectors as experiment_selectors
 from experiments import services as experiment_services
 from experiments.reports.assemble import report_build
 from segments.importing import RecordError, parse_customer, parse_event
 from segments.importing.records import event_type_map
-from segments.models import Customer, Dimension, Event, Membership, RecomputeRun, Segment
+from segments.models import Customer, Dimension, Event, Membership, RecomputeRun, Segment, TagRule
 from segments.selectors import audience_queryset, dimension_last_run, layer_ids_by_keys
 from segments.services.ingestion import customers_upsert, events_record
 from segments.services.recompute import recompute_all
@@ -77,6 +88,7 @@ class DemoOptions:
     processes: int = 2
     campaigns: tuple[CampaignPlan, ...] = CAMPAIGNS
     segments: tuple[SegmentPlan, ...] = SEGMENTS
+    tag_rules: tuple[TagRulePlan, ...] = TAG_RULES
     wave: WavePlan = WAVE
     wait_for_response_times: bool = True
 
@@ -167,13 +179,17 @@ class Pipeline:
     def recompute(self, note: list[str]) -> None:
         # Target by target (what recompute_all does in one call, in the same order) so a long
         # recompute reports its progress (config.progress).
+        from segments.services.tags import tag_rule_order
+
         dimension_keys = list(Dimension.objects.filter(is_active=True).order_by("key").values_list("key", flat=True))
+        tag_codes = tag_rule_order(list(TagRule.objects.filter(is_active=True).values_list("tag__code", flat=True)))
         segment_keys = list(Segment.objects.filter(is_active=True).order_by("key").values_list("key", flat=True))
         outcomes = []
+        targets = (("dimension_keys", dimension_keys), ("tag_codes", tag_codes), ("segment_keys", segment_keys))
         with progress_bar(
-            total=len(dimension_keys) + len(segment_keys), desc="recompute", unit="target", enabled=self.o.progress
+            total=sum(len(keys) for _, keys in targets), desc="recompute", unit="target", enabled=self.o.progress
         ) as bar:
-            for kind, keys in (("dimension_keys", dimension_keys), ("segment_keys", segment_keys)):
+            for kind, keys in targets:
                 for key in keys:
                     bar.set_postfix_str(f"now {key}", refresh=False)
                     outcomes += recompute_all(trigger=RecomputeRun.Trigger.COMMAND, **{kind: [key]})
@@ -181,20 +197,23 @@ class Pipeline:
         failed = [o.target for o in outcomes if o.status == "failed"]
         if failed:
             raise RuntimeError(f"demo: recompute failed for {', '.join(failed)} (see the runs in the admin)")
-        note.append(f"recomputed {len(outcomes)} dimensions and segments")
+        note.append(f"recomputed {len(outcomes)} dimensions, tag rules and segments")
 
     def segments(self, *, data_changed: bool) -> None:
-        with self.step("segments: rule segments and every dimension") as note:
+        with self.step("segments: tag rules, rule segments and every dimension") as note:
+            tags_created = configure.tag_rules_ensure(plans=self.o.tag_rules)
             created = configure.segments_ensure(plans=self.o.segments)
             never = [
                 pk
                 for pk in Dimension.objects.filter(is_active=True).values_list("pk", flat=True)
                 if dimension_last_run(dimension_id=pk) is None
             ]
-            if data_changed or created or never:
+            if data_changed or created or tags_created or never:
                 self.recompute(note)
             else:
                 note.append("up to date")
+            if tags_created:
+                note.append(f"created {len(tags_created)} tag rules")
             if created:
                 note.append(f"created {len(created)} rule segments")
 

@@ -38,6 +38,15 @@ class SegmentPlan:
 
 
 @dataclass(frozen=True)
+class TagRulePlan:
+    code: str
+    name: str
+    family: str  # static, consumption or behaviour (tier tags come from the dimensions)
+    rule: dict[str, Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class OfferPlan:
     key: str
     name: str
@@ -154,6 +163,99 @@ class CampaignPlan:
 HOLDOUT_KEY = "demo-global-holdout"
 HOLDOUT_PERCENT = Decimal(5)
 
+_ORDERS = {"event": "order", "agg": "count"}
+_WITH_COUPON = [{"property": "coupon", "op": "exists"}]
+
+# Computed tags in the three families a rule decides (the fourth, tier, is written by the
+# dimensions), on the generator's attributes (city_tier, age_band, channel), order
+# properties (product line, coupon) and events (referral_signup, coupon_redeemed).
+TAG_RULES: tuple[TagRulePlan, ...] = (
+    TagRulePlan("CT1", "City tier 1", "static", {"attribute": "city_tier", "op": "eq", "value": 1}),
+    TagRulePlan("CT4", "City tier 4", "static", {"attribute": "city_tier", "op": "eq", "value": 4}),
+    TagRulePlan("AGY", "Aged 18-34", "static", {"attribute": "age_band", "op": "in", "value": ["18-24", "25-34"]}),
+    TagRulePlan("F1", "Repurchased (2+ orders)", "consumption", {**_ORDERS, "op": "gte", "value": 2}),
+    TagRulePlan("F3", "Repurchased three times (4+ orders)", "consumption", {**_ORDERS, "op": "gte", "value": 4}),
+    TagRulePlan(
+        "TP2",
+        "Bought product TP twice",
+        "consumption",
+        {**_ORDERS, "where": [{"property": "product", "op": "eq", "value": "TP"}], "op": "gte", "value": 2},
+    ),
+    TagRulePlan(
+        "PS",
+        "Price-sensitive",
+        "consumption",
+        {
+            "all": [
+                {**_ORDERS, "op": "gte", "value": 2},
+                {"share": {"event": "order", "where": _WITH_COUPON}, "op": "gte", "value": 0.5},
+            ]
+        },
+        "Two orders or more, at least half of them with a coupon.",
+    ),
+    TagRulePlan(
+        "VIP",
+        "VIP: top 5% by spend (365 days)",
+        "consumption",
+        {
+            "rank": {"event": "order", "agg": "sum", "window": {"last_days": 365}},
+            "top_percent": 5,
+            "among": "with_value",
+        },
+    ),
+    TagRulePlan(
+        "CHSOC", "Acquired through social", "behaviour", {"attribute": "channel", "op": "eq", "value": "social"}
+    ),
+    TagRulePlan(
+        "CHPAID",
+        "Acquired through paid search",
+        "behaviour",
+        {"attribute": "channel", "op": "eq", "value": "paid_search"},
+    ),
+    TagRulePlan(
+        "REF",
+        "Joined through a referral",
+        "behaviour",
+        {"event": "referral_signup", "agg": "count", "op": "gte", "value": 1},
+    ),
+    TagRulePlan(
+        "CPN", "Claimed a coupon", "behaviour", {"event": "coupon_redeemed", "agg": "count", "op": "gte", "value": 1}
+    ),
+    TagRulePlan(
+        "PV3",
+        "Viewed product pages 3+ times, no order (30 days)",
+        "behaviour",
+        {
+            "all": [
+                {
+                    "event": "visit",
+                    "where": [{"property": "page", "op": "eq", "value": "product"}],
+                    "agg": "count",
+                    "window": {"last_days": 30},
+                    "op": "gte",
+                    "value": 3,
+                },
+                {**_ORDERS, "window": {"last_days": 30}, "op": "eq", "value": 0},
+            ]
+        },
+    ),
+)
+
+# README's example rule ("Segments and computed tiers"), kept working on the demo's data.
+README_EXAMPLE_RULE: dict[str, Any] = {
+    "all": [
+        {"layer": "expiry:expiring_soon"},
+        {"event": "order", "agg": "count", "window": {"last_days": 60}, "op": "eq", "value": 0},
+        {"not": {"tag": "VIP"}},
+        {
+            "any": [
+                {"attribute": "city_tier", "op": "in", "value": [1, 2]},
+                {"rank": {"event": "order", "agg": "sum", "window": {"last_days": 365}}, "top_percent": 10},
+            ]
+        },
+    ]
+}
+
 SEGMENTS: tuple[SegmentPlan, ...] = (
     SegmentPlan(
         "referred-customers",
@@ -184,6 +286,12 @@ SEGMENTS: tuple[SegmentPlan, ...] = (
             "top_percent": 10,
             "among": "with_value",
         },
+    ),
+    SegmentPlan(
+        "readme-example",
+        "README example: expiring members, no order in 60 days, not VIP, big city or big spender",
+        README_EXAMPLE_RULE,
+        "The rule README shows under 'Segments and computed tiers'.",
     ),
     SegmentPlan(
         "members-expiring-30d",

@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 
-from segments.forms import DimensionForm, SegmentForm
+from segments.forms import DimensionForm, SegmentForm, TagForm, TagRuleForm
 from segments.models import (
     Customer,
     CustomerLayer,
@@ -29,16 +29,51 @@ from segments.models import (
     RecomputeRun,
     Segment,
     Tag,
+    TagHistory,
+    TagRule,
 )
 from segments.selectors import dimension_last_run, dimension_layer_sizes
 from segments.services.dimensions import dimension_sync_layers
 from segments.services.segments import segment_preview
+from segments.services.tags import (
+    customer_tag_add,
+    customer_tag_remove,
+    tag_create,
+    tag_rule_create,
+    tag_rule_update,
+)
 
 
 class CustomerTagInline(admin.TabularInline):
+    """Tags the customer holds. Staff add and remove tags here by hand (recorded with who
+    and when, through ``customer_tag_add`` / ``customer_tag_remove``); a computed tag
+    removed here comes back at the next recompute if its rule still matches."""
+
     model = CustomerTag
     extra = 0
     autocomplete_fields = ["tag"]
+    fields = ["tag", "source", "assigned_by", "assigned_at"]
+    readonly_fields = ["source", "assigned_by", "assigned_at"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Rows are added or removed, never repointed (history is per tag).
+        return False
+
+
+class TagHistoryInline(admin.TabularInline):
+    model = TagHistory
+    extra = 0
+    fields = ["tag", "source", "gained_at", "lost_at", "changed_by"]
+    readonly_fields = fields
+    can_delete = False
+    ordering = ["-gained_at"]
+    verbose_name = "tag history"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class MembershipInline(admin.TabularInline):
@@ -71,7 +106,7 @@ class CustomerAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False
     readonly_fields = ["created_at", "updated_at"]
-    inlines = [CustomerLayerInline, MembershipInline, CustomerTagInline]
+    inlines = [CustomerLayerInline, MembershipInline, CustomerTagInline, TagHistoryInline]
     fieldsets = [
         (None, {"fields": ["external_id", "signed_up_at", "timezone", "locale", "attributes"]}),
         ("Email", {"fields": ["email", "email_consent_at", "email_opt_out_at"]}),
@@ -79,6 +114,25 @@ class CustomerAdmin(admin.ModelAdmin):
         ("Push", {"fields": ["push_token", "push_consent_at", "push_opt_out_at"]}),
         ("Record", {"fields": ["created_at", "updated_at"]}),
     ]
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not CustomerTag:
+            super().save_formset(request, form, formset, change)
+            return
+        # Manual tags go through the service (who, when, history), never a bare save.
+        customer = form.instance
+        # The formset's change-message bookkeeping (what save() would have filled in).
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+        for inline_form in formset.forms:
+            if not inline_form.has_changed() or inline_form.cleaned_data.get("DELETE"):
+                continue
+            if inline_form.instance.pk is None and inline_form.cleaned_data.get("tag"):
+                row = customer_tag_add(customer=customer, tag=inline_form.cleaned_data["tag"], by=request.user)
+                formset.new_objects.append(row)
+        for deleted in formset.deleted_forms:
+            if deleted.instance.pk is not None:
+                customer_tag_remove(customer=customer, tag=deleted.instance.tag, by=request.user)
+                formset.deleted_objects.append(deleted.instance)
 
 
 @admin.register(EventType)
@@ -114,9 +168,75 @@ class MembershipAdmin(admin.ModelAdmin):
 
 @admin.register(Tag)
 class TagAdmin(admin.ModelAdmin):
+    """Every tag; new ones here are manual (computed tags come from *Tag rules* and the
+    dimensions). Codes are fixed once created: rules and segments name them."""
+
+    form = TagForm
     list_display = ["code", "name", "family", "source"]
     list_filter = ["family", "source"]
     search_fields = ["code", "name"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Tag | None = None) -> list[str]:
+        if obj is None:
+            return []
+        if obj.source == Tag.Source.COMPUTED:
+            return ["code", "family"]  # a tier tag stays tier; a tag rule's family is edited there
+        return ["code"]
+
+    def save_model(self, request: HttpRequest, obj: Tag, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        data = form.cleaned_data
+        saved = tag_create(code=data["code"], name=data["name"], family=data["family"], description=data["description"])
+        obj.pk = saved.pk
+
+
+@admin.register(TagRule)
+class TagRuleAdmin(admin.ModelAdmin):
+    """Computed tags of the static, consumption and behaviour families; saved through
+    ``tag_rule_create`` / ``tag_rule_update``, recomputed with the dimensions."""
+
+    form = TagRuleForm
+    list_display = ["code", "tag_name", "family", "is_active", "size", "computed_at"]
+    list_filter = ["tag__family", "is_active"]
+    search_fields = ["tag__code", "tag__name"]
+    list_select_related = ["tag"]
+    readonly_fields = ["size", "computed_at", "created_by", "created_at", "updated_at"]
+    actions = ["recompute_now"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: TagRule | None = None) -> list[Any]:
+        main = (None, {"fields": ["code", "name", "family", "description", "rule", "is_active"]})
+        if obj is None:
+            return [main]
+        return [main, ("Last recompute", {"fields": self.readonly_fields})]
+
+    @admin.display(description="Code", ordering="tag__code")
+    def code(self, obj: TagRule) -> str:
+        return obj.tag.code
+
+    @admin.display(description="Name", ordering="tag__name")
+    def tag_name(self, obj: TagRule) -> str:
+        return obj.tag.name
+
+    @admin.display(description="Family", ordering="tag__family")
+    def family(self, obj: TagRule) -> str:
+        return obj.tag.get_family_display()
+
+    def save_model(self, request: HttpRequest, obj: TagRule, form: Any, change: bool) -> None:
+        data = form.cleaned_data
+        fields = {k: data[k] for k in ("name", "family", "description", "rule", "is_active")}
+        if change:
+            saved = tag_rule_update(tag_rule=obj, **fields)
+        else:
+            saved = tag_rule_create(code=data["code"], created_by=request.user, **fields)
+        obj.pk, obj.tag = saved.pk, saved.tag
+
+    @admin.action(description="Recompute selected tag rules now", permissions=["change"])
+    def recompute_now(self, request: HttpRequest, queryset: QuerySet[TagRule]) -> None:
+        from segments.tasks import recompute_tag_rule
+
+        _enqueue(request, recompute_tag_rule, list(queryset.values_list("pk", flat=True)), "tag rule(s)")
 
 
 def _status_badge(status: str) -> str:
@@ -375,5 +495,15 @@ class LayerHistoryAdmin(ReadOnlyAdmin):
     list_filter = ["dimension", "layer"]
     search_fields = ["=customer__external_id"]
     list_select_related = ["customer", "dimension", "layer", "layer__dimension"]
+    list_per_page = 50
+    show_full_result_count = False
+
+
+@admin.register(TagHistory)
+class TagHistoryAdmin(ReadOnlyAdmin):
+    list_display = ["customer", "tag", "source", "gained_at", "lost_at", "changed_by"]
+    list_filter = ["source", "tag__family", "tag"]
+    search_fields = ["=customer__external_id", "=tag__code"]
+    list_select_related = ["customer", "tag", "changed_by"]
     list_per_page = 50
     show_full_result_count = False

@@ -9,8 +9,15 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from segments.dimensions import config_issues, default_config, layer_specs
-from segments.models import CustomerLayer, Dimension, Layer, LayerHistory, Segment
+from segments.models import CustomerLayer, Dimension, Layer, LayerHistory, Segment, Tag, TagRule
 from segments.rules import rule_check
+from segments.services.tags import (
+    RULE_FAMILIES,
+    TAG_CODE_HELP,
+    tag_code_validate,
+    tag_family_validate,
+    tag_rule_validate,
+)
 
 
 class PrettyJSONField(forms.JSONField):
@@ -31,9 +38,12 @@ def _json_widget(rows: int) -> forms.Textarea:
 RULE_HELP = (
     'A rule node: {"all": [...]}, {"any": [...]}, {"not": rule}, or a condition: '
     '{"field": "signed_up_at", "op": "within_last_days", "value": 30}, '
-    '{"attribute": "city_tier", "op": "in", "value": ["1", "2"]}, {"tag": "F3"}, '
+    '{"attribute": "city_tier", "op": "in", "value": [1, 2]}, {"tag": "F3"}, '
     '{"layer": "rfm:important_value"}, '
     '{"event": "order", "agg": "count", "window": {"last_days": 90}, "op": "gte", "value": 3}, '
+    '{"event": "order", "where": [{"property": "product", "op": "eq", "value": "TP"}], "agg": "count", '
+    '"op": "gte", "value": 2}, '
+    '{"share": {"event": "order", "where": [{"property": "coupon", "op": "exists"}]}, "op": "gte", "value": 0.5}, '
     '{"membership": {"plan": "plus"}, "agg": "latest_expiry", "op": "within_next_days", "value": 30}, '
     '{"rank": {"event": "order", "agg": "sum", "window": {"last_days": 365}}, "top_percent": 10}. '
     "Use Preview to see the audience size and a sample before saving."
@@ -93,4 +103,70 @@ class DimensionForm(forms.ModelForm):
                     f"config: layer(s) {', '.join(busy)} have customers or history and cannot be removed; "
                     "keep their keys (rename them instead)",
                 )
+        return cleaned
+
+
+class TagRuleForm(forms.ModelForm):
+    """A computed tag: its code, name and family (stored on the tag) and its rule. Checks
+    with the service's own validators; the admin saves through ``tag_rule_create`` /
+    ``tag_rule_update``."""
+
+    code = forms.CharField(max_length=32, help_text=TAG_CODE_HELP)
+    name = forms.CharField(max_length=100)
+    family = forms.ChoiceField(choices=[(f.value, f.label) for f in RULE_FAMILIES])
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    rule = PrettyJSONField(widget=_json_widget(14), help_text=RULE_HELP.replace("Use Preview", "Preview"))
+
+    class Meta:
+        model = TagRule
+        fields = ["rule", "is_active"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            tag = self.instance.tag
+            self.initial.update(code=tag.code, name=tag.name, family=tag.family, description=tag.description)
+            self.fields["code"].disabled = True  # rules and segments name it
+
+    def clean_code(self) -> str:
+        code = self.cleaned_data["code"]
+        if self.instance.pk:
+            return self.instance.tag.code
+        try:
+            tag_code_validate(code=code)
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["code"]) from None
+        if Tag.objects.filter(code=code).exists():
+            raise ValidationError(f"a tag with code {code!r} already exists")
+        return code
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if "rule" in cleaned and "code" in cleaned:
+            try:
+                tag_rule_validate(code=cleaned["code"], rule=cleaned["rule"])
+            except ValidationError as exc:
+                self.add_error("rule", exc.message_dict["rule"])
+        return cleaned
+
+
+class TagForm(forms.ModelForm):
+    """A manual tag. New codes follow the scheme (``tag_code_validate``, the service's own
+    check); the admin saves new tags through ``tag_create``."""
+
+    class Meta:
+        model = Tag
+        fields = ["code", "name", "family", "description"]
+        help_texts = {"code": TAG_CODE_HELP}
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.instance.pk:
+            return cleaned
+        for name, check in (("code", tag_code_validate), ("family", tag_family_validate)):
+            if name in cleaned:
+                try:
+                    check(**{name: cleaned[name]})
+                except ValidationError as exc:
+                    self.add_error(name, exc.message_dict[name])
         return cleaned

@@ -12,7 +12,7 @@ from typing import Any
 from celery import shared_task
 
 from segments.models import RecomputeRun
-from segments.services.recompute import dimension_recompute, segment_recompute
+from segments.services.recompute import dimension_recompute, segment_recompute, tag_rule_recompute
 from segments.services.recompute import recompute_all as recompute_all_service
 
 
@@ -32,7 +32,15 @@ def recompute_segment(self: Any, segment_id: int, trigger: str = RecomputeRun.Tr
     return outcome.as_dict()
 
 
+@shared_task(bind=True, max_retries=3, retry_backoff=True)
+def recompute_tag_rule(self: Any, tag_rule_id: int, trigger: str = RecomputeRun.Trigger.ADMIN) -> dict[str, Any]:
+    outcome = tag_rule_recompute(tag_rule_id=tag_rule_id, trigger=trigger)
+    if outcome.retryable:
+        raise self.retry(countdown=30 * 2**self.request.retries)
+    return outcome.as_dict()
+
+
 @shared_task
 def recompute_all() -> list[dict[str, Any]]:
-    """The nightly schedule: every active dimension, then every active segment."""
+    """The nightly schedule: every active dimension, tag rule, then segment."""
     return [outcome.as_dict() for outcome in recompute_all_service(trigger=RecomputeRun.Trigger.SCHEDULE)]

@@ -8,6 +8,7 @@ from segments.models.customers import (
     EventType,
     Membership,
     Tag,
+    TagHistory,
 )
 from segments.models.engine import (
     CustomerLayer,
@@ -17,6 +18,7 @@ from segments.models.engine import (
     RecomputeRun,
     Segment,
     SegmentMembership,
+    TagRule,
 )
 
 __all__ = [
@@ -36,4 +38,6 @@ __all__ = [
     "Segment",
     "SegmentMembership",
     "Tag",
+    "TagHistory",
+    "TagRule",
 ]

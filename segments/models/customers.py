@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zoneinfo
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
@@ -185,12 +186,62 @@ class Tag(models.Model):
 
 
 class CustomerTag(models.Model):
+    """A tag a customer holds now. ``source`` says who put it there: a recompute
+    (``computed``: tier tags, tag rules) or a person (``manual``, with ``assigned_by``).
+    A computed write never changes or removes a manual row (``segments.services.tags``)."""
+
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="customer_tags", db_index=False)
     tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="customer_tags")
     assigned_at = models.DateTimeField(default=dj_timezone.now)
+    # db_default too: set-based INSERTs that name no source write computed rows.
+    source = models.CharField(
+        max_length=16, choices=Tag.Source.choices, default=Tag.Source.COMPUTED, db_default=Tag.Source.COMPUTED
+    )
+    assigned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Manual tags: who set it.",
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["customer", "tag"], name="customer_tag_unique")]
 
     def __str__(self) -> str:
         return f"{self.customer_id}:{self.tag_id}"
+
+
+class TagHistory(models.Model):
+    """When a customer gained and lost a tag (tag rules and manual tags; tier moves are in
+    ``LayerHistory``); ``lost_at`` is empty while they hold it."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="tag_history", db_index=False)
+    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="history", db_index=False)
+    source = models.CharField(max_length=16, choices=Tag.Source.choices)
+    gained_at = models.DateTimeField()
+    lost_at = models.DateTimeField(null=True, blank=True)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Manual tags: who set it (or, once lost, who removed it).",
+    )
+
+    class Meta:
+        verbose_name_plural = "tag history"
+        indexes = [
+            models.Index(fields=["customer", "tag", "gained_at"], name="tag_hist_cust_idx"),
+            models.Index(fields=["tag", "lost_at"], name="tag_hist_tag_lost_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "tag"], condition=Q(lost_at__isnull=True), name="tag_history_one_open"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}:{self.tag_id} {self.gained_at:%Y-%m-%d}–{self.lost_at or ''}"

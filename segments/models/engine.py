@@ -41,6 +41,29 @@ class Segment(models.Model):
         return self.name
 
 
+class TagRule(models.Model):
+    """A computed tag: the customers matching ``rule`` (the segment rule language) hold
+    ``tag`` (source "computed"); materialized by the recompute with ``TagHistory``.
+    The code, name and family live on the tag (``segments.services.tags``)."""
+
+    tag = models.OneToOneField(Tag, on_delete=models.CASCADE, related_name="rule")
+    rule = models.JSONField(help_text="Who holds the tag; validated against the rule schema when saved.")
+    is_active = models.BooleanField(default=True, help_text="Inactive rules are not recomputed (holders keep the tag).")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    computed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    size = models.PositiveIntegerField(null=True, blank=True, editable=False, help_text="Holders after the last run.")
+
+    class Meta:
+        ordering = ["tag__code"]
+
+    def __str__(self) -> str:
+        return f"rule for {self.tag.code}"
+
+
 class SegmentMembership(models.Model):
     segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="memberships", db_index=False)
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="segment_memberships")
@@ -160,7 +183,7 @@ class RecomputeRun(models.Model):
         ADMIN = "admin", "Admin"
         API = "api", "Service call"
 
-    target = models.CharField(max_length=80, help_text="'dimension:<key>' or 'segment:<key>'.")
+    target = models.CharField(max_length=80, help_text="'dimension:<key>', 'tag:<code>' or 'segment:<key>'.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.API)
     as_of = models.DateTimeField(null=True, blank=True, help_text="The instant relative dates were computed from.")

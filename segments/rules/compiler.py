@@ -24,6 +24,15 @@ Semantics, the same on SQLite and PostgreSQL:
 - ``sum`` of amounts is exact on every backend: integer hundredths (``segments.money``),
   compared with the rule's value converted exactly, so equal spenders always compare equal
   and a total of exactly the threshold meets ``gte``/``eq`` whatever the order of the orders.
+- ``where`` on an event node keeps only the events whose ``properties`` satisfy every
+  condition, with the attribute semantics (typed: a string never equals a number; a JSON
+  null or a missing key is absent and matches only ``not_exists``).
+- ``share``: matching / total over the customer's events of the type in the window, where
+  matching counts those satisfying ``where``. Compared exactly, without division: for a
+  threshold p/q (the decimal as written: 0.1 is 1/10) ``share ≥ p/q`` is
+  ``matching·q − total·p ≥ 0`` in integers, so 2 of 4 meets ``gte 0.5`` and 1 of 3 is
+  below 0.3334 and above 0.3333. With no events (total 0) the share is undefined and every
+  comparison is false (its ``not`` is true).
 - ``rank``: customers ordered by the measure (count or sum of amounts in the window),
   highest first, with ``RANK()`` (equal values share a rank). A customer is in the top
   P% when fewer than P% of the population rank strictly above them, i.e.
@@ -36,12 +45,14 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from django.db import models
 from django.db.models import (
     Count,
     Exists,
+    ExpressionWrapper,
     F,
     Func,
     Max,
@@ -144,7 +155,7 @@ class _Compiler:
             return q
         if "not" in node:
             return ~self.compile(node["not"])
-        for kind in ("field", "attribute", "tag", "layer", "event", "membership", "rank"):
+        for kind in ("field", "attribute", "tag", "layer", "event", "membership", "rank", "share"):
             if kind in node:
                 return getattr(self, f"_{kind}")(node)
         raise ValueError(f"not a rule node: {node!r}")  # unreachable after validation
@@ -158,18 +169,23 @@ class _Compiler:
         return self._compare(name, node["op"], node.get("value"), value_type, nullable=name == "signed_up_at")
 
     def _attribute(self, node: dict[str, Any]) -> Q:
-        key, op, value = node["attribute"], node["op"], node.get("value")
-        present = Q(JSONKeyTypeIs("attributes", key, "present"))
+        return self.json_key("attributes", node["attribute"], node["op"], node.get("value"))
+
+    @classmethod
+    def json_key(cls, field: str, key: str, op: str, value: Any) -> Q:
+        """A typed comparison on one key of a JSON column (customer attributes, event
+        properties): a value of another JSON type, null or a missing key never matches."""
+        present = Q(JSONKeyTypeIs(field, key, "present"))
         if op == "exists":
             return present
         if op == "not_exists":
             return ~present
         sample = value[0] if isinstance(value, list) else value
         kind = "boolean" if isinstance(sample, bool) else "number" if isinstance(sample, int | float) else "string"
-        guard = Q(JSONKeyTypeIs("attributes", key, kind))
+        guard = Q(JSONKeyTypeIs(field, key, kind))
         # Keys are identifiers (validated), so the ORM's key transform syntax is safe here.
-        lhs = f"attributes__{key}"
-        return guard & self._compare_value(lhs, op, value, kind)
+        lhs = f"{field}__{key}"
+        return guard & cls._compare_value(lhs, op, value, kind)
 
     def _tag(self, node: dict[str, Any]) -> Q:
         from segments.models import CustomerTag
@@ -190,7 +206,7 @@ class _Compiler:
         return Q(Exists(rows))
 
     def _event(self, node: dict[str, Any]) -> Q:
-        events = self.events(node["event"], node.get("window"))
+        events = self.events(node["event"], node.get("window"), where=node.get("where"))
         agg, op, value = node["agg"], node["op"], node.get("value")
         if agg == "count":
             # Presence tests need no count: EXISTS stops at the first row.
@@ -240,6 +256,28 @@ class _Compiler:
         )
         return Q(pk__in=ranked.values("pk"))
 
+    def _share(self, node: dict[str, Any]) -> Q:
+        """matching / total ⊙ p/q, compared exactly as matching·q − total·p ⊙ 0 in integers
+        (no division, no float), with total > 0: a share of no events is undefined, so false."""
+        spec, op, value = node["share"], node["op"], node["value"]
+        total = self.event_aggregate(self.events(spec["event"], spec.get("window")), "count")
+        matching = self.event_aggregate(self.events(spec["event"], spec.get("window"), where=spec["where"]), "count")
+
+        def diff(bound: Any) -> Expression:
+            # str(): the value as written in the rule (0.1 is 1/10, not the double nearest it).
+            fraction = Fraction(str(bound))
+            return ExpressionWrapper(
+                matching * Value(fraction.denominator) - total * Value(fraction.numerator),
+                output_field=models.BigIntegerField(),
+            )
+
+        defined = _lookup(total, "gt", 0)
+        if op == "between":
+            return defined & _lookup(diff(value[0]), "gte", 0) & _lookup(diff(value[1]), "lte", 0)
+        if op == "ne":
+            return defined & ~_lookup(diff(value), "exact", 0)
+        return defined & _lookup(diff(value), "exact" if op == "eq" else op, 0)
+
     # --- shared building blocks (also used by the dimensions) ------------------------
     def window_bounds(self, window: dict[str, Any] | None) -> Q:
         if window and "last_days" in window:
@@ -249,10 +287,19 @@ class _Compiler:
             return Q(occurred_at__gte=parse_date(start), occurred_at__lte=self.as_of) & _upper(end)
         return Q(occurred_at__lte=self.as_of)
 
-    def events(self, code: str, window: dict[str, Any] | None, *, correlated: bool = True) -> QuerySet[Any]:
+    def events(
+        self,
+        code: str,
+        window: dict[str, Any] | None,
+        *,
+        correlated: bool = True,
+        where: list[dict[str, Any]] | None = None,
+    ) -> QuerySet[Any]:
         from segments.models import Event
 
         qs = Event.objects.filter(self.window_bounds(window), event_type_id=self.catalog.event_types[code].id)
+        for condition in where or ():
+            qs = qs.filter(self.json_key("properties", condition["property"], condition["op"], condition.get("value")))
         if correlated:
             qs = qs.filter(customer_id=OuterRef(self.outer))
         return qs

@@ -9,11 +9,19 @@ A rule is a tree. Inner nodes combine, leaves test one fact about a customer::
     {"attribute": KEY, "op": OP, "value": V}              a key of Customer.attributes
     {"tag": CODE}                                         has the tag
     {"layer": "DIMENSION:LAYER"}                          currently in the layer
-    {"event": TYPE, "agg": AGG, "window": W, "op": OP, "value": V}
+    {"event": TYPE, "where": [P, ...], "agg": AGG, "window": W, "op": OP, "value": V}
+    {"share": {"event": TYPE, "where": [P, ...], "window": W}, "op": OP, "value": FRACTION}
     {"membership": {"plan": P, "level": L}, "agg": AGG, "op": OP, "value": V}
     {"rank": {"event": TYPE, "agg": "sum"|"count", "window": W}, "top_percent": P, "among": "all"|"with_value"}
 
     W = {"last_days": N} | {"between": ["YYYY-MM-DD", "YYYY-MM-DD"]}   (optional; default: all time)
+    P = {"property": KEY, "op": OP, "value": V}   a key of Event.properties (as attributes:
+        typed comparisons, "exists" / "not_exists"); every P must hold (optional)
+
+``where`` narrows the events counted, e.g. the orders of product TP
+(``{"property": "product", "op": "eq", "value": "TP"}``). ``share`` is the fraction of the
+customer's TYPE events in the window that match ``where`` (e.g. the share of orders with
+a coupon), compared with a number from 0 to 1; undefined, so false, without such events.
 
 The schema below is the contract; ``segments.rules.validation`` applies the part of it
 that matches a node's kind, so messages name the node's path, and adds what a schema
@@ -53,6 +61,8 @@ MEMBERSHIP_AGGS: dict[str, str] = {
     "first_start": "datetime",
 }
 RANK_AGGS = ("count", "sum")
+SHARE_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "between")
+MAX_WHERE = 10
 MAX_DAYS = 36_500
 # Attribute keys are identifiers: a letter or '_' first, then letters, digits, '_' or '-'.
 ATTRIBUTE_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
@@ -78,6 +88,18 @@ _window = {
         "between": {"type": "array", "prefixItems": [_date, _date], "minItems": 2, "maxItems": 2},
     },
 }
+
+PROPERTY_CONDITION: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["property", "op"],
+    "properties": {
+        "property": {"type": "string", "pattern": ATTRIBUTE_KEY_PATTERN, "maxLength": 100},
+        "op": {"enum": list(ALL_OPS)},
+        "value": _value,
+    },
+}
+_where = {"type": "array", "minItems": 1, "maxItems": MAX_WHERE, "items": PROPERTY_CONDITION}
 
 DEFS: dict[str, dict[str, Any]] = {
     "all": {
@@ -132,6 +154,7 @@ DEFS: dict[str, dict[str, Any]] = {
         "required": ["event", "agg", "op"],
         "properties": {
             "event": {"type": "string", "minLength": 1, "maxLength": 64},
+            "where": _where,
             "agg": {"enum": list(EVENT_AGGS)},
             "window": _window,
             "op": {"enum": list(ALL_OPS)},
@@ -173,6 +196,25 @@ DEFS: dict[str, dict[str, Any]] = {
             },
             "top_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
             "among": {"enum": ["all", "with_value"]},
+        },
+    },
+    "share": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["share", "op", "value"],
+        "properties": {
+            "share": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["event", "where"],
+                "properties": {
+                    "event": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "where": _where,
+                    "window": _window,
+                },
+            },
+            "op": {"enum": list(SHARE_OPS)},
+            "value": _value,
         },
     },
 }

@@ -35,6 +35,7 @@ from segments.rules.schema import (
     NODE_KINDS,
     NUMBER_OPS,
     PRESENCE_OPS,
+    SHARE_OPS,
     STRING_OPS,
 )
 
@@ -86,6 +87,13 @@ def _json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+_KEY_KINDS = ("attribute", "property")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _is_number(value: Any) -> bool:
@@ -141,11 +149,12 @@ def schema_issues(validator: Draft202012Validator, instance: Any, path: str) -> 
             issues.append(
                 RuleIssue(where, f"unknown {what} {json.dumps(instance)}; use one of: {', '.join(schema['enum'])}")
             )
-        elif error.validator == "pattern" and error.absolute_path and error.absolute_path[-1] == "attribute":
+        elif error.validator == "pattern" and error.absolute_path and error.absolute_path[-1] in _KEY_KINDS:
+            kind = str(error.absolute_path[-1])
             issues.append(
                 RuleIssue(
                     where,
-                    f"{json.dumps(instance)} is not an attribute key (a letter or '_', then letters, "
+                    f"{json.dumps(instance)} is not {_article(kind)} {kind} key (a letter or '_', then letters, "
                     "digits, '_' or '-')",
                 )
             )
@@ -219,12 +228,20 @@ class _Walker:
         self._check_comparison(node, path, value_type, f"the field '{node['field']}'", nullable=True)
 
     def _check_attribute(self, node: dict[str, Any], path: str, depth: int) -> None:
+        self._check_json_key(node, path, "attribute")
+
+    def _check_where(self, where: list[dict[str, Any]] | None, path: str) -> None:
+        """Event property conditions: the same typed comparisons as attributes."""
+        for index, condition in enumerate(where or []):
+            self._check_json_key(condition, f"{path}.{index}", "property")
+
+    def _check_json_key(self, node: dict[str, Any], path: str, kind: str) -> None:
         op, value = node["op"], node.get("value")
-        if "__" in node["attribute"]:
-            self.add(f"{path}.attribute", "an attribute key cannot contain '__'")
+        if "__" in node[kind]:
+            self.add(f"{path}.{kind}", f"{_article(kind)} {kind} key cannot contain '__'")
             return
         if op in PRESENCE_OPS:
-            self._check_comparison(node, path, "string", "an attribute", nullable=True)
+            self._check_comparison(node, path, "string", f"{_article(kind)} {kind}", nullable=True)
             return
         if isinstance(value, list):
             types = {_json_type(v) for v in value}
@@ -237,7 +254,7 @@ class _Walker:
             return
         else:
             value_type = _json_type(value)
-        self._check_comparison(node, path, value_type, f"a {value_type} attribute", nullable=True)
+        self._check_comparison(node, path, value_type, f"a {value_type} {kind}", nullable=True)
 
     def _check_tag(self, node: dict[str, Any], path: str, depth: int) -> None:
         self.tag_refs.append((f"{path}.tag", node["tag"]))
@@ -248,6 +265,7 @@ class _Walker:
     def _check_event(self, node: dict[str, Any], path: str, depth: int) -> None:
         agg = node["agg"]
         self.event_refs.append((f"{path}.event", node["event"], agg == "sum"))
+        self._check_where(node.get("where"), f"{path}.where")
         self._check_window(node.get("window"), f"{path}.window")
         label = {"count": "an event count", "sum": "an event amount sum", "first": "a first-event time"}.get(
             agg, "a last-event time"
@@ -271,6 +289,26 @@ class _Walker:
         rank = node["rank"]
         self.event_refs.append((f"{path}.rank.event", rank["event"], rank["agg"] == "sum"))
         self._check_window(rank.get("window"), f"{path}.rank.window")
+
+    def _check_share(self, node: dict[str, Any], path: str, depth: int) -> None:
+        share = node["share"]
+        self.event_refs.append((f"{path}.share.event", share["event"], False))
+        self._check_where(share["where"], f"{path}.share.where")
+        self._check_window(share.get("window"), f"{path}.share.window")
+        op, value, vpath = node["op"], node["value"], f"{path}.value"
+        fraction = "a fraction from 0 to 1 (0.5 = half of the events)"
+        if op == "between":
+            if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
+                self.add(vpath, f"'between' takes a list of two numbers [low, high], each {fraction}")
+            elif not all(0 <= v <= 1 for v in value):
+                self.add(vpath, f"each bound must be {fraction}")
+            elif value[0] > value[1]:
+                self.add(vpath, f"low ({value[0]}) is greater than high ({value[1]})")
+        elif op in SHARE_OPS:
+            if not _is_number(value):
+                self.add(vpath, f"must be {fraction}, got {_json_type(value)}")
+            elif not 0 <= value <= 1:
+                self.add(vpath, f"must be {fraction}, got {json.dumps(value)}")
 
     # --- values ----------------------------------------------------------------------
     def _check_window(self, window: dict[str, Any] | None, path: str) -> None:

@@ -7,7 +7,7 @@
 3. Only those rows are written: ``MERGE`` on PostgreSQL 15+, ``UPDATE … FROM`` +
    ``INSERT … SELECT`` elsewhere (the portable path, also used on PostgreSQL when
    ``portable=True``); history rows are closed and opened, and tier tags swapped, for
-   the customers who moved.
+   the customers who moved (computed tag rows only: a tag set by hand stays).
 4. The transition matrix comes from the changes plus the previous layer sizes; the MECE
    check counts rows.
 
@@ -246,28 +246,30 @@ def dimension_write(
             tag_list = ", ".join(["%s"] * len(tag_ids))
             if full_tags:
                 cursor.execute(
-                    f"DELETE FROM {ctag} WHERE tag_id IN ({tag_list}) AND NOT EXISTS ("
+                    f"DELETE FROM {ctag} WHERE tag_id IN ({tag_list}) AND source = 'computed' AND NOT EXISTS ("
                     f"SELECT 1 FROM {cl} c JOIN {layer_t} l ON l.id = c.layer_id "
                     f"WHERE c.customer_id = {ctag}.customer_id AND c.dimension_id = %s AND l.tag_id = {ctag}.tag_id)",
                     [*tag_ids, dimension_id],
                 )
                 cursor.execute(
-                    f"INSERT INTO {ctag} (customer_id, tag_id, assigned_at) "
-                    f"SELECT c.customer_id, l.tag_id, %s FROM {cl} c JOIN {layer_t} l ON l.id = c.layer_id "
+                    f"INSERT INTO {ctag} (customer_id, tag_id, assigned_at, source) "
+                    f"SELECT c.customer_id, l.tag_id, %s, 'computed' "
+                    f"FROM {cl} c JOIN {layer_t} l ON l.id = c.layer_id "
                     "WHERE c.dimension_id = %s AND l.tag_id IS NOT NULL "
                     "ON CONFLICT (customer_id, tag_id) DO NOTHING",
                     [now_p, dimension_id],
                 )
             else:
                 cursor.execute(
-                    f"DELETE FROM {ctag} WHERE tag_id IN ({tag_list}) AND customer_id IN ("
+                    f"DELETE FROM {ctag} WHERE tag_id IN ({tag_list}) AND source = 'computed' AND customer_id IN ("
                     f"SELECT customer_id FROM {CHANGES_TABLE} WHERE old_layer_id IS NOT NULL "
                     "AND old_layer_id <> layer_id)",
                     tag_ids,
                 )
                 cursor.execute(
-                    f"INSERT INTO {ctag} (customer_id, tag_id, assigned_at) "
-                    f"SELECT c.customer_id, l.tag_id, %s FROM {CHANGES_TABLE} c JOIN {layer_t} l ON l.id = c.layer_id "
+                    f"INSERT INTO {ctag} (customer_id, tag_id, assigned_at, source) "
+                    f"SELECT c.customer_id, l.tag_id, %s, 'computed' "
+                    f"FROM {CHANGES_TABLE} c JOIN {layer_t} l ON l.id = c.layer_id "
                     "WHERE l.tag_id IS NOT NULL AND (c.old_layer_id IS NULL OR c.old_layer_id <> c.layer_id) "
                     "ON CONFLICT (customer_id, tag_id) DO NOTHING",
                     [now_p],
@@ -355,3 +357,65 @@ def segment_write(*, segment_id: int, members_sql: str, params: list[Any], as_of
         _drop(cursor, MEMBERS_TABLE)
         clock.lap("write")
     return SegmentWrite(size=size, added=added, removed=removed, timings_ms=clock.timings)
+
+
+TAG_MEMBERS_TABLE = "segments_stage_tag_members"
+
+
+@dataclass(frozen=True)
+class TagWrite:
+    matched: int  # customers the rule matches
+    holders: int  # customers holding the tag afterwards (computed + manual)
+    gained: int
+    lost: int
+    timings_ms: dict[str, int]
+
+
+def tag_write(*, tag_id: int, members_sql: str, params: list[Any], as_of: dt.datetime) -> TagWrite:
+    """Make the *computed* holders of a tag the rows of ``members_sql`` (customer ids),
+    writing only gains and losses, each with its history row (``TagHistory``).
+
+    Manual rows are never touched: a customer holding the tag by hand is neither given a
+    computed row (the insert skips any existing row) nor loses it (only ``source =
+    'computed'`` rows are removed). Call inside a transaction.
+    """
+    clock = _Clock()
+    ctag, hist = table("CustomerTag"), table("TagHistory")
+    as_of_p = connection.ops.adapt_datetimefield_value(as_of)
+    on_commit = " ON COMMIT DROP" if _vendor() == "postgresql" else ""
+    members = TAG_MEMBERS_TABLE
+    not_member = f"NOT EXISTS (SELECT 1 FROM {members} m WHERE m.customer_id = {ctag}.customer_id)"
+    computed_lost = f"tag_id = %s AND source = 'computed' AND {not_member}"
+    no_row = f"NOT EXISTS (SELECT 1 FROM {ctag} t WHERE t.tag_id = %s AND t.customer_id = m.customer_id)"
+    with connection.cursor() as cursor:
+        _drop(cursor, members)
+        cursor.execute(f"CREATE TEMP TABLE {members} (customer_id bigint NOT NULL){on_commit}")
+        cursor.execute(f"INSERT INTO {members} (customer_id) {members_sql}", params)
+        matched = cursor.rowcount
+        _index_and_analyze(cursor, members)
+        clock.lap("compute")
+        # Losses: close the open history row, then remove the computed row.
+        cursor.execute(
+            f"UPDATE {hist} SET lost_at = %s WHERE tag_id = %s AND lost_at IS NULL AND customer_id IN "
+            f"(SELECT customer_id FROM {ctag} WHERE {computed_lost})",
+            [as_of_p, tag_id, tag_id],
+        )
+        cursor.execute(f"DELETE FROM {ctag} WHERE {computed_lost}", [tag_id])
+        lost = cursor.rowcount
+        # Gains: open a history row, then insert the computed row, for members without any row.
+        cursor.execute(
+            f"INSERT INTO {hist} (customer_id, tag_id, source, gained_at, lost_at, changed_by_id) "
+            f"SELECT m.customer_id, %s, 'computed', %s, NULL, NULL FROM {members} m WHERE {no_row}",
+            [tag_id, as_of_p, tag_id],
+        )
+        cursor.execute(
+            f"INSERT INTO {ctag} (customer_id, tag_id, assigned_at, source, assigned_by_id) "
+            f"SELECT m.customer_id, %s, %s, 'computed', NULL FROM {members} m WHERE {no_row}",
+            [tag_id, as_of_p, tag_id],
+        )
+        gained = cursor.rowcount
+        cursor.execute(f"SELECT COUNT(*) FROM {ctag} WHERE tag_id = %s", [tag_id])
+        holders = cursor.fetchone()[0]
+        _drop(cursor, members)
+        clock.lap("write")
+    return TagWrite(matched=matched, holders=holders, gained=gained, lost=lost, timings_ms=clock.timings)

@@ -1,6 +1,6 @@
 """Recompute dimensions and segments: the guard, the unit of work, the run record.
 
-A recompute of one target (``dimension:<key>`` or ``segment:<key>``) is three steps:
+A recompute of one target (``dimension:<key>``, ``tag:<code>`` or ``segment:<key>``) is three steps:
 
 1. **Guard.** Two recomputes of the same target never run at once; a second trigger is a
    no-op (outcome ``skipped``), not a duplicate run.
@@ -39,13 +39,13 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from segments.dimensions import kind_module
-from segments.models import Dimension, Layer, RecomputeRun, Segment
+from segments.models import Dimension, Layer, RecomputeRun, Segment, TagRule
 from segments.services import materialize
 
 logger = logging.getLogger(__name__)
 
-# Advisory lock namespaces (two-int form: namespace, object id) — 'SEG1', 'SEG2'.
-LOCK_NAMESPACE = {"dimension": 0x53454731, "segment": 0x53454732}
+# Advisory lock namespaces (two-int form: namespace, object id) — 'SEG1', 'SEG2', 'SEG3'.
+LOCK_NAMESPACE = {"dimension": 0x53454731, "segment": 0x53454732, "tag": 0x53454733}
 DEFAULT_STALE_AFTER = 6 * 3600
 
 
@@ -85,6 +85,10 @@ def dimension_target(dimension: Dimension) -> str:
 
 def segment_target(segment: Segment) -> str:
     return f"segment:{segment.key}"
+
+
+def tag_target(code: str) -> str:
+    return f"tag:{code}"
 
 
 def _stale_after() -> dt.timedelta:
@@ -133,12 +137,17 @@ class _Guard:
 
 
 @contextlib.contextmanager
-def _unit_of_work() -> Iterator[None]:
+def _unit_of_work(*, lock_customer_tags: bool = False) -> Iterator[None]:
     outermost = not connection.in_atomic_block
     with transaction.atomic():
         if outermost and connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        if lock_customer_tags:
+            # Before the snapshot (PostgreSQL docs, LOCK): see segments.services.tags.
+            from segments.services.tags import customer_tags_lock
+
+            customer_tags_lock()
         yield
 
 
@@ -323,24 +332,94 @@ def segment_recompute(
     return _outcome(run)
 
 
+def tag_rule_recompute(
+    *, tag_rule_id: int, as_of: dt.datetime | None = None, trigger: str = RecomputeRun.Trigger.API
+) -> RecomputeOutcome:
+    """Materialize one tag rule's computed holders (one INSERT … SELECT of the compiled
+    rule, then only the gains and losses, with history; manual rows untouched)."""
+    from segments.models import Customer
+    from segments.rules import rule_compile
+
+    tag_rule = TagRule.objects.select_related("tag").filter(pk=tag_rule_id).first()
+    if tag_rule is None:
+        return RecomputeOutcome(target=f"tag:#{tag_rule_id}", status="skipped", error="no such tag rule")
+    as_of = as_of or timezone.now()
+    target = tag_target(tag_rule.tag.code)
+    guard = _Guard(target=target, namespace=LOCK_NAMESPACE["tag"], object_id=tag_rule.pk)
+    run = guard.acquire(trigger=trigger, as_of=as_of)
+    if run is None:
+        return RecomputeOutcome(target=target, status="skipped", error="already running")
+    started = time.perf_counter()
+    details: dict[str, Any] = {"as_of": as_of.isoformat(), "family": tag_rule.tag.family}
+    try:
+        previous = (
+            RecomputeRun.objects.filter(target=target, status=RecomputeRun.Status.SUCCEEDED, as_of__isnull=False)
+            .order_by("-as_of")
+            .values_list("as_of", flat=True)
+            .first()
+        )
+        if previous is not None and as_of < previous:
+            # History rows would close before they opened.
+            raise ValueError(f"as_of {as_of.isoformat()} is before the last recompute's ({previous.isoformat()})")
+        members = Customer.objects.filter(rule_compile(tag_rule.rule, as_of=as_of)).values_list("pk")
+        sql, params = members.query.sql_with_params()
+        with _unit_of_work(lock_customer_tags=True):
+            written = materialize.tag_write(tag_id=tag_rule.tag_id, members_sql=sql, params=list(params), as_of=as_of)
+            TagRule.objects.filter(pk=tag_rule.pk).update(size=written.holders, computed_at=timezone.now())
+        details.update(
+            {
+                "matched": written.matched,
+                "holders": written.holders,
+                "gained": written.gained,
+                "lost": written.lost,
+                "timings_ms": written.timings_ms,
+            }
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the run and logged
+        return _failure(run, started, exc, details)
+    finally:
+        guard.release()
+    _finish(
+        run,
+        started,
+        status=RecomputeRun.Status.SUCCEEDED,
+        customers=written.holders,
+        changed=written.gained + written.lost,
+        details=details,
+    )
+    return _outcome(run)
+
+
 def recompute_all(
     *,
     as_of: dt.datetime | None = None,
     trigger: str = RecomputeRun.Trigger.SCHEDULE,
     dimension_keys: list[str] | None = None,
     segment_keys: list[str] | None = None,
+    tag_codes: list[str] | None = None,
 ) -> list[RecomputeOutcome]:
-    """Active dimensions first (segments may use their layers), then active segments;
-    each in its own transaction. With keys, only those targets (active or not)."""
-    if dimension_keys is None and segment_keys is None:
+    """Active dimensions first (tag rules and segments may use their layers), then active
+    tag rules (a rule reading another computed tag after it; segments may use tags), then
+    active segments; each in its own transaction. With keys or codes, only those targets
+    (active or not)."""
+    from segments.services.tags import tag_rule_order
+
+    if dimension_keys is None and segment_keys is None and tag_codes is None:
         dimensions = Dimension.objects.filter(is_active=True)
         segments = Segment.objects.filter(is_active=True)
+        tag_rules = TagRule.objects.filter(is_active=True)
     else:
         dimensions = Dimension.objects.filter(key__in=dimension_keys or [])
         segments = Segment.objects.filter(key__in=segment_keys or [])
+        tag_rules = TagRule.objects.filter(tag__code__in=tag_codes or [])
     outcomes = [
         dimension_recompute(dimension_id=pk, as_of=as_of, trigger=trigger)
         for pk in dimensions.order_by("key").values_list("pk", flat=True)
+    ]
+    rule_ids = dict(tag_rules.values_list("tag__code", "pk"))
+    outcomes += [
+        tag_rule_recompute(tag_rule_id=rule_ids[code], as_of=as_of, trigger=trigger)
+        for code in tag_rule_order(list(rule_ids))
     ]
     outcomes += [
         segment_recompute(segment_id=pk, as_of=as_of, trigger=trigger)

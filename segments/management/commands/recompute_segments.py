@@ -1,6 +1,6 @@
-"""``manage.py recompute_segments [--dimension KEY]... [--segment KEY]... [--as-of ISO]``
+"""``manage.py recompute_segments [--dimension KEY]... [--tag CODE]... [--segment KEY]... [--as-of ISO]``
 
-Without options: every active dimension, then every active segment. Prints one JSON line
+Without options: every active dimension, then every active tag rule, then every active segment. Prints one JSON line
 per target; exits 1 when any target failed (a target already running is skipped, not an
 error).
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from segments.models import Dimension, RecomputeRun, Segment
+from segments.models import Dimension, RecomputeRun, Segment, TagRule
 from segments.services.recompute import dimension_recompute, recompute_all
 
 
@@ -22,6 +22,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dimension", action="append", default=[], metavar="KEY", help="Only this dimension.")
+        parser.add_argument("--tag", action="append", default=[], metavar="CODE", help="Only this tag rule.")
         parser.add_argument("--segment", action="append", default=[], metavar="KEY", help="Only this segment.")
         parser.add_argument("--as-of", help="Compute as of this ISO 8601 instant (default: now).")
         parser.add_argument(
@@ -37,11 +38,12 @@ class Command(BaseCommand):
                 raise CommandError(f"--as-of: '{options['as_of']}' is not an ISO 8601 date-time") from None
             if as_of.tzinfo is None:
                 as_of = as_of.replace(tzinfo=dt.UTC)
-        dimension_keys, segment_keys = options["dimension"], options["segment"]
+        dimension_keys, segment_keys, tag_codes = options["dimension"], options["segment"], options["tag"]
         unknown = sorted(set(dimension_keys) - set(Dimension.objects.values_list("key", flat=True)))
+        unknown += sorted(set(tag_codes) - set(TagRule.objects.values_list("tag__code", flat=True)))
         unknown += sorted(set(segment_keys) - set(Segment.objects.values_list("key", flat=True)))
         if unknown:
-            raise CommandError(f"unknown dimension/segment key(s): {', '.join(unknown)}")
+            raise CommandError(f"unknown dimension/tag rule/segment key(s): {', '.join(unknown)}")
         trigger = RecomputeRun.Trigger.COMMAND
         if options["full_tags"]:
             keys = dimension_keys or list(Dimension.objects.filter(is_active=True).values_list("key", flat=True))
@@ -49,10 +51,15 @@ class Command(BaseCommand):
                 dimension_recompute(dimension_id=pk, as_of=as_of, trigger=trigger, full_tags=True)
                 for pk in Dimension.objects.filter(key__in=keys).order_by("key").values_list("pk", flat=True)
             ]
-            outcomes += recompute_all(as_of=as_of, trigger=trigger, segment_keys=segment_keys) if segment_keys else []
-        elif dimension_keys or segment_keys:
+            if segment_keys or tag_codes:
+                outcomes += recompute_all(as_of=as_of, trigger=trigger, segment_keys=segment_keys, tag_codes=tag_codes)
+        elif dimension_keys or segment_keys or tag_codes:
             outcomes = recompute_all(
-                as_of=as_of, trigger=trigger, dimension_keys=dimension_keys, segment_keys=segment_keys
+                as_of=as_of,
+                trigger=trigger,
+                dimension_keys=dimension_keys,
+                segment_keys=segment_keys,
+                tag_codes=tag_codes,
             )
         else:
             outcomes = recompute_all(as_of=as_of, trigger=trigger)
