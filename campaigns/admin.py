@@ -678,10 +678,31 @@ class ReferralAuditAdmin(ReadOnlyAdmin):
     list_select_related = ["campaign", "customer"]
 
 
+class MailboxCampaignFilter(admin.SimpleListFilter):
+    """Messages of one campaign: a message carries its delivery's idempotency key, which
+    starts with ``d<campaign id>-`` (``delivery_key``), so this is an index prefix scan, no join."""
+
+    title = "campaign"
+    parameter_name = "campaign"
+    SHOWN = 30
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        recent = Campaign.objects.exclude(status=Campaign.Status.DRAFT).order_by("-created_at")[: self.SHOWN]
+        return [(str(c.pk), c.name) for c in recent]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit():
+            return queryset.none()
+        return queryset.filter(delivery_key__startswith=f"d{int(value)}-")
+
+
 @admin.register(MailboxMessage)
 class MailboxMessageAdmin(ReadOnlyAdmin):
     list_display = ["received_at", "channel", "to", "subject", "delivery_key"]
-    list_filter = ["channel"]
+    list_filter = ["channel", MailboxCampaignFilter]
     search_fields = ["to", "subject", "=delivery_key"]
     fields = ["received_at", "channel", "from_email", "to", "subject", "body_text", "html_rendered", "headers"]
     readonly_fields = fields
