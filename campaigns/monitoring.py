@@ -111,7 +111,7 @@ class CampaignMonitor:
 
 def _role_label(variant: str, outcome: str) -> str:
     if outcome == Recipient.Outcome.CONTROL:
-        return f"{variant or 'control'} (control: would have sent)"
+        return "control (would have sent)" if variant in ("", "control") else f"{variant} (control: would have sent)"
     if outcome == Recipient.Outcome.HOLDOUT:
         return "holdout (would have sent)"
     if outcome == Recipient.Outcome.EXCLUDED:

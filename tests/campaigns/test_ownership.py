@@ -37,8 +37,6 @@ def test_campaign_launch__experiment_filled_by_the_api_while_draft__refused_unti
     phase = row.experiment.phases.get(ended_at__isnull=True)
     assigned = set(Assignment.objects.filter(phase=phase).values_list("customer_id", flat=True))
     decided = set(
-        Recipient.objects.filter(campaign=row, outcome__in=["treated", "control"]).values_list(
-            "customer_id", flat=True
-        )
+        Recipient.objects.filter(campaign=row, outcome__in=["treated", "control"]).values_list("customer_id", flat=True)
     )
     assert assigned == decided and len(assigned) > 0
