@@ -704,8 +704,29 @@ class MailboxMessageAdmin(ReadOnlyAdmin):
     list_display = ["received_at", "channel", "to", "subject", "delivery_key"]
     list_filter = ["channel", MailboxCampaignFilter]
     search_fields = ["to", "subject", "=delivery_key"]
-    fields = ["received_at", "channel", "from_email", "to", "subject", "body_text", "html_rendered", "headers"]
+    fields = [
+        "received_at",
+        "campaign_link",
+        "channel",
+        "from_email",
+        "to",
+        "subject",
+        "body_text",
+        "html_rendered",
+        "headers",
+    ]
     readonly_fields = fields
+
+    @admin.display(description="campaign")
+    def campaign_link(self, obj: MailboxMessage) -> str:
+        """The sending campaign's monitoring page, from the delivery key (``d<campaign id>-…``)."""
+        prefix = obj.delivery_key.partition("-")[0]
+        if not (prefix.startswith("d") and prefix[1:].isdigit()):
+            return "—"
+        row = Campaign.objects.filter(pk=int(prefix[1:])).only("name").first()
+        if row is None:
+            return "—"
+        return format_html('<a href="{}">{}</a>', reverse("monitor:campaign", args=[row.pk]), row.name)
 
     @admin.display(description="HTML")
     def html_rendered(self, obj: MailboxMessage) -> str:

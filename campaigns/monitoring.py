@@ -97,8 +97,7 @@ class ErrorRow:
 @dataclass(frozen=True)
 class CampaignMonitor:
     decided_customers: int
-    audience_now: int | None  # None: the audience definition cannot be counted (see audience_error)
-    audience_error: str
+    audience_now: int  # the audience definition's size now (one COUNT)
     assigned_per_variant: dict[str, int]  # variant key -> customers in the experiment (treated or control)
     decisions: tuple[DecisionRow, ...]
     deliveries: tuple[VariantDeliveries, ...]
@@ -206,11 +205,9 @@ def campaign_monitor(*, campaign: Campaign) -> CampaignMonitor:
         for d in deliveries.exclude(last_error="").select_related("customer").order_by("-pk")[:LAST_ERRORS]
     )
 
-    audience_now, audience_error = _audience_now(campaign)
     return CampaignMonitor(
         decided_customers=decided,
-        audience_now=audience_now,
-        audience_error=audience_error,
+        audience_now=_audience_now(campaign),
         assigned_per_variant=assigned,
         decisions=decision_rows,
         deliveries=per_variant,
@@ -221,13 +218,10 @@ def campaign_monitor(*, campaign: Campaign) -> CampaignMonitor:
     )
 
 
-def _audience_now(campaign: Campaign) -> tuple[int | None, str]:
+def _audience_now(campaign: Campaign) -> int:
     from campaigns.services.decide import campaign_audience
 
-    try:
-        return campaign_audience(campaign=campaign).count(), ""
-    except Exception as exc:  # noqa: BLE001 - an audience that cannot be counted is shown, not a 500
-        return None, f"The audience cannot be counted: {exc}"
+    return campaign_audience(campaign=campaign).count()
 
 
 # --------------------------------------------------------------------------------------
@@ -388,7 +382,22 @@ SOURCES: tuple[_Source, ...] = (
     ),
     _Source("opt_out", lambda cid: TopicOptOut.objects.filter(customer_id=cid), "changed_at", _opt_out_entry),
 )
-SOURCE_NAMES = tuple(s.name for s in SOURCES)
+# Channel consent and opt-out live on the customer's row (read already): no query.
+ROW_SOURCE = "consent"
+CONSENT_CHANNELS = ("email", "sms", "push")
+SOURCE_NAMES = (*(s.name for s in SOURCES), ROW_SOURCE)
+
+
+def _consent_entries(customer: Any) -> list[TimelineEntry]:
+    entries = []
+    for i, channel in enumerate(CONSENT_CHANNELS):
+        for offset, (field_name, verb) in enumerate(
+            ((f"{channel}_consent_at", "Consented to"), (f"{channel}_opt_out_at", "Opted out of"))
+        ):
+            at = getattr(customer, field_name, None)
+            if at is not None:
+                entries.append(TimelineEntry(at, ROW_SOURCE, 2 * i + offset + 1, f"{verb} {channel} (channel)"))
+    return entries
 
 
 class BadCursor(ValueError):
@@ -425,9 +434,15 @@ def _sort_key(e: TimelineEntry) -> tuple[dt.datetime, str, int]:
 
 
 def customer_timeline(
-    *, customer_id: int, size: int = 50, before: str | None = None, sources: Iterable[str] | None = None
+    *,
+    customer_id: int,
+    size: int = 50,
+    before: str | None = None,
+    sources: Iterable[str] | None = None,
+    customer: Any = None,
 ) -> Timeline:
-    """A page of the customer's timeline, newest first (one query per source)."""
+    """A page of the customer's timeline, newest first (one query per source).
+    ``customer``: the customer's row, for its channel consents and opt-outs (no query)."""
     cursor = parse_cursor(before) if before else None
     wanted = set(sources) if sources else set(SOURCE_NAMES)
     entries: list[TimelineEntry] = []
@@ -442,6 +457,8 @@ def customer_timeline(
         )
         entries.extend(source.entry(row) for row in rows)
         queries += 1
+    if customer is not None and ROW_SOURCE in wanted:
+        entries.extend(e for e in _consent_entries(customer) if cursor is None or _sort_key(e) < cursor)
     entries.sort(key=_sort_key, reverse=True)
     page, more = entries[:size], len(entries) > size
     return Timeline(

@@ -75,7 +75,11 @@ def customer(request: HttpRequest, external_id: str) -> HttpResponse:
     sources = [s for s in request.GET.getlist("source") if s in SOURCE_NAMES]
     try:
         timeline = customer_timeline(
-            customer_id=row.pk, size=TIMELINE_PAGE, before=request.GET.get("before") or None, sources=sources
+            customer_id=row.pk,
+            size=TIMELINE_PAGE,
+            before=request.GET.get("before") or None,
+            sources=sources,
+            customer=row,
         )
     except BadCursor as exc:
         return HttpResponseBadRequest(str(exc))
