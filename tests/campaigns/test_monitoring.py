@@ -213,3 +213,10 @@ def test_customer_timeline_page__growth_user__entries_links_and_older_link(setti
     assert "Event order_paid" in only_events and "Redeemed coupon" not in only_events
     assert client.get(url, {"before": "yesterday"}).status_code == 400
     assert client.get(reverse("monitor:customer", args=["nobody"])).status_code == 404
+
+
+def test_monitor_page__campaign_without_experiment_nothing_sent__says_so(growth_user, no_caps) -> None:  # type: ignore[no-untyped-def]
+    row = campaign(key="plain")
+    html = _client(growth_user).get(reverse("monitor:campaign", args=[row.pk])).content.decode()
+    assert "No experiment: everyone is treated" in html and 'id="no-reach"' in html and 'id="no-progress"' in html
+    assert 'id="link-report"' not in html
