@@ -321,7 +321,9 @@ class CampaignAdmin(admin.ModelAdmin):
     @admin.display(description="Deliveries")
     def deliveries_link(self, obj: Campaign) -> str:
         url = reverse("admin:campaigns_delivery_changelist") + f"?campaign__id__exact={obj.pk}"
-        return format_html('<a href="{}">deliveries</a>', url)
+        return format_html(
+            '<a href="{}">monitoring</a> · <a href="{}">deliveries</a>', reverse("monitor:campaign", args=[obj.pk]), url
+        )
 
     @admin.display(description="Deliveries by status")
     def delivery_summary(self, obj: Campaign) -> str:

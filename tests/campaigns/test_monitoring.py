@@ -106,6 +106,7 @@ def test_monitor_page__growth_and_marketer__numbers_and_links(settings, growth_u
     # and back: campaign -> monitoring, experiment -> campaign and report, report -> campaign
     client = _client(growth_user)
     assert url in client.get(reverse("admin:campaigns_campaign_change", args=[row.pk])).content.decode()
+    assert url in client.get(reverse("admin:campaigns_campaign_changelist")).content.decode()
     experiment_page = client.get(reverse("admin:experiments_experiment_change", args=[row.experiment_id]))
     assert url in experiment_page.content.decode()
     assert url in client.get(reverse("reports:experiment", args=[row.experiment.key])).content.decode()
