@@ -95,7 +95,8 @@ NO_REACH = (
 )
 NO_REACH_IN_PHASE = (
     "This campaign reached nobody in its experiment's current phase {phase} yet (its version {version}); "
-    "the {earlier} customer(s) of earlier phases belong to earlier versions and are not counted here."
+    "its {earlier} treated or control decision(s) of earlier phases belong to earlier versions "
+    "and are not counted here."
 )
 FOREIGN_EXPERIMENT = (
     "Experiment '{key}' is run by {owner}, not by this campaign: its report is not this campaign's result."
