@@ -321,7 +321,9 @@ class CampaignAdmin(admin.ModelAdmin):
     @admin.display(description="Deliveries")
     def deliveries_link(self, obj: Campaign) -> str:
         url = reverse("admin:campaigns_delivery_changelist") + f"?campaign__id__exact={obj.pk}"
-        return format_html('<a href="{}">deliveries</a>', url)
+        return format_html(
+            '<a href="{}">monitoring</a> · <a href="{}">deliveries</a>', reverse("monitor:campaign", args=[obj.pk]), url
+        )
 
     @admin.display(description="Deliveries by status")
     def delivery_summary(self, obj: Campaign) -> str:
@@ -678,13 +680,55 @@ class ReferralAuditAdmin(ReadOnlyAdmin):
     list_select_related = ["campaign", "customer"]
 
 
+class MailboxCampaignFilter(admin.SimpleListFilter):
+    """Messages of one campaign: a message carries its delivery's idempotency key, which
+    starts with ``d<campaign id>-`` (``delivery_key``), so this is an index prefix scan, no join."""
+
+    title = "campaign"
+    parameter_name = "campaign"
+    SHOWN = 30
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        recent = Campaign.objects.exclude(status=Campaign.Status.DRAFT).order_by("-created_at")[: self.SHOWN]
+        return [(str(c.pk), c.name) for c in recent]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit():
+            return queryset.none()
+        return queryset.filter(delivery_key__startswith=f"d{int(value)}-")
+
+
 @admin.register(MailboxMessage)
 class MailboxMessageAdmin(ReadOnlyAdmin):
     list_display = ["received_at", "channel", "to", "subject", "delivery_key"]
-    list_filter = ["channel"]
+    list_filter = ["channel", MailboxCampaignFilter]
     search_fields = ["to", "subject", "=delivery_key"]
-    fields = ["received_at", "channel", "from_email", "to", "subject", "body_text", "html_rendered", "headers"]
+    fields = [
+        "received_at",
+        "campaign_link",
+        "channel",
+        "from_email",
+        "to",
+        "subject",
+        "body_text",
+        "html_rendered",
+        "headers",
+    ]
     readonly_fields = fields
+
+    @admin.display(description="campaign")
+    def campaign_link(self, obj: MailboxMessage) -> str:
+        """The sending campaign's monitoring page, from the delivery key (``d<campaign id>-…``)."""
+        prefix = obj.delivery_key.partition("-")[0]
+        if not (prefix.startswith("d") and prefix[1:].isdigit()):
+            return "—"
+        row = Campaign.objects.filter(pk=int(prefix[1:])).only("name").first()
+        if row is None:
+            return "—"
+        return format_html('<a href="{}">{}</a>', reverse("monitor:campaign", args=[row.pk]), row.name)
 
     @admin.display(description="HTML")
     def html_rendered(self, obj: MailboxMessage) -> str:

@@ -26,10 +26,18 @@ the plan did not declare is exploratory: its cells never show a winner.
 * ``no_evidence``: otherwise (inconclusive: the difference could be chance);
 * ``no_customers``: the experiment had no customers of this layer when they were assigned;
 * ``no_report``: the experiment has no primary metric (or disappeared);
-* ``no_reach``: the campaign itself decided nobody into its experiment (no treated or
-  control recipient): whatever the experiment's report says, it is not this campaign's
-  result (measured: a finished campaign that reached 0 customers showed "Winner +195.8
-  per 1,000", read off an experiment other clients had filled).
+* ``no_reach``: the campaign itself decided nobody into its experiment's current phase
+  (no treated or control recipient among the phase's assignments): whatever the
+  experiment's report says, it is not this campaign's result (measured: a finished
+  campaign that reached 0 customers showed "Winner +195.8 per 1,000", read off an
+  experiment other clients had filled). A campaign whose new version opened a new phase
+  that nobody has entered yet shows so too (its earlier phases' customers are not the
+  current configuration's), and so does a campaign whose experiment another campaign owns.
+
+Each column is the campaign's own analysis: the report of its experiment's current phase
+(the phase its current version runs in), whose customers are exactly the ones the
+campaign decided (an experiment a campaign owns is assigned by nobody else, see
+``experiments.services.ownership``); ``Column.reached`` counts them.
 
 Incremental conversions per 1,000 customers = absolute lift x 1,000
 = (treatment rate - control rate) x 1,000: how many more of 1,000 customers of the layer
@@ -52,6 +60,7 @@ from django.db.models import Case, Count, IntegerField, QuerySet, Value, When
 from django.utils import timezone
 
 from campaigns.models import Campaign, Recipient, Treatment
+from campaigns.services.assignments import manager_tag
 from experiments.reports.aggregation import layer_labels
 from experiments.reports.assemble import ALPHA, NO_LAYER_LABEL, NOT_YET_EVALUABLE, ExperimentNotFound, report_build
 from experiments.reports.exports import csv_cell
@@ -83,6 +92,14 @@ PER = 1000
 NO_REACH = (
     "This campaign reached nobody: no customer was decided into its experiment (treated or control). "
     "Check its audience (segments computed? layers right?) and its launch."
+)
+NO_REACH_IN_PHASE = (
+    "This campaign reached nobody in its experiment's current phase {phase} yet (its version {version}); "
+    "its {earlier} treated or control decision(s) of earlier phases belong to earlier versions "
+    "and are not counted here."
+)
+FOREIGN_EXPERIMENT = (
+    "Experiment '{key}' is run by {owner}, not by this campaign: its report is not this campaign's result."
 )
 
 Outcome = Literal[
@@ -379,6 +396,37 @@ def _column(campaign: Campaign, report: Report | None, missing: str) -> Column:
     )
 
 
+def _foreign_owner(campaign: Campaign) -> str:
+    """Who else runs the campaign's experiment ("" when it is this campaign's, or nobody's:
+    campaigns launched before experiments had owners)."""
+    managed_by = campaign.experiment.managed_by if campaign.experiment is not None else ""
+    if not managed_by or managed_by == manager_tag(campaign.pk):
+        return ""
+    prefix, _, ident = managed_by.partition(":")
+    if prefix == "campaign" and ident.isdigit():
+        other = Campaign.objects.filter(pk=int(ident)).values_list("key", flat=True).first()
+        return f"campaign '{other}'" if other else managed_by
+    return managed_by
+
+
+def _reached_in_phase(campaign: Campaign) -> int:
+    """Customers the campaign decided (treated or control) among its experiment's current
+    phase's assignments: the customers of the report it is shown with."""
+    from experiments import selectors as experiment_selectors
+
+    in_phase = experiment_selectors.assignments_queryset(experiment=campaign.experiment).values("customer_id")
+    return (
+        Recipient.objects.filter(
+            campaign=campaign,
+            outcome__in=[Recipient.Outcome.TREATED, Recipient.Outcome.CONTROL],
+            customer_id__in=in_phase,
+        )
+        .values("customer_id")
+        .distinct()
+        .count()
+    )
+
+
 def playbook_build(*, campaigns: Sequence[Campaign], now: dt.datetime | None = None) -> Playbook:
     """The playbook of ``campaigns`` (a page of :func:`playbook_campaigns_queryset`).
 
@@ -398,24 +446,28 @@ def playbook_build(*, campaigns: Sequence[Campaign], now: dt.datetime | None = N
             reports[key] = None
             missing[key] = f"Experiment '{key}' no longer exists."
     offers = _Offers(campaigns)
-    reached = dict(
-        Recipient.objects.filter(
-            campaign__in=[c.pk for c in campaigns],
-            outcome__in=[Recipient.Outcome.TREATED, Recipient.Outcome.CONTROL],
-        )
-        .values("campaign")
-        .annotate(n=Count("pk"))
-        .values_list("campaign", "n")
+    decided = Recipient.objects.filter(
+        campaign__in=[c.pk for c in campaigns], outcome__in=[Recipient.Outcome.TREATED, Recipient.Outcome.CONTROL]
     )
+    reached = dict(decided.values("campaign").annotate(n=Count("pk")).values_list("campaign", "n"))
     primaries: list[MetricReport | None] = []
     columns = []
     for campaign in campaigns:
         key = campaign.experiment.key  # type: ignore[union-attr]
         report = reports[key]
         column = _column(campaign, report, missing.get(key, ""))
-        n = reached.get(campaign.pk, 0)
-        if n == 0:
-            column = replace(column, reached=0, customers=0, warnings=(NO_REACH, *column.warnings), srm_flagged=False)
+        owner = _foreign_owner(campaign)
+        n = _reached_in_phase(campaign) if reached.get(campaign.pk) and not owner else 0
+        if owner or n == 0:
+            if owner:
+                why = FOREIGN_EXPERIMENT.format(key=key, owner=owner)
+            elif reached.get(campaign.pk):
+                why = NO_REACH_IN_PHASE.format(
+                    phase=column.phase_number, version=campaign.version, earlier=reached[campaign.pk]
+                )
+            else:
+                why = NO_REACH
+            column = replace(column, reached=0, customers=0, warnings=(why, *column.warnings), srm_flagged=False)
             report = None  # nothing of the experiment's report is this campaign's
         else:
             column = replace(column, reached=n)

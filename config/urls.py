@@ -29,6 +29,8 @@ urlpatterns = [
     # The tier playbook (campaigns x layers, from the lift reports); admin-styled, likewise.
     path("admin/playbook/", include("campaigns.urls_admin", namespace="playbook")),
     # Growth analytics (retention cohorts, step funnels); admin-styled, likewise.
+    # Campaign monitoring and customer timelines; admin-styled, likewise.
+    path("admin/monitor/", include("campaigns.urls_monitor", namespace="monitor")),
     path("admin/analytics/", include("segments.analytics.views", namespace="analytics")),
     path("admin/", admin.site.urls),
     # Unsubscribe links, the preference page and provider webhooks (no session, no login).

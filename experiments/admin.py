@@ -38,6 +38,7 @@ from experiments.models import (
     SegmentSnapshot,
     Variant,
 )
+from experiments.reports.views import owner_url
 from experiments.selectors import experiment_current_phase, variant_counts
 from experiments.services.lifecycle import TRANSITIONS, Targeting
 
@@ -296,6 +297,7 @@ class ExperimentAdmin(admin.ModelAdmin):
             and experiment.status != Experiment.Status.STOPPED
             and self.has_change_permission(request, experiment)
         )
+        extra_context["owner_url"] = owner_url(experiment.managed_by) if experiment is not None else ""
         return super().change_view(request, object_id, form_url, extra_context=extra_context)
 
 

@@ -355,3 +355,9 @@ def layer_rollup(
         )
         for key in sorted(set(totals) | set(conversions), key=lambda k: (k[0], k[1] or "", k[2] or ""))
     ]
+
+
+def customer_assignments_queryset(*, customer_id: int) -> QuerySet[Assignment]:
+    """One customer's assignments in every experiment and phase, with their exposure record
+    (the customer timeline; the customer index serves it)."""
+    return Assignment.objects.filter(customer_id=customer_id).select_related("experiment", "variant", "phase")

@@ -23,6 +23,7 @@ from segments.models import (
     Event,
     EventType,
     Layer,
+    LayerHistory,
     RecomputeRun,
     SegmentMembership,
 )
@@ -344,3 +345,14 @@ def dimension_last_run(*, dimension_id: int, succeeded_only: bool = True) -> Rec
     if succeeded_only:
         runs = runs.filter(status=RecomputeRun.Status.SUCCEEDED)
     return runs.order_by("-started_at").first()
+
+
+def customer_events_queryset(*, customer_id: int) -> QuerySet[Event]:
+    """One customer's events with their type (the customer timeline reads it newest first;
+    the (customer, event type, time) index serves the customer filter)."""
+    return Event.objects.filter(customer_id=customer_id).select_related("event_type")
+
+
+def customer_layer_history_queryset(*, customer_id: int) -> QuerySet[LayerHistory]:
+    """One customer's layer moves: each entry into a layer (and when they left it)."""
+    return LayerHistory.objects.filter(customer_id=customer_id).select_related("layer", "dimension")

@@ -58,10 +58,11 @@ def experiment_release(*, experiment: Experiment, campaign_id: int) -> None:
     experiment_services.experiment_manager_release(experiment=experiment, managed_by=manager_tag(campaign_id))
 
 
-def audience_assign(*, experiment: Experiment, customers: QuerySet[Customer]) -> None:
+def audience_assign(*, experiment: Experiment, customers: QuerySet[Customer], campaign_id: int) -> None:
+    """Split the campaign's audience (as the experiment's manager: nobody else may)."""
     from experiments import services as experiment_services
 
-    experiment_services.audience_assign(experiment=experiment, customers=customers)
+    experiment_services.audience_assign(experiment=experiment, customers=customers, manager=manager_tag(campaign_id))
 
 
 def splits_get(*, experiment: Experiment | None, customer_ids: Sequence[int], manager: str = "") -> dict[int, Split]:

@@ -404,7 +404,9 @@ def campaign_audience_resolve(*, campaign_id: int) -> int:
     if campaign.experiment is not None:
         # Only where every variant acts (symmetric exposure); the rest is decided "no_treatment".
         assignments.audience_assign(
-            experiment=campaign.experiment, customers=campaign_split_audience(campaign=campaign)
+            experiment=campaign.experiment,
+            customers=campaign_split_audience(campaign=campaign),
+            campaign_id=campaign.pk,
         )
     size = conf.get().task_batch
     ids = list(audience.order_by("pk").values_list("pk", flat=True))

@@ -1176,6 +1176,7 @@ def report_build(
             minimum_detectable_effect=plan.minimum_detectable_effect,
             started_at=experiment.started_at,
             stopped_at=experiment.stopped_at,
+            managed_by=experiment.managed_by,
         ),
         phase=(
             PhaseInfo(phase.number, phase.started_at, phase.ended_at, round(days_elapsed, 4))

@@ -54,6 +54,7 @@ class ExperimentInfo:
     minimum_detectable_effect: float
     started_at: dt.datetime | None
     stopped_at: dt.datetime | None
+    managed_by: str = ""  # the owner of the experiment's audience (e.g. "campaign:7"), "" if none
 
 
 @dataclass(frozen=True, slots=True)

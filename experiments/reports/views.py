@@ -25,7 +25,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.safestring import SafeString
 
 from experiments.models import Experiment
@@ -319,8 +319,22 @@ def experiment_report(request: HttpRequest, key: str) -> HttpResponse:
         csv_url=reverse("reports:experiment-csv", args=[key]) + f"?adjustment={adjustment}{windows}",
         json_url=reverse("reports:experiment-json", args=[key]) + f"?adjustment={adjustment}{windows}",
         planner_url=reverse("reports:planner") + f"?experiment={key}",
+        owner_url=owner_url(report.experiment.managed_by),
     )
     return render(request, "experiments/reports/report.html", context)
+
+
+def owner_url(managed_by: str) -> str:
+    """The page of the application that owns an experiment's audience ("" if none or unknown).
+    Only the owner's label is known here (``campaign:<id>``); the page is named, not imported,
+    so the engine does not depend on campaigns."""
+    prefix, _, ident = managed_by.partition(":")
+    if prefix != "campaign" or not ident.isdigit():
+        return ""
+    try:
+        return reverse("monitor:campaign", args=[int(ident)])
+    except NoReverseMatch:
+        return ""
 
 
 @report_view

@@ -347,7 +347,11 @@ class _SnapshotIds:
 
 
 def audience_assign(
-    *, experiment: Experiment, customers: QuerySet[Customer] | None = None, batch_size: int = 10_000
+    *,
+    experiment: Experiment,
+    customers: QuerySet[Customer] | None = None,
+    batch_size: int = 10_000,
+    manager: str = "",
 ) -> AudienceAssignmentResult:
     """Assign the experiment's targeted audience (or ``customers`` ∩ the targeting).
 
@@ -356,6 +360,11 @@ def audience_assign(
     (idempotent: a re-run writes nothing); the rest are hashed with numpy (holdout,
     namespace, variant) and written with one ``INSERT … SELECT … ON CONFLICT DO NOTHING``
     per batch and table, one transaction per batch.
+
+    ``manager``: the caller's ``managed_by`` label. A managed experiment (a campaign's) is
+    assigned only by its manager; anyone else (e.g. the ``experiments.audience_assign``
+    task) writes nothing and gets everyone as ``campaign_managed``: the campaign decides
+    who is in its experiment, and only where every variant acts (symmetric exposure).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
@@ -364,6 +373,9 @@ def audience_assign(
     excluded: Counter[str] = Counter({r.value: 0 for r in _EXCLUSION_REASONS})
     if config is None or not config.is_running:
         excluded[Reason.NOT_RUNNING] = base.count()
+        return AudienceAssignmentResult(assigned=0, already_assigned=0, excluded=dict(excluded), per_variant={})
+    if config.managed_by and config.managed_by != manager:
+        excluded[Reason.CAMPAIGN_MANAGED] = base.count()
         return AudienceAssignmentResult(assigned=0, already_assigned=0, excluded=dict(excluded), per_variant={})
 
     audience = _audience(config, base) if config.has_targeting else base

@@ -17,19 +17,26 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from experiments.models import Experiment
+from experiments.models import Assignment, Experiment, HoldoutMember, Phase
 from experiments.selectors import experiment_configs_invalidate
 
 
 @transaction.atomic
 def experiment_manager_set(*, experiment: Experiment, managed_by: str) -> Experiment:
     """Claim ``experiment`` for ``managed_by`` (e.g. ``"campaign:winback"``); idempotent.
-    Refused when another owner holds it: one experiment splits one audience."""
+    Refused when another owner holds it: one experiment splits one audience.
+
+    Also refused, on the first claim, when the current phase already holds customers
+    (assigned or held out by the generic assignment API or another app while the
+    experiment was nobody's): the owner's report would count them as its own, although it
+    never decided for them. A new phase (or a new experiment) starts it clean."""
     row = Experiment.objects.select_for_update().get(pk=experiment.pk)
     if row.managed_by and row.managed_by != managed_by:
         raise ValidationError(
             {"experiment": f"Experiment '{row.key}' already belongs to {row.managed_by}; create a new experiment."}
         )
+    if not row.managed_by:
+        _current_phase_empty_check(row)
     if row.managed_by != managed_by:
         row.managed_by = managed_by
         row.save(update_fields=["managed_by"])
@@ -45,3 +52,21 @@ def experiment_manager_release(*, experiment: Experiment, managed_by: str) -> No
     updated = Experiment.objects.filter(pk=experiment.pk, managed_by=managed_by).update(managed_by="")
     if updated:
         experiment_configs_invalidate()
+
+
+def _current_phase_empty_check(experiment: Experiment) -> None:
+    phase = Phase.objects.filter(experiment=experiment, ended_at__isnull=True).order_by("-number").first()
+    if phase is None:
+        return
+    taken = Assignment.objects.filter(phase=phase).count() + HoldoutMember.objects.filter(phase=phase).count()
+    if taken:
+        raise ValidationError(
+            {
+                "experiment": (
+                    f"Experiment '{experiment.key}' already has {taken} customer(s) in phase {phase.number}, "
+                    "assigned outside this campaign (e.g. by the assignment API): its report would count them as "
+                    "the campaign's. Start a new phase of the experiment (Change allocation / new phase) or use "
+                    "a new experiment."
+                )
+            }
+        )

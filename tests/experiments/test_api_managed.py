@@ -88,3 +88,44 @@ def test_post_exposure__managed_experiment__400_naming_experiment_nothing_record
     )
     assert response.status_code == 400 and "campaign_managed" in response.json()["errors"]["experiment"][0]
     assert Assignment.objects.get(experiment=managed).exposure_count == 0
+
+
+def test_audience_assign__managed_experiment_other_caller__nothing_written_campaign_managed(
+    make_experiment, make_customers
+) -> None:
+    # Given a campaign's experiment and customers in its targeting
+    managed = make_experiment("winback-bulk")
+    services.experiment_manager_set(experiment=managed, managed_by="campaign:9")
+    make_customers(30)
+    # When the generic bulk path (the experiments.audience_assign task) runs on it
+    from experiments import tasks
+
+    tasks.experiment_audience_assign.apply(args=[managed.pk]).get()
+    result = services.audience_assign(experiment=managed)
+    # Then nobody is assigned or held out, and the reason says whose it is
+    assert result.assigned == 0 and result.excluded["campaign_managed"] == 30
+    assert not Assignment.objects.filter(experiment=managed).exists()
+    # while its manager still splits it
+    assert services.audience_assign(experiment=managed, manager="campaign:9").assigned > 0
+
+
+def test_experiment_manager_set__api_assigned_in_current_phase__refused_until_new_phase(
+    reader, make_experiment, make_customers
+) -> None:
+    from django.core.exceptions import ValidationError
+
+    # Given an experiment nobody owns yet, in which the assignment API assigned a customer
+    experiment = make_experiment("not-yet-owned")
+    customer = make_customers(1)[0]
+    assert reader.get(URL.format(customer.external_id)).json()["results"][0]["reason"] == "assigned"
+    # When a campaign claims it, then it is refused: the report would count that customer
+    with pytest.raises(ValidationError) as caught:
+        services.experiment_manager_set(experiment=experiment, managed_by="campaign:5")
+    assert "1 customer(s) in phase 1" in caught.value.message_dict["experiment"][0]
+    experiment.refresh_from_db()
+    assert experiment.managed_by == ""
+    # and a new phase starts it clean
+    services.experiment_new_phase(experiment=experiment, reason="owned by a campaign")
+    services.experiment_manager_set(experiment=experiment, managed_by="campaign:5")
+    experiment.refresh_from_db()
+    assert experiment.managed_by == "campaign:5"
