@@ -15,26 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
+from campaigns.decision import Split
 from campaigns.services.bulk import id_in
 from experiments.models import Experiment
 from segments.models import Customer
-
-
-@dataclass(frozen=True)
-class Split:
-    variant_key: str
-    is_control: bool
-    reason: str  # "assigned" | "holdout" | "not_targeted" | "outside_coverage" | "not_running" | "namespace"
-    assignment_id: int | None
-
-    @property
-    def is_assigned(self) -> bool:
-        return self.reason == "assigned"
-
 
 NO_EXPERIMENT = Split(variant_key="", is_control=False, reason="assigned", assignment_id=None)
 

@@ -13,10 +13,10 @@ import datetime as dt
 from django.db import transaction
 from django.utils import timezone
 
+from campaigns import kinds
 from campaigns.models import Campaign
 from campaigns.selectors import layer_entries_queryset
 from campaigns.services.decide import Target, campaign_audience, recipients_decide
-from campaigns.services.referrals import referral_events_process, referrals_qualify
 from segments.models import Customer
 from segments.selectors import events_queryset
 
@@ -35,6 +35,7 @@ def campaign_triggers_process(*, campaign_id: int, now: dt.datetime | None = Non
         )
         if campaign is None or not campaign.is_triggered:
             return 0
+        kind = kinds.kind_module(campaign.kind)
         since = now - dt.timedelta(hours=campaign.trigger_within_hours) if campaign.trigger_within_hours else None
         if campaign.trigger == Campaign.Trigger.EVENT:
             rows = list(
@@ -44,9 +45,7 @@ def campaign_triggers_process(*, campaign_id: int, now: dt.datetime | None = Non
                 .values_list("pk", "customer_id", "occurred_at", "properties")[:TRIGGER_BATCH]
             )
             fresh = [r for r in rows if since is None or r[2] >= since]
-            if campaign.kind == Campaign.Kind.REFERRAL:
-                referral_events_process(campaign=campaign, events=fresh, now=now)
-            else:
+            if not kind.triggers_handle(campaign, fresh, now):
                 _decide(campaign, [(customer_id, "trigger") for _, customer_id, _, _ in fresh], now)
         else:
             rows = list(
@@ -60,8 +59,7 @@ def campaign_triggers_process(*, campaign_id: int, now: dt.datetime | None = Non
         if rows:
             campaign.trigger_cursor = rows[-1][0]
             campaign.save(update_fields=["trigger_cursor", "updated_at"])
-        if campaign.kind == Campaign.Kind.REFERRAL:
-            referrals_qualify(campaign=campaign, now=now)
+        kind.triggers_after(campaign, now)
     return len(rows)
 
 

@@ -1,0 +1,56 @@
+"""What every campaign kind provides (the contract; one module per kind, registry in
+``campaigns.kinds``). A new kind touches one new file plus its ``Campaign.Kind`` choice.
+
+A kind module exposes:
+
+- ``KIND``: the ``Campaign.Kind`` value.
+- ``TOPIC``: the consent topic a campaign of this kind is about when none is given.
+- ``TRIGGER_DEFAULTS``: a ``TriggerDefaults`` (trigger, event type code, freshness in hours)
+  filled in when a campaign of this kind is configured without a trigger, or None.
+- ``OFFERS_PER_TERM``: True when an offer is made at most once per membership term and
+  expiry window (renewal): the decision then reads each customer's membership term.
+- ``roles(campaign) -> list[str]``: the referral roles a treatment is resolved for
+  (``[""]``: no roles). Launch checks coverage per role.
+- ``config_issues(campaign) -> list[tuple[str, str]]``: (field, message) for configuration
+  this kind cannot run with; checked at launch/schedule (``campaign_launch_check``).
+- ``triggers_handle(campaign, events, now) -> bool``: a kind that handles its trigger events
+  itself (referral: attributes invitees) does it and returns True; False lets the generic
+  path decide for each event's customer.
+- ``triggers_after(campaign, now) -> None``: work after each trigger batch (referral: qualify
+  and reward referrals).
+
+Modules here hold rules only; they read the ``Campaign`` row they are given and call
+services, never the other way round (services reach kinds through the registry).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from campaigns.models import Campaign
+
+
+@dataclass(frozen=True)
+class TriggerDefaults:
+    trigger: str
+    event_type_code: str
+    within_hours: int | None = None
+
+
+def no_roles(campaign: Campaign) -> list[str]:
+    return [""]
+
+
+def no_issues(campaign: Campaign) -> list[tuple[str, str]]:
+    return []
+
+
+def generic_triggers(campaign: Campaign, events: list[tuple[Any, ...]], now: dt.datetime) -> bool:
+    return False
+
+
+def nothing_after(campaign: Campaign, now: dt.datetime) -> None:
+    return None
