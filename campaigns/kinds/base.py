@@ -13,21 +13,19 @@ A kind module exposes:
   (``[""]``: no roles). Launch checks coverage per role.
 - ``config_issues(campaign) -> list[tuple[str, str]]``: (field, message) for configuration
   this kind cannot run with; checked at launch/schedule (``campaign_launch_check``).
-- ``triggers_handle(campaign, events, now) -> bool``: a kind that handles its trigger events
-  itself (referral: attributes invitees) does it and returns True; False lets the generic
-  path decide for each event's customer.
-- ``triggers_after(campaign, now) -> None``: work after each trigger batch (referral: qualify
-  and reward referrals).
+- ``REFERRALS``: True when trigger events attribute invitees to inviters and rewards follow
+  qualifying events (``campaigns.services.referrals``) instead of deciding for the event's
+  customer.
 
-Modules here hold rules only; they read the ``Campaign`` row they are given and call
-services, never the other way round (services reach kinds through the registry).
+Modules here hold rules and capabilities only: they read the ``Campaign`` row they are given
+and never import the services (which reach kinds through the registry; import-linter's
+"No import cycles inside campaigns" keeps it so).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from campaigns.models import Campaign
@@ -46,11 +44,3 @@ def no_roles(campaign: Campaign) -> list[str]:
 
 def no_issues(campaign: Campaign) -> list[tuple[str, str]]:
     return []
-
-
-def generic_triggers(campaign: Campaign, events: list[tuple[Any, ...]], now: dt.datetime) -> bool:
-    return False
-
-
-def nothing_after(campaign: Campaign, now: dt.datetime) -> None:
-    return None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from campaigns.kinds.base import generic_triggers, no_issues, no_roles, nothing_after
+from campaigns.kinds.base import no_issues, no_roles
 
 KIND = "custom"
 TOPIC = "promotions"
 TRIGGER_DEFAULTS = None
 OFFERS_PER_TERM = False
+REFERRALS = False
 
 roles = no_roles
 config_issues = no_issues
-triggers_handle = generic_triggers
-triggers_after = nothing_after

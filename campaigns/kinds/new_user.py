@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from campaigns.kinds.base import TriggerDefaults, generic_triggers, no_roles, nothing_after
+from campaigns.kinds.base import TriggerDefaults, no_roles
 
 if TYPE_CHECKING:
     from campaigns.models import Campaign
@@ -13,10 +13,9 @@ KIND = "new_user"
 TOPIC = "promotions"
 TRIGGER_DEFAULTS = TriggerDefaults(trigger="event", event_type_code="signup", within_hours=48)
 OFFERS_PER_TERM = False
+REFERRALS = False
 
 roles = no_roles
-triggers_handle = generic_triggers
-triggers_after = nothing_after
 
 
 def config_issues(campaign: Campaign) -> list[tuple[str, str]]:

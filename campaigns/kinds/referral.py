@@ -5,8 +5,7 @@ may differ per role ("inviter" / "invitee"), so coverage is checked per rewarded
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from campaigns.kinds.base import TriggerDefaults
 
@@ -17,6 +16,7 @@ KIND = "referral"
 TOPIC = "referrals"
 TRIGGER_DEFAULTS = TriggerDefaults(trigger="event", event_type_code="referral_signup")
 OFFERS_PER_TERM = False
+REFERRALS = True
 
 _ROLES = {"inviter": ["inviter"], "invitee": ["invitee"], "both": ["inviter", "invitee"]}
 
@@ -32,16 +32,3 @@ def config_issues(campaign: Campaign) -> list[tuple[str, str]]:
     if campaign.referral_qualifying_event_type_id is None:
         issues.append(("referral_qualifying_event_type", "Name the invitee's qualifying event (signup, order)."))
     return issues
-
-
-def triggers_handle(campaign: Campaign, events: list[tuple[Any, ...]], now: dt.datetime) -> bool:
-    from campaigns.services.referrals import referral_events_process
-
-    referral_events_process(campaign=campaign, events=events, now=now)
-    return True
-
-
-def triggers_after(campaign: Campaign, now: dt.datetime) -> None:
-    from campaigns.services.referrals import referrals_qualify
-
-    referrals_qualify(campaign=campaign, now=now)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from campaigns.kinds.base import generic_triggers, no_roles, nothing_after
+from campaigns.kinds.base import no_roles
 
 if TYPE_CHECKING:
     from campaigns.models import Campaign
@@ -16,10 +16,9 @@ KIND = "renewal"
 TOPIC = "renewals"
 TRIGGER_DEFAULTS = None
 OFFERS_PER_TERM = True
+REFERRALS = False
 
 roles = no_roles
-triggers_handle = generic_triggers
-triggers_after = nothing_after
 
 
 def config_issues(campaign: Campaign) -> list[tuple[str, str]]:

@@ -4,14 +4,13 @@ chosen by the "first reachable" strategy; no kind-specific rule beyond its topic
 
 from __future__ import annotations
 
-from campaigns.kinds.base import generic_triggers, no_issues, no_roles, nothing_after
+from campaigns.kinds.base import no_issues, no_roles
 
 KIND = "winback"
 TOPIC = "recall"
 TRIGGER_DEFAULTS = None
 OFFERS_PER_TERM = False
+REFERRALS = False
 
 roles = no_roles
 config_issues = no_issues
-triggers_handle = generic_triggers
-triggers_after = nothing_after

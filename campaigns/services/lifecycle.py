@@ -35,7 +35,13 @@ from campaigns.services.decide import (
     recipients_decide,
     treated_variant_keys,
 )
-from campaigns.services.outbox import PUBLISH_RETRY, audience_batches_enqueue, deliveries_enqueue
+from campaigns.services.outbox import (
+    PUBLISH_RETRY,
+    TASK_AUDIENCE_RESOLVE,
+    audience_batches_enqueue,
+    deliveries_enqueue,
+    task_publish,
+)
 from campaigns.services.render import content_check
 from segments.models import Channel, Layer
 from segments.selectors import events_queryset
@@ -284,10 +290,8 @@ def _initial_cursor(campaign: Campaign, now: dt.datetime) -> int:
 
 
 def _publish_resolve(campaign_id: int) -> None:
-    from campaigns.tasks import campaign_audience_resolve
-
     try:
-        campaign_audience_resolve.apply_async(args=[campaign_id], retry=True, retry_policy=PUBLISH_RETRY)
+        task_publish(TASK_AUDIENCE_RESOLVE, args=[campaign_id], retry=True, retry_policy=PUBLISH_RETRY)
     except Exception as exc:  # noqa: BLE001 - the tick resolves running campaigns left unresolved
         logger.warning("broker unavailable at launch of campaign %s; the tick will resume it: %r", campaign_id, exc)
 

@@ -17,6 +17,7 @@ from campaigns import kinds
 from campaigns.models import Campaign
 from campaigns.selectors import layer_entries_queryset
 from campaigns.services.decide import Target, campaign_audience, recipients_decide
+from campaigns.services.referrals import referral_events_process, referrals_qualify
 from segments.models import Customer
 from segments.selectors import events_queryset
 
@@ -45,7 +46,9 @@ def campaign_triggers_process(*, campaign_id: int, now: dt.datetime | None = Non
                 .values_list("pk", "customer_id", "occurred_at", "properties")[:TRIGGER_BATCH]
             )
             fresh = [r for r in rows if since is None or r[2] >= since]
-            if not kind.triggers_handle(campaign, fresh, now):
+            if kind.REFERRALS:
+                referral_events_process(campaign=campaign, events=fresh, now=now)
+            else:
                 _decide(campaign, [(customer_id, "trigger") for _, customer_id, _, _ in fresh], now)
         else:
             rows = list(
@@ -59,7 +62,8 @@ def campaign_triggers_process(*, campaign_id: int, now: dt.datetime | None = Non
         if rows:
             campaign.trigger_cursor = rows[-1][0]
             campaign.save(update_fields=["trigger_cursor", "updated_at"])
-        kind.triggers_after(campaign, now)
+        if kind.REFERRALS:
+            referrals_qualify(campaign=campaign, now=now)
     return len(rows)
 
 

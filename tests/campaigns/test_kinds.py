@@ -41,3 +41,15 @@ def test_kind_rules__renewal_without_split_dimension__issue_on_split_dimension()
 def test_decision_outcomes__pure_constants__equal_recipient_outcomes() -> None:
     pure = {decision.TREATED, decision.CONTROL, decision.HOLDOUT, decision.EXCLUDED}
     assert pure == set(Recipient.Outcome.values)
+
+
+def test_kinds_registry__every_module__provides_the_base_contract() -> None:
+    for kind, module in kinds.KINDS.items():
+        missing = [
+            name
+            for name in ("KIND", "TOPIC", "TRIGGER_DEFAULTS", "OFFERS_PER_TERM", "REFERRALS", "roles", "config_issues")
+            if not hasattr(module, name)
+        ]
+        assert not missing, f"{kind}: {missing}"
+    assert [k for k, m in kinds.KINDS.items() if m.OFFERS_PER_TERM] == ["renewal"]
+    assert [k for k, m in kinds.KINDS.items() if m.REFERRALS] == ["referral"]
