@@ -244,6 +244,21 @@ class CampaignAdmin(admin.ModelAdmin):
     def has_launch_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(LAUNCH_PERM)
 
+    # Only drafts are deleted (campaigns.services.editing.campaign_delete): a live or finished
+    # campaign's recipients and deliveries are the record of what was sent.
+    def has_delete_permission(self, request: HttpRequest, obj: Campaign | None = None) -> bool:
+        return (obj is None or not obj.is_locked) and super().has_delete_permission(request, obj)
+
+    def delete_model(self, request: HttpRequest, obj: Campaign) -> None:
+        editing.campaign_delete(campaign=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        for campaign in queryset:
+            try:
+                editing.campaign_delete(campaign=campaign)
+            except ValidationError as exc:
+                self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Campaign | None = None) -> list[str]:
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None and obj.pk is not None and obj.is_locked:

@@ -218,6 +218,26 @@ def treatments_write_check(*, campaign: Campaign, version_started: bool = False)
         raise ValidationError({"treatments": LOCKED_MESSAGE.format(status=row.status)})
 
 
+def campaign_delete_check(*, campaign: Campaign) -> None:
+    """Only a draft can be deleted: from scheduled on, its recipients, deliveries, coupons and
+    versions are the record of who was sent what (and the experiment's analysis reads them)."""
+    status = Campaign.objects.filter(pk=campaign.pk).values_list("status", flat=True).first()
+    if status is not None and status != Campaign.Status.DRAFT:
+        raise ValidationError(
+            f"{campaign.key}: only a draft can be deleted (this one is {status}); finish it, or use "
+            "'Duplicate as draft' to start again."
+        )
+
+
+@transaction.atomic
+def campaign_delete(*, campaign: Campaign) -> None:
+    row = Campaign.objects.select_for_update().filter(pk=campaign.pk).first()
+    if row is None:
+        return
+    campaign_delete_check(campaign=row)
+    row.delete()
+
+
 def offer_write_check(*, offer: Offer) -> None:
     """An offer a live (or finished) campaign gives is read-only: what was promised is kept."""
     users = list(
