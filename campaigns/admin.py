@@ -42,7 +42,7 @@ from campaigns.models import (
 from campaigns.services import editing, lifecycle, suppression
 from campaigns.services.offers import coupon_pool_upload
 from campaigns.services.render import content_preview
-from segments.models import Customer
+from segments.selectors import customer_get
 
 LAUNCH_PERM = "campaigns.launch_campaign"
 NEW_VERSION_PARAM = "new_version"
@@ -443,7 +443,7 @@ class CampaignAdmin(admin.ModelAdmin):
         form = PreviewForm(request.GET or None, campaign=campaign)
         preview = None
         if form.is_valid():
-            customer = Customer.objects.filter(external_id=form.cleaned_data["customer"]).first()
+            customer = customer_get(external_id=form.cleaned_data["customer"])
             if customer is None:
                 form.add_error("customer", "No customer with this external id.")
             else:

@@ -20,10 +20,9 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection, transaction
-from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from campaigns import decision, kinds
@@ -32,8 +31,12 @@ from campaigns.models.delivery import delivery_key
 from campaigns.services import bulk
 from campaigns.services import policy as send_policy
 from campaigns.services.assignments import exposures_record, manager_tag, splits_get
-from segments.models import CONTACT_FIELDS, Channel, Customer, Layer, Membership
+from segments import selectors as segment_selectors
+from segments.contacts import CONTACT_FIELDS, Channel
 from segments.selectors import audience_queryset
+
+if TYPE_CHECKING:
+    from segments.models import Customer
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +76,9 @@ def _layers_of(campaign: Campaign, customer_ids: Sequence[int]) -> dict[int, int
     if campaign.split_dimension_id is None:
         return {}
     result: dict[int, int] = {}
-    base = Customer.objects.filter(bulk.id_in(Customer, "id", customer_ids))
-    for layer_id in Layer.objects.filter(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True):
+    base = _customers(customer_ids)
+    layer_ids = segment_selectors.layers_queryset(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True)
+    for layer_id in layer_ids:
         for cid in audience_queryset(include_layer_ids=[layer_id], base=base).values_list("pk", flat=True):
             result[cid] = layer_id
     return result
@@ -84,7 +88,7 @@ def _terms_of(campaign: Campaign, customer_ids: Sequence[int], layers: dict[int,
     """Each customer's latest membership term, the expiry window (their layer of the split
     dimension) and whether that term was already offered in that window, by any campaign."""
     memberships = _memberships_of(customer_ids)
-    window_keys = dict(Layer.objects.filter(pk__in=set(layers.values())).values_list("pk", "key"))
+    window_keys = dict(segment_selectors.layers_queryset(ids=set(layers.values())).values_list("pk", "key"))
     offered = set(
         Recipient.objects.filter(
             membership_id__in=[m for m, _ in memberships.values()], window_key__in=set(window_keys.values())
@@ -102,14 +106,13 @@ def _terms_of(campaign: Campaign, customer_ids: Sequence[int], layers: dict[int,
 
 def _memberships_of(customer_ids: Sequence[int]) -> dict[int, tuple[int, dt.datetime]]:
     """The customer's latest membership term (id, expires_at), for renewals."""
-    latest = Membership.objects.filter(customer_id=OuterRef("pk")).order_by("-expires_at", "-pk")
-    rows = (
-        Customer.objects.filter(bulk.id_in(Customer, "id", customer_ids))
-        .annotate(mid=Subquery(latest.values("pk")[:1]), mexp=Subquery(latest.values("expires_at")[:1]))
-        .filter(mid__isnull=False)
-        .values_list("pk", "mid", "mexp")
-    )
-    return {cid: (mid, mexp) for cid, mid, mexp in rows}
+    return segment_selectors.latest_memberships(customers=_customers(customer_ids))
+
+
+def _customers(customer_ids: Sequence[int]):  # type: ignore[no-untyped-def]
+    """The customers with these ids (one JSON parameter, whatever the batch size)."""
+    customers = segment_selectors.customers_queryset()
+    return customers.filter(bulk.id_in(customers.model, "id", customer_ids))
 
 
 class TreatmentIndex:
@@ -141,13 +144,9 @@ def treated_variant_keys(campaign: Campaign) -> list[str]:
     treated by the "any variant" rows)."""
     if campaign.experiment_id is None:
         return [""]
-    from experiments.models import Variant
+    from experiments import selectors as experiment_selectors
 
-    return list(
-        Variant.objects.filter(experiment_id=campaign.experiment_id, is_control=False)
-        .order_by("key")
-        .values_list("key", flat=True)
-    )
+    return experiment_selectors.variant_keys(experiment_id=campaign.experiment_id, is_control=False)
 
 
 def campaign_split_audience(*, campaign: Campaign):  # type: ignore[no-untyped-def]
@@ -162,7 +161,7 @@ def campaign_split_audience(*, campaign: Campaign):  # type: ignore[no-untyped-d
         return audience
     if campaign.split_dimension_id is None:
         return audience.none()
-    layer_ids = Layer.objects.filter(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True)
+    layer_ids = segment_selectors.layers_queryset(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True)
     covered = [pk for pk in layer_ids if index.covers(variant_keys=keys, layer_id=pk)]
     if not covered:
         return audience.none()
@@ -324,10 +323,7 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
         return DecideResult()
     customer_ids = sorted({t.customer_id for t in targets})
     contact_fields = [field for fields in CONTACT_FIELDS.values() for field in fields]
-    customers = {
-        c.pk: c
-        for c in Customer.objects.filter(bulk.id_in(Customer, "id", customer_ids)).only("timezone", *contact_fields)
-    }
+    customers = {c.pk: c for c in _customers(customer_ids).only("timezone", *contact_fields)}
     layers = _layers_of(campaign, customer_ids)
     index = TreatmentIndex(campaign)
     variant_keys = treated_variant_keys(campaign)

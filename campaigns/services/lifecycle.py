@@ -43,7 +43,8 @@ from campaigns.services.outbox import (
     task_publish,
 )
 from campaigns.services.render import content_check
-from segments.models import Channel, Layer
+from segments import selectors as segment_selectors
+from segments.contacts import Channel
 from segments.selectors import events_queryset
 
 logger = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def _coverage_gaps(campaign: Campaign) -> list[str]:
     roles = kinds.kind_module(campaign.kind).roles(campaign)
     scope: list[tuple[int | None, str]] = [(None, "")]
     if campaign.split_dimension_id is not None:
-        layers = Layer.objects.filter(dimension_id=campaign.split_dimension_id).order_by("position", "pk")
+        layers = segment_selectors.layers_queryset(dimension_id=campaign.split_dimension_id)
         included = set(
             campaign.include_layers.filter(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True)
         )

@@ -18,8 +18,7 @@ from campaigns.models import Campaign
 from campaigns.selectors import layer_entries_queryset
 from campaigns.services.decide import Target, campaign_audience, recipients_decide
 from campaigns.services.referrals import referral_events_process, referrals_qualify
-from segments.models import Customer
-from segments.selectors import events_queryset
+from segments.selectors import customers_queryset, events_queryset
 
 TRIGGER_BATCH = 1000
 
@@ -72,7 +71,7 @@ def _decide(campaign: Campaign, candidates: list[tuple[int, str]], now: dt.datet
         return
     ids = {cid for cid, _ in candidates}
     in_audience = set(
-        campaign_audience(campaign=campaign, base=Customer.objects.filter(pk__in=ids)).values_list("pk", flat=True)
+        campaign_audience(campaign=campaign, base=customers_queryset(ids=ids)).values_list("pk", flat=True)
     )
     seen: set[tuple[int, str]] = set()
     targets = []
