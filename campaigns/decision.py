@@ -143,37 +143,36 @@ class Verdict:
 
 
 def decide(candidate: Candidate, table: TreatmentTable) -> Verdict:
-    """One customer's outcome (see the module docstring for the rules)."""
+    """One customer's outcome (see the module docstring for the rules). Called once per
+    customer of a batch: positional construction keeps it at about a microsecond or two."""
     c = candidate
-    if not c.covered or c.split is None:
-        return Verdict(c.customer_id, c.step, EXCLUDED, NO_TREATMENT, "", None, c.layer_id)
     split = c.split
-    base = dict(
-        customer_id=c.customer_id,
-        step=c.step,
-        variant_key=split.variant_key,
-        assignment_id=split.assignment_id,
-        layer_id=c.layer_id,
-    )
-    if c.term is not None and c.layer_id is not None and c.term.already_offered:
-        return Verdict(outcome=EXCLUDED, reason=RENEWAL_ALREADY_OFFERED, **base)  # type: ignore[arg-type]
+    if not c.covered or split is None:
+        return Verdict(c.customer_id, c.step, EXCLUDED, NO_TREATMENT, "", None, c.layer_id)
+    term = c.term if c.layer_id is not None else None
+    key, assignment_id = split.variant_key, split.assignment_id
+    if term is not None and term.already_offered:
+        return Verdict(c.customer_id, c.step, EXCLUDED, RENEWAL_ALREADY_OFFERED, key, assignment_id, c.layer_id)
     if split.reason == "holdout":
-        return Verdict(outcome=HOLDOUT, reason=split.reason, **base)  # type: ignore[arg-type]
-    if not split.is_assigned:
-        return Verdict(outcome=EXCLUDED, reason=split.reason, **base)  # type: ignore[arg-type]
-    treatment_id = table.resolve(
-        variant_key=split.variant_key, is_control=split.is_control, layer_id=c.layer_id, role=c.role
-    )
+        return Verdict(c.customer_id, c.step, HOLDOUT, split.reason, key, assignment_id, c.layer_id)
+    if split.reason != "assigned":
+        return Verdict(c.customer_id, c.step, EXCLUDED, split.reason, key, assignment_id, c.layer_id)
+    treatment_id = table.resolve(variant_key=key, is_control=split.is_control, layer_id=c.layer_id, role=c.role)
     if treatment_id is None:
         outcome, reason = (CONTROL, split.reason) if split.is_control else (EXCLUDED, NO_TREATMENT)
-        return Verdict(outcome=outcome, reason=reason, **base)  # type: ignore[arg-type]
-    term = c.term if c.layer_id is not None else None
+        return Verdict(c.customer_id, c.step, outcome, reason, key, assignment_id, c.layer_id)
+    if term is None:
+        return Verdict(c.customer_id, c.step, TREATED, split.reason, key, assignment_id, c.layer_id, treatment_id)
     return Verdict(
-        outcome=TREATED,
-        reason=split.reason,
-        treatment_id=treatment_id,
-        membership_id=term.membership_id if term else None,
-        window_key=term.window_key if term else "",
-        membership_expires=term.expires_at if term else None,
-        **base,  # type: ignore[arg-type]
+        c.customer_id,
+        c.step,
+        TREATED,
+        split.reason,
+        key,
+        assignment_id,
+        c.layer_id,
+        treatment_id,
+        term.membership_id,
+        term.window_key,
+        term.expires_at,
     )
