@@ -26,7 +26,7 @@ Outcome values equal ``campaigns.models.Recipient.Outcome`` (a database test che
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 TREATED = "treated"
@@ -73,18 +73,6 @@ class TreatmentTable:
             self.resolve(variant_key=key, is_control=False, layer_id=layer_id, role=role) is not None
             for key in variant_keys
         )
-
-    def gaps(
-        self, *, variant_keys: Sequence[str], layer_ids: Sequence[int | None], roles: Sequence[str]
-    ) -> list[tuple[str, int | None, str]]:
-        """(variant, layer, role) triples no treatment covers, in the order given."""
-        return [
-            (key, layer_id, role)
-            for key in variant_keys
-            for role in roles
-            for layer_id in layer_ids
-            if self.resolve(variant_key=key, is_control=False, layer_id=layer_id, role=role) is None
-        ]
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,11 @@ def test_table_resolve__referral_role__role_row_before_both_roles() -> None:
     assert t.resolve(variant_key="b", is_control=False, layer_id=None, role="invitee") == 6
 
 
-def test_table_covers_and_gaps__one_variant_missing_a_layer__reported() -> None:
+def test_table_covers__one_variant_missing_a_layer__not_covered_there() -> None:
     t = table(("b", GOLD, "", 1), ("c", None, "", 2))
     assert t.covers(variant_keys=["b", "c"], layer_id=GOLD)
     assert not t.covers(variant_keys=["b", "c"], layer_id=SILVER)
-    assert t.gaps(variant_keys=["b", "c"], layer_ids=[GOLD, SILVER], roles=[""]) == [("b", SILVER, "")]
+    assert not t.covers(variant_keys=["b"], layer_id=SILVER) and t.covers(variant_keys=["c"], layer_id=SILVER)
 
 
 def test_decide__not_covered__excluded_no_treatment_and_never_split() -> None:
