@@ -42,7 +42,7 @@ from campaigns.models import (
 from campaigns.services import editing, lifecycle, suppression
 from campaigns.services.offers import coupon_pool_upload
 from campaigns.services.render import content_preview
-from segments.models import Customer
+from segments.selectors import customer_get
 
 LAUNCH_PERM = "campaigns.launch_campaign"
 NEW_VERSION_PARAM = "new_version"
@@ -244,6 +244,21 @@ class CampaignAdmin(admin.ModelAdmin):
     def has_launch_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(LAUNCH_PERM)
 
+    # Only drafts are deleted (campaigns.services.editing.campaign_delete): a live or finished
+    # campaign's recipients and deliveries are the record of what was sent.
+    def has_delete_permission(self, request: HttpRequest, obj: Campaign | None = None) -> bool:
+        return (obj is None or not obj.is_locked) and super().has_delete_permission(request, obj)
+
+    def delete_model(self, request: HttpRequest, obj: Campaign) -> None:
+        editing.campaign_delete(campaign=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        for campaign in queryset:
+            try:
+                editing.campaign_delete(campaign=campaign)
+            except ValidationError as exc:
+                self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Campaign | None = None) -> list[str]:
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None and obj.pk is not None and obj.is_locked:
@@ -430,7 +445,7 @@ class CampaignAdmin(admin.ModelAdmin):
         form = PreviewForm(request.GET or None, campaign=campaign)
         preview = None
         if form.is_valid():
-            customer = Customer.objects.filter(external_id=form.cleaned_data["customer"]).first()
+            customer = customer_get(external_id=form.cleaned_data["customer"])
             if customer is None:
                 form.add_error("customer", "No customer with this external id.")
             else:

@@ -23,7 +23,7 @@ from access.pagination import LIMIT_SCHEMA, OFFSET_SCHEMA, ApiPagination
 from access.permissions import CustomerTokenAccess
 from campaigns.services.offers import CouponError, coupon_redeem, customer_offers, offer_campaigns
 from campaigns.services.referrals import referral_code_get_or_create
-from segments.models import Customer
+from segments.selectors import customers_queryset
 
 
 class CampaignErrorSerializer(serializers.Serializer):
@@ -99,7 +99,7 @@ class CustomerOffersView(APIView):
         },
     )
     def get(self, request: Request, external_id: str) -> Response:
-        customer = get_object_or_404(Customer, external_id=external_id)
+        customer = get_object_or_404(customers_queryset(), external_id=external_id)
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(offer_campaigns(), request, view=self)
         answers = customer_offers(customer=customer, campaigns=page or [])
@@ -153,7 +153,7 @@ class CouponRedeemView(APIView):
     def post(self, request: Request, code: str) -> Response:
         data = RedeemInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        customer = Customer.objects.filter(external_id=data.validated_data["customer_id"]).first()
+        customer = customers_queryset().filter(external_id=data.validated_data["customer_id"]).first()
         if customer is None:
             raise exceptions.NotFound(f"No coupon '{code}' for customer '{data.validated_data['customer_id']}'.")
         try:
@@ -184,6 +184,6 @@ class ReferralCodeView(APIView):
         responses={200: ReferralCodeSerializer, **_errors(_404="Unknown customer.")},
     )
     def get(self, request: Request, external_id: str) -> Response:
-        customer = get_object_or_404(Customer, external_id=external_id)
+        customer = get_object_or_404(customers_queryset(), external_id=external_id)
         code = referral_code_get_or_create(customer=customer)
         return Response(ReferralCodeSerializer(code).data)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from campaigns.models import Campaign, Coupon, Delivery, Recipient
-from segments.models import LayerHistory
+from segments import selectors as segment_selectors
+
+if TYPE_CHECKING:
+    from segments.models import LayerHistory
 
 
 def layer_entries_queryset(*, layer_id: int) -> QuerySet[LayerHistory]:
@@ -18,7 +21,7 @@ def layer_entries_queryset(*, layer_id: int) -> QuerySet[LayerHistory]:
 
     (Read from the segments app's layer history; a segments selector for "entries into a
     layer since id N" would replace this direct read.)"""
-    return LayerHistory.objects.filter(layer_id=layer_id)
+    return segment_selectors.layer_entries_queryset(layer_id=layer_id)
 
 
 def delivery_counts(*, campaign: Campaign) -> dict[str, int]:

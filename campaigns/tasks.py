@@ -45,7 +45,7 @@ class DeliveryRequest(Request):
 
 
 @shared_task(
-    name="campaigns.deliveries_send",
+    name=outbox.TASK_DELIVERIES_SEND,
     bind=True,
     acks_late=True,
     ignore_result=True,
@@ -66,14 +66,14 @@ def deliveries_send(self: Any, delivery_ids: list[int]) -> dict[str, int]:
     return {"claimed": report.claimed, "sent": report.sent, "failed": report.failed, "retried": report.retried}
 
 
-@shared_task(name="campaigns.audience_resolve", acks_late=True, ignore_result=True)
+@shared_task(name=outbox.TASK_AUDIENCE_RESOLVE, acks_late=True, ignore_result=True)
 def campaign_audience_resolve(campaign_id: int) -> int:
     close_old_connections()
     return lifecycle.campaign_audience_resolve(campaign_id=campaign_id)
 
 
 @shared_task(
-    name="campaigns.audience_batch_decide",
+    name=outbox.TASK_AUDIENCE_BATCH_DECIDE,
     bind=True,
     acks_late=True,
     ignore_result=True,

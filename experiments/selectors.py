@@ -42,6 +42,23 @@ def experiment_get(*, key: str) -> Experiment | None:
     return Experiment.objects.filter(key=key).first()
 
 
+def experiment_key_taken(*, key: str) -> bool:
+    return Experiment.objects.filter(key=key).exists()
+
+
+def experiment_plan(*, experiment: Experiment) -> dict[str, Any]:
+    """The experiment's analysis-plan fields (``Experiment.PLAN_FIELDS``), as stored."""
+    return {name: getattr(experiment, name) for name in Experiment.PLAN_FIELDS}
+
+
+def variant_keys(*, experiment_id: int, is_control: bool | None = None) -> list[str]:
+    """The experiment's variant keys in key order (only control / only the others when given)."""
+    variants = Variant.objects.filter(experiment_id=experiment_id)
+    if is_control is not None:
+        variants = variants.filter(is_control=is_control)
+    return list(variants.order_by("key").values_list("key", flat=True))
+
+
 def experiment_current_phase(*, experiment: Experiment) -> Phase | None:
     """The open phase of a running or paused experiment; for a stopped one, its last phase."""
     return Phase.objects.filter(experiment=experiment).order_by("-number").first()

@@ -33,7 +33,8 @@ from segments.models import (
     TagRule,
 )
 from segments.selectors import dimension_last_run, dimension_layer_sizes
-from segments.services.dimensions import dimension_sync_layers
+from segments.services import dimensions as dimension_services
+from segments.services import segments as segment_services
 from segments.services.segments import segment_preview
 from segments.services.tags import (
     customer_tag_add,
@@ -42,6 +43,18 @@ from segments.services.tags import (
     tag_rule_create,
     tag_rule_update,
 )
+
+SEGMENT_FIELDS = ("key", "name", "description", "rule", "is_active")
+DIMENSION_FIELDS = ("key", "name", "kind", "config", "is_active")
+DIMENSION_UPDATABLE = ("name", "config", "is_active")  # key and kind are read-only once created
+
+
+def _adopt(obj: Any, created: Any) -> None:
+    """Point the admin's unsaved form instance at the row the service created (the admin
+    logs and redirects with ``obj``)."""
+    obj.__dict__.update({k: v for k, v in created.__dict__.items() if k != "_state"})
+    obj._state.adding = False
+    obj._state.db = created._state.db
 
 
 class CustomerTagInline(admin.TabularInline):
@@ -275,9 +288,15 @@ class SegmentAdmin(admin.ModelAdmin):
         return ["key", *self.readonly_fields] if obj is not None else list(self.readonly_fields)
 
     def save_model(self, request: HttpRequest, obj: Segment, form: Any, change: bool) -> None:
-        if not change:
-            obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+        """Through the one door (``segments.services.segments``), not ``obj.save()``."""
+        data = {name: form.cleaned_data[name] for name in form.changed_data if name in SEGMENT_FIELDS}
+        if change:
+            segment_services.segment_update(segment=obj, **data)
+            return
+        created = segment_services.segment_create(
+            **{name: form.cleaned_data[name] for name in SEGMENT_FIELDS}, created_by=request.user
+        )
+        _adopt(obj, created)
 
     @admin.action(description="Recompute selected segments now", permissions=["change"])
     def recompute_now(self, request: HttpRequest, queryset: QuerySet[Segment]) -> None:
@@ -377,8 +396,13 @@ class DimensionAdmin(admin.ModelAdmin):
         return format_html("{}{}", _status_badge(run.status), mece)
 
     def save_model(self, request: HttpRequest, obj: Dimension, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        dimension_sync_layers(dimension=obj)
+        """Through the one door (``segments.services.dimensions``): validation, layers and tags."""
+        if change:
+            data = {name: form.cleaned_data[name] for name in form.changed_data if name in DIMENSION_UPDATABLE}
+            dimension_services.dimension_update(dimension=obj, **data)
+            return
+        created = dimension_services.dimension_create(**{name: form.cleaned_data[name] for name in DIMENSION_FIELDS})
+        _adopt(obj, created)
 
     @admin.action(description="Recompute selected dimensions now", permissions=["change"])
     def recompute_now(self, request: HttpRequest, queryset: QuerySet[Dimension]) -> None:

@@ -1,4 +1,5 @@
-"""Admin forms: rules and dimension configs as JSON, validated with messages that say where."""
+"""Admin forms: rules and dimension configs as JSON, with messages that say where. Forms render
+and collect; the rules and the writes are the services' (``segments.services``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from segments.dimensions import config_issues, default_config, layer_specs
-from segments.models import CustomerLayer, Dimension, Layer, LayerHistory, Segment, Tag, TagRule
-from segments.rules import rule_check
+from segments.models import Dimension, Segment, Tag, TagRule
+from segments.services.dimensions import dimension_config_check
+from segments.services.segments import segment_rule_validate
 from segments.services.tags import (
     RULE_FAMILIES,
     TAG_CODE_HELP,
@@ -58,10 +59,12 @@ class SegmentForm(forms.ModelForm):
         fields = ["key", "name", "description", "rule", "is_active"]
 
     def clean_rule(self) -> Any:
+        """Show the service's verdict inline (``segments.services.segments.segment_rule_validate``)."""
         rule = self.cleaned_data["rule"]
-        issues, _ = rule_check(rule)
-        if issues:
-            raise ValidationError([str(issue) for issue in issues])
+        try:
+            segment_rule_validate(rule=rule)
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["rule"]) from None
         return rule
 
 
@@ -77,32 +80,18 @@ class DimensionForm(forms.ModelForm):
         fields = ["key", "name", "kind", "config", "is_active"]
 
     def clean(self) -> dict[str, Any]:
+        """Show the service's verdict inline; the rules live in
+        ``segments.services.dimensions.dimension_config_check``."""
         cleaned = super().clean()
         kind = cleaned.get("kind") or (self.instance.kind if self.instance.pk else None)
         if not kind or "config" in self.errors:
             return cleaned
-        config = cleaned.get("config")
-        if config in (None, {}, ""):
-            config = cleaned["config"] = default_config(kind)
-        issues = config_issues(kind, config)
-        if issues:
-            self.add_error("config", [str(issue) for issue in issues])
-            return cleaned
-        if self.instance.pk:
-            wanted = {spec.key for spec in layer_specs(kind, config)}
-            dropped = Layer.objects.filter(dimension=self.instance).exclude(key__in=wanted)
-            busy = [
-                layer.key
-                for layer in dropped
-                if CustomerLayer.objects.filter(layer=layer).exists()
-                or LayerHistory.objects.filter(layer=layer).exists()
-            ]
-            if busy:
-                self.add_error(
-                    "config",
-                    f"config: layer(s) {', '.join(busy)} have customers or history and cannot be removed; "
-                    "keep their keys (rename them instead)",
-                )
+        try:
+            cleaned["config"] = dimension_config_check(
+                kind=kind, config=cleaned.get("config"), dimension=self.instance if self.instance.pk else None
+            )
+        except ValidationError as exc:
+            self.add_error("config", exc.message_dict.get("config", exc.messages))
         return cleaned
 
 

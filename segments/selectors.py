@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Exists, Model, OuterRef, QuerySet
+from django.db.models import Count, Exists, Model, OuterRef, QuerySet, Subquery
 
 from segments.models import (
     Customer,
@@ -24,6 +24,7 @@ from segments.models import (
     EventType,
     Layer,
     LayerHistory,
+    Membership,
     RecomputeRun,
     SegmentMembership,
 )
@@ -247,9 +248,36 @@ def customer_layers_in_range_queryset(*, first_pk: int, last_pk: int) -> QuerySe
     return CustomerLayer.objects.filter(customer_id__gte=first_pk, customer_id__lte=last_pk).order_by()
 
 
-def layers_queryset(*, ids: Iterable[int]) -> QuerySet[Layer]:
-    """The layers with these primary keys."""
-    return Layer.objects.filter(pk__in=list(ids))
+def layers_queryset(*, ids: Iterable[int] | None = None, dimension_id: int | None = None) -> QuerySet[Layer]:
+    """The layers with these primary keys and/or of this dimension (in display order)."""
+    layers = Layer.objects.order_by("position", "pk")
+    if ids is not None:
+        layers = layers.filter(pk__in=list(ids))
+    if dimension_id is not None:
+        layers = layers.filter(dimension_id=dimension_id)
+    return layers
+
+
+def customer_layer_get(*, customer_id: int, dimension_id: int) -> Layer | None:
+    """The customer's current layer in the dimension (None outside every layer)."""
+    return Layer.objects.filter(dimension_id=dimension_id, members__customer_id=customer_id).first()
+
+
+def layer_entries_queryset(*, layer_id: int) -> QuerySet[LayerHistory]:
+    """Entries into a layer (history rows whose ``layer`` is it), for layer-entry triggers."""
+    return LayerHistory.objects.filter(layer_id=layer_id)
+
+
+def latest_memberships(*, customers: QuerySet[Customer]) -> dict[int, tuple[int, dt.datetime]]:
+    """``{customer id: (membership id, expires_at)}``: each customer's latest membership term
+    (by expiry), for those of ``customers`` who have one. One query (a correlated subquery)."""
+    latest = Membership.objects.filter(customer_id=OuterRef("pk")).order_by("-expires_at", "-pk")
+    rows = (
+        customers.annotate(mid=Subquery(latest.values("pk")[:1]), mexp=Subquery(latest.values("expires_at")[:1]))
+        .filter(mid__isnull=False)
+        .values_list("pk", "mid", "mexp")
+    )
+    return {cid: (mid, mexp) for cid, mid, mexp in rows}
 
 
 def layer_keys_by_id() -> dict[int, tuple[str, str]]:

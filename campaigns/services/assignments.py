@@ -15,25 +15,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.db.models import QuerySet
 
+from campaigns.decision import Split
 from campaigns.services.bulk import id_in
-from experiments.models import Experiment
-from segments.models import Customer
+from segments.selectors import customers_queryset
 
-
-@dataclass(frozen=True)
-class Split:
-    variant_key: str
-    is_control: bool
-    reason: str  # "assigned" | "holdout" | "not_targeted" | "outside_coverage" | "not_running" | "namespace"
-    assignment_id: int | None
-
-    @property
-    def is_assigned(self) -> bool:
-        return self.reason == "assigned"
+if TYPE_CHECKING:
+    from experiments.models import Experiment
+    from segments.models import Customer
 
 
 NO_EXPERIMENT = Split(variant_key="", is_control=False, reason="assigned", assignment_id=None)
@@ -82,7 +74,7 @@ def splits_get(*, experiment: Experiment | None, customer_ids: Sequence[int], ma
             splits[cid] = Split(variant_key="", is_control=False, reason="holdout", assignment_id=None)
         missing = [cid for cid in missing if cid not in splits]
     if missing:
-        for customer in Customer.objects.filter(pk__in=missing):
+        for customer in customers_queryset(ids=missing):
             splits[customer.pk] = split_one(experiment=experiment, customer=customer, manager=manager)
     return splits
 

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core import signing
@@ -35,8 +36,12 @@ from django.utils import timezone
 from campaigns import conf
 from campaigns.models import Topic, TopicOptOut
 from campaigns.services.events import event_write
-from segments.models import CONTACT_FIELDS, Channel, Customer
+from segments.contacts import CONTACT_FIELDS, Channel
+from segments.selectors import customers_queryset
 from segments.services.ingestion import CustomerInput, customers_upsert
+
+if TYPE_CHECKING:
+    from segments.models import Customer
 
 TOKEN_SALT = "campaigns.unsubscribe"
 # Channels a customer can opt out of from a message (in-app messages are read in the app).
@@ -105,7 +110,7 @@ class Preferences:
 
 
 def preferences_get(*, customer_id: int) -> Preferences | None:
-    customer = Customer.objects.filter(pk=customer_id).first()
+    customer = customers_queryset().filter(pk=customer_id).first()
     if customer is None:
         return None
     out = {
@@ -149,7 +154,7 @@ def channel_unsubscribe(*, customer_id: int, channel: str, source: str, at: dt.d
     opt-out already in force is kept with its original time, and no event is written)."""
     at = at or timezone.now()
     _, consent_field, opt_out_field = CONTACT_FIELDS[channel]
-    customer = Customer.objects.select_for_update().filter(pk=customer_id).first()
+    customer = customers_queryset().select_for_update().filter(pk=customer_id).first()
     if customer is None:
         return False
     consent_at, opt_out_at = getattr(customer, consent_field), getattr(customer, opt_out_field)
@@ -166,7 +171,7 @@ def channel_subscribe(*, customer_id: int, channel: str, source: str, at: dt.dat
     earlier opt-out). Return whether this changed anything."""
     at = at or timezone.now()
     consent_field = CONTACT_FIELDS[channel][1]
-    customer = Customer.objects.select_for_update().filter(pk=customer_id).first()
+    customer = customers_queryset().select_for_update().filter(pk=customer_id).first()
     if customer is None or customer.can_receive(channel):
         return False
     customers_upsert(customers=[CustomerInput(external_id=customer.external_id, values={consent_field: at})])
@@ -193,7 +198,7 @@ def topic_set(
         defaults={"opted_out": not subscribed, "changed_at": at, "source": source},
     )
     if not subscribed:
-        customer = Customer.objects.get(pk=customer_id)
+        customer = customers_queryset().get(pk=customer_id)
         _event(customer=customer, type="unsubscribe", channel=channel, at=at, source=source, topic=topic)
     return True
 
@@ -223,7 +228,7 @@ def email_unsubscribe(*, address: str, source: str, at: dt.datetime | None = Non
     """The provider reports an unsubscribe for ``address``: opt every customer with that
     address out of email. Return how many customers changed."""
     at = at or timezone.now()
-    ids = list(Customer.objects.filter(email__iexact=address.strip()).order_by("pk").values_list("pk", flat=True))
+    ids = list(customers_queryset().filter(email__iexact=address.strip()).order_by("pk").values_list("pk", flat=True))
     return sum(channel_unsubscribe(customer_id=pk, channel=Channel.EMAIL, source=source, at=at) for pk in ids)
 
 
@@ -232,7 +237,7 @@ def phone_unsubscribe(*, phone: str, source: str, at: dt.datetime | None = None)
     """An inbound "STOP" from ``phone``: opt every customer with that number out of SMS.
     Return how many customers changed."""
     at = at or timezone.now()
-    ids = list(Customer.objects.filter(phone=phone).order_by("pk").values_list("pk", flat=True))
+    ids = list(customers_queryset().filter(phone=phone).order_by("pk").values_list("pk", flat=True))
     return sum(channel_unsubscribe(customer_id=pk, channel=Channel.SMS, source=source, at=at) for pk in ids)
 
 

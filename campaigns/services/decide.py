@@ -20,19 +20,23 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection, transaction
-from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
+from campaigns import decision, kinds
 from campaigns.models import Campaign, Content, Coupon, Delivery, Offer, Recipient, Treatment
 from campaigns.models.delivery import delivery_key
 from campaigns.services import bulk
 from campaigns.services import policy as send_policy
-from campaigns.services.assignments import Split, exposures_record, manager_tag, splits_get
-from segments.models import CONTACT_FIELDS, Channel, Customer, Layer, Membership
+from campaigns.services.assignments import exposures_record, manager_tag, splits_get
+from segments import selectors as segment_selectors
+from segments.contacts import CONTACT_FIELDS, Channel
 from segments.selectors import audience_queryset
+
+if TYPE_CHECKING:
+    from segments.models import Customer
 
 logger = logging.getLogger(__name__)
 
@@ -72,60 +76,67 @@ def _layers_of(campaign: Campaign, customer_ids: Sequence[int]) -> dict[int, int
     if campaign.split_dimension_id is None:
         return {}
     result: dict[int, int] = {}
-    base = Customer.objects.filter(bulk.id_in(Customer, "id", customer_ids))
-    for layer_id in Layer.objects.filter(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True):
+    base = _customers(customer_ids)
+    layer_ids = segment_selectors.layers_queryset(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True)
+    for layer_id in layer_ids:
         for cid in audience_queryset(include_layer_ids=[layer_id], base=base).values_list("pk", flat=True):
             result[cid] = layer_id
     return result
 
 
+def _terms_of(campaign: Campaign, customer_ids: Sequence[int], layers: dict[int, int]) -> dict[int, decision.Term]:
+    """Each customer's latest membership term, the expiry window (their layer of the split
+    dimension) and whether that term was already offered in that window, by any campaign."""
+    memberships = _memberships_of(customer_ids)
+    window_keys = dict(segment_selectors.layers_queryset(ids=set(layers.values())).values_list("pk", "key"))
+    offered = set(
+        Recipient.objects.filter(
+            membership_id__in=[m for m, _ in memberships.values()], window_key__in=set(window_keys.values())
+        ).values_list("membership_id", "window_key")
+    )
+    terms = {}
+    for customer_id, (membership_id, expires_at) in memberships.items():
+        layer_id = layers.get(customer_id)
+        if layer_id is None:
+            continue
+        window = window_keys.get(layer_id, "")
+        terms[customer_id] = decision.Term(membership_id, expires_at, window, (membership_id, window) in offered)
+    return terms
+
+
 def _memberships_of(customer_ids: Sequence[int]) -> dict[int, tuple[int, dt.datetime]]:
     """The customer's latest membership term (id, expires_at), for renewals."""
-    latest = Membership.objects.filter(customer_id=OuterRef("pk")).order_by("-expires_at", "-pk")
-    rows = (
-        Customer.objects.filter(bulk.id_in(Customer, "id", customer_ids))
-        .annotate(mid=Subquery(latest.values("pk")[:1]), mexp=Subquery(latest.values("expires_at")[:1]))
-        .filter(mid__isnull=False)
-        .values_list("pk", "mid", "mexp")
-    )
-    return {cid: (mid, mexp) for cid, mid, mexp in rows}
+    return segment_selectors.latest_memberships(customers=_customers(customer_ids))
+
+
+def _customers(customer_ids: Sequence[int]):  # type: ignore[no-untyped-def]
+    """The customers with these ids (one JSON parameter, whatever the batch size)."""
+    customers = segment_selectors.customers_queryset()
+    return customers.filter(bulk.id_in(customers.model, "id", customer_ids))
 
 
 class TreatmentIndex:
-    """Resolves (variant, layer, role) to the most specific treatment of a campaign."""
+    """A campaign's treatments (rows and content channels) around the pure
+    ``campaigns.decision.TreatmentTable`` that resolves (variant, layer, role) to one."""
 
     def __init__(self, campaign: Campaign) -> None:
         self.treatments = list(Treatment.objects.filter(campaign=campaign).select_related("offer"))
-        self.by_key = {(t.variant_key, t.layer_id, t.referral_role): t for t in self.treatments}
+        self.by_id = {t.pk: t for t in self.treatments}
+        self.table = decision.TreatmentTable(
+            {decision.TreatmentKey(t.variant_key, t.layer_id, t.referral_role): t.pk for t in self.treatments}
+        )
         contents = Content.objects.filter(treatment__campaign=campaign)
         self.channels: dict[int, list[str]] = {}
         for content in contents:
             self.channels.setdefault(content.treatment_id, []).append(content.channel)
 
     def resolve(self, *, variant_key: str, is_control: bool, layer_id: int | None, role: str = "") -> Treatment | None:
-        """Most specific first: the variant before "any variant" (never for control), the
-        layer before "any layer", the referral role before "both roles"."""
-        variants = [variant_key] if is_control else [variant_key, ""]
-        roles = [role, ""] if role else [""]
-        for r in roles:
-            for v in variants:
-                for layer in (layer_id, None):
-                    treatment = self.by_key.get((v, layer, r))
-                    if treatment is not None:
-                        return treatment
-        return None
+        pk = self.table.resolve(variant_key=variant_key, is_control=is_control, layer_id=layer_id, role=role)
+        return None if pk is None else self.by_id[pk]
 
     def covers(self, *, variant_keys: Sequence[str], layer_id: int | None, role: str = "") -> bool:
-        """Every treated variant acts on a customer of ``layer_id`` (and ``role``).
-
-        Symmetric exposure: the experiment compares like with like only where each
-        non-control variant has a treatment; elsewhere nobody is assigned, exposed or
-        analysed, control included (else control's "would have sent" rows would stand for
-        customers no treated variant reaches: 185 control vs 103 treated, measured)."""
-        return all(
-            self.resolve(variant_key=key, is_control=False, layer_id=layer_id, role=role) is not None
-            for key in variant_keys
-        )
+        """See ``campaigns.decision.TreatmentTable.covers`` (symmetric exposure)."""
+        return self.table.covers(variant_keys=variant_keys, layer_id=layer_id, role=role)
 
 
 def treated_variant_keys(campaign: Campaign) -> list[str]:
@@ -133,13 +144,9 @@ def treated_variant_keys(campaign: Campaign) -> list[str]:
     treated by the "any variant" rows)."""
     if campaign.experiment_id is None:
         return [""]
-    from experiments.models import Variant
+    from experiments import selectors as experiment_selectors
 
-    return list(
-        Variant.objects.filter(experiment_id=campaign.experiment_id, is_control=False)
-        .order_by("key")
-        .values_list("key", flat=True)
-    )
+    return experiment_selectors.variant_keys(experiment_id=campaign.experiment_id, is_control=False)
 
 
 def campaign_split_audience(*, campaign: Campaign):  # type: ignore[no-untyped-def]
@@ -154,7 +161,7 @@ def campaign_split_audience(*, campaign: Campaign):  # type: ignore[no-untyped-d
         return audience
     if campaign.split_dimension_id is None:
         return audience.none()
-    layer_ids = Layer.objects.filter(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True)
+    layer_ids = segment_selectors.layers_queryset(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True)
     covered = [pk for pk in layer_ids if index.covers(variant_keys=keys, layer_id=pk)]
     if not covered:
         return audience.none()
@@ -206,6 +213,22 @@ class _Decision:
     @property
     def offer(self) -> Offer | None:
         return self.treatment.offer if self.treatment is not None else None
+
+    @classmethod
+    def of(cls, verdict: decision.Verdict, index: TreatmentIndex) -> _Decision:
+        return cls(
+            customer_id=verdict.customer_id,
+            step=verdict.step,
+            reason=verdict.reason,
+            variant_key=verdict.variant_key,
+            assignment_id=verdict.assignment_id,
+            layer_id=verdict.layer_id,
+            outcome=verdict.outcome,
+            treatment=index.by_id[verdict.treatment_id] if verdict.treatment_id is not None else None,
+            membership_id=verdict.membership_id,
+            window_key=verdict.window_key,
+            membership_expires=verdict.membership_expires,
+        )
 
 
 _RECIPIENT_FIELDS = (
@@ -300,10 +323,7 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
         return DecideResult()
     customer_ids = sorted({t.customer_id for t in targets})
     contact_fields = [field for fields in CONTACT_FIELDS.values() for field in fields]
-    customers = {
-        c.pk: c
-        for c in Customer.objects.filter(bulk.id_in(Customer, "id", customer_ids)).only("timezone", *contact_fields)
-    }
+    customers = {c.pk: c for c in _customers(customer_ids).only("timezone", *contact_fields)}
     layers = _layers_of(campaign, customer_ids)
     index = TreatmentIndex(campaign)
     variant_keys = treated_variant_keys(campaign)
@@ -318,70 +338,26 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
         customer_ids=sorted({cid for cid, _ in covered}),
         manager=manager_tag(campaign.pk),
     )
-    memberships: dict[int, tuple[int, dt.datetime]] = {}
-    window_keys: dict[int, str] = {}
-    if campaign.kind == Campaign.Kind.RENEWAL:
-        memberships = _memberships_of(customer_ids)
-        window_keys = dict(Layer.objects.filter(pk__in=set(layers.values())).values_list("pk", "key"))
-        offered = set(
-            Recipient.objects.filter(
-                membership_id__in=[m for m, _ in memberships.values()], window_key__in=set(window_keys.values())
-            ).values_list("membership_id", "window_key")
-        )
-    else:
-        offered = set()
+    terms = _terms_of(campaign, customer_ids, layers) if kinds.kind_module(campaign.kind).OFFERS_PER_TERM else {}
 
     decisions: list[_Decision] = []
     for target in targets:
         if target.customer_id not in customers:
             continue
-        layer_id = layers.get(target.customer_id)
-        if (target.customer_id, target.role) not in covered:
-            decisions.append(
-                _Decision(
-                    customer_id=target.customer_id,
-                    step=target.step,
-                    reason="no_treatment",
-                    variant_key="",
-                    assignment_id=None,
-                    layer_id=layer_id,
-                    outcome=Recipient.Outcome.EXCLUDED,
-                )
-            )
-            continue
-        split: Split = splits[target.customer_id]
-        row = _Decision(
-            customer_id=target.customer_id,
-            step=target.step,
-            reason=split.reason,
-            variant_key=split.variant_key,
-            assignment_id=split.assignment_id,
-            layer_id=layer_id,
+        is_covered = (target.customer_id, target.role) in covered
+        verdict = decision.decide(
+            decision.Candidate(
+                customer_id=target.customer_id,
+                step=target.step,
+                layer_id=layers.get(target.customer_id),
+                covered=is_covered,
+                split=splits[target.customer_id] if is_covered else None,
+                role=target.role,
+                term=terms.get(target.customer_id),
+            ),
+            index.table,
         )
-        decisions.append(row)
-        membership = memberships.get(target.customer_id)
-        if membership is not None and layer_id is not None:
-            window = window_keys.get(layer_id, "")
-            if (membership[0], window) in offered:
-                row.outcome, row.reason = Recipient.Outcome.EXCLUDED, "renewal_already_offered"
-                continue
-            row.membership_id, row.window_key, row.membership_expires = membership[0], window, membership[1]
-        if split.reason == "holdout":
-            row.outcome = Recipient.Outcome.HOLDOUT
-        elif not split.is_assigned:
-            row.outcome = Recipient.Outcome.EXCLUDED
-        else:
-            treatment = index.resolve(
-                variant_key=split.variant_key, is_control=split.is_control, layer_id=layer_id, role=target.role
-            )
-            if split.is_control and treatment is None:
-                row.outcome = Recipient.Outcome.CONTROL
-            elif treatment is None:
-                row.outcome, row.reason = Recipient.Outcome.EXCLUDED, "no_treatment"
-            else:
-                row.outcome, row.treatment = Recipient.Outcome.TREATED, treatment
-        if row.outcome != Recipient.Outcome.TREATED:
-            row.membership_id, row.window_key = None, ""
+        decisions.append(_Decision.of(verdict, index))
     _recipients_insert(campaign=campaign, decisions=decisions, now=now)
 
     grants = [
@@ -400,7 +376,7 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
     exposed = [
         (d.assignment_id, d.variant_key)
         for d in decisions
-        if d.assignment_id is not None and d.outcome in (Recipient.Outcome.TREATED, Recipient.Outcome.CONTROL)
+        if d.assignment_id is not None and d.outcome in (decision.TREATED, decision.CONTROL)
     ]
     if exposed:
         exposures_record(assignments=exposed, at=now)
@@ -446,14 +422,14 @@ def _issue_coupons(
             .filter(offer_id=offer_id, customer__isnull=True)
             .order_by("pk")[: len(offer_grants)]
         )
-        for coupon, (decision, _, expires) in zip(free, offer_grants, strict=False):
-            coupon.customer_id = decision.customer_id
+        for coupon, (row, _, expires) in zip(free, offer_grants, strict=False):
+            coupon.customer_id = row.customer_id
             coupon.campaign = campaign
-            coupon.recipient_id = decision.pk
+            coupon.recipient_id = row.pk
             coupon.issued_at = now
             coupon.expires_at = expires
         Coupon.objects.bulk_update(free, ["customer", "campaign", "recipient", "issued_at", "expires_at"])
-        missing |= {decision.pk for decision, _, _ in offer_grants[len(free) :]}
+        missing |= {row.pk for row, _, _ in offer_grants[len(free) :]}
     return missing
 
 
@@ -517,13 +493,13 @@ def _deliveries_for(
     default_channels = _ordered_channels(campaign, campaign.channels)
     channels_of: dict[int, list[str]] = {}
 
-    def make(decision: _Decision, channel: str, status: str, reason: str = "", **extra: Any) -> _Outgoing:
+    def make(row: _Decision, channel: str, status: str, reason: str = "", **extra: Any) -> _Outgoing:
         return _Outgoing(
-            recipient_id=decision.pk,
-            customer_id=decision.customer_id,
-            step=decision.step,
+            recipient_id=row.pk,
+            customer_id=row.customer_id,
+            step=row.step,
             channel=channel,
-            key=delivery_key(campaign.pk, decision.customer_id, decision.step, channel),
+            key=delivery_key(campaign.pk, row.customer_id, row.step, channel),
             status=status,
             reason=reason,
             **extra,
@@ -544,43 +520,43 @@ def _deliveries_for(
             return [], refused[:1]
         return usable, refused
 
-    for decision in decisions:
-        customer = customers[decision.customer_id]
-        if decision.outcome in (Recipient.Outcome.CONTROL, Recipient.Outcome.HOLDOUT):
+    for row in decisions:
+        customer = customers[row.customer_id]
+        if row.outcome in (Recipient.Outcome.CONTROL, Recipient.Outcome.HOLDOUT):
             usable, _ = pick(customer, default_channels)
-            control = decision.outcome == Recipient.Outcome.CONTROL
+            control = row.outcome == Recipient.Outcome.CONTROL
             reason = Delivery.Reason.CONTROL if control else Delivery.Reason.HOLDOUT
             for channel in usable or default_channels[:1]:
-                rows.append(make(decision, channel, Delivery.Status.SUPPRESSED, reason))
+                rows.append(make(row, channel, Delivery.Status.SUPPRESSED, reason))
             continue
-        if decision.outcome != Recipient.Outcome.TREATED or decision.treatment is None:
+        if row.outcome != Recipient.Outcome.TREATED or row.treatment is None:
             continue
-        treatment_id = decision.treatment.pk
+        treatment_id = row.treatment.pk
         if treatment_id not in channels_of:
             channels_of[treatment_id] = _ordered_channels(campaign, index.channels.get(treatment_id, []))
         channels = channels_of[treatment_id]
         if not channels:
-            rows.append(make(decision, (default_channels or ["email"])[0], Delivery.Status.SUPPRESSED, "no_content"))
+            rows.append(make(row, (default_channels or ["email"])[0], Delivery.Status.SUPPRESSED, "no_content"))
             continue
-        if decision.pk in no_coupon:
-            rows.append(make(decision, channels[0], Delivery.Status.SUPPRESSED, Delivery.Reason.NO_COUPON))
+        if row.pk in no_coupon:
+            rows.append(make(row, channels[0], Delivery.Status.SUPPRESSED, Delivery.Reason.NO_COUPON))
             continue
         usable, refused = pick(customer, channels)
         for channel, reason in refused:
-            rows.append(make(decision, channel, Delivery.Status.SUPPRESSED, reason))
+            rows.append(make(row, channel, Delivery.Status.SUPPRESSED, reason))
         for channel in usable:
             if channel == Channel.IN_APP:
-                rows.append(make(decision, channel, Delivery.Status.SENT, sent_at=now, provider_ref="in_app"))
+                rows.append(make(row, channel, Delivery.Status.SENT, sent_at=now, provider_ref="in_app"))
                 continue
             held_until = None
             if not campaign.is_transactional:
                 held_until = send_policy.quiet_until(policies.get(channel), tz=customer.timezone, at=now)
             if held_until is not None:
                 rows.append(
-                    make(decision, channel, Delivery.Status.HELD, Delivery.Reason.QUIET_HOURS, not_before=held_until)
+                    make(row, channel, Delivery.Status.HELD, Delivery.Reason.QUIET_HOURS, not_before=held_until)
                 )
             else:
-                rows.append(make(decision, channel, Delivery.Status.PENDING))
+                rows.append(make(row, channel, Delivery.Status.PENDING))
     ids = dict(
         bulk.rows_insert(
             Delivery,

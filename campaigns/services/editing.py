@@ -18,7 +18,7 @@ experiment is a different campaign ("Duplicate as draft"). A finished campaign i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -219,6 +219,26 @@ def treatments_write_check(*, campaign: Campaign, version_started: bool = False)
         raise ValidationError({"treatments": LOCKED_MESSAGE.format(status=row.status)})
 
 
+def campaign_delete_check(*, campaign: Campaign) -> None:
+    """Only a draft can be deleted: from scheduled on, its recipients, deliveries, coupons and
+    versions are the record of who was sent what (and the experiment's analysis reads them)."""
+    status = Campaign.objects.filter(pk=campaign.pk).values_list("status", flat=True).first()
+    if status is not None and status != Campaign.Status.DRAFT:
+        raise ValidationError(
+            f"{campaign.key}: only a draft can be deleted (this one is {status}); finish it, or use "
+            "'Duplicate as draft' to start again."
+        )
+
+
+@transaction.atomic
+def campaign_delete(*, campaign: Campaign) -> None:
+    row = Campaign.objects.select_for_update().filter(pk=campaign.pk).first()
+    if row is None:
+        return
+    campaign_delete_check(campaign=row)
+    row.delete()
+
+
 def offer_write_check(*, offer: Offer) -> None:
     """An offer a live (or finished) campaign gives is read-only: what was promised is kept."""
     users = list(
@@ -241,11 +261,11 @@ def offer_is_locked(*, offer: Offer) -> bool:
     return False
 
 
-def _free_key(model: Any, base: str) -> str:
+def _free_key(taken: Callable[[str], bool], base: str) -> str:
     base = base[:56]
     for n in range(1, 1000):
         key = f"{base}-copy" if n == 1 else f"{base}-copy{n}"
-        if not model.objects.filter(key=key).exists():
+        if not taken(key):
             return key
     raise ValidationError({"key": f"No free key for a copy of '{base}'."})
 
@@ -258,7 +278,7 @@ def campaign_duplicate(*, campaign: Campaign, user: Any = None) -> Campaign:
     source = Campaign.objects.select_related("experiment").get(pk=campaign.pk)
     copy = Campaign.objects.get(pk=source.pk)
     copy.pk = None
-    copy.key = _free_key(Campaign, source.key)
+    copy.key = _free_key(lambda key: Campaign.objects.filter(key=key).exists(), source.key)
     copy.name = f"{source.name} (copy)"[:150]
     copy.status = Campaign.Status.DRAFT
     copy.version = 1
@@ -284,8 +304,8 @@ def campaign_duplicate(*, campaign: Campaign, user: Any = None) -> Campaign:
 
 
 def _experiment_copy(experiment: Any, *, user: Any) -> Any:
+    from experiments import selectors as experiment_selectors
     from experiments import services as experiment_services
-    from experiments.models import Experiment
 
     variants = [
         experiment_services.VariantSpec(
@@ -303,7 +323,7 @@ def _experiment_copy(experiment: Any, *, user: Any) -> Any:
         for m in experiment.metrics.select_related("event_type")
     ]
     # The analysis plan travels with the copy (issue 14): it is frozen when the copy starts.
-    plan = {name: getattr(experiment, name) for name in Experiment.PLAN_FIELDS}
+    plan = experiment_selectors.experiment_plan(experiment=experiment)
     plan["confirmatory_dimensions"] = list(plan["confirmatory_dimensions"])
     # A planned end date belongs to the source's run: the copy keeps the planned duration from
     # now (editable before launch). Copied as is, a past end refused the copy's launch.
@@ -315,7 +335,7 @@ def _experiment_copy(experiment: Any, *, user: Any) -> Any:
         elif end <= now:
             plan["planned_end_at"] = None
     return experiment_services.experiment_create(
-        key=_free_key(Experiment, experiment.key),
+        key=_free_key(lambda key: experiment_selectors.experiment_key_taken(key=key), experiment.key),
         name=f"{experiment.name} (copy)"[:150],
         hypothesis=experiment.hypothesis,
         owner=user if getattr(user, "pk", None) else None,

@@ -23,7 +23,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from campaigns import conf
+from campaigns import conf, kinds
 from campaigns.models import AudienceBatch, Campaign, Content, Delivery, Treatment
 from campaigns.services import assignments
 from campaigns.services.decide import (
@@ -35,10 +35,17 @@ from campaigns.services.decide import (
     recipients_decide,
     treated_variant_keys,
 )
-from campaigns.services.outbox import PUBLISH_RETRY, audience_batches_enqueue, deliveries_enqueue
+from campaigns.services.outbox import (
+    PUBLISH_RETRY,
+    TASK_AUDIENCE_RESOLVE,
+    audience_batches_enqueue,
+    deliveries_enqueue,
+    task_publish,
+)
 from campaigns.services.render import content_check
 from experiments import services as experiment_services
-from segments.models import Channel, Layer
+from segments import selectors as segment_selectors
+from segments.contacts import Channel
 from segments.selectors import events_queryset
 
 logger = logging.getLogger(__name__)
@@ -132,15 +139,8 @@ def campaign_validate(*, campaign: Campaign, at_launch: bool = False) -> None:
         err("trigger_event_type", "An event trigger needs an event type.")
     if campaign.trigger == Campaign.Trigger.LAYER_ENTRY and campaign.trigger_layer_id is None:
         err("trigger_layer", "A layer-entry trigger needs a layer.")
-    if campaign.kind == Campaign.Kind.RENEWAL and campaign.split_dimension_id is None:
-        err("split_dimension", "A renewal campaign is split by the expiry-window dimension.")
-    if campaign.kind == Campaign.Kind.NEW_USER and campaign.trigger != Campaign.Trigger.EVENT:
-        err("trigger", "A new-user incentive is triggered by an event (signup).")
-    if campaign.kind == Campaign.Kind.REFERRAL:
-        if campaign.trigger != Campaign.Trigger.EVENT:
-            err("trigger", "A referral campaign attributes invitees from an event carrying 'referral_code'.")
-        if campaign.referral_qualifying_event_type_id is None:
-            err("referral_qualifying_event_type", "Name the invitee's qualifying event (signup, order).")
+    for field, message in kinds.kind_module(campaign.kind).config_issues(campaign):
+        err(field, message)
     if campaign.ends_at and campaign.send_at and campaign.ends_at <= campaign.send_at:
         err("ends_at", "Must be after send_at.")
     if errors:
@@ -212,14 +212,10 @@ def _coverage_gaps(campaign: Campaign) -> list[str]:
     explicit fallback that covers them."""
     index = TreatmentIndex(campaign)
     keys = treated_variant_keys(campaign)
-    roles = [""]
-    if campaign.kind == Campaign.Kind.REFERRAL:
-        roles = {"inviter": ["inviter"], "invitee": ["invitee"]}.get(
-            campaign.referral_reward_to, ["inviter", "invitee"]
-        )
+    roles = kinds.kind_module(campaign.kind).roles(campaign)
     scope: list[tuple[int | None, str]] = [(None, "")]
     if campaign.split_dimension_id is not None:
-        layers = Layer.objects.filter(dimension_id=campaign.split_dimension_id).order_by("position", "pk")
+        layers = segment_selectors.layers_queryset(dimension_id=campaign.split_dimension_id)
         included = set(
             campaign.include_layers.filter(dimension_id=campaign.split_dimension_id).values_list("pk", flat=True)
         )
@@ -316,10 +312,8 @@ def _initial_cursor(campaign: Campaign, now: dt.datetime) -> int:
 
 
 def _publish_resolve(campaign_id: int) -> None:
-    from campaigns.tasks import campaign_audience_resolve
-
     try:
-        campaign_audience_resolve.apply_async(args=[campaign_id], retry=True, retry_policy=PUBLISH_RETRY)
+        task_publish(TASK_AUDIENCE_RESOLVE, args=[campaign_id], retry=True, retry_policy=PUBLISH_RETRY)
     except Exception as exc:  # noqa: BLE001 - the tick resolves running campaigns left unresolved
         logger.warning("broker unavailable at launch of campaign %s; the tick will resume it: %r", campaign_id, exc)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -32,7 +33,12 @@ from campaigns.services import assignments
 from campaigns.services.decide import Target, campaign_audience, recipients_decide
 from campaigns.services.events import event_write
 from campaigns.services.render import content_fields, message_context
-from segments.models import Channel, Customer
+from segments.contacts import Channel
+from segments.selectors import customers_queryset
+
+if TYPE_CHECKING:
+    from segments.models import Customer
+
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +193,7 @@ def customer_offers(*, customer: Customer, campaigns: Sequence[Campaign]) -> lis
     for campaign in campaigns:
         recipient = recipient_latest(campaign=campaign, customer_id=customer.pk)
         if recipient is None and not campaign.is_triggered:
-            in_audience = campaign_audience(campaign=campaign, base=Customer.objects.filter(pk=customer.pk)).exists()
+            in_audience = campaign_audience(campaign=campaign, base=customers_queryset(ids=[customer.pk])).exists()
             if in_audience:
                 try:
                     recipients_decide(campaign=campaign, targets=[Target(customer.pk, "broadcast")])

@@ -24,7 +24,9 @@ import re
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from celery import current_app
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -44,6 +46,25 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "i
 # served first; sends are published at the default 0. Brokers without priorities (the
 # filesystem transport of the embedded default) ignore it: then batches and sends are FIFO.
 DECIDE_PRIORITY = 6
+
+# The services publish tasks by name (campaigns.tasks imports the services, so the services
+# must not import it back). The name resolves to the registered task when campaigns.tasks is
+# loaded in this process (its options, and eager mode, apply) and is sent by name otherwise
+# (``Celery.send_task``): the worker has it registered either way.
+TASK_DELIVERIES_SEND = "campaigns.deliveries_send"
+TASK_AUDIENCE_RESOLVE = "campaigns.audience_resolve"
+TASK_AUDIENCE_BATCH_DECIDE = "campaigns.audience_batch_decide"
+
+
+def task_publish(name: str, *, args: Sequence[Any], **options: Any) -> None:
+    """Publish the task called ``name`` (see above); broker errors propagate to the caller."""
+    task = current_app.tasks.get(name)
+    if task is None:
+        current_app.send_task(name, args=list(args), **options)
+    else:
+        task.apply_async(args=list(args), **options)
+
+
 SWEEP_LIMIT = 500_000
 
 
@@ -63,13 +84,13 @@ def deliveries_enqueue(*, delivery_ids: Sequence[int], countdown: float | None =
     those only the ids the broker refused are cleared, so the next sweep publishes them.
     A process that dies between the commit and the publish leaves marked rows stamped:
     the sweeper publishes them ``requeue_after_seconds`` later."""
-    from campaigns.tasks import deliveries_send
-
     ids = sorted(delivery_ids)
     published: list[int] = []
     for chunk in chunked(ids, conf.get().task_batch):
         try:
-            deliveries_send.apply_async(args=[chunk], countdown=countdown, retry=True, retry_policy=PUBLISH_RETRY)
+            task_publish(
+                TASK_DELIVERIES_SEND, args=[chunk], countdown=countdown, retry=True, retry_policy=PUBLISH_RETRY
+            )
         except Exception as exc:  # noqa: BLE001 - any broker failure: the sweeper publishes later
             logger.warning("broker unavailable, %d deliveries left in the outbox: %r", len(ids) - len(published), exc)
             break
@@ -94,13 +115,15 @@ def deliveries_enqueue_on_commit(*, delivery_ids: Sequence[int], marked: bool = 
 
 
 def audience_batches_enqueue(*, batch_ids: Sequence[int]) -> int:
-    from campaigns.tasks import audience_batch_decide
-
     published: list[int] = []
     for batch_id in batch_ids:
         try:
-            audience_batch_decide.apply_async(
-                args=[batch_id], retry=True, retry_policy=PUBLISH_RETRY, priority=DECIDE_PRIORITY
+            task_publish(
+                TASK_AUDIENCE_BATCH_DECIDE,
+                args=[batch_id],
+                retry=True,
+                retry_policy=PUBLISH_RETRY,
+                priority=DECIDE_PRIORITY,
             )
         except Exception as exc:  # noqa: BLE001 - the sweeper publishes later
             logger.warning("broker unavailable, audience batches left for the sweeper: %r", exc)

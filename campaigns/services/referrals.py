@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, OuterRef, Subquery
@@ -27,8 +27,10 @@ from django.utils import timezone
 
 from campaigns.models import Campaign, Referral, ReferralAudit, ReferralCode
 from campaigns.services.decide import Target, generate_code, recipients_decide
-from segments.models import Customer
 from segments.selectors import events_queryset
+
+if TYPE_CHECKING:
+    from segments.models import Customer
 
 logger = logging.getLogger(__name__)
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
 
 from campaigns.content import CustomerLocale, RenderedMessage, available_groups, content_validate, render_message
 from campaigns.models import Campaign, Content, Coupon, Offer, Treatment
-from segments.models import Customer, Layer
+from segments.selectors import customer_layer_get
+
+if TYPE_CHECKING:
+    from segments.models import Customer, Layer
 
 
 def customer_variables(
@@ -40,7 +43,16 @@ def offer_variables(offer: Offer) -> dict[str, Any]:
     }
 
 
-def layer_variables(layer: Layer) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LayerLabel:
+    key: str
+    name: str
+
+
+NO_LAYER = LayerLabel(key="(none)", name="(not in a layer)")
+
+
+def layer_variables(layer: Layer | LayerLabel) -> dict[str, Any]:
     return {"key": layer.key, "name": layer.name}
 
 
@@ -70,7 +82,7 @@ def message_context(
     customer: Customer,
     offer: Offer | None = None,
     coupon: Coupon | None = None,
-    layer: Layer | None = None,
+    layer: Layer | LayerLabel | None = None,
     coupon_placeholder: bool = False,
 ) -> dict[str, dict[str, Any]]:
     coupon_vars = None
@@ -138,9 +150,7 @@ def content_preview(*, content: Content, customer: Customer) -> Preview:
     coupon = Coupon.objects.filter(campaign=campaign, customer=customer, offer=treatment.offer).first()
     layer = treatment.layer
     if layer is None and campaign.split_dimension_id is not None:
-        layer = Layer.objects.filter(dimension_id=campaign.split_dimension_id, members__customer=customer).first()
-        if layer is None:
-            layer = Layer(key="(none)", name="(not in a layer)")
+        layer = customer_layer_get(customer_id=customer.pk, dimension_id=campaign.split_dimension_id) or NO_LAYER
     context = message_context(
         campaign=campaign,
         customer=customer,

@@ -34,7 +34,8 @@ from django.db.models import Case, F, When
 from campaigns.models import Campaign, Delivery, Suppression, TopicOptOut
 from campaigns.services import bulk
 from campaigns.services import policy as send_policy
-from segments.models import CONTACT_FIELDS, Customer
+from segments.contacts import CONTACT_FIELDS
+from segments.selectors import customers_queryset
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def _facts_sql(vendor: str) -> str:
         f"EXISTS (SELECT 1 FROM {TopicOptOut._meta.db_table} t WHERE t.customer_id = d.customer_id "
         f"AND t.channel = d.channel AND t.topic = k.topic AND t.opted_out) "
         f"FROM {Delivery._meta.db_table} d "
-        f"JOIN {Customer._meta.db_table} c ON c.id = d.customer_id "
+        f"JOIN {customers_queryset().model._meta.db_table} c ON c.id = d.customer_id "
         f"JOIN {Campaign._meta.db_table} k ON k.id = d.campaign_id "
         f"WHERE {ids}"
     )

@@ -26,7 +26,8 @@ from django.utils import timezone
 
 from campaigns.models import Suppression
 from campaigns.services import bulk
-from segments.models import Channel, Customer
+from segments.contacts import Channel
+from segments.selectors import customers_queryset
 from segments.services.ingestion import EventInput, events_record
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def _events_for(*, channel: str, address: str, reason: str, at: dt.datetime, sou
     event_type = _EVENT_TYPES.get(reason)
     if event_type is None:
         return
-    customers = Customer.objects.filter(email__iexact=address) if channel == Channel.EMAIL else None
+    customers = customers_queryset().filter(email__iexact=address) if channel == Channel.EMAIL else None
     if customers is None:
         return
     stamp = at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S%f")

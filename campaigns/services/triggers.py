@@ -13,12 +13,12 @@ import datetime as dt
 from django.db import transaction
 from django.utils import timezone
 
+from campaigns import kinds
 from campaigns.models import Campaign
 from campaigns.selectors import layer_entries_queryset
 from campaigns.services.decide import Target, campaign_audience, recipients_decide
 from campaigns.services.referrals import referral_events_process, referrals_qualify
-from segments.models import Customer
-from segments.selectors import events_queryset
+from segments.selectors import customers_queryset, events_queryset
 
 TRIGGER_BATCH = 1000
 
@@ -35,6 +35,7 @@ def campaign_triggers_process(*, campaign_id: int, now: dt.datetime | None = Non
         )
         if campaign is None or not campaign.is_triggered:
             return 0
+        kind = kinds.kind_module(campaign.kind)
         since = now - dt.timedelta(hours=campaign.trigger_within_hours) if campaign.trigger_within_hours else None
         if campaign.trigger == Campaign.Trigger.EVENT:
             rows = list(
@@ -44,7 +45,7 @@ def campaign_triggers_process(*, campaign_id: int, now: dt.datetime | None = Non
                 .values_list("pk", "customer_id", "occurred_at", "properties")[:TRIGGER_BATCH]
             )
             fresh = [r for r in rows if since is None or r[2] >= since]
-            if campaign.kind == Campaign.Kind.REFERRAL:
+            if kind.REFERRALS:
                 referral_events_process(campaign=campaign, events=fresh, now=now)
             else:
                 _decide(campaign, [(customer_id, "trigger") for _, customer_id, _, _ in fresh], now)
@@ -60,7 +61,7 @@ def campaign_triggers_process(*, campaign_id: int, now: dt.datetime | None = Non
         if rows:
             campaign.trigger_cursor = rows[-1][0]
             campaign.save(update_fields=["trigger_cursor", "updated_at"])
-        if campaign.kind == Campaign.Kind.REFERRAL:
+        if kind.REFERRALS:
             referrals_qualify(campaign=campaign, now=now)
     return len(rows)
 
@@ -70,7 +71,7 @@ def _decide(campaign: Campaign, candidates: list[tuple[int, str]], now: dt.datet
         return
     ids = {cid for cid, _ in candidates}
     in_audience = set(
-        campaign_audience(campaign=campaign, base=Customer.objects.filter(pk__in=ids)).values_list("pk", flat=True)
+        campaign_audience(campaign=campaign, base=customers_queryset(ids=ids)).values_list("pk", flat=True)
     )
     seen: set[tuple[int, str]] = set()
     targets = []

@@ -11,6 +11,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone as dj_timezone
 
+from segments.contacts import CONTACT_FIELDS, Channel  # re-exported: segments.models.Channel
+
 
 def validate_timezone(value: str) -> None:
     if value not in zoneinfo.available_timezones():
@@ -19,22 +21,6 @@ def validate_timezone(value: str) -> None:
 
 validate_phone = RegexValidator(r"^\+[1-9]\d{6,14}$", "Use E.164 format, e.g. +33612345678.")
 validate_currency = RegexValidator(r"^[A-Z]{3}$", "Use an ISO 4217 code, e.g. EUR.")
-
-
-class Channel(models.TextChoices):
-    EMAIL = "email", "Email"
-    SMS = "sms", "SMS"
-    PUSH = "push", "Push"
-    IN_APP = "in_app", "In-app"
-
-
-# The contact field and its consent/opt-out timestamps, per channel. In-app messages
-# are read through the offer API by a signed-in customer and need no contact point.
-CONTACT_FIELDS: dict[str, tuple[str, str, str]] = {
-    Channel.EMAIL: ("email", "email_consent_at", "email_opt_out_at"),
-    Channel.SMS: ("phone", "sms_consent_at", "sms_opt_out_at"),
-    Channel.PUSH: ("push_token", "push_consent_at", "push_opt_out_at"),
-}
 
 
 class CustomerQuerySet(models.QuerySet["Customer"]):

@@ -1,4 +1,8 @@
-"""Writes of dimensions: validated configs and the layers (with tier tags) they imply."""
+"""Writes of dimensions: validated configs and the layers (with tier tags) they imply.
+
+The one door for dimension writes: the admin (``segments.admin.DimensionAdmin``), the demo
+and tests create and change dimensions here; the admin form only shows this module's
+errors next to the field."""
 
 from __future__ import annotations
 
@@ -20,6 +24,37 @@ def dimension_config_validate(*, kind: str, config: Any) -> None:
         raise ValidationError({"config": [str(issue) for issue in issues]})
 
 
+def dimension_config_check(*, kind: str, config: Any, dimension: Dimension | None = None) -> dict[str, Any]:
+    """The config to store for ``kind``: the kind's defaults when empty, else ``config``
+    once valid. Raises ``ValidationError({"config": [...]})`` for an invalid config or one
+    that drops layers customers or history still point at (``dimension``: the stored row
+    being changed). The admin form calls this to show errors inline; the writes below call
+    it again inside their transaction."""
+    config = default_config(kind) if config in (None, {}, "") else config
+    dimension_config_validate(kind=kind, config=config)
+    if dimension is not None and dimension.pk is not None:
+        wanted = {spec.key for spec in layer_specs(kind, config)}
+        busy = _busy_layers(Layer.objects.filter(dimension=dimension).exclude(key__in=wanted))
+        if busy:
+            raise ValidationError({"config": [_busy_message(busy)]})
+    return config
+
+
+def _busy_layers(layers: Any) -> list[str]:
+    return [
+        layer.key
+        for layer in layers
+        if CustomerLayer.objects.filter(layer=layer).exists() or LayerHistory.objects.filter(layer=layer).exists()
+    ]
+
+
+def _busy_message(busy: list[str]) -> str:
+    return (
+        f"config: layer(s) {', '.join(busy)} have customers or history and cannot be removed; "
+        "keep their keys (rename them instead)"
+    )
+
+
 def tier_tag_code(dimension_key: str, layer_key: str) -> str:
     return f"{dimension_key}.{layer_key}"[:TAG_CODE_MAX]
 
@@ -31,20 +66,9 @@ def dimension_sync_layers(*, dimension: Dimension) -> list[Layer]:
     specs = layer_specs(dimension.kind, dimension.config)
     wanted = {spec.key for spec in specs}
     dropped = Layer.objects.filter(dimension=dimension).exclude(key__in=wanted)
-    busy = [
-        layer.key
-        for layer in dropped
-        if CustomerLayer.objects.filter(layer=layer).exists() or LayerHistory.objects.filter(layer=layer).exists()
-    ]
+    busy = _busy_layers(dropped)
     if busy:
-        raise ValidationError(
-            {
-                "config": [
-                    f"config: layer(s) {', '.join(busy)} have customers or history and cannot be removed; "
-                    "keep their keys (rename them instead)"
-                ]
-            }
-        )
+        raise ValidationError({"config": [_busy_message(busy)]})
     for layer in dropped:
         if layer.tag_id:
             Tag.objects.filter(pk=layer.tag_id).delete()
@@ -75,8 +99,7 @@ def dimension_sync_layers(*, dimension: Dimension) -> list[Layer]:
 def dimension_create(
     *, key: str, name: str, kind: str, config: dict[str, Any] | None = None, is_active: bool = True
 ) -> Dimension:
-    config = default_config(kind) if config is None else config
-    dimension_config_validate(kind=kind, config=config)
+    config = dimension_config_check(kind=kind, config=config)
     dimension = Dimension(key=key, name=name, kind=kind, config=config, is_active=is_active)
     dimension.full_clean()
     dimension.save()
@@ -88,7 +111,7 @@ def dimension_create(
 def dimension_update(*, dimension: Dimension, **fields: Any) -> Dimension:
     for name, value in fields.items():
         setattr(dimension, name, value)
-    dimension_config_validate(kind=dimension.kind, config=dimension.config)
+    dimension.config = dimension_config_check(kind=dimension.kind, config=dimension.config)
     dimension.full_clean()
     dimension.save()
     dimension_sync_layers(dimension=dimension)

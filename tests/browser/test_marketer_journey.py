@@ -1,5 +1,6 @@
 """A marketer signs in, opens the lift report and the tier playbook, downloads the playbook
-CSV, and is refused when trying to edit the experiment."""
+CSV, and is refused when trying to edit the experiment; a marketer opens every campaign and segment
+page, sees everything and can change nothing (no buttons; forged submissions refused)."""
 
 from __future__ import annotations
 
@@ -116,3 +117,91 @@ def test_marketer__reads_report_and_playbook_then_edits_experiment__csv_download
     assert response is not None and response.status == 403
     results.renewal_experiment.refresh_from_db()
     assert (results.renewal_experiment.name, results.renewal_experiment.status) == ("Renewal By Window", "running")
+
+
+def test_marketer__opens_every_campaign_and_segment_page__sees_everything_changes_nothing(
+    app_server, page, screenshot
+) -> None:  # type: ignore[no-untyped-def]
+    from campaigns.models import Campaign, Offer
+    from campaigns.services import lifecycle
+    from segments.models import Dimension, Segment
+    from segments.services.segments import segment_create
+    from tests.campaigns.builders import campaign, customers
+    from tests.campaigns.test_decide import _experiment
+
+    customers(3, prefix="mk")
+    running = lifecycle.campaign_launch(campaign=campaign(key="spring-live", experiment=_experiment("spring-live-x")))
+    draft = campaign(key="autumn-draft")
+    segment = segment_create(
+        key="buyers", name="Buyers", rule={"event": "order", "agg": "count", "op": "gte", "value": 1}
+    )
+    dimension = Dimension.objects.get(key="rfm")
+    UserFactory(username="mia", groups=["marketer"])
+    admin_login(page, app_server, "mia", PASSWORD)
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+
+    def forged(path: str, form: dict[str, str] | None = None) -> int:
+        url = f"{app_server}{path}"
+        return page.request.post(
+            url, form={"csrfmiddlewaretoken": token, **(form or {})}, headers={"Referer": url}
+        ).status
+
+    # --- Sees: every list and page opens, with the data ------------------------------------------
+    for path, text in [
+        ("/admin/campaigns/campaign/", "spring-live"),
+        ("/admin/campaigns/delivery/", "deliveries"),
+        ("/admin/campaigns/recipient/", "recipient"),
+        ("/admin/segments/segment/", "buyers"),
+        ("/admin/segments/customer/", "mk000000"),
+        ("/admin/experiments/experiment/", "spring-live-x"),
+        ("/admin/playbook/", "Tier playbook"),
+    ]:
+        response = page.goto(f"{app_server}{path}")
+        assert response is not None and response.status == 200, path
+        assert text.lower() in page.inner_text("#content").lower(), path
+        assert page.locator("a.addlink").count() == 0, path  # nothing to add
+
+    # --- Changes nothing: every campaign page is a view, without buttons -------------------------
+    for row in (running, draft):
+        page.goto(f"{app_server}/admin/campaigns/campaign/{row.pk}/change/")
+        assert page.locator("h1").inner_text() == "View campaign"
+        for selector in (
+            "input[name=_save]",
+            "#campaign-transitions",
+            "#new-version-link",
+            "#duplicate-button",
+            "a.deletelink",
+            "#id_name",
+        ):
+            assert page.locator(selector).count() == 0, (row.key, selector)
+    page.goto(f"{app_server}/admin/campaigns/campaign/{running.pk}/change/")
+    screenshot("campaign-view-only")
+    treatment = running.treatments.get()
+    page.goto(f"{app_server}/admin/campaigns/treatment/{treatment.pk}/change/")
+    assert page.locator("h1").inner_text() == "View treatment" and page.locator("textarea").count() == 0
+    page.goto(f"{app_server}/admin/campaigns/offer/{treatment.offer_id}/change/")
+    assert page.locator("h1").inner_text() == "View offer"
+    page.goto(f"{app_server}/admin/segments/segment/{segment.pk}/change/")
+    assert page.locator("h1").inner_text() == "View segment" and page.locator("#id_rule").count() == 0
+    page.goto(f"{app_server}/admin/segments/dimension/{dimension.pk}/change/")
+    assert page.locator("h1").inner_text() == "View dimension"
+    screenshot("dimension-view-only")
+
+    # --- Forged submissions (valid CSRF token) are refused by the server -------------------------
+    for action in ("pause", "finish"):
+        assert forged(f"/admin/campaigns/campaign/{running.pk}/transition/{action}/") == 403, action
+    assert forged(f"/admin/campaigns/campaign/{draft.pk}/transition/launch/") == 403
+    assert forged(f"/admin/campaigns/campaign/{running.pk}/change/?new_version=1", {"name": "Hijacked"}) == 403
+    assert forged(f"/admin/campaigns/campaign/{running.pk}/duplicate/") == 403
+    assert forged(f"/admin/campaigns/campaign/{running.pk}/compute-audience/") == 403
+    assert forged(f"/admin/campaigns/campaign/{draft.pk}/delete/", {"post": "yes"}) == 403
+    assert forged(f"/admin/campaigns/offer/{treatment.offer_id}/change/", {"name": "Free"}) == 403
+    assert forged(f"/admin/segments/segment/{segment.pk}/change/", {"name": "Hijacked"}) == 403
+    assert forged("/admin/segments/segment/add/", {"key": "x", "name": "X", "rule": "{}"}) == 403
+    running.refresh_from_db()
+    draft.refresh_from_db()
+    segment.refresh_from_db()
+    assert (running.status, running.version, running.name) == (Campaign.Status.RUNNING, 1, "Spring-Live")
+    assert draft.status == Campaign.Status.DRAFT and Campaign.objects.count() == 2
+    assert Offer.objects.get(pk=treatment.offer_id).name == "Ten percent"
+    assert segment.name == "Buyers" and Segment.objects.count() == 1

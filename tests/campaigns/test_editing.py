@@ -334,3 +334,29 @@ def test_campaign_launch__own_draft_experiment_plan_invalid__refused_naming_the_
     assert copy.experiment.key in message and "planned_end_at" in message
     copy.refresh_from_db()
     assert copy.status == Campaign.Status.DRAFT and copy.experiment.status == "draft"
+
+
+def test_campaign_delete__running_campaign__refused_and_kept(no_caps: None) -> None:
+    row = _running()
+    with pytest.raises(ValidationError) as caught:
+        editing.campaign_delete(campaign=row)
+    assert "Duplicate as draft" in caught.value.messages[0]
+    assert Campaign.objects.filter(pk=row.pk).exists()
+    draft = campaign(key="draft-only")
+    editing.campaign_delete(campaign=draft)
+    assert not Campaign.objects.filter(pk=draft.pk).exists()
+
+
+def test_admin_delete__running_campaign_page_and_bulk_action__refused_kept(growth_user, no_caps: None) -> None:  # type: ignore[no-untyped-def]
+    row = _running()
+    row.treatments.all().delete()  # nothing locked hangs off it: only the campaign's own rule refuses
+    client = _client(growth_user)
+    change = client.get(reverse("admin:campaigns_campaign_change", args=[row.pk])).content.decode()
+    assert "deletelink" not in change
+    assert client.post(reverse("admin:campaigns_campaign_delete", args=[row.pk]), {"post": "yes"}).status_code == 403
+    client.post(
+        reverse("admin:campaigns_campaign_changelist"),
+        {"action": "delete_selected", "_selected_action": [row.pk], "post": "yes"},
+        follow=True,
+    )
+    assert Campaign.objects.filter(pk=row.pk).exists()

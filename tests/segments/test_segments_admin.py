@@ -4,6 +4,7 @@ distribution, chart and transitions; runs with failures; growth edits, marketer 
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 from django.contrib.staticfiles import finders
@@ -195,6 +196,49 @@ def test_dimension_add__empty_config__defaults_and_layers_created(client, growth
     dimension = Dimension.objects.get(key="rfm30")
     assert dimension.config["window_days"] == 90
     assert dimension.layers.count() == 9 and all(layer.tag_id for layer in dimension.layers.all())
+
+
+# One door: the admin writes through the services (a spy that keeps their behaviour), so a
+# rule added to a service holds in the admin too.
+
+
+def test_segment_admin_add_and_change__any__written_by_segment_services(client, growth_user) -> None:  # type: ignore[no-untyped-def]
+    from segments.services import segments as services
+
+    client.force_login(growth_user)
+    with (
+        mock.patch.object(services, "segment_create", wraps=services.segment_create) as create,
+        mock.patch.object(services, "segment_update", wraps=services.segment_update) as update,
+    ):
+        assert client.post(ADD_URL, _segment_post(ORDERED)).status_code == 302
+        segment = Segment.objects.get(key="buyers")
+        changed = _segment_post(ORDERED, name="Buyers (any order)")
+        del changed["key"]
+        assert client.post(f"/admin/segments/segment/{segment.pk}/change/", changed).status_code == 302
+    assert create.call_count == 1 and create.call_args.kwargs["created_by"] == growth_user
+    assert update.call_count == 1 and update.call_args.kwargs["name"] == "Buyers (any order)"
+    segment.refresh_from_db()
+    assert segment.name == "Buyers (any order)" and segment.created_by == growth_user
+
+
+def test_dimension_admin_add_and_change__any__written_by_dimension_services(client, growth_user) -> None:  # type: ignore[no-untyped-def]
+    from segments.services import dimensions as services
+
+    client.force_login(growth_user)
+    post = {"key": "rfm30", "name": "RFM 30 days", "kind": "rfm", "config": "{}", "is_active": "on"}
+    with (
+        mock.patch.object(services, "dimension_create", wraps=services.dimension_create) as create,
+        mock.patch.object(services, "dimension_update", wraps=services.dimension_update) as update,
+    ):
+        assert client.post("/admin/segments/dimension/add/", post).status_code == 302
+        dimension = Dimension.objects.get(key="rfm30")
+        config = {**dimension.config, "window_days": 30}
+        change = {"name": "RFM 30", "config": json.dumps(config), "is_active": "on"}
+        assert client.post(f"/admin/segments/dimension/{dimension.pk}/change/", change).status_code == 302
+    assert create.call_count == 1 and create.call_args.kwargs["kind"] == "rfm"
+    assert update.call_count == 1 and update.call_args.kwargs["config"]["window_days"] == 30
+    dimension.refresh_from_db()
+    assert (dimension.name, dimension.config["window_days"], dimension.layers.count()) == ("RFM 30", 30, 9)
 
 
 def test_runs_list__failures_visible_and_read_only(client, growth_user, marketer_user) -> None:  # type: ignore[no-untyped-def]

@@ -53,10 +53,14 @@ def test_customer_get__with_layers__current_layers_in_the_same_statement(placed:
         missing = customer_get(external_id="nobody", with_layers=True)
     assert len(queries) == 3
     assert a is not None and a.pk == placed["a"].pk
-    assert a.current_layers == customer_layer_snapshot(customer_id=a.pk) == {  # type: ignore[attr-defined]
-        "expiry": "expiring_soon",
-        "rfm": "general_win_back",
-    }
+    assert (
+        a.current_layers
+        == customer_layer_snapshot(customer_id=a.pk)
+        == {  # type: ignore[attr-defined]
+            "expiry": "expiring_soon",
+            "rfm": "general_win_back",
+        }
+    )
     assert fresh is not None and fresh.pk == new.pk and fresh.current_layers == {}  # type: ignore[attr-defined]
     assert missing is None
     assert not hasattr(customer_get(external_id="a"), "current_layers")
@@ -123,3 +127,32 @@ def test_segment_and_rule_members__materialized_and_live(placed: dict) -> None:
     segment_recompute(segment_id=segment.pk, as_of=AS_OF)
     assert list(segment_members_queryset(segment_id=segment.pk).values_list("external_id", flat=True)) == ["b"]
     assert list(rule_members_queryset(rule=rule).values_list("external_id", flat=True)) == ["b"]
+
+
+def test_latest_memberships__two_terms_and_none__latest_by_expiry_per_customer(world: World) -> None:
+    from segments.selectors import customers_queryset, latest_memberships
+
+    a, b, c = world.customer("ma"), world.customer("mb"), world.customer("mc")
+    world.membership(a, expires_in=10)
+    later = world.membership(a, expires_in=40, started_ago=20)
+    only = world.membership(b, expires_in=5)
+    with CaptureQueriesContext(connection) as queries:
+        terms = latest_memberships(customers=customers_queryset(ids=[a.pk, b.pk, c.pk]))
+    assert len(queries.captured_queries) == 1
+    assert terms == {a.pk: (later.pk, later.expires_at), b.pk: (only.pk, only.expires_at)}
+
+
+def test_customer_layer_get_and_layers_by_dimension__placed_customers__their_layer_or_none(
+    placed: dict[str, Customer],
+) -> None:
+    from segments.models import Dimension
+    from segments.selectors import customer_layer_get, layers_queryset
+
+    expiry = Dimension.objects.get(key="expiry")
+    keys = list(layers_queryset(dimension_id=expiry.pk).values_list("key", flat=True))
+    assert keys == list(expiry.layers.order_by("position").values_list("key", flat=True)) and "expiring_soon" in keys
+    layer = customer_layer_get(customer_id=placed["a"].pk, dimension_id=expiry.pk)
+    assert layer is not None and layer.key == "expiring_soon"
+    rfm = Dimension.objects.get(key="rfm")
+    assert customer_layer_get(customer_id=placed["c"].pk, dimension_id=rfm.pk) is not None
+    assert customer_layer_get(customer_id=placed["c"].pk, dimension_id=Dimension.objects.get(key="level").pk) is None
