@@ -39,7 +39,7 @@ from campaigns.models import (
     TopicOptOut,
     Treatment,
 )
-from campaigns.services import editing, lifecycle, suppression
+from campaigns.services import configure, editing, lifecycle, suppression
 from campaigns.services.offers import coupon_pool_upload
 from campaigns.services.render import content_preview
 from segments.models import Customer
@@ -258,8 +258,12 @@ class CampaignAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Campaign, form: Any, change: bool) -> None:
         if not change:
-            obj.created_by = request.user
-            super().save_model(request, obj, form, change)
+            # One door: the service creates it (its rules already ran in the form's clean).
+            config = {name: form.cleaned_data[name] for name in configure.CONFIG_FIELDS if name in form.cleaned_data}
+            created = configure.campaign_create(
+                key=obj.key, name=obj.name, kind=obj.kind, config=config, created_by=request.user
+            )
+            obj.pk, obj.created_by, obj._state.adding = created.pk, created.created_by, False
             return
         changes = {name: form.cleaned_data[name] for name in form.changed_data if name in form.cleaned_data}
         stored = Campaign.objects.get(pk=obj.pk)
