@@ -20,7 +20,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
-from campaigns import selectors
+from campaigns import builder, selectors
 from campaigns.forms import CampaignForm, ContentForm, CouponPoolForm, PreviewForm, SuppressionImportForm
 from campaigns.models import (
     Campaign,
@@ -185,6 +185,7 @@ class CampaignAdmin(admin.ModelAdmin):
         _transition("finish", "Finish"),
     ]
     change_form_template = "admin/campaigns/campaign/change_form.html"
+    change_list_template = "admin/campaigns/campaign/change_list.html"
     fieldsets = [
         (None, {"fields": ["key", "name", "kind", "description", "status", "version"]}),
         (
@@ -384,6 +385,27 @@ class CampaignAdmin(admin.ModelAdmin):
     def get_urls(self) -> list[Any]:
         wrap = self.admin_site.admin_view
         return [
+            path("builder/", wrap(lambda r: builder.start_view(self, r)), name="campaigns_campaign_builder"),
+            path(
+                "<int:pk>/builder/",
+                wrap(lambda r, pk: builder.edit_view(self, r, pk)),
+                name="campaigns_campaign_builder_edit",
+            ),
+            path(
+                "<int:pk>/builder/audience.json",
+                wrap(lambda r, pk: builder.audience_view(self, r, pk)),
+                name="campaigns_campaign_builder_audience",
+            ),
+            path(
+                "<int:pk>/builder/launch/",
+                wrap(require_POST(lambda r, pk: builder.launch_view(self, r, pk))),
+                name="campaigns_campaign_builder_launch",
+            ),
+            path(
+                "<int:pk>/builder/compute/",
+                wrap(require_POST(lambda r, pk: builder.compute_view(self, r, pk))),
+                name="campaigns_campaign_builder_compute",
+            ),
             path("<int:pk>/preview/", wrap(self.preview_view), name="campaigns_campaign_preview"),
             path("<int:pk>/duplicate/", wrap(require_POST(self.duplicate_view)), name="campaigns_campaign_duplicate"),
             path(

@@ -150,9 +150,7 @@ def campaign_create(
     if unknown:
         raise ValidationError({name_: "Not a campaign configuration field." for name_ in unknown})
     if own_experiment is not None and config.get("experiment") is not None:
-        raise ValidationError(
-            {"experiment": "Give either an existing experiment or the campaign's own one, not both."}
-        )
+        raise ValidationError({"experiment": "Give either an existing experiment or the campaign's own one, not both."})
     data = campaign_config_clean(kind=kind, config=config)
     m2m = {name_: data.pop(name_) for name_ in M2M_FIELDS if name_ in data}
     campaign = Campaign(
@@ -206,13 +204,8 @@ def campaign_own_experiment_start(*, campaign: Campaign) -> Campaign:
     from experiments import services as experiment_services
 
     row = Campaign.objects.select_related("experiment").get(pk=campaign.pk)
-    experiment = row.experiment
-    if (
-        experiment is not None
-        and experiment.status == "draft"
-        and experiment.managed_by == assignments.manager_tag(row.pk)
-    ):
-        experiment_services.experiment_start(experiment=experiment)
+    if _is_own_draft_experiment(row):
+        experiment_services.experiment_start(experiment=row.experiment)
     return row
 
 
@@ -323,3 +316,48 @@ def offer_update(*, offer: Offer, changes: Mapping[str, Any]) -> Offer:
     offer.full_clean()
     offer.save()
     return offer
+
+
+def _is_own_draft_experiment(campaign: Campaign) -> bool:
+    experiment = campaign.experiment
+    return (
+        experiment is not None
+        and experiment.status == "draft"
+        and experiment.managed_by == assignments.manager_tag(campaign.pk)
+    )
+
+
+def campaign_launch_checklist(*, campaign: Campaign) -> list[tuple[str, str]]:
+    """What still refuses the launch, as (field, message) pairs; empty when ready. The same
+    checks as ``campaign_launch`` (``lifecycle.campaign_validate`` at launch), except that
+    the campaign's own draft experiment is not a problem: the builder's launch starts it."""
+    from campaigns.services.lifecycle import campaign_validate
+
+    row = Campaign.objects.select_related("experiment").get(pk=campaign.pk)
+    try:
+        campaign_validate(campaign=row, at_launch=True)
+    except ValidationError as exc:
+        own_draft = _is_own_draft_experiment(row)
+        return [
+            (name, message)
+            for name, messages in exc.message_dict.items()
+            for message in messages
+            if not (own_draft and name == "experiment" and message.endswith("start it first."))
+        ]
+    return []
+
+
+@transaction.atomic
+def campaign_builder_launch(*, campaign: Campaign) -> Campaign:
+    """Launch a campaign built with its own experiment: start the experiment, then launch,
+    all or nothing (a refused launch leaves the experiment a draft)."""
+    from campaigns.services.lifecycle import campaign_launch
+
+    row = campaign_own_experiment_start(campaign=campaign)
+    return campaign_launch(campaign=Campaign.objects.select_related("experiment").get(pk=row.pk))
+
+
+@transaction.atomic
+def treatment_delete(*, treatment: Treatment, version_started: bool = False) -> None:
+    treatments_write_check(campaign=treatment.campaign, version_started=version_started)
+    treatment.delete()
