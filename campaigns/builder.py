@@ -97,6 +97,17 @@ class StartForm(forms.Form):
         return specs
 
 
+START_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Campaign", ("key", "name", "kind", "description")),
+    ("Audience", ("include_segments", "include_layers", "exclude_layers", "split_dimension")),
+    ("Channels and trigger", ("channels", "trigger", "trigger_event_type")),
+    (
+        "Experiment (created with the campaign, owned by it)",
+        ("with_experiment", "control_percent", "variant_keys", "metric"),
+    ),
+)
+
+
 def _add_errors(form: forms.Form, exc: ValidationError) -> None:
     if not hasattr(exc, "error_dict"):
         form.add_error(None, exc.messages)
@@ -151,6 +162,7 @@ def start_view(modeladmin: Any, request: HttpRequest) -> HttpResponse:
         "opts": Campaign._meta,
         "title": "New campaign: the builder",
         "form": form,
+        "sections": [(title, [form[name] for name in names]) for title, names in START_SECTIONS],
     }
     return TemplateResponse(request, "admin/campaigns/campaign/builder_start.html", context)
 
@@ -320,7 +332,9 @@ def edit_view(modeladmin: Any, request: HttpRequest, pk: int) -> HttpResponse:
                 except ValidationError as exc:
                     _add_errors(offer_form, exc)
                 else:
-                    modeladmin.message_user(request, f"Offer {offer.key} created: choose it in the grid.")
+                    modeladmin.message_user(
+                        request, f"Offer {offer.key} created: choose it in the grid.", messages.SUCCESS
+                    )
                     return HttpResponseRedirect(request.path)
             cells = _grid(campaign)
         else:
