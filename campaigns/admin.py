@@ -108,11 +108,11 @@ class TreatmentFormSet(BaseInlineFormSet):
         super().clean()
         for form in self.extra_forms:
             if not form.has_changed() and not self._should_delete_form(form):
-                raise ValidationError(
-                    "A treatment row is blank (any variant × any layer, no offer): choose its variant, layer or "
-                    "offer, or remove the row. (A content-only treatment: choose its variant or layer; its "
-                    "content is written on the treatment's own page.)"
-                )
+                # The rule is the service's (an unchanged extra row is blank by definition).
+                try:
+                    configure.treatment_row_check(variant_key="", layer=None, offer=None)
+                except ValidationError as exc:
+                    raise ValidationError(exc.message_dict["treatments"]) from exc
 
 
 class TreatmentInline(admin.TabularInline):

@@ -209,8 +209,18 @@ def campaign_own_experiment_start(*, campaign: Campaign) -> Campaign:
     return row
 
 
-def _is_blank(*, variant_key: str, layer: Any, offer: Any) -> bool:
-    return not variant_key and layer is None and offer is None
+BLANK_TREATMENT_MESSAGE = (
+    "A treatment row is blank (any variant × any layer, no offer): choose its variant, layer or offer, or remove "
+    "the row. (A content-only treatment: choose its variant or layer; its content is written on the treatment's "
+    "own page. The fallback for every treated variant and layer is the builder's 'any layer' cell.)"
+)
+
+
+def treatment_row_check(*, variant_key: str, layer: Any, offer: Any, fallback: bool = False) -> None:
+    """A row with no variant, no layer and no offer is an error unless it is the explicit
+    fallback: never silently dropped (as a blank admin row was) nor silently kept."""
+    if not variant_key and layer is None and offer is None and not fallback:
+        raise ValidationError({"treatments": BLANK_TREATMENT_MESSAGE})
 
 
 @transaction.atomic
@@ -231,13 +241,7 @@ def treatment_set(
     and a form row left blank must not become that, nor vanish, without the author saying
     so. The control variant is treated only by a row that names it."""
     treatments_write_check(campaign=campaign, version_started=version_started)
-    if _is_blank(variant_key=variant_key, layer=layer, offer=offer) and not fallback:
-        raise ValidationError(
-            {
-                "treatments": "A treatment row is blank (any variant × any layer, no offer): choose its variant, "
-                "layer or offer, or mark it as the fallback for every treated variant and layer."
-            }
-        )
+    treatment_row_check(variant_key=variant_key, layer=layer, offer=offer, fallback=fallback)
     row = Treatment.objects.filter(
         campaign=campaign, variant_key=variant_key, layer=layer, referral_role=referral_role
     ).first() or Treatment(campaign=campaign, variant_key=variant_key, layer=layer, referral_role=referral_role)
