@@ -178,3 +178,21 @@ def test_builder__marketer__sees_but_cannot_create_or_launch(marketer_user, grow
     assert client.get(reverse("admin:campaigns_campaign_builder_edit", args=[row.pk])).status_code == 200
     assert client.post(reverse("admin:campaigns_campaign_builder_launch", args=[row.pk])).status_code == 403
     assert client.post(reverse("admin:campaigns_campaign_builder_edit", args=[row.pk]), {}).status_code == 403
+
+
+def test_builder_launch__duplicate_of_a_built_campaign__its_own_experiment_started(growth_user, no_caps) -> None:  # type: ignore[no-untyped-def]
+    customers(2)
+    client = _client(growth_user)
+    _start(client)
+    row = Campaign.objects.get(key="spring")
+    client.post(
+        reverse("admin:campaigns_campaign_builder_edit", args=[row.pk]),
+        {"t-offer-any-email_subject": "Hi", "t-offer-any-email_text": "Hello"},
+    )
+    client.post(reverse("admin:campaigns_campaign_duplicate", args=[row.pk]))
+    copy = Campaign.objects.get(key="spring-copy")
+    assert copy.experiment.managed_by == assignments.manager_tag(copy.pk)
+    client.post(reverse("admin:campaigns_campaign_builder_launch", args=[copy.pk]))
+    copy.refresh_from_db()
+    copy.experiment.refresh_from_db()
+    assert copy.status == Campaign.Status.RUNNING and copy.experiment.status == "running"
