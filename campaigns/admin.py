@@ -20,7 +20,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
-from campaigns import selectors
+from campaigns import builder, selectors
 from campaigns.forms import CampaignForm, ContentForm, CouponPoolForm, PreviewForm, SuppressionImportForm
 from campaigns.models import (
     Campaign,
@@ -39,7 +39,7 @@ from campaigns.models import (
     TopicOptOut,
     Treatment,
 )
-from campaigns.services import editing, lifecycle, suppression
+from campaigns.services import configure, editing, lifecycle, suppression
 from campaigns.services.offers import coupon_pool_upload
 from campaigns.services.render import content_preview
 from segments.selectors import customer_get
@@ -108,11 +108,11 @@ class TreatmentFormSet(BaseInlineFormSet):
         super().clean()
         for form in self.extra_forms:
             if not form.has_changed() and not self._should_delete_form(form):
-                raise ValidationError(
-                    "A treatment row is blank (any variant × any layer, no offer): choose its variant, layer or "
-                    "offer, or remove the row. (A content-only treatment: choose its variant or layer; its "
-                    "content is written on the treatment's own page.)"
-                )
+                # The rule is the service's (an unchanged extra row is blank by definition).
+                try:
+                    configure.treatment_row_check(variant_key="", layer=None, offer=None)
+                except ValidationError as exc:
+                    raise ValidationError(exc.message_dict["treatments"]) from exc
 
 
 class TreatmentInline(admin.TabularInline):
@@ -185,6 +185,7 @@ class CampaignAdmin(admin.ModelAdmin):
         _transition("finish", "Finish"),
     ]
     change_form_template = "admin/campaigns/campaign/change_form.html"
+    change_list_template = "admin/campaigns/campaign/change_list.html"
     fieldsets = [
         (None, {"fields": ["key", "name", "kind", "description", "status", "version"]}),
         (
@@ -273,8 +274,12 @@ class CampaignAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Campaign, form: Any, change: bool) -> None:
         if not change:
-            obj.created_by = request.user
-            super().save_model(request, obj, form, change)
+            # One door: the service creates it (its rules already ran in the form's clean).
+            config = {name: form.cleaned_data[name] for name in configure.CONFIG_FIELDS if name in form.cleaned_data}
+            created = configure.campaign_create(
+                key=obj.key, name=obj.name, kind=obj.kind, config=config, created_by=request.user
+            )
+            obj.pk, obj.created_by, obj._state.adding = created.pk, created.created_by, False
             return
         changes = {name: form.cleaned_data[name] for name in form.changed_data if name in form.cleaned_data}
         stored = Campaign.objects.get(pk=obj.pk)
@@ -397,6 +402,27 @@ class CampaignAdmin(admin.ModelAdmin):
     def get_urls(self) -> list[Any]:
         wrap = self.admin_site.admin_view
         return [
+            path("builder/", wrap(lambda r: builder.start_view(self, r)), name="campaigns_campaign_builder"),
+            path(
+                "<int:pk>/builder/",
+                wrap(lambda r, pk: builder.edit_view(self, r, pk)),
+                name="campaigns_campaign_builder_edit",
+            ),
+            path(
+                "<int:pk>/builder/audience.json",
+                wrap(lambda r, pk: builder.audience_view(self, r, pk)),
+                name="campaigns_campaign_builder_audience",
+            ),
+            path(
+                "<int:pk>/builder/launch/",
+                wrap(require_POST(lambda r, pk: builder.launch_view(self, r, pk))),
+                name="campaigns_campaign_builder_launch",
+            ),
+            path(
+                "<int:pk>/builder/compute/",
+                wrap(require_POST(lambda r, pk: builder.compute_view(self, r, pk))),
+                name="campaigns_campaign_builder_compute",
+            ),
             path("<int:pk>/preview/", wrap(self.preview_view), name="campaigns_campaign_preview"),
             path("<int:pk>/duplicate/", wrap(require_POST(self.duplicate_view)), name="campaigns_campaign_duplicate"),
             path(

@@ -8,15 +8,10 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from campaigns.models import Campaign, Content, Topic, Treatment
+from campaigns.models import Campaign, Content, Treatment
+from campaigns.services import configure
 from campaigns.services.editing import campaign_update_check
 from campaigns.services.render import content_check
-from segments.models import Channel, EventType
-
-KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    Campaign.Kind.NEW_USER: {"trigger": Campaign.Trigger.EVENT, "event": "signup", "within": 48},
-    Campaign.Kind.REFERRAL: {"trigger": Campaign.Trigger.EVENT, "event": "referral_signup"},
-}
 
 
 class ChannelListField(forms.CharField):
@@ -25,26 +20,13 @@ class ChannelListField(forms.CharField):
     def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
         if isinstance(value, list):
             return value
-        items = [item.strip() for item in (value or "").split(",") if item.strip()]
-        unknown = [item for item in items if item not in Channel.values]
-        if unknown:
-            raise ValidationError(f"Unknown channel(s): {', '.join(unknown)}. Use: {', '.join(Channel.values)}.")
-        if len(set(items)) != len(items):
-            raise ValidationError("List each channel once.")
-        return items
+        # Only collects; the rules (known channels, each once) are campaigns.services.configure's.
+        return [item.strip() for item in (value or "").split(",") if item.strip()]
 
     def prepare_value(self, value: Any) -> str:
         if isinstance(value, list):
             return ", ".join(value)
         return value or ""
-
-
-# The topic a campaign of each kind is about when the form leaves it empty.
-KIND_TOPICS: dict[str, str] = {
-    Campaign.Kind.REFERRAL: Topic.REFERRALS,
-    Campaign.Kind.RENEWAL: Topic.RENEWALS,
-    Campaign.Kind.WINBACK: Topic.RECALL,
-}
 
 
 class CampaignForm(forms.ModelForm):
@@ -92,32 +74,28 @@ class CampaignForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        if not data.get("topic"):
-            data["topic"] = KIND_TOPICS.get(data.get("kind", ""), Topic.PROMOTIONS)
+        # The rules live in the services; asked here so each message shows next to its field.
+        config = {name: data[name] for name in configure.CONFIG_FIELDS if name in data}
+        try:
+            kind = data.get("kind") or self.instance.kind
+            data.update(configure.campaign_config_clean(kind=kind, config=config))
+        except ValidationError as exc:
+            self._add_service_errors(exc)
         if self.instance.pk is not None:
-            # The rule lives in the service; asked here so the message shows next to the field.
             stored = Campaign.objects.get(pk=self.instance.pk)
             changes = {name: data[name] for name in self.changed_data if name in data}
             try:
                 campaign_update_check(campaign=stored, changes=changes, new_version=self.new_version)
             except ValidationError as exc:
-                for name, messages in exc.message_dict.items():
-                    self.add_error(name if name in self.fields else None, messages)
-        defaults = KIND_DEFAULTS.get(data.get("kind", ""))
-        if defaults:
-            if data.get("trigger") == Campaign.Trigger.BROADCAST:
-                data["trigger"] = defaults["trigger"]
-            if data.get("trigger_event_type") is None:
-                data["trigger_event_type"] = EventType.objects.filter(code=defaults["event"]).first()
-            if data.get("trigger_within_hours") is None and defaults.get("within"):
-                data["trigger_within_hours"] = defaults["within"]
-        if data.get("kind") == Campaign.Kind.REFERRAL and data.get("referral_qualifying_event_type") is None:
-            data["referral_qualifying_event_type"] = data.get("trigger_event_type")
-        if data.get("trigger") == Campaign.Trigger.EVENT and data.get("trigger_event_type") is None:
-            self.add_error("trigger_event_type", "An event trigger needs an event type.")
-        if data.get("trigger") == Campaign.Trigger.LAYER_ENTRY and data.get("trigger_layer") is None:
-            self.add_error("trigger_layer", "A layer-entry trigger needs a layer.")
+                self._add_service_errors(exc)
         return data
+
+    def _add_service_errors(self, exc: ValidationError) -> None:
+        for name, messages in exc.message_dict.items():
+            if name in self.fields and name not in self.errors:
+                self.add_error(name, messages)
+            elif name not in self.fields:
+                self.add_error(None, messages)
 
 
 class ContentForm(forms.ModelForm):

@@ -1,7 +1,8 @@
 """Turning ``demo.plan`` into rows, the way a growth user would in the admin: tag rules and
-rule segments through ``segments.services``, experiments through ``experiments.services``, campaigns
-through the admin's ``CampaignForm`` / ``ContentForm`` (their per-kind defaults and content
-validation), launches through ``campaigns.services.lifecycle``.
+rule segments through ``segments.services``, experiments through ``experiments.services``,
+campaigns, their treatments and content through ``campaigns.services.configure`` (the same
+door as the admin and the guided builder: per-kind defaults, content validation), launches
+through ``campaigns.services.lifecycle``.
 
 Every object is looked up by its key first and created only when missing, so running the
 demo again changes nothing that exists (an edit made in the admin in between is kept).
@@ -19,9 +20,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from campaigns.forms import CampaignForm, ContentForm
-from campaigns.models import Campaign, Content, Offer, Treatment
-from campaigns.services import lifecycle
+from campaigns.models import Campaign, Offer
+from campaigns.services import configure, lifecycle
 from demo.plan import (
     HOLDOUT_KEY,
     HOLDOUT_PERCENT,
@@ -35,7 +35,7 @@ from experiments import selectors as experiment_selectors
 from experiments import services as experiment_services
 from experiments.models import Experiment, Holdout
 from segments.models import Dimension, EventType, Segment, TagRule
-from segments.selectors import layer_ids_by_keys
+from segments.selectors import event_type_get, layer_ids_by_keys, layers_queryset
 from segments.services.segments import segment_create
 from segments.services.tags import tag_rule_create
 
@@ -108,22 +108,20 @@ def offers_ensure(*, plans: Sequence[OfferPlan]) -> dict[str, Offer]:
     for plan in plans:
         if plan.key in offers:
             continue
-        offer = Offer(
-            key=plan.key,
-            name=plan.name,
-            benefit_kind=plan.benefit_kind,
-            value=plan.value,
-            currency=plan.currency,
-            code_prefix=plan.code_prefix,
-            code_source=plan.code_source,
-            validity_days=plan.validity_days,
-            expires_after_membership_days=plan.expires_after_membership_days,
-        )
         try:
-            offer.full_clean()
+            offer = configure.offer_create(
+                key=plan.key,
+                name=plan.name,
+                benefit_kind=plan.benefit_kind,
+                value=plan.value,
+                currency=plan.currency,
+                code_prefix=plan.code_prefix,
+                code_source=plan.code_source,
+                validity_days=plan.validity_days,
+                expires_after_membership_days=plan.expires_after_membership_days,
+            )
         except ValidationError as exc:
             raise _fail(f"offer {plan.key}", exc) from exc
-        offer.save()
         offers[plan.key] = offer
     return offers
 
@@ -179,13 +177,13 @@ def _layer_pks(keys: Sequence[str]) -> list[int]:
     return [found[k] for k in keys]
 
 
-def _event_type_pk(code: str | None) -> int | str:
+def _event_type(code: str | None) -> EventType | None:
     if not code:
-        return ""
-    pk = EventType.objects.filter(code=code).values_list("pk", flat=True).first()
-    if pk is None:
+        return None
+    event_type = event_type_get(code=code)
+    if event_type is None:
         raise RuntimeError(f"demo: unknown event type {code}")
-    return pk
+    return event_type
 
 
 @transaction.atomic
@@ -195,52 +193,43 @@ def campaign_ensure(*, plan: CampaignPlan, experiment: Experiment, offers: dict[
     if campaign is not None:
         return campaign
     now = timezone.now()
-    data = {
-        "key": plan.key,
-        "name": plan.name,
-        "kind": plan.kind,
+    config = {
         "description": plan.description,
-        "experiment": experiment.pk,
+        "experiment": experiment,
         "include_layers": _layer_pks(plan.include_layers),
         "exclude_layers": _layer_pks(plan.exclude_layers),
         "exclude_segments": [Segment.objects.get(key=k).pk for k in plan.exclude_segments],
-        "split_dimension": Dimension.objects.get(key=plan.split_dimension).pk if plan.split_dimension else "",
+        "split_dimension": Dimension.objects.get(key=plan.split_dimension) if plan.split_dimension else None,
         "trigger": plan.trigger,
-        "trigger_event_type": _event_type_pk(plan.trigger_event),
-        "trigger_within_hours": plan.trigger_within_hours or "",
-        "channels": ", ".join(plan.channels),
+        "trigger_event_type": _event_type(plan.trigger_event),
+        "trigger_within_hours": plan.trigger_within_hours or None,
+        "channels": list(plan.channels),
         "channel_strategy": Campaign.ChannelStrategy.FIRST_REACHABLE,
-        "ends_at": (now + dt.timedelta(days=plan.ends_after_days)).strftime("%Y-%m-%d %H:%M:%S"),
+        "ends_at": now + dt.timedelta(days=plan.ends_after_days),
         "max_attempts": 5,
         "referral_reward_to": plan.referral_reward_to,
-        "referral_qualifying_event_type": _event_type_pk(plan.referral_qualifying_event),
-        "referral_cap_per_inviter": plan.referral_cap_per_inviter or "",
+        "referral_qualifying_event_type": _event_type(plan.referral_qualifying_event),
+        "referral_cap_per_inviter": plan.referral_cap_per_inviter or None,
     }
-    form = CampaignForm(data=data)
-    if not form.is_valid():
-        raise _fail(f"campaign {plan.key}", form.errors.get_json_data())
-    campaign = form.save(commit=False)
-    campaign.created_by = growth_user()
-    campaign.save()
-    form.save_m2m()
-    for t in plan.treatments:
-        treatment = Treatment(
-            campaign=campaign,
-            variant_key=t.variant_key,
-            layer_id=_layer_pks([t.layer])[0] if t.layer else None,
-            referral_role=t.role,
-            offer=offers[t.offer_key] if t.offer_key else None,
+    try:
+        campaign = configure.campaign_create(
+            key=plan.key, name=plan.name, kind=plan.kind, config=config, created_by=growth_user()
         )
-        treatment.full_clean()
-        treatment.save()
-        for c in t.contents:
-            content_form = ContentForm(
-                data={"channel": c.channel, "subject": c.subject, "title": c.title, "text": c.text, "html": c.html},
-                instance=Content(treatment=treatment),
+        for t in plan.treatments:
+            treatment = configure.treatment_set(
+                campaign=campaign,
+                variant_key=t.variant_key,
+                layer=layers_queryset(ids=_layer_pks([t.layer])).get() if t.layer else None,
+                referral_role=t.role,
+                offer=offers[t.offer_key] if t.offer_key else None,
+                fallback=not (t.variant_key or t.layer or t.offer_key),
             )
-            if not content_form.is_valid():
-                raise _fail(f"{plan.key} {c.channel} content", content_form.errors.get_json_data())
-            content_form.save()
+            for c in t.contents:
+                configure.content_set(
+                    treatment=treatment, channel=c.channel, subject=c.subject, title=c.title, text=c.text, html=c.html
+                )
+    except ValidationError as exc:
+        raise _fail(f"campaign {plan.key}", exc) from exc
     return campaign
 
 

@@ -10,7 +10,8 @@ Signs in as the marketer and saves ``tier-playbook.png`` (the playbook) and
 ``lift-report.png`` (the lift report of ``--experiment``, by default the experiment with
 the most winning cells in the playbook); signs in as the growth user and saves
 ``dimension.png`` (the membership expiry windows with their distribution) and
-``campaigns.png`` (the campaign list). Credentials are what ``manage.py demo_users``
+``campaigns.png`` (the campaign list) and ``builder.png`` (the renewal campaign in the
+guided builder). Credentials are what ``manage.py demo_users``
 prints. Drives Debian's Chromium through Playwright (no browser download); every
 request stays on the demo's host.
 """
@@ -146,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                     save(page, "dimension.png")
                     visit(page, f"{base}/admin/campaigns/campaign/")
                     save(page, "campaigns.png")
+                    # The guided builder of the demo's renewal campaign (read-only: it is running).
+                    visit(page, f"{base}/admin/campaigns/campaign/?kind__exact=renewal")
+                    page.click("#result_list tbody tr:first-child th a")
+                    page.click("#builder-open")
+                    page.wait_for_load_state("networkidle")
+                    save(page, "builder.png")
                 context.close()
         except Failure as exc:
             print(f"screenshots: {exc}", file=sys.stderr)

@@ -289,6 +289,12 @@ def campaign_duplicate(*, campaign: Campaign, user: Any = None) -> Campaign:
     copy.experiment = _experiment_copy(source.experiment, user=user) if source.experiment is not None else None
     copy.created_at = timezone.now()
     copy.save()
+    if copy.experiment is not None:
+        # The copied experiment is the copy's own (as the builder's is): nobody else assigns in
+        # it, and the builder's launch starts it.
+        from campaigns.services.assignments import experiment_claim
+
+        experiment_claim(experiment=copy.experiment, campaign_id=copy.pk)
     for name in M2M_FIELDS:
         getattr(copy, name).set(getattr(source, name).all())
     for treatment in Treatment.objects.filter(campaign=source).prefetch_related("contents"):

@@ -1,6 +1,6 @@
 """``scripts/screenshots.py`` against a running server: signs in as the marketer and the
 growth user and saves the README's PNGs (the lift report of the experiment with the most
-winning cells, the playbook, a dimension, the campaign list)."""
+winning cells, the playbook, a dimension, the campaign list, the renewal campaign in the builder)."""
 
 from __future__ import annotations
 
@@ -39,12 +39,12 @@ def test_screenshots_script__demo_like_data__saves_the_readme_pngs(app_server, t
     )
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["campaigns.png", "dimension.png", "lift-report.png", "tier-playbook.png"]
+    assert names == ["builder.png", "campaigns.png", "dimension.png", "lift-report.png", "tier-playbook.png"]
     for path in tmp_path.iterdir():
         assert path.read_bytes().startswith(PNG) and path.stat().st_size > 20_000, path.name
     # The win-back campaign wins overall and in one RFM tier; the renewal in one window.
     assert "lift report of experiment winback-recall" in done.stdout
-    assert done.stdout.count(".png") == 4
+    assert done.stdout.count(".png") == 5
 
 
 def test_screenshots_script__wrong_password__says_so(app_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
