@@ -3,8 +3,8 @@
 Validated rows stream with ``COPY`` into a temporary staging table (text columns: nothing
 is parsed twice). Per chunk, in one transaction, one query joins them to customers and
 keeps the ids not stored yet, and those rows are ``COPY``-ed into the events table, the
-same bulk path as a bare ``COPY`` (``INSERT … SELECT … ON CONFLICT DO NOTHING`` when a
-concurrent writer stored one of the ids first). A writer thread holds the connection,
+same bulk path as a bare ``COPY`` (the events table's key trigger skips an id a
+concurrent writer claimed first). A writer thread holds the connection,
 so PostgreSQL loads one chunk while this process parses the next. Lines that did not
 land are explained set-wise afterwards: unknown customer, or an ``event_id`` stored with
 a different body.
@@ -26,6 +26,7 @@ from segments.importing.readers import _open_lines, _progress_bar
 from segments.importing.records import EVENT_COLUMNS, RecordError, _compact_json, parse_event
 from segments.models import Customer, Event, EventType
 from segments.services.ingestion import EventInput, customers_create_missing, unknown_customer_message
+from segments.services.partitions import KEYS, SKIP_SQL
 
 COPY_CHUNK = 50_000  # rows per staging round trip (and per transaction)
 COPY_BLOCK = 5_000  # rows per buffer handed to the writer
@@ -68,23 +69,18 @@ class _EventCopyWriter:
         self.rule, self.alias = rule, alias
         event, customer = Event._meta.db_table, Customer._meta.db_table
         columns = "event_id, customer_id, event_type_id, occurred_at, received_at, properties, amount, currency"
-        # The rows of this chunk that are new: customers resolved, ids not stored yet. The
-        # staging columns are text, so timestamps, amounts and JSON are parsed once, by the
-        # final COPY. An id repeated within the chunk makes that COPY fail on the unique
-        # index and the chunk go through the fallback below, where the first line wins.
+        # The rows of this chunk that are new: customers resolved, ids not claimed yet (the
+        # event-key table of the partitioned events table, migration 0006: one index, where
+        # the events' own event_id index is one per month). The staging columns are text,
+        # so timestamps, amounts and JSON are parsed once, by the final COPY. An id
+        # repeated within the chunk (or claimed by a concurrent writer meanwhile) is
+        # skipped by the key trigger: in line order, so the first line wins.
         self.new_rows_sql = f"""
             COPY (SELECT s.event_id, c.id, s.event_type_id, s.occurred_at, now(), s.properties, s.amount, s.currency
                     FROM {STAGE} s JOIN {customer} c ON c.external_id = s.customer_ext
-                   WHERE NOT EXISTS (SELECT 1 FROM {event} e WHERE e.event_id = s.event_id)) TO STDOUT"""
+                   WHERE NOT EXISTS (SELECT 1 FROM {KEYS} k WHERE k.event_id = s.event_id)
+                   ORDER BY s.line_no) TO STDOUT"""
         self.copy_in_sql = f"COPY {event} ({columns}) FROM STDIN"
-        # The fallback when a concurrent writer stored one of these ids meanwhile.
-        self.insert_sql = f"""
-            INSERT INTO {event} ({columns})
-            SELECT s.event_id, c.id, s.event_type_id, s.occurred_at::timestamptz, now(), s.properties::jsonb,
-                   s.amount::numeric, s.currency
-              FROM {STAGE} s JOIN {customer} c ON c.external_id = s.customer_ext
-             ORDER BY s.line_no
-            ON CONFLICT (event_id) DO NOTHING"""
         self.unknown_sql = f"""
             SELECT s.line_no, s.customer_ext FROM {STAGE} s
              WHERE NOT EXISTS (SELECT 1 FROM {customer} c WHERE c.external_id = s.customer_ext)
@@ -118,27 +114,18 @@ class _EventCopyWriter:
         )
 
     def _insert_new_rows(self, cursor: Any) -> int:
-        """COPY the new rows into the events table: the same bulk path as a bare COPY
-        (batched heap inserts), where ``INSERT … SELECT`` inserts row by row. The rows make
-        a round trip through this process (one chunk, a few MB). If a concurrent writer
-        stored one of the ids meanwhile, the unique index refuses the COPY and the chunk
-        goes through ``INSERT … ON CONFLICT DO NOTHING`` instead."""
-        from psycopg.errors import UniqueViolation
-
+        """COPY the new rows into the events table: the bulk path of a bare COPY, where
+        ``INSERT … SELECT`` inserts row by row. The rows make a round trip through this
+        process (one chunk, a few MB). The key trigger skips a row whose id a concurrent
+        writer claimed meanwhile (or an earlier line of this chunk), so the count is
+        COPY's own: the rows that landed."""
         with cursor.copy(self.new_rows_sql) as out:
             rows = b"".join(out)
         if not rows:
             return 0
-        cursor.execute("SAVEPOINT import_events_copy")
-        try:
-            with cursor.copy(self.copy_in_sql) as copy_in:
-                copy_in.write(rows)
-        except UniqueViolation:
-            cursor.execute("ROLLBACK TO SAVEPOINT import_events_copy")
-            cursor.execute(self.insert_sql)
-            return int(cursor.rowcount)
-        cursor.execute("RELEASE SAVEPOINT import_events_copy")
-        return rows.count(b"\n")
+        with cursor.copy(self.copy_in_sql) as copy_in:
+            copy_in.write(rows)
+        return int(cursor.rowcount)
 
     def write_chunk(self, blocks: Iterable[bytes], staged: int) -> _ChunkOutcome:
         conn = connections[self.alias]
@@ -146,6 +133,7 @@ class _EventCopyWriter:
             conn.ensure_connection()
             raw = conn.connection
             with raw.cursor() as cursor:
+                cursor.execute(SKIP_SQL)
                 self._ensure_stage(cursor)
                 with cursor.copy(
                     f"COPY {STAGE} (line_no, event_id, customer_ext, event_type_id, occurred_at, properties, "

@@ -50,6 +50,7 @@ from django.utils.dateparse import parse_datetime
 
 from segments.models import Customer, Event, EventType, Membership
 from segments.models.customers import CONTACT_FIELDS
+from segments.services.partitions import SKIP_SQL
 
 # Customer fields an upsert may set (``external_id`` is the key).
 CUSTOMER_FIELDS: tuple[str, ...] = (
@@ -82,6 +83,7 @@ PLATFORM_WRITABLE_EVENT_TYPES: frozenset[str] = PLATFORM_EVENT_TYPES | {UNSUBSCR
 # Every event id the platform writes starts with this; clients may not use it, so a
 # client's event can never take the id a platform event will need later.
 PLATFORM_EVENT_ID_PREFIX = "platform:"
+ARCHIVED_MESSAGE = "This event_id was recorded in a month that has since been archived."
 # Rows per statement: keeps SQLite under its bound-parameter limit and PostgreSQL
 # statements a sensible size.
 WRITE_BATCH = 1000
@@ -192,7 +194,13 @@ def _insert_new(
     keys = [by_attname[name] for name in ((key,) if isinstance(key, str) else key)]
     key_columns = ", ".join(quote(column.column) for column in keys)
     head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(c.column) for c in columns)}) "
-    tail = f" ON CONFLICT ({key_columns}) DO NOTHING RETURNING {key_columns}"
+    # PostgreSQL's events table is partitioned (migration 0006): no unique index on
+    # event_id for ON CONFLICT to name. Asked to (SKIP_SQL), its key trigger skips a row
+    # whose event_id is claimed, so the row is not RETURNING-ed, with the same
+    # wait-for-the-other-writer semantics as the index.
+    partitioned_events = model is Event and connection.vendor == "postgresql"
+    target = "" if partitioned_events else f"({key_columns}) "
+    tail = f" ON CONFLICT {target}DO NOTHING RETURNING {key_columns}"
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
     # On PostgreSQL one array per column (as Django's bulk_create does): a short statement
     # psycopg need not rewrite and PostgreSQL plans once, instead of 8 placeholders a row.
@@ -200,6 +208,8 @@ def _insert_new(
     size = max(1, min(WRITE_BATCH, connection.ops.bulk_batch_size(columns, rows)))
     inserted: set[Any] = set()
     with connection.cursor() as cursor:
+        if partitioned_events:
+            cursor.execute(SKIP_SQL)
         for chunk in _chunks(rows, size):
             prepared = [
                 [column.get_db_prep_save(row[column.attname], connection) for column in columns] for row in chunk
@@ -484,11 +494,15 @@ def events_record(
 
     created = _insert_new(Event, rows, key="event_id")
     # Ids not inserted were stored by a concurrent request between our read and our
-    # insert: the same body is a duplicate, another body a conflict.
+    # insert: the same body is a duplicate, another body a conflict. On PostgreSQL an id
+    # can also be claimed by an event whose month was archived (detached): its body is
+    # gone, the id stays taken, so it is a duplicate.
     now_stored = _stored_event_bodies(event_id for event_id, _ in to_create.values() if event_id not in created)
     for index, (event_id, body) in to_create.items():
         if event_id in created:
             outcomes[index] = ItemResult(index, Outcome.CREATED)
+        elif event_id not in now_stored:
+            outcomes[index] = ItemResult(index, Outcome.DUPLICATE, "event_id", ARCHIVED_MESSAGE)
         else:
             outcomes[index] = _compared(index, now_stored[event_id], body)
     _opt_outs_apply(

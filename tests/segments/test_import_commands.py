@@ -254,12 +254,13 @@ def test_import_events__postgres_threaded_copy__loads_in_chunks_and_explains_mis
 
 
 @pytest.mark.postgres
-def test_copy_writer__id_stored_by_a_concurrent_writer__falls_back_to_on_conflict(
+def test_copy_writer__id_stored_by_a_concurrent_writer__skipped_and_the_rest_lands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A concurrent writer is simulated by a candidate query that does not filter stored
-    # ids: the direct COPY then hits the unique index and the chunk must still land,
-    # through INSERT … ON CONFLICT DO NOTHING, with the stored event untouched.
+    # ids: the COPY then meets a claimed event_id (the key trigger of the partitioned
+    # events table skips it) and the rest of the chunk must still land, the stored
+    # event untouched.
     from segments.importing import postgres
 
     CustomerFactory(external_id="c-1")
