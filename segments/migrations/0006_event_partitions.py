@@ -9,18 +9,23 @@ in Django's model state). What the new layout is and why:
   (a daily beat task, created below) keeps three months ready ahead.
 - A unique index on a partitioned table must contain the partition key, so ``event_id``
   can no longer be unique across the table by an index of its own. Idempotency moves to a
-  small unpartitioned table, ``segments_event_key (event_id PRIMARY KEY, event_pk)``,
-  claimed by a ``BEFORE INSERT`` row trigger. A row whose key is already claimed raises
-  the unique violation the old index raised, or, when the writer set
-  ``segments.event_key_conflict = 'skip'`` for its transaction (:data:`SKIP_SQL` in
-  ``segments.services.partitions``), is skipped (the trigger returns NULL), so ``INSERT …
-  ON CONFLICT DO NOTHING RETURNING`` returns only the rows this statement inserted.
-  Concurrent identical writers wait on the key's speculative insertion exactly as they
-  waited on the old unique index: one is told "created". The trigger covers every writer
-  (ORM, COPY, raw SQL, fixtures); an
-  ``AFTER DELETE`` trigger frees the key of a deleted event (a customer's erasure) and an
-  ``AFTER TRUNCATE`` trigger empties the table. Detaching a partition fires neither, so
-  the keys of archived months stay: a re-sent old event is a duplicate, not a new row.
+  small unpartitioned table, ``segments_event_key (event_id PRIMARY KEY)``: in effect a
+  global unique index. A statement-level ``AFTER INSERT`` trigger claims the keys of the
+  rows a statement inserted, set-based from its transition table, so a duplicate raises
+  the unique violation the old index raised, whoever writes (ORM, COPY, raw SQL). Writers
+  that count RETURNING rows (the ingestion service, the importer) claim the keys themselves
+  in the same statement (``WITH claimed AS (INSERT INTO segments_event_key … ON CONFLICT
+  DO NOTHING RETURNING event_id) INSERT INTO segments_event … JOIN claimed``) and tell the
+  trigger so (``segments.event_keys = 'claimed'``); concurrent identical writers wait on
+  the key's speculative insertion exactly as they waited on the old unique index, and one
+  is told "created". A statement-level ``AFTER DELETE`` trigger frees the keys of deleted
+  events (a customer's erasure), ``AFTER TRUNCATE`` empties the table, and an event's
+  ``event_id`` cannot change. Detaching a partition fires none of them, so the keys of
+  archived months stay: a re-sent old event is a duplicate, not a new row. Statement
+  triggers, not row triggers: measured on 200k rows, ``COPY`` took 3.5 s into the old
+  table, 4.7 s into the partitioned one without a key table, 6.6 s with this trigger and
+  11.0 s with a per-row ``BEFORE INSERT`` trigger. Rows written straight into one
+  partition bypass the parent's statement triggers: write through ``segments_event``.
 - The primary key is ``(id, occurred_at)``; Django still addresses rows by ``id`` (one
   sequence, so ``id`` stays unique). No foreign key points at events.
 - Indexes: the two btree indexes of the model (same names), a plain btree on
@@ -38,34 +43,20 @@ AHEAD_MONTHS = 3
 FUNCTIONS = """
 CREATE OR REPLACE FUNCTION segments_event_key_claim() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO segments_event_key (event_id, event_pk) VALUES (NEW.event_id, NEW.id)
-        ON CONFLICT (event_id) DO NOTHING;
-    IF FOUND THEN
-        RETURN NEW;
-    END IF;
-    -- The same row moving to another partition (an UPDATE of occurred_at) re-inserts
-    -- itself: its key is its own.
-    IF EXISTS (SELECT 1 FROM segments_event_key WHERE event_id = NEW.event_id AND event_pk = NEW.id) THEN
-        RETURN NEW;
-    END IF;
-    -- A duplicate event_id. Writers that asked for ON CONFLICT DO NOTHING semantics (the
-    -- ingestion service, the COPY importer) get the row skipped, so it is not RETURNING-ed;
-    -- every other writer gets the error the old unique index raised.
-    IF current_setting('segments.event_key_conflict', true) = 'skip' THEN
+    -- Writers that claimed the keys themselves in the same statement (the ingestion
+    -- service and the importer: INSERT … ON CONFLICT DO NOTHING RETURNING on the key table)
+    -- say so for that statement.
+    IF current_setting('segments.event_keys', true) = 'claimed' THEN
         RETURN NULL;
     END IF;
-    RAISE unique_violation USING
-        MESSAGE = format('duplicate key value violates unique constraint "segments_event_key_pkey"'),
-        DETAIL = format('Key (event_id)=(%s) already exists.', NEW.event_id),
-        CONSTRAINT = 'segments_event_key_pkey', TABLE = 'segments_event';
+    -- Everyone else: a claimed event_id raises the unique violation the old index raised.
+    INSERT INTO segments_event_key (event_id) SELECT event_id FROM inserted;
+    RETURN NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION segments_event_key_release() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    -- Runs after the statement: a row moved between partitions exists again by then.
-    IF NOT EXISTS (SELECT 1 FROM segments_event WHERE event_id = OLD.event_id AND id = OLD.id) THEN
-        DELETE FROM segments_event_key WHERE event_id = OLD.event_id AND event_pk = OLD.id;
-    END IF;
+    DELETE FROM segments_event_key k USING deleted d WHERE k.event_id = d.event_id;
     RETURN NULL;
 END $$;
 
@@ -73,6 +64,15 @@ CREATE OR REPLACE FUNCTION segments_event_key_truncate() RETURNS trigger LANGUAG
 BEGIN
     TRUNCATE segments_event_key;
     RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION segments_event_id_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.event_id <> OLD.event_id THEN
+        RAISE EXCEPTION 'An event''s event_id cannot change (% -> %)', OLD.event_id, NEW.event_id
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
 END $$;
 """
 
@@ -119,7 +119,7 @@ def forwards(apps, schema_editor):
                 event_type_id smallint NOT NULL
             ) PARTITION BY RANGE (occurred_at)""",
             "ALTER SEQUENCE segments_event_id_partitioned_seq OWNED BY segments_event.id",
-            "CREATE TABLE segments_event_key (event_id varchar(128) PRIMARY KEY, event_pk bigint NOT NULL)",
+            "CREATE TABLE segments_event_key (event_id varchar(128) PRIMARY KEY)",
             "CREATE TABLE segments_event_default PARTITION OF segments_event DEFAULT",
         ]
         month = _month(oldest.astimezone(dt.UTC).date()) if oldest is not None else _month(today)
@@ -132,7 +132,7 @@ def forwards(apps, schema_editor):
         columns = "id, event_id, occurred_at, received_at, properties, amount, currency, customer_id, event_type_id"
         statements += [
             f"INSERT INTO segments_event ({columns}) SELECT {columns} FROM segments_event_unpartitioned",
-            "INSERT INTO segments_event_key (event_id, event_pk) SELECT event_id, id FROM segments_event_unpartitioned",
+            "INSERT INTO segments_event_key (event_id) SELECT event_id FROM segments_event_unpartitioned",
             "DROP TABLE segments_event_unpartitioned",
             "ALTER SEQUENCE segments_event_id_partitioned_seq RENAME TO segments_event_id_seq",
             "ALTER TABLE segments_event ADD CONSTRAINT segments_event_pkey PRIMARY KEY (id, occurred_at)",
@@ -147,10 +147,12 @@ def forwards(apps, schema_editor):
             "CREATE INDEX segments_event_event_id_idx ON segments_event (event_id)",
             "CREATE INDEX event_occurred_brin ON segments_event USING brin (occurred_at)",
             FUNCTIONS,
-            "CREATE TRIGGER segments_event_key_claim BEFORE INSERT ON segments_event "
-            "FOR EACH ROW EXECUTE FUNCTION segments_event_key_claim()",
-            "CREATE TRIGGER segments_event_key_release AFTER DELETE ON segments_event "
-            "FOR EACH ROW EXECUTE FUNCTION segments_event_key_release()",
+            "CREATE TRIGGER segments_event_key_claim AFTER INSERT ON segments_event REFERENCING NEW TABLE AS inserted "
+            "FOR EACH STATEMENT EXECUTE FUNCTION segments_event_key_claim()",
+            "CREATE TRIGGER segments_event_key_release AFTER DELETE ON segments_event REFERENCING OLD TABLE AS deleted "
+            "FOR EACH STATEMENT EXECUTE FUNCTION segments_event_key_release()",
+            "CREATE TRIGGER segments_event_id_immutable BEFORE UPDATE OF event_id ON segments_event "
+            "FOR EACH ROW EXECUTE FUNCTION segments_event_id_immutable()",
             "CREATE TRIGGER segments_event_key_truncate AFTER TRUNCATE ON segments_event "
             "FOR EACH STATEMENT EXECUTE FUNCTION segments_event_key_truncate()",
         ]

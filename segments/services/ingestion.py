@@ -50,7 +50,7 @@ from django.utils.dateparse import parse_datetime
 
 from segments.models import Customer, Event, EventType, Membership
 from segments.models.customers import CONTACT_FIELDS
-from segments.services.partitions import SKIP_SQL
+from segments.services.partitions import EVENT_KEYS, KEYS_CLAIMED_SQL, KEYS_UNCLAIMED_SQL
 
 # Customer fields an upsert may set (``external_id`` is the key).
 CUSTOMER_FIELDS: tuple[str, ...] = (
@@ -194,22 +194,28 @@ def _insert_new(
     keys = [by_attname[name] for name in ((key,) if isinstance(key, str) else key)]
     key_columns = ", ".join(quote(column.column) for column in keys)
     head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(c.column) for c in columns)}) "
-    # PostgreSQL's events table is partitioned (migration 0006): no unique index on
-    # event_id for ON CONFLICT to name. Asked to (SKIP_SQL), its key trigger skips a row
-    # whose event_id is claimed, so the row is not RETURNING-ed, with the same
-    # wait-for-the-other-writer semantics as the index.
-    partitioned_events = model is Event and connection.vendor == "postgresql"
-    target = "" if partitioned_events else f"({key_columns}) "
-    tail = f" ON CONFLICT {target}DO NOTHING RETURNING {key_columns}"
+    tail = f" ON CONFLICT ({key_columns}) DO NOTHING RETURNING {key_columns}"
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
     # On PostgreSQL one array per column (as Django's bulk_create does): a short statement
     # psycopg need not rewrite and PostgreSQL plans once, instead of 8 placeholders a row.
     unnest = "SELECT * FROM UNNEST(" + ", ".join(f"%s::{c.db_type(connection)}[]" for c in columns) + ")"
+    claiming = model is Event and connection.vendor == "postgresql"
+    if claiming:
+        # PostgreSQL's events table is partitioned (migration 0006): no unique index on
+        # event_id for ON CONFLICT to name. The key table stands in for it: the ids this
+        # statement claims there (ON CONFLICT DO NOTHING RETURNING, with the same wait for
+        # a concurrent writer of one id) are the rows it inserts and returns.
+        names = ", ".join(quote(c.column) for c in columns)
+        head = (
+            f"WITH r AS ({unnest} AS r({names})), claimed AS (INSERT INTO {EVENT_KEYS} (event_id) "
+            "SELECT event_id FROM r ON CONFLICT DO NOTHING RETURNING event_id) " + head
+        )
+        unnest, tail = "SELECT r.* FROM r JOIN claimed USING (event_id)", f" RETURNING {key_columns}"
     size = max(1, min(WRITE_BATCH, connection.ops.bulk_batch_size(columns, rows)))
     inserted: set[Any] = set()
     with connection.cursor() as cursor:
-        if partitioned_events:
-            cursor.execute(SKIP_SQL)
+        if claiming:
+            cursor.execute(KEYS_CLAIMED_SQL)
         for chunk in _chunks(rows, size):
             prepared = [
                 [column.get_db_prep_save(row[column.attname], connection) for column in columns] for row in chunk
@@ -222,6 +228,8 @@ def _insert_new(
             for returned in cursor.fetchall():
                 values = tuple(_from_db(value, column) for value, column in zip(returned, keys, strict=True))
                 inserted.add(values[0] if isinstance(key, str) else values)
+        if claiming:
+            cursor.execute(KEYS_UNCLAIMED_SQL)
     return inserted
 
 

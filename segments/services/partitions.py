@@ -30,13 +30,15 @@ from django.utils import timezone
 
 PARENT = "segments_event"
 DEFAULT = "segments_event_default"
-KEYS = "segments_event_key"
+EVENT_KEYS = "segments_event_key"
 PARTITION_NAME = re.compile(r"^segments_event_p(\d{4})(\d{2})$")
 AHEAD_MONTHS = 3
-# For the rest of the transaction, an event whose event_id is already claimed is skipped
-# instead of raising a unique violation (the key trigger, migration 0006): what ``INSERT …
-# ON CONFLICT DO NOTHING`` did with the unique index, for writers that count RETURNING rows.
-SKIP_SQL = "SELECT set_config('segments.event_key_conflict', 'skip', true)"
+# Around a statement that claims its rows' event ids in the key table itself (``WITH
+# claimed AS (INSERT INTO segments_event_key … ON CONFLICT DO NOTHING RETURNING event_id)
+# INSERT INTO segments_event … JOIN claimed``), so the key trigger does not claim them again
+# (migration 0006). Transaction-local: an error rolls the setting back with the rest.
+KEYS_CLAIMED_SQL = "SELECT set_config('segments.event_keys', 'claimed', true)"
+KEYS_UNCLAIMED_SQL = "SELECT set_config('segments.event_keys', '', true)"
 # Any two writers of partitions (two beat ticks, a tick and the archive command) take turns.
 _LOCK_KEY = 0x5E6E7001
 
@@ -121,19 +123,14 @@ def event_partitions_ensure(*, ahead: int = AHEAD_MONTHS, today: dt.date | None 
             name, low, high = partition_name(month), _bound(month), _bound(next_month(month))
             like = f"LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
             cursor.execute(f"CREATE TABLE IF NOT EXISTS {name} ({like})")
-            # Rows the default partition took for this month move in (their keys are
-            # re-claimed below: the delete from the default partition released them).
+            # Rows the default partition took for this month move in. Statement triggers of
+            # the parent do not fire for a partition's own rows: their keys stay claimed.
             cursor.execute(
                 f"WITH moved AS (DELETE FROM {DEFAULT} WHERE occurred_at >= %s AND occurred_at < %s RETURNING *) "
                 f"INSERT INTO {name} SELECT * FROM moved",
                 [low, high],
             )
-            moved = cursor.rowcount
             cursor.execute(f"ALTER TABLE {PARENT} ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)", [low, high])
-            if moved:
-                cursor.execute(
-                    f"INSERT INTO {KEYS} (event_id, event_pk) SELECT event_id, id FROM {name} ON CONFLICT DO NOTHING"
-                )
             created.append(name)
     return created
 
