@@ -100,6 +100,9 @@ def forwards(apps, schema_editor):
         if cursor.fetchone()[0] == "p":
             return  # already partitioned
         cursor.execute("LOCK TABLE segments_event IN ACCESS EXCLUSIVE MODE")
+        # Deferred foreign-key checks of rows written earlier in this transaction would
+        # block dropping the old table: run them now.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute("SELECT min(occurred_at), max(id) FROM segments_event")
         oldest, max_id = cursor.fetchone()
         cursor.execute("SELECT (now() AT TIME ZONE 'UTC')::date")
