@@ -185,8 +185,11 @@ class Tag(models.Model):
 
 
 class CustomerTag(models.Model):
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="customer_tags", db_index=False)
-    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="customer_tags")
+    # No database constraints: recomputes write tier tags in bulk (see segments.models.engine).
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="customer_tags", db_index=False, db_constraint=False
+    )
+    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="customer_tags", db_constraint=False)
     assigned_at = models.DateTimeField(default=dj_timezone.now)
 
     class Meta:
