@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(ingest segments assignment report delivery decisions analytics)
+[ ${#names[@]} -eq 0 ] && names=(ingest segments assignment report delivery decisions analytics scaling)
 if ! scripts/services.sh status; then trap 'scripts/services.sh stop' EXIT; fi
 scripts/services.sh start
 set -a; eval "$(scripts/services.sh env)"; set +a

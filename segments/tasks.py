@@ -12,6 +12,7 @@ from typing import Any
 from celery import shared_task
 
 from segments.models import RecomputeRun
+from segments.services.partitions import event_partitions_ensure as partitions_ensure
 from segments.services.recompute import dimension_recompute, segment_recompute, tag_rule_recompute
 from segments.services.recompute import recompute_all as recompute_all_service
 
@@ -44,3 +45,9 @@ def recompute_tag_rule(self: Any, tag_rule_id: int, trigger: str = RecomputeRun.
 def recompute_all() -> list[dict[str, Any]]:
     """The nightly schedule: every active dimension, tag rule, then segment."""
     return [outcome.as_dict() for outcome in recompute_all_service(trigger=RecomputeRun.Trigger.SCHEDULE)]
+
+
+@shared_task
+def event_partitions_ensure() -> list[str]:
+    """Daily: the monthly event partitions for this month and the next three (PostgreSQL)."""
+    return partitions_ensure()

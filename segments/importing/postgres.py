@@ -1,13 +1,12 @@
 """PostgreSQL fast path of ``import_events``.
 
 Validated rows stream with ``COPY`` into a temporary staging table (text columns: nothing
-is parsed twice). Per chunk, in one transaction, one query joins them to customers and
-keeps the ids not stored yet, and those rows are ``COPY``-ed into the events table, the
-same bulk path as a bare ``COPY`` (``INSERT … SELECT … ON CONFLICT DO NOTHING`` when a
-concurrent writer stored one of the ids first). A writer thread holds the connection,
-so PostgreSQL loads one chunk while this process parses the next. Lines that did not
-land are explained set-wise afterwards: unknown customer, or an ``event_id`` stored with
-a different body.
+is parsed twice). Per chunk, in one transaction, one statement joins them to customers,
+claims their event ids in the events' key table (an id stored already, or claimed first
+by a concurrent writer, is not) and inserts the rows it claimed. A writer thread holds
+the connection, so PostgreSQL loads one chunk while this process parses the next. Lines
+that did not land are explained set-wise afterwards: unknown customer, or an
+``event_id`` stored with a different body.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from segments.importing.readers import _open_lines, _progress_bar
 from segments.importing.records import EVENT_COLUMNS, RecordError, _compact_json, parse_event
 from segments.models import Customer, Event, EventType
 from segments.services.ingestion import EventInput, customers_create_missing, unknown_customer_message
+from segments.services.partitions import EVENT_KEYS, KEYS_CLAIMED_SQL, KEYS_UNCLAIMED_SQL
 
 COPY_CHUNK = 50_000  # rows per staging round trip (and per transaction)
 COPY_BLOCK = 5_000  # rows per buffer handed to the writer
@@ -68,23 +68,26 @@ class _EventCopyWriter:
         self.rule, self.alias = rule, alias
         event, customer = Event._meta.db_table, Customer._meta.db_table
         columns = "event_id, customer_id, event_type_id, occurred_at, received_at, properties, amount, currency"
-        # The rows of this chunk that are new: customers resolved, ids not stored yet. The
-        # staging columns are text, so timestamps, amounts and JSON are parsed once, by the
-        # final COPY. An id repeated within the chunk makes that COPY fail on the unique
-        # index and the chunk go through the fallback below, where the first line wins.
-        self.new_rows_sql = f"""
-            COPY (SELECT s.event_id, c.id, s.event_type_id, s.occurred_at, now(), s.properties, s.amount, s.currency
-                    FROM {STAGE} s JOIN {customer} c ON c.external_id = s.customer_ext
-                   WHERE NOT EXISTS (SELECT 1 FROM {event} e WHERE e.event_id = s.event_id)) TO STDOUT"""
-        self.copy_in_sql = f"COPY {event} ({columns}) FROM STDIN"
-        # The fallback when a concurrent writer stored one of these ids meanwhile.
+        # The rows of this chunk that are new: customers resolved, event ids claimed in
+        # the key table of the partitioned events table (migration 0006; it stands in for
+        # a unique index on event_id) by this statement. An id already stored, claimed by
+        # a concurrent writer meanwhile (which this statement waits for) or repeated in the
+        # chunk lands once: the first line wins. Keys are claimed in event_id order, so two
+        # importers of overlapping files wait on each other instead of deadlocking.
+        # INSERT … SELECT rather than the COPY round trip this used before: the events
+        # table's statement trigger (transition table) makes COPY insert row by row too.
         self.insert_sql = f"""
+            WITH claimed AS (
+                INSERT INTO {EVENT_KEYS} (event_id)
+                SELECT s.event_id FROM {STAGE} s JOIN {customer} c ON c.external_id = s.customer_ext
+                 ORDER BY s.event_id
+                ON CONFLICT DO NOTHING RETURNING event_id)
             INSERT INTO {event} ({columns})
-            SELECT s.event_id, c.id, s.event_type_id, s.occurred_at::timestamptz, now(), s.properties::jsonb,
-                   s.amount::numeric, s.currency
+            SELECT DISTINCT ON (s.event_id) s.event_id, c.id, s.event_type_id, s.occurred_at::timestamptz, now(),
+                   s.properties::jsonb, s.amount::numeric, s.currency
               FROM {STAGE} s JOIN {customer} c ON c.external_id = s.customer_ext
-             ORDER BY s.line_no
-            ON CONFLICT (event_id) DO NOTHING"""
+              JOIN claimed k ON k.event_id = s.event_id
+             ORDER BY s.event_id, s.line_no"""
         self.unknown_sql = f"""
             SELECT s.line_no, s.customer_ext FROM {STAGE} s
              WHERE NOT EXISTS (SELECT 1 FROM {customer} c WHERE c.external_id = s.customer_ext)
@@ -118,27 +121,13 @@ class _EventCopyWriter:
         )
 
     def _insert_new_rows(self, cursor: Any) -> int:
-        """COPY the new rows into the events table: the same bulk path as a bare COPY
-        (batched heap inserts), where ``INSERT … SELECT`` inserts row by row. The rows make
-        a round trip through this process (one chunk, a few MB). If a concurrent writer
-        stored one of the ids meanwhile, the unique index refuses the COPY and the chunk
-        goes through ``INSERT … ON CONFLICT DO NOTHING`` instead."""
-        from psycopg.errors import UniqueViolation
-
-        with cursor.copy(self.new_rows_sql) as out:
-            rows = b"".join(out)
-        if not rows:
-            return 0
-        cursor.execute("SAVEPOINT import_events_copy")
-        try:
-            with cursor.copy(self.copy_in_sql) as copy_in:
-                copy_in.write(rows)
-        except UniqueViolation:
-            cursor.execute("ROLLBACK TO SAVEPOINT import_events_copy")
-            cursor.execute(self.insert_sql)
-            return int(cursor.rowcount)
-        cursor.execute("RELEASE SAVEPOINT import_events_copy")
-        return rows.count(b"\n")
+        """Claim the new rows' event ids and insert those rows, in one statement; the key
+        trigger is told they are claimed. Returns the rows that landed."""
+        cursor.execute(KEYS_CLAIMED_SQL)
+        cursor.execute(self.insert_sql)
+        inserted = int(cursor.rowcount)
+        cursor.execute(KEYS_UNCLAIMED_SQL)
+        return inserted
 
     def write_chunk(self, blocks: Iterable[bytes], staged: int) -> _ChunkOutcome:
         conn = connections[self.alias]

@@ -176,8 +176,11 @@ class CustomerTag(models.Model):
     (``computed``: tier tags, tag rules) or a person (``manual``, with ``assigned_by``).
     A computed write never changes or removes a manual row (``segments.services.tags``)."""
 
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="customer_tags", db_index=False)
-    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="customer_tags")
+    # No database constraints: recomputes write tier tags in bulk (see segments.models.engine).
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="customer_tags", db_index=False, db_constraint=False
+    )
+    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="customer_tags", db_constraint=False)
     assigned_at = models.DateTimeField(default=dj_timezone.now)
     # db_default too: set-based INSERTs that name no source write computed rows.
     source = models.CharField(

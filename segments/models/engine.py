@@ -41,6 +41,14 @@ class Segment(models.Model):
         return self.name
 
 
+# The rows a recompute writes in bulk (segment memberships, customer layers, layer history,
+# tier tags) carry no database foreign-key constraints (db_constraint=False), as
+# experiments' assignments and campaigns' deliveries: every such row is written set-based
+# from ids the same statement reads from their tables, and a deferred constraint costs one
+# check query per row at commit (1M customers: millions, most of a first recompute).
+# Deletes still cascade, in Django (on_delete).
+
+
 class TagRule(models.Model):
     """A computed tag: the customers matching ``rule`` (the segment rule language) hold
     ``tag`` (source "computed"); materialized by the recompute with ``TagHistory``.
@@ -65,8 +73,12 @@ class TagRule(models.Model):
 
 
 class SegmentMembership(models.Model):
-    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="memberships", db_index=False)
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="segment_memberships")
+    segment = models.ForeignKey(
+        Segment, on_delete=models.CASCADE, related_name="memberships", db_index=False, db_constraint=False
+    )
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="segment_memberships", db_constraint=False
+    )
     since = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -125,9 +137,13 @@ class Layer(models.Model):
 class CustomerLayer(models.Model):
     """A customer's current layer in a dimension: exactly one row per (customer, dimension)."""
 
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="layers", db_index=False)
-    dimension = models.ForeignKey(Dimension, on_delete=models.CASCADE, related_name="+", db_index=False)
-    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="members")
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="layers", db_index=False, db_constraint=False
+    )
+    dimension = models.ForeignKey(
+        Dimension, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="members", db_constraint=False)
     since = models.DateTimeField(default=timezone.now, help_text="When the customer entered this layer.")
     computed_at = models.DateTimeField(
         default=timezone.now, help_text="When this row was last written (the dimension's computed_at is the last run)."
@@ -149,9 +165,15 @@ class CustomerLayer(models.Model):
 class LayerHistory(models.Model):
     """When a customer entered and left a layer; ``left_at`` is empty while they are in it."""
 
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="layer_history", db_index=False)
-    dimension = models.ForeignKey(Dimension, on_delete=models.CASCADE, related_name="+", db_index=False)
-    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="history", db_index=False)
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="layer_history", db_index=False, db_constraint=False
+    )
+    dimension = models.ForeignKey(
+        Dimension, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    layer = models.ForeignKey(
+        Layer, on_delete=models.CASCADE, related_name="history", db_index=False, db_constraint=False
+    )
     entered_at = models.DateTimeField()
     left_at = models.DateTimeField(null=True, blank=True)
 

@@ -50,6 +50,7 @@ from django.utils.dateparse import parse_datetime
 
 from segments.models import Customer, Event, EventType, Membership
 from segments.models.customers import CONTACT_FIELDS
+from segments.services.partitions import EVENT_KEYS, KEYS_CLAIMED_SQL, KEYS_UNCLAIMED_SQL
 
 # Customer fields an upsert may set (``external_id`` is the key).
 CUSTOMER_FIELDS: tuple[str, ...] = (
@@ -82,6 +83,7 @@ PLATFORM_WRITABLE_EVENT_TYPES: frozenset[str] = PLATFORM_EVENT_TYPES | {UNSUBSCR
 # Every event id the platform writes starts with this; clients may not use it, so a
 # client's event can never take the id a platform event will need later.
 PLATFORM_EVENT_ID_PREFIX = "platform:"
+ARCHIVED_MESSAGE = "This event_id was recorded in a month that has since been archived."
 # Rows per statement: keeps SQLite under its bound-parameter limit and PostgreSQL
 # statements a sensible size.
 WRITE_BATCH = 1000
@@ -197,9 +199,23 @@ def _insert_new(
     # On PostgreSQL one array per column (as Django's bulk_create does): a short statement
     # psycopg need not rewrite and PostgreSQL plans once, instead of 8 placeholders a row.
     unnest = "SELECT * FROM UNNEST(" + ", ".join(f"%s::{c.db_type(connection)}[]" for c in columns) + ")"
+    claiming = model is Event and connection.vendor == "postgresql"
+    if claiming:
+        # PostgreSQL's events table is partitioned (migration 0006): no unique index on
+        # event_id for ON CONFLICT to name. The key table stands in for it: the ids this
+        # statement claims there (ON CONFLICT DO NOTHING RETURNING, with the same wait for
+        # a concurrent writer of one id) are the rows it inserts and returns.
+        names = ", ".join(quote(c.column) for c in columns)
+        head = (
+            f"WITH r AS ({unnest} AS r({names})), claimed AS (INSERT INTO {EVENT_KEYS} (event_id) "
+            "SELECT event_id FROM r ON CONFLICT DO NOTHING RETURNING event_id) " + head
+        )
+        unnest, tail = "SELECT r.* FROM r JOIN claimed USING (event_id)", f" RETURNING {key_columns}"
     size = max(1, min(WRITE_BATCH, connection.ops.bulk_batch_size(columns, rows)))
     inserted: set[Any] = set()
     with connection.cursor() as cursor:
+        if claiming:
+            cursor.execute(KEYS_CLAIMED_SQL)
         for chunk in _chunks(rows, size):
             prepared = [
                 [column.get_db_prep_save(row[column.attname], connection) for column in columns] for row in chunk
@@ -212,6 +228,8 @@ def _insert_new(
             for returned in cursor.fetchall():
                 values = tuple(_from_db(value, column) for value, column in zip(returned, keys, strict=True))
                 inserted.add(values[0] if isinstance(key, str) else values)
+        if claiming:
+            cursor.execute(KEYS_UNCLAIMED_SQL)
     return inserted
 
 
@@ -484,11 +502,15 @@ def events_record(
 
     created = _insert_new(Event, rows, key="event_id")
     # Ids not inserted were stored by a concurrent request between our read and our
-    # insert: the same body is a duplicate, another body a conflict.
+    # insert: the same body is a duplicate, another body a conflict. On PostgreSQL an id
+    # can also be claimed by an event whose month was archived (detached): its body is
+    # gone, the id stays taken, so it is a duplicate.
     now_stored = _stored_event_bodies(event_id for event_id, _ in to_create.values() if event_id not in created)
     for index, (event_id, body) in to_create.items():
         if event_id in created:
             outcomes[index] = ItemResult(index, Outcome.CREATED)
+        elif event_id not in now_stored:
+            outcomes[index] = ItemResult(index, Outcome.DUPLICATE, "event_id", ARCHIVED_MESSAGE)
         else:
             outcomes[index] = _compared(index, now_stored[event_id], body)
     _opt_outs_apply(

@@ -201,7 +201,10 @@ def dimension_write(
         clock.lap("diff")
 
         # --- 3. write the changed rows ----------------------------------------------------
-        if _vendor() == "postgresql" and not portable:
+        # A first run (no row of this dimension yet) only inserts: one INSERT … SELECT, not a
+        # MERGE that matches every staged customer against the other dimensions' rows.
+        first_run = not old_sizes
+        if _vendor() == "postgresql" and not portable and not first_run:
             cursor.execute(
                 f"""
                 MERGE INTO {cl} AS t
@@ -216,7 +219,7 @@ def dimension_write(
                 """,
                 [dimension_id, now_p, as_of_p, dimension_id, as_of_p, now_p],
             )
-        else:
+        elif not first_run:
             cursor.execute(
                 f"""
                 UPDATE {cl} AS t SET
@@ -229,6 +232,7 @@ def dimension_write(
                 """,
                 [as_of_p, now_p, dimension_id],
             )
+        if first_run or _vendor() != "postgresql" or portable:
             cursor.execute(
                 f"INSERT INTO {cl} (customer_id, dimension_id, layer_id, since, computed_at, valid_until) "
                 f"SELECT customer_id, %s, layer_id, %s, %s, valid_until FROM {CHANGES_TABLE} "
@@ -238,7 +242,7 @@ def dimension_write(
         clock.lap("write")
 
         # --- 4. history: close the open row, open a new one, for movers only ----------------
-        _write_history(cursor, hist, dimension_id, as_of_p, moved)
+        _write_history(cursor, hist, dimension_id, as_of_p, moved, first_run=first_run)
         clock.lap("history")
 
         # --- 5. tier tags -------------------------------------------------------------------
@@ -306,7 +310,17 @@ def dimension_write(
     return result
 
 
-def _write_history(cursor: Any, hist: str, dimension_id: int, as_of_p: Any, moved: str) -> None:
+def _write_history(cursor: Any, hist: str, dimension_id: int, as_of_p: Any, moved: str, *, first_run: bool) -> None:
+    if first_run:
+        # Nothing to close unless rows were left open (layers deleted by hand): one index probe.
+        cursor.execute(f"SELECT 1 FROM {hist} WHERE dimension_id = %s AND left_at IS NULL LIMIT 1", [dimension_id])
+        if cursor.fetchone() is None:
+            cursor.execute(
+                f"INSERT INTO {hist} (customer_id, dimension_id, layer_id, entered_at, left_at) "
+                f"SELECT customer_id, %s, layer_id, %s, NULL FROM {CHANGES_TABLE}",
+                [dimension_id, as_of_p],
+            )
+            return
     cursor.execute(
         f"UPDATE {hist} AS h SET left_at = %s FROM {CHANGES_TABLE} AS c "
         "WHERE c.customer_id = h.customer_id AND h.dimension_id = %s AND h.left_at IS NULL "

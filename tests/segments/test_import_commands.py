@@ -6,16 +6,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connections, transaction
+from django.utils.dateparse import parse_datetime
 
 from segments.importing import read_jsonl
 from segments.models import Customer, Event, Membership
-from segments.services.ingestion import unknown_customer_message
+from segments.services.ingestion import EventInput, events_record, unknown_customer_message
 from tests.factories import CustomerFactory
 
 pytestmark = pytest.mark.django_db
@@ -254,23 +257,30 @@ def test_import_events__postgres_threaded_copy__loads_in_chunks_and_explains_mis
 
 
 @pytest.mark.postgres
-def test_copy_writer__id_stored_by_a_concurrent_writer__falls_back_to_on_conflict(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_copy_writer__id_claimed_by_a_concurrent_uncommitted_writer__waits_then_already_stored(
+    tmp_path: Path,
 ) -> None:
-    # A concurrent writer is simulated by a candidate query that does not filter stored
-    # ids: the direct COPY then hits the unique index and the chunk must still land,
-    # through INSERT … ON CONFLICT DO NOTHING, with the stored event untouched.
-    from segments.importing import postgres
-
+    # A real concurrent writer: an API-style events_record holds "e-1" uncommitted on its
+    # own connection while the import runs. The import's claim of "e-1" waits for it, then
+    # counts it as already stored; "e-2" lands; nothing is stored twice.
     CustomerFactory(external_id="c-1")
-    run("import_events", jsonl(tmp_path / "a.jsonl", [event("e-1")]))
+    claimed, release = threading.Event(), threading.Event()
 
-    class RacingWriter(postgres._EventCopyWriter):
-        def __init__(self, **kwargs: object) -> None:
-            super().__init__(**kwargs)  # type: ignore[arg-type]
-            self.new_rows_sql = self.new_rows_sql.replace("WHERE NOT EXISTS", "WHERE TRUE OR NOT EXISTS")
+    def writer() -> None:
+        try:
+            with transaction.atomic():
+                events_record(events=[EventInput("e-1", "c-1", "visit", parse_datetime(WHEN))])
+                claimed.set()
+                release.wait(timeout=20)
+        finally:
+            connections.close_all()
 
-    monkeypatch.setattr(postgres, "_EventCopyWriter", RacingWriter)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert claimed.wait(timeout=20)
+    threading.Timer(1.0, release.set).start()  # the import is waiting on "e-1" by then
     out, _, code = run("import_events", jsonl(tmp_path / "b.jsonl", [event("e-1"), event("e-2")]))
+    thread.join(timeout=20)
     assert code == 0 and "1 created" in out and "1 already stored" in out
-    assert Event.objects.count() == 2
+    assert sorted(Event.objects.values_list("event_id", flat=True)) == ["e-1", "e-2"]
