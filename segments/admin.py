@@ -20,6 +20,7 @@ from segments.forms import DimensionForm, SegmentForm
 from segments.models import (
     Customer,
     CustomerLayer,
+    CustomerRole,
     CustomerTag,
     Dimension,
     Event,
@@ -27,6 +28,7 @@ from segments.models import (
     LayerHistory,
     Membership,
     RecomputeRun,
+    Role,
     Segment,
     Tag,
 )
@@ -39,6 +41,14 @@ class CustomerTagInline(admin.TabularInline):
     model = CustomerTag
     extra = 0
     autocomplete_fields = ["tag"]
+
+
+class CustomerRoleInline(admin.TabularInline):
+    model = CustomerRole
+    extra = 0
+    fields = ["role", "since"]
+    readonly_fields = ["since"]
+    verbose_name = "role"
 
 
 class MembershipInline(admin.TabularInline):
@@ -71,7 +81,7 @@ class CustomerAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False
     readonly_fields = ["created_at", "updated_at"]
-    inlines = [CustomerLayerInline, MembershipInline, CustomerTagInline]
+    inlines = [CustomerLayerInline, CustomerRoleInline, MembershipInline, CustomerTagInline]
     fieldsets = [
         (None, {"fields": ["external_id", "signed_up_at", "timezone", "locale", "attributes"]}),
         ("Email", {"fields": ["email", "email_consent_at", "email_opt_out_at"]}),
@@ -117,6 +127,14 @@ class TagAdmin(admin.ModelAdmin):
     list_display = ["code", "name", "family", "source"]
     list_filter = ["family", "source"]
     search_fields = ["code", "name"]
+
+
+@admin.register(Role)
+class RoleAdmin(admin.ModelAdmin):
+    """Sides of a two-sided platform; a dimension scoped to one layers only its holders."""
+
+    list_display = ["key", "name"]
+    search_fields = ["key", "name"]
 
 
 def _status_badge(status: str) -> str:
@@ -235,8 +253,8 @@ def _transition_matrix(transitions: list[list[Any]], layer_keys: list[str]) -> d
 class DimensionAdmin(admin.ModelAdmin):
     form = DimensionForm
     change_form_template = "admin/segments/dimension/change_form.html"
-    list_display = ["key", "name", "kind", "is_active", "computed_at", "last_run"]
-    list_filter = ["kind", "is_active"]
+    list_display = ["key", "name", "kind", "role", "is_active", "computed_at", "last_run"]
+    list_filter = ["kind", "role", "is_active"]
     search_fields = ["key", "name"]
     actions = ["recompute_now"]
 
@@ -246,7 +264,7 @@ class DimensionAdmin(admin.ModelAdmin):
         return ["key", "kind", *fields] if obj is not None else fields
 
     def get_fields(self, request: HttpRequest, obj: Dimension | None = None) -> list[str]:
-        return ["key", "name", "kind", "config", "is_active", "computed_at"]
+        return ["key", "name", "kind", "role", "config", "is_active", "computed_at"]
 
     @admin.display(description="Last run")
     def last_run(self, obj: Dimension) -> str:

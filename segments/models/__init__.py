@@ -3,10 +3,12 @@ from segments.models.customers import (
     Channel,
     Customer,
     CustomerQuerySet,
+    CustomerRole,
     CustomerTag,
     Event,
     EventType,
     Membership,
+    Role,
     Tag,
 )
 from segments.models.engine import (
@@ -25,6 +27,7 @@ __all__ = [
     "Customer",
     "CustomerLayer",
     "CustomerQuerySet",
+    "CustomerRole",
     "CustomerTag",
     "Dimension",
     "Event",
@@ -33,6 +36,7 @@ __all__ = [
     "LayerHistory",
     "Membership",
     "RecomputeRun",
+    "Role",
     "Segment",
     "SegmentMembership",
     "Tag",
