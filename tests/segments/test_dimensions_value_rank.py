@@ -215,3 +215,26 @@ def test_dimension_update__lifecycle_scoped_to_buyers__only_buyers_placed(world:
     recompute("lifecycle", as_of=AS_OF + DAY)
     assert layers_of("lifecycle") == {"a": "new"}
     assert b.layers.count() == 0
+
+
+def test_layer_flows__value_pyramid_recomputed_monthly__moves_between_its_layers(world: World) -> None:
+    # Given a pyramid recomputed on Jun 1 and Jul 1 (top half of N = 2): on Jun 1 "a" leads;
+    # by Jul 1 "b" has spent more and the two swap.
+    from segments.analytics.flows import layer_flows
+
+    a, b = world.customer("a"), world.customer("b")
+    world.order(a, 10, "100.00")
+    world.order(b, 10, "50.00")
+    pyramid([("top_half", 50)])
+    recompute("pyramid")
+    july = AS_OF + 30 * DAY
+    world.order(b, -20, "500.00")  # 20 days after AS_OF, before July's recompute
+    recompute("pyramid", as_of=july)
+    assert layers_of("pyramid") == {"a": "rest", "b": "top_half"}
+    flows = layer_flows(dimension="pyramid", grain="month", start=AS_OF.date(), end=july.date())
+    assert [(m.period.isoformat(), m.from_layer, m.to_layer, m.customers) for m in flows.moves] == [
+        ("2025-06-01", "", "rest", 1),
+        ("2025-06-01", "", "top_half", 1),
+        ("2025-07-01", "rest", "top_half", 1),
+        ("2025-07-01", "top_half", "rest", 1),
+    ]
