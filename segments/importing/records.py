@@ -45,7 +45,7 @@ CUSTOMER_TIMESTAMPS = frozenset(
         "push_opt_out_at",
     }
 )
-CUSTOMER_COLUMNS = ("external_id", *CUSTOMER_FIELDS)
+CUSTOMER_COLUMNS = ("external_id", *CUSTOMER_FIELDS, "roles")
 EVENT_COLUMNS = ("event_id", "customer_id", "type", "occurred_at", "amount", "currency", "properties")
 MEMBERSHIP_COLUMNS = ("customer_id", "plan", "level", "started_at", "expires_at")
 JSON_COLUMNS = frozenset({"properties", "attributes"})

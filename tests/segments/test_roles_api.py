@@ -94,3 +94,20 @@ def test_customer_batch__roles_for_500_customers__bounded_statements(customers_c
     # parameter limit splits 750 rows: nothing per customer.
     assert len(role_statements) - len(inserts) == 1, role_statements
     assert len(inserts) <= math.ceil(750 / connection.ops.bulk_batch_size(fields, [None] * 750)), role_statements
+
+
+def test_import_customers__csv_roles_column__comma_separated_set_empty_cell_keeps(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import io as _io
+
+    from django.core.management import CommandError, call_command
+
+    path = tmp_path / "customers.csv"
+    path.write_text('external_id,roles\nc-1,"buyer, seller"\nc-2,landlord\nc-3,\n')
+    err = _io.StringIO()
+    with pytest.raises(CommandError):  # exit status 2: one line rejected
+        call_command("import_customers", str(path), "--no-progress", stdout=_io.StringIO(), stderr=err)
+    assert "line 3: roles: Unknown role 'landlord'" in err.getvalue()
+    assert roles_of("c-1") == {"buyer", "seller"}
+    path.write_text("external_id,roles\nc-1,\n")
+    call_command("import_customers", str(path), "--no-progress", stdout=_io.StringIO(), stderr=_io.StringIO())
+    assert roles_of("c-1") == {"buyer", "seller"}
