@@ -111,3 +111,30 @@ def test_import_customers__csv_roles_column__comma_separated_set_empty_cell_keep
     path.write_text("external_id,roles\nc-1,\n")
     call_command("import_customers", str(path), "--no-progress", stdout=_io.StringIO(), stderr=_io.StringIO())
     assert roles_of("c-1") == {"buyer", "seller"}
+
+
+def test_dimension_admin__growth_adds_a_seller_value_pyramid__layers_created_and_scoped(client, db: None) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from segments.dimensions.value_rank import default_config
+    from segments.models import Dimension
+    from tests.factories import UserFactory
+
+    client.force_login(UserFactory(groups=["growth"]))
+    seller = Role.objects.get(key="seller")
+    response = client.post(
+        "/admin/segments/dimension/add/",
+        {
+            "key": "seller_pyramid",
+            "name": "Seller pyramid",
+            "kind": "value_rank",
+            "role": seller.pk,
+            "config": json.dumps(default_config()),
+            "is_active": "on",
+        },
+    )
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    dimension = Dimension.objects.get(key="seller_pyramid")
+    assert dimension.role == seller
+    assert list(dimension.layers.values_list("key", flat=True)) == ["top_1", "top_10", "top_30", "rest", "no_value"]
+    assert "Seller pyramid" in client.get(f"/admin/segments/dimension/?role__id__exact={seller.pk}").content.decode()
