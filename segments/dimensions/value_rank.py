@@ -129,6 +129,8 @@ def config_issues(config: Any, path: str = "config") -> list[RuleIssue]:
 
 def stage_select(ctx: StageContext) -> tuple[str, list[Any]]:
     """One statement: aggregate, rank (window function), place by the cut points."""
+    from django.db import connection
+
     from segments.models import EventType
 
     config, layers = ctx.config, ctx.layers
@@ -138,6 +140,15 @@ def stage_select(ctx: StageContext) -> tuple[str, list[Any]]:
     window = "AND occurred_at >= %s" if measure.get("window_days") else ""
     window_params = [ctx.days_ago(measure["window_days"])] if measure.get("window_days") else []
     cuts = config["cuts"]
+    # Ranked customers, then everyone else. A LEFT JOIN of the customers to ``ranked`` made
+    # SQLite scan the materialized ranking once per customer (it built no automatic index
+    # on it): 60 s at 20,000 customers. SQLite's ``NOT IN`` builds its lookup once;
+    # PostgreSQL's ``NOT IN`` is a hashed subplan only while the ranking fits work_mem (a
+    # rescan per customer beyond), its ``NOT EXISTS`` a hash anti join at any size.
+    if connection.vendor == "postgresql":
+        unranked = "NOT EXISTS (SELECT 1 FROM ranked x WHERE x.customer_id = c.id)"
+    else:
+        unranked = "c.id NOT IN (SELECT customer_id FROM ranked)"
     # Integers only (RANK() and COUNT(*) are bigint on PostgreSQL): no float rounding at a cut.
     whens = " ".join("WHEN 10000 * (r.rnk - 1) < %s * r.n THEN %s" for _ in cuts)
     when_params: list[Any] = []
@@ -153,19 +164,21 @@ def stage_select(ctx: StageContext) -> tuple[str, list[Any]]:
             SELECT customer_id, RANK() OVER (ORDER BY v DESC) AS rnk, COUNT(*) OVER () AS n
             FROM measure WHERE v > 0
         )
-        SELECT c.id AS customer_id,
-               CASE WHEN r.customer_id IS NULL THEN %s {whens} ELSE %s END AS layer_id,
+        SELECT r.customer_id AS customer_id, CASE {whens} ELSE %s END AS layer_id,
                {ctx.null_ts} AS valid_until, {ctx.null_int} AS r, {ctx.null_int} AS f, {ctx.null_int} AS m
+        FROM ranked r
+        UNION ALL
+        SELECT c.id, %s, {ctx.null_ts}, {ctx.null_int}, {ctx.null_int}, {ctx.null_int}
         FROM {table("Customer")} c
-        LEFT JOIN ranked r ON r.customer_id = c.id
+        WHERE {unranked}
     """
     params = [
         event_type_id,
         ctx.dt(ctx.as_of),
         *window_params,
-        layers[NO_VALUE[0]],
         *when_params,
         layers[REST[0]],
+        layers[NO_VALUE[0]],
     ]
     return sql, params
 
