@@ -268,10 +268,11 @@ def customers_upsert(*, customers: Sequence[CustomerInput]) -> IngestResult:
     wanted_roles = {key for customer in customers for key in customer.roles or ()}
     role_ids = dict(Role.objects.filter(key__in=wanted_roles).values_list("key", "id")) if wanted_roles else {}
     refused: dict[int, ItemResult] = {}
+    known = ""
     for index, customer in enumerate(customers):
         unknown_roles = sorted(set(customer.roles or ()) - role_ids.keys())
         if unknown_roles:
-            known = ", ".join(Role.objects.order_by("key").values_list("key", flat=True)) or "none defined"
+            known = known or ", ".join(Role.objects.order_by("key").values_list("key", flat=True)) or "none defined"
             message = f"Unknown role '{unknown_roles[0]}'; known roles: {known}."
             refused[index] = ItemResult(index, Outcome.REFUSED, "roles", message)
             continue
