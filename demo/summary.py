@@ -318,6 +318,13 @@ def analytics_text(*, pyramid_key: str) -> list[str]:
         size = sum(c.size for c in layer.cohorts)
         per = " · ".join(f"D{h.day} {_rate(h.rate, h.reason)}" for h in layer.headlines)
         lines.append(f"      {layer.layer or '(never layered)'} ({size:,} customers): {per}")
+    if len(table.by_layer) == 1:
+        # Tiers come from purchases, so a sign-up cohort starts in one tier: say so rather
+        # than let a single row look like a broken breakdown.
+        lines.append(
+            "      (every customer of these cohorts was in that tier when they signed up; the tiers they move to "
+            "are in the funnel and flows below)"
+        )
     five = funnel(spec=replace(PRESETS["five_step"], breakdown=f"layer:{TIER_DIMENSION}"))
     steps = " -> ".join(f"{s.label} {s.reached:,}" for s in five.steps)
     lines += [
