@@ -34,8 +34,10 @@ from demo.plan import (
 from experiments import selectors as experiment_selectors
 from experiments import services as experiment_services
 from experiments.models import Experiment, Holdout
-from segments.models import Dimension, EventType, Segment, TagRule
+from segments.models import Dimension, EventType, RecomputeRun, Segment, TagRule
 from segments.selectors import event_type_get, layer_ids_by_keys, layers_queryset
+from segments.services.dimensions import dimension_create
+from segments.services.recompute import dimension_recompute
 from segments.services.segments import segment_create
 from segments.services.tags import tag_rule_create
 
@@ -253,3 +255,43 @@ def campaigns_launch(*, campaigns: Sequence[Campaign]) -> list[Launch]:
             raise _fail(f"launch of {campaign.key}", exc) from exc
         results.append(Launch(campaign.key, True))
     return results
+
+
+# --- The value pyramid and the tier history the analytics pages read --------------------------
+
+VALUE_PYRAMID_KEY = "value_pyramid"
+HISTORY_DIMENSIONS = ("rfm", VALUE_PYRAMID_KEY)
+HISTORY_MONTHS = 12
+
+
+def value_pyramid_ensure() -> bool:
+    """The value pyramid (top 1% / 10% / 30% of spend over a year), through the one door for
+    dimensions; True when created by this call."""
+    if Dimension.objects.filter(key=VALUE_PYRAMID_KEY).exists():
+        return False
+    dimension_create(key=VALUE_PYRAMID_KEY, name="Value pyramid (spend over 365 days)", kind="value_rank")
+    return True
+
+
+def tier_history_backfill(*, now: dt.datetime) -> int:
+    """Recompute the tier dimensions as of each month-end of the last ``HISTORY_MONTHS``
+    months, oldest first, so the layer history holds a year of moves: the flows page and the
+    "layer at cohort start" breakdowns then read real history instead of one day's placement.
+    Only on a fresh database (a recompute never goes back before the last one); returns the
+    number of recomputes run."""
+    keys = [
+        key
+        for key in HISTORY_DIMENSIONS
+        if not RecomputeRun.objects.filter(target=f"dimension:{key}", status=RecomputeRun.Status.SUCCEEDED).exists()
+    ]
+    runs = 0
+    for months_back in range(HISTORY_MONTHS, 0, -1):
+        as_of = now - dt.timedelta(days=round(months_back * 30.44))
+        for key in keys:
+            outcome = dimension_recompute(
+                dimension_id=Dimension.objects.get(key=key).pk, as_of=as_of, trigger=RecomputeRun.Trigger.COMMAND
+            )
+            if outcome.status != "succeeded":
+                raise RuntimeError(f"demo: backfill of {key} as of {as_of:%Y-%m-%d} failed: {outcome.error}")
+            runs += 1
+    return runs

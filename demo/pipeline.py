@@ -109,6 +109,7 @@ class DemoResult:
     responses: tuple[responses.ResponseStats, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
     api_key: str = ""  # the demo's API key with every scope (raw; replaced at every run)
+    analytics: tuple[str, ...] = ()  # retention, funnel and flows per tier, with their pages
 
 
 class Pipeline:
@@ -200,6 +201,12 @@ class Pipeline:
         note.append(f"recomputed {len(outcomes)} dimensions, tag rules and segments")
 
     def segments(self, *, data_changed: bool) -> None:
+        with self.step("segments: the value pyramid and a year of monthly tier history") as note:
+            if configure.value_pyramid_ensure():
+                note.append(f"created dimension '{configure.VALUE_PYRAMID_KEY}'")
+            runs = configure.tier_history_backfill(now=timezone.now())
+            history = ", ".join(configure.HISTORY_DIMENSIONS)
+            note.append(f"{runs} monthly recomputes of {history}" if runs else "up to date")
         with self.step("segments: tag rules, rule segments and every dimension") as note:
             tags_created = configure.tag_rules_ensure(plans=self.o.tag_rules)
             created = configure.segments_ensure(plans=self.o.segments)
@@ -386,9 +393,19 @@ class Pipeline:
         stats = self.simulate()
         findings = self.analyse()
         raw_key = self.api_key()
+        with self.step("analytics: retention, funnel and flows by tier") as note:
+            analytics = tuple(summary.analytics_text(pyramid_key=configure.VALUE_PYRAMID_KEY))
+            note.append("see the summary")
         counts = summary.demo_counts(campaigns=self.o.campaigns, segments=self.o.segments)
         return DemoResult(
-            tuple(self.timings), tuple(findings), counts, settled, tuple(stats), tuple(self.notes), raw_key
+            tuple(self.timings),
+            tuple(findings),
+            counts,
+            settled,
+            tuple(stats),
+            tuple(self.notes),
+            raw_key,
+            analytics,
         )
 
 
@@ -438,6 +455,7 @@ def summary_text(result: DemoResult, options: DemoOptions) -> list[str]:
         reach = {cell: (r / n if n else 0.0) for cell, (n, r, _) in stats.by_cell.items()} if stats else None
         lines += summary.findings_text(findings, reach=reach)
     lines += ["", summary.verdict_text(result.findings)]
+    lines += list(result.analytics)
     lines += [f"  note: {n}" for n in result.notes]
     if result.api_key:
         lines += ["", f"API key (every scope; a new one each run, the previous revoked): {result.api_key}"]

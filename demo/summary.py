@@ -284,3 +284,82 @@ def verdict_text(findings: Sequence[Findings]) -> str:
         + "; ".join(why)
         + "."
     )
+
+
+# --- Growth analytics by tier -------------------------------------------------------------------
+
+TIER_DIMENSION = "rfm"
+
+
+def _rate(rate: float | None, reason: str | None) -> str:
+    return f"{100 * rate:.1f}%" if rate is not None else f"n/a ({reason or 'no customers'})"
+
+
+def analytics_text(*, pyramid_key: str) -> list[str]:
+    """The analytics pages' headline numbers per tier, each line pointing at its page (the
+    same numbers as the pages and /api/v1/analytics/*, computed by the same selectors)."""
+    from dataclasses import replace
+
+    from segments.analytics.flows import layer_flows, lifecycle_counts
+    from segments.analytics.funnels import PRESETS, funnel
+    from segments.analytics.retention import RetentionSpec, retention_table
+    from segments.models import Dimension
+    from segments.selectors import dimension_layer_sizes
+
+    lines = ["", "Growth analytics by tier (admin > Growth analytics; the same numbers at /api/v1/analytics/):"]
+    table = retention_table(spec=RetentionSpec(cohort_grain="week", periods=30, breakdown=TIER_DIMENSION))
+    heads = " · ".join(f"D{h.day} {_rate(h.rate, h.reason)}" for h in table.headlines)
+    lines += [
+        f"  retention, sign-up weeks {table.cohort_from} .. {table.cohort_to} (a day is the customer's local day): "
+        + heads,
+        f"    by RFM tier at sign-up: /admin/analytics/retention/?breakdown={TIER_DIMENSION}",
+    ]
+    for layer in table.by_layer:
+        size = sum(c.size for c in layer.cohorts)
+        per = " · ".join(f"D{h.day} {_rate(h.rate, h.reason)}" for h in layer.headlines)
+        lines.append(f"      {layer.layer or '(never layered)'} ({size:,} customers): {per}")
+    if len(table.by_layer) == 1:
+        # Tiers come from purchases, so a sign-up cohort starts in one tier: say so rather
+        # than let a single row look like a broken breakdown.
+        lines.append(
+            "      (every customer of these cohorts was in that tier when they signed up; the tiers they move to "
+            "are in the funnel and flows below)"
+        )
+    five = funnel(spec=replace(PRESETS["five_step"], breakdown=f"layer:{TIER_DIMENSION}"))
+    steps = " -> ".join(f"{s.label} {s.reached:,}" for s in five.steps)
+    lines += [
+        f"  funnel channel -> scene -> product -> decision -> done, last 30 days, 3-day window: {steps}",
+        f"    done per RFM tier: /admin/analytics/funnel/?preset=five_step&breakdown=layer:{TIER_DIMENSION}",
+    ]
+    for group in five.groups:
+        last = group.steps[-1]
+        lines.append(
+            f"      {group.group or '(never layered)'}: {group.steps[0].reached:,} entered, "
+            f"{_rate(last.conversion_overall, last.reason)} done"
+        )
+    flows = layer_flows(dimension=TIER_DIMENSION, grain="month")
+    moved = [m for m in flows.moves if m.from_layer and m.from_layer != m.to_layer]
+    top: dict[tuple[str, str], int] = {}
+    for move in moved:
+        top[(move.from_layer, move.to_layer)] = top.get((move.from_layer, move.to_layer), 0) + move.customers
+    biggest = sorted(top.items(), key=lambda item: -item[1])[:3]
+    lines += [
+        f"  layer flows of RFM tiers by month ({flows.start} .. {flows.end}): {sum(top.values()):,} moves between "
+        f"tiers; largest: " + (", ".join(f"{a} -> {b} {n:,}" for (a, b), n in biggest) or "none"),
+        f"    /admin/analytics/flows/?dimension={TIER_DIMENSION}&grain=month",
+    ]
+    life = lifecycle_counts(grain="month")
+    if life.periods:
+        p = life.periods[-1]
+        lines.append(
+            f"  lifecycle, month of {p.period}: new {p.new:,}, returning {p.returning:,}, "
+            f"resurrecting {p.resurrecting:,}, dormant {p.dormant:,} (same page)"
+        )
+    pyramid = Dimension.objects.filter(key=pyramid_key).first()
+    if pyramid is not None:
+        sizes = dimension_layer_sizes(dimension_id=pyramid.pk)
+        lines += [
+            f"  value pyramid ({pyramid.name}): " + ", ".join(f"{s.name} {s.size:,}" for s in sizes),
+            f"    flows between its layers: /admin/analytics/flows/?dimension={pyramid_key}&grain=month",
+        ]
+    return lines

@@ -20,6 +20,7 @@ from segments.forms import DimensionForm, SegmentForm, TagForm, TagRuleForm
 from segments.models import (
     Customer,
     CustomerLayer,
+    CustomerRole,
     CustomerTag,
     Dimension,
     Event,
@@ -27,6 +28,7 @@ from segments.models import (
     LayerHistory,
     Membership,
     RecomputeRun,
+    Role,
     Segment,
     Tag,
     TagHistory,
@@ -89,6 +91,14 @@ class TagHistoryInline(admin.TabularInline):
         return False
 
 
+class CustomerRoleInline(admin.TabularInline):
+    model = CustomerRole
+    extra = 0
+    fields = ["role", "since"]
+    readonly_fields = ["since"]
+    verbose_name = "role"
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
@@ -119,7 +129,7 @@ class CustomerAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False
     readonly_fields = ["created_at", "updated_at"]
-    inlines = [CustomerLayerInline, MembershipInline, CustomerTagInline, TagHistoryInline]
+    inlines = [CustomerLayerInline, CustomerRoleInline, MembershipInline, CustomerTagInline, TagHistoryInline]
     fieldsets = [
         (None, {"fields": ["external_id", "signed_up_at", "timezone", "locale", "attributes"]}),
         ("Email", {"fields": ["email", "email_consent_at", "email_opt_out_at"]}),
@@ -252,6 +262,14 @@ class TagRuleAdmin(admin.ModelAdmin):
         _enqueue(request, recompute_tag_rule, list(queryset.values_list("pk", flat=True)), "tag rule(s)")
 
 
+@admin.register(Role)
+class RoleAdmin(admin.ModelAdmin):
+    """Sides of a two-sided platform; a dimension scoped to one layers only its holders."""
+
+    list_display = ["key", "name"]
+    search_fields = ["key", "name"]
+
+
 def _status_badge(status: str) -> str:
     colour = {"succeeded": "#2e7d32", "failed": "#c62828", "running": "#1565c0"}.get(status, "#555")
     return format_html('<strong style="color: {}">{}</strong>', colour, status)
@@ -374,8 +392,8 @@ def _transition_matrix(transitions: list[list[Any]], layer_keys: list[str]) -> d
 class DimensionAdmin(admin.ModelAdmin):
     form = DimensionForm
     change_form_template = "admin/segments/dimension/change_form.html"
-    list_display = ["key", "name", "kind", "is_active", "computed_at", "last_run"]
-    list_filter = ["kind", "is_active"]
+    list_display = ["key", "name", "kind", "role", "is_active", "computed_at", "last_run"]
+    list_filter = ["kind", "role", "is_active"]
     search_fields = ["key", "name"]
     actions = ["recompute_now"]
 
@@ -385,7 +403,7 @@ class DimensionAdmin(admin.ModelAdmin):
         return ["key", "kind", *fields] if obj is not None else fields
 
     def get_fields(self, request: HttpRequest, obj: Dimension | None = None) -> list[str]:
-        return ["key", "name", "kind", "config", "is_active", "computed_at"]
+        return ["key", "name", "kind", "role", "config", "is_active", "computed_at"]
 
     @admin.display(description="Last run")
     def last_run(self, obj: Dimension) -> str:

@@ -77,7 +77,7 @@ class DimensionForm(forms.ModelForm):
 
     class Meta:
         model = Dimension
-        fields = ["key", "name", "kind", "config", "is_active"]
+        fields = ["key", "name", "kind", "role", "config", "is_active"]
 
     def clean(self) -> dict[str, Any]:
         """Show the service's verdict inline; the rules live in

@@ -107,6 +107,14 @@ class CustomerFieldsSerializer(serializers.Serializer):
     push_token = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=255)
     push_consent_at = serializers.DateTimeField(required=False, allow_null=True)
     push_opt_out_at = serializers.DateTimeField(required=False, allow_null=True)
+    roles = serializers.ListField(
+        child=serializers.SlugField(max_length=32),
+        required=False,
+        allow_null=True,
+        max_length=10,
+        help_text='The customer\'s whole set of roles (e.g. ["buyer", "seller"]); null or [] clears it, '
+        "absent keeps it. Unknown roles are refused (400 on roles).",
+    )
 
 
 class CustomerInSerializer(CustomerFieldsSerializer):
@@ -121,6 +129,11 @@ class CustomerBatchItemSerializer(CustomerFieldsSerializer):
 
 class CustomerOutSerializer(serializers.ModelSerializer):
     email = serializers.CharField(read_only=True, help_text="An email address, or empty.")
+    roles = serializers.SerializerMethodField(help_text="The customer's role keys.")
+
+    @extend_schema_field({"type": "array", "items": {"type": "string"}})
+    def get_roles(self, customer: Customer) -> list[str]:
+        return sorted(customer.customer_roles.values_list("role__key", flat=True))
 
     class Meta:
         model = Customer
@@ -139,6 +152,7 @@ class CustomerOutSerializer(serializers.ModelSerializer):
             "push_token",
             "push_consent_at",
             "push_opt_out_at",
+            "roles",
             "created_at",
             "updated_at",
         ]
@@ -363,6 +377,8 @@ class CustomerUpsertApi(APIView):
         except RecordError as exc:
             raise ValidationError(_record_errors(exc)) from None
         result = customers_upsert(customers=[customer])
+        if result.items[0].outcome.is_error:  # an unknown role
+            raise ValidationError({result.items[0].field: [result.items[0].message]})
         stored = Customer.objects.get(external_id=external_id)
         created = result.items[0].outcome == Outcome.CREATED
         return Response(

@@ -1,4 +1,4 @@
-"""Computed dimensions: one module per kind (rfm, lifecycle, journey, level, expiry).
+"""Computed dimensions: one module per kind (rfm, lifecycle, journey, level, expiry, value_rank).
 
 Each module documents its layers, its config and the rules that place a customer; see
 ``segments.dimensions.base`` for the contract.
@@ -9,11 +9,11 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from segments.dimensions import expiry, journey, level, lifecycle, rfm
+from segments.dimensions import expiry, journey, level, lifecycle, rfm, value_rank
 from segments.dimensions.base import LayerSpec, StageContext
 from segments.rules.validation import RuleIssue
 
-KINDS: dict[str, ModuleType] = {m.KIND: m for m in (rfm, lifecycle, journey, level, expiry)}
+KINDS: dict[str, ModuleType] = {m.KIND: m for m in (rfm, lifecycle, journey, level, expiry, value_rank)}
 
 
 def kind_module(kind: str) -> ModuleType:

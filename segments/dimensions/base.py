@@ -13,6 +13,11 @@ A kind module exposes:
   parallel, where ``INSERT … SELECT`` may not.
 - optionally ``stage_stats(ctx, table) -> dict``: statistics for the run record.
 
+A dimension scoped to a role (``Dimension.role``) layers only the customers holding it:
+the recompute keeps only their rows of ``stage_select``, and a kind whose layers depend
+on the whole population (ranks, quintiles, means) restricts that population with
+``ctx.scope_filter(column)`` so that "top 10%" means the top 10% *of sellers*.
+
 Stage SQL is plain, portable SQL (SQLite ≥ 3.33 and PostgreSQL): datetimes only ever
 appear as parameters computed from ``as_of`` in Python, so no vendor date arithmetic is
 needed; window functions, CTEs and CASE are standard. The one vendor-specific piece is a
@@ -50,6 +55,14 @@ class StageContext:
     layers: dict[str, int]  # layer key -> id
     as_of: dt.datetime
     cursor: Any
+    # A table of the customer ids in scope (``customer_id``) when the dimension is scoped to a role.
+    scope_table: str | None = None
+
+    def scope_filter(self, column: str) -> str:
+        """``AND <column> IN (customers in scope)``, or nothing when the dimension is unscoped."""
+        if self.scope_table is None:
+            return ""
+        return f"AND {column} IN (SELECT customer_id FROM {self.scope_table})"
 
     def dt(self, value: dt.datetime | None) -> Any:
         """A datetime as the backend stores it (SQLite compares ISO text)."""

@@ -137,7 +137,7 @@ def stage_select(ctx: StageContext) -> tuple[str, list[Any]]:
             SELECT customer_id, MAX(occurred_at) AS last_at, COUNT(*) AS frequency,
                    COALESCE({money.amount_sum_sql()}, 0) AS monetary
             FROM {table("Event")}
-            WHERE event_type_id = %s AND occurred_at >= %s AND occurred_at <= %s
+            WHERE event_type_id = %s AND occurred_at >= %s AND occurred_at <= %s {ctx.scope_filter("customer_id")}
             GROUP BY customer_id
         ),
         scored AS (SELECT customer_id, {", ".join(scores)} FROM agg),

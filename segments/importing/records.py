@@ -27,6 +27,8 @@ from segments.services.ingestion import CUSTOMER_FIELDS, CustomerInput, EventInp
 MAX_ID_LENGTH = 128
 PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+ROLE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+MAX_ROLES = 10
 LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
 AMOUNT_LIMIT = Decimal(10) ** 12  # DecimalField(max_digits=14, decimal_places=2)
 CENT = Decimal("0.01")
@@ -43,7 +45,7 @@ CUSTOMER_TIMESTAMPS = frozenset(
         "push_opt_out_at",
     }
 )
-CUSTOMER_COLUMNS = ("external_id", *CUSTOMER_FIELDS)
+CUSTOMER_COLUMNS = ("external_id", *CUSTOMER_FIELDS, "roles")
 EVENT_COLUMNS = ("event_id", "customer_id", "type", "occurred_at", "amount", "currency", "properties")
 MEMBERSHIP_COLUMNS = ("customer_id", "plan", "level", "started_at", "expires_at")
 JSON_COLUMNS = frozenset({"properties", "attributes"})
@@ -280,10 +282,32 @@ def parse_customer(record: Any, *, text: bool = False) -> CustomerInput:
             values["push_token"] = token
         elif record["push_token"] is None:
             values["push_token"] = ""
+    roles = _roles(record, errors, text=text) if "roles" in record else None
     if errors:
         raise RecordError(errors)
     assert external_id is not None
-    return CustomerInput(external_id=external_id, values=values)
+    return CustomerInput(external_id=external_id, values=values, roles=roles)
+
+
+def _roles(record: Mapping[str, Any], errors: dict[str, str], *, text: bool) -> tuple[str, ...] | None:
+    """The customer's whole set of roles (keys; null or [] clears it). CSV: comma-separated.
+    Whether each role exists is the service's check (it knows the Role table)."""
+    value = record["roles"]
+    if value is None:
+        return ()
+    if text and isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        errors["roles"] = 'A list of role keys, e.g. ["buyer", "seller"].'
+        return None
+    if len(value) > MAX_ROLES:
+        errors["roles"] = f"At most {MAX_ROLES} roles."
+        return None
+    bad = [item for item in value if not ROLE_RE.match(item)]
+    if bad:
+        errors["roles"] = f"'{bad[0][:40]}' is not a role key (lower-case letters, digits, '_' and '-')."
+        return None
+    return tuple(sorted(set(value)))
 
 
 def parse_event(record: Any, *, event_types: Mapping[str, bool], text: bool = False) -> EventInput:

@@ -72,6 +72,35 @@ class Customer(models.Model):
         return bool(contact) and consent is not None and (opt_out is None or opt_out < consent)
 
 
+class Role(models.Model):
+    """A side of a two-sided platform (buyer, seller, …). A customer can hold several roles;
+    a dimension scoped to a role layers only the customers holding it (docs/domain.md:
+    two-sided platforms layer each role separately)."""
+
+    key = models.SlugField(max_length=32, unique=True)
+    name = models.CharField(max_length=100)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class CustomerRole(models.Model):
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="customer_roles", db_index=False)
+    role = models.ForeignKey(Role, on_delete=models.CASCADE, related_name="customer_roles", db_index=False)
+    since = models.DateTimeField(default=dj_timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["customer", "role"], name="customer_role_unique")]
+        # A role-scoped recompute reads "every customer holding role R".
+        indexes = [models.Index(fields=["role", "customer"], name="customer_role_role_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}:{self.role_id}"
+
+
 class EventType(models.Model):
     """An extensible vocabulary of event types; unknown types are refused at ingestion."""
 
@@ -193,6 +222,7 @@ class CustomerTag(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
         help_text="Manual tags: who set it.",
+        db_constraint=False,  # a bulk-written table (see segments.models.engine)
     )
 
     class Meta:
@@ -206,8 +236,11 @@ class TagHistory(models.Model):
     """When a customer gained and lost a tag (tag rules and manual tags; tier moves are in
     ``LayerHistory``); ``lost_at`` is empty while they hold it."""
 
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="tag_history", db_index=False)
-    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="history", db_index=False)
+    # No database constraints: tag recomputes write history in bulk (see segments.models.engine).
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="tag_history", db_index=False, db_constraint=False
+    )
+    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="history", db_index=False, db_constraint=False)
     source = models.CharField(max_length=16, choices=Tag.Source.choices)
     gained_at = models.DateTimeField()
     lost_at = models.DateTimeField(null=True, blank=True)

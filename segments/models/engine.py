@@ -17,7 +17,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from segments.models.customers import Customer, Tag
+from segments.models.customers import Customer, Role, Tag
 
 
 class Segment(models.Model):
@@ -95,12 +95,21 @@ class Dimension(models.Model):
         JOURNEY = "journey", "Key-path journey"
         LEVEL = "level", "Membership levels"
         EXPIRY = "expiry", "Membership expiry windows"
+        VALUE_RANK = "value_rank", "Value pyramid (rank by value)"
 
     key = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     config = models.JSONField(
         default=dict, blank=True, help_text="Thresholds and windows; validated per kind when saved."
+    )
+    role = models.ForeignKey(
+        Role,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="dimensions",
+        help_text="Only customers holding this role are layered (and ranked) by the dimension; empty: everyone.",
     )
     is_active = models.BooleanField(default=True)
     computed_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from segments.dimensions import config_issues, default_config, layer_specs
-from segments.models import CustomerLayer, Dimension, Layer, LayerHistory, Tag
+from segments.models import CustomerLayer, Dimension, Layer, LayerHistory, Role, Tag
 
 TAG_CODE_MAX = 32
 
@@ -97,10 +97,17 @@ def dimension_sync_layers(*, dimension: Dimension) -> list[Layer]:
 
 @transaction.atomic
 def dimension_create(
-    *, key: str, name: str, kind: str, config: dict[str, Any] | None = None, is_active: bool = True
+    *,
+    key: str,
+    name: str,
+    kind: str,
+    config: dict[str, Any] | None = None,
+    is_active: bool = True,
+    role: Role | None = None,
 ) -> Dimension:
+    """``role``: layer only the customers holding it (two-sided platforms layer each side)."""
     config = dimension_config_check(kind=kind, config=config)
-    dimension = Dimension(key=key, name=name, kind=kind, config=config, is_active=is_active)
+    dimension = Dimension(key=key, name=name, kind=kind, config=config, is_active=is_active, role=role)
     dimension.full_clean()
     dimension.save()
     dimension_sync_layers(dimension=dimension)

@@ -48,7 +48,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from segments.models import Customer, Event, EventType, Membership
+from segments.models import Customer, CustomerRole, Event, EventType, Membership, Role
 from segments.models.customers import CONTACT_FIELDS
 from segments.services.partitions import EVENT_KEYS, KEYS_CLAIMED_SQL, KEYS_UNCLAIMED_SQL
 
@@ -107,6 +107,8 @@ class CustomerInput:
     external_id: str
     # The fields the client sent, already validated; absent fields keep their stored value.
     values: Mapping[str, Any] = field(default_factory=dict)
+    # The customer's whole set of role keys when sent (``()`` clears it); None keeps them.
+    roles: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,20 @@ def customers_upsert(*, customers: Sequence[CustomerInput]) -> IngestResult:
     "updated"."""
     merged: dict[str, dict[str, Any]] = {}
     first_item: dict[str, int] = {}
+    roles: dict[str, tuple[str, ...]] = {}
+    wanted_roles = {key for customer in customers for key in customer.roles or ()}
+    role_ids = dict(Role.objects.filter(key__in=wanted_roles).values_list("key", "id")) if wanted_roles else {}
+    refused: dict[int, ItemResult] = {}
+    known = ""
     for index, customer in enumerate(customers):
+        unknown_roles = sorted(set(customer.roles or ()) - role_ids.keys())
+        if unknown_roles:
+            known = known or ", ".join(Role.objects.order_by("key").values_list("key", flat=True)) or "none defined"
+            message = f"Unknown role '{unknown_roles[0]}'; known roles: {known}."
+            refused[index] = ItemResult(index, Outcome.REFUSED, "roles", message)
+            continue
+        if customer.roles is not None:
+            roles[customer.external_id] = customer.roles
         first_item.setdefault(customer.external_id, index)
         merged.setdefault(customer.external_id, {}).update(customer.values)
         unknown = set(customer.values) - set(CUSTOMER_FIELDS)
@@ -294,7 +309,8 @@ def customers_upsert(*, customers: Sequence[CustomerInput]) -> IngestResult:
     ]
     created = _insert_new(Customer, new_rows, key="external_id")
     outcomes = [
-        ItemResult(
+        refused.get(index)
+        or ItemResult(
             index,
             Outcome.CREATED
             if customer.external_id in created and first_item[customer.external_id] == index
@@ -316,7 +332,33 @@ def customers_upsert(*, customers: Sequence[CustomerInput]) -> IngestResult:
                 unique_fields=["external_id"],
                 update_fields=[*fields, "updated_at"],
             )
+    if roles:
+        _roles_replace(roles, role_ids, now)
     return IngestResult(tuple(outcomes))
+
+
+def _roles_replace(roles: Mapping[str, tuple[str, ...]], role_ids: Mapping[str, int], now: dt.datetime) -> None:
+    """Make each customer's roles exactly the keys given: delete the others, insert the
+    missing ones (``since`` of a role kept stays), per batch of customers, not per row."""
+    ids = _customer_ids(roles)
+    wanted = {(ids[external_id], role_ids[key]) for external_id, keys in roles.items() for key in keys}
+    for chunk in _chunks(sorted(ids.values())):
+        stored = dict(
+            ((customer_id, role_id), pk)
+            for pk, customer_id, role_id in CustomerRole.objects.filter(customer_id__in=chunk).values_list(
+                "pk", "customer_id", "role_id"
+            )
+        )
+        CustomerRole.objects.filter(pk__in=[pk for pair, pk in stored.items() if pair not in wanted]).delete()
+        chunk_ids = set(chunk)
+        CustomerRole.objects.bulk_create(
+            [
+                CustomerRole(customer_id=customer_id, role_id=role_id, since=now)
+                for customer_id, role_id in sorted(wanted - stored.keys())
+                if customer_id in chunk_ids
+            ],
+            ignore_conflicts=True,
+        )
 
 
 # --- Events -------------------------------------------------------------------------

@@ -11,6 +11,11 @@
 4. The transition matrix comes from the changes plus the previous layer sizes; the MECE
    check counts rows.
 
+A dimension scoped to a role places only the customers holding it (a *scope* table of
+their ids, filled by one ``INSERT … SELECT``); customers who no longer hold it leave the
+dimension: their row is deleted, their history row closed and their tier tag removed,
+and the transition matrix counts them as moving to ``None``.
+
 Everything runs inside the caller's transaction; nothing loops over customers in Python.
 """
 
@@ -27,6 +32,8 @@ from segments.dimensions.base import STAGE_TABLE, StageContext, table
 
 CHANGES_TABLE = "segments_stage_changes"
 MEMBERS_TABLE = "segments_stage_members"
+SCOPE_TABLE = "segments_stage_scope"
+DROPPED_TABLE = "segments_stage_dropped"
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ class DimensionWrite:
     customers: int = 0
     changed: int = 0
     layer_sizes: dict[int, int] = field(default_factory=dict)
-    transitions: list[tuple[int | None, int, int]] = field(default_factory=list)
+    transitions: list[tuple[int | None, int | None, int]] = field(default_factory=list)
     mece: MeceResult | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, int] = field(default_factory=dict)
@@ -128,6 +135,7 @@ def dimension_write(
     now: dt.datetime,
     full_tags: bool = False,
     portable: bool = False,
+    role_id: int | None = None,
 ) -> DimensionWrite:
     """Compute and write one dimension. Call inside a transaction.
 
@@ -143,8 +151,24 @@ def dimension_write(
         # --- 1. stage: every customer's new layer -------------------------------------
         _drop(cursor, STAGE_TABLE)
         on_commit = " ON COMMIT DROP" if _vendor() == "postgresql" else ""
-        ctx = StageContext(dimension_id=dimension_id, config=config, layers=layers, as_of=as_of, cursor=cursor)
+        scope = None
+        if role_id is not None:
+            _drop(cursor, SCOPE_TABLE)
+            cursor.execute(
+                f"CREATE TEMP TABLE {SCOPE_TABLE}{on_commit} AS "
+                f"SELECT customer_id FROM {table('CustomerRole')} WHERE role_id = %s",
+                [role_id],
+            )
+            _index_and_analyze(cursor, SCOPE_TABLE)
+            scope = SCOPE_TABLE
+        ctx = StageContext(
+            dimension_id=dimension_id, config=config, layers=layers, as_of=as_of, cursor=cursor, scope_table=scope
+        )
         select_sql, select_params = kind_module.stage_select(ctx)
+        if scope is not None:
+            # Every kind's rows are kept for the customers in scope only; kinds that rank
+            # a population restricted it themselves (ctx.scope_filter).
+            select_sql = f"SELECT k.* FROM ({select_sql}) k WHERE k.customer_id IN (SELECT customer_id FROM {scope})"
         cursor.execute(f"CREATE TEMP TABLE {STAGE_TABLE}{on_commit} AS {select_sql}", select_params)
         stats = getattr(kind_module, "stage_stats", None)
         result.stats = stats(ctx, STAGE_TABLE) if stats else {}
@@ -158,7 +182,7 @@ def dimension_write(
         )
         staged, extra = (int(v) for v in cursor.fetchone())
         staged_distinct = staged - extra
-        cursor.execute(f"SELECT COUNT(*) FROM {table('Customer')}")
+        cursor.execute(f"SELECT COUNT(*) FROM {scope or table('Customer')}")
         customers = cursor.fetchone()[0]
         # Check the computed placement before writing anything: a customer placed twice or
         # nowhere, or a layer of another dimension, is a MECE violation (and would
@@ -197,7 +221,9 @@ def dimension_write(
             f"SELECT old_layer_id, layer_id, COUNT(*) FROM {CHANGES_TABLE} WHERE {moved} "
             "GROUP BY old_layer_id, layer_id"
         )
-        moves = [(old, new, count) for old, new, count in cursor.fetchall()]
+        moves: list[tuple[int | None, int | None, int]] = [(old, new, count) for old, new, count in cursor.fetchall()]
+        if scope is not None:
+            moves += _leave_scope(cursor, dimension_id=dimension_id, tag_ids=tag_ids, as_of_p=as_of_p)
         clock.lap("diff")
 
         # --- 3. write the changed rows ----------------------------------------------------
@@ -305,9 +331,44 @@ def dimension_write(
         result.changed = sum(count for _, _, count in moves)
         _drop(cursor, CHANGES_TABLE)
         _drop(cursor, STAGE_TABLE)
+        if scope is not None:
+            _drop(cursor, SCOPE_TABLE)
         clock.lap("check")
     result.timings_ms = clock.timings
     return result
+
+
+def _leave_scope(cursor: Any, *, dimension_id: int, tag_ids: list[int], as_of_p: Any) -> list[tuple[int, None, int]]:
+    """Customers placed in the dimension but no longer in its scope (they lost the role, or
+    the dimension was just scoped): delete their row, close their history, drop their tier
+    tag. Returns their moves, ``(old layer, None, count)``."""
+    cl, hist, ctag = table("CustomerLayer"), table("LayerHistory"), table("CustomerTag")
+    on_commit = " ON COMMIT DROP" if _vendor() == "postgresql" else ""
+    _drop(cursor, DROPPED_TABLE)
+    cursor.execute(
+        f"CREATE TEMP TABLE {DROPPED_TABLE}{on_commit} AS SELECT c.customer_id, c.layer_id AS old_layer_id "
+        f"FROM {cl} c WHERE c.dimension_id = %s AND NOT EXISTS "
+        f"(SELECT 1 FROM {SCOPE_TABLE} s WHERE s.customer_id = c.customer_id)",
+        [dimension_id],
+    )
+    _index_and_analyze(cursor, DROPPED_TABLE)
+    cursor.execute(f"SELECT old_layer_id, COUNT(*) FROM {DROPPED_TABLE} GROUP BY old_layer_id")
+    moves = [(old, None, count) for old, count in cursor.fetchall()]
+    if moves:
+        dropped = f"customer_id IN (SELECT customer_id FROM {DROPPED_TABLE})"
+        cursor.execute(f"DELETE FROM {cl} WHERE dimension_id = %s AND {dropped}", [dimension_id])
+        cursor.execute(
+            f"UPDATE {hist} SET left_at = %s WHERE dimension_id = %s AND left_at IS NULL AND {dropped}",
+            [as_of_p, dimension_id],
+        )
+        if tag_ids:
+            cursor.execute(
+                f"DELETE FROM {ctag} WHERE tag_id IN ({', '.join(['%s'] * len(tag_ids))}) AND source = 'computed' "
+                f"AND {dropped}",
+                tag_ids,
+            )
+    _drop(cursor, DROPPED_TABLE)
+    return moves
 
 
 def _write_history(cursor: Any, hist: str, dimension_id: int, as_of_p: Any, moved: str, *, first_run: bool) -> None:

@@ -246,13 +246,18 @@ def dimension_recompute(
                 now=timezone.now(),
                 full_tags=full_tags,
                 portable=portable,
+                role_id=dimension.role_id,
             )
             key_of = {pk: key for key, pk in layers.items()}
             details.update(
                 {
                     "layer_sizes": {key: written.layer_sizes.get(pk, 0) for key, pk in layers.items()},
                     "transitions": [
-                        [key_of.get(old) if old is not None else None, key_of.get(new, str(new)), count]
+                        [
+                            key_of.get(old) if old is not None else None,
+                            key_of.get(new, str(new)) if new is not None else None,
+                            count,
+                        ]
                         for old, new, count in sorted(written.transitions, key=lambda t: (str(t[0]), str(t[1])))
                     ],
                     "mece": written.mece.as_dict() if written.mece else None,

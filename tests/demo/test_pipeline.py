@@ -91,6 +91,19 @@ def test_run_demo__seeded_business__significant_layers_are_the_planted_ones_and_
         assert counts["campaigns"] == counts["experiments"] == 4
         assert counts["deliveries:sent"] > 0 and counts["mailbox"] == counts["deliveries:sent"]
         assert counts["coupons_redeemed"] > 0 and counts["referrals"] > 0
+        # ... and the analytics pages' numbers per tier, from a year of monthly tier history
+        joined = "\n".join(text)
+        for page in (
+            "/admin/analytics/retention/?breakdown=rfm",
+            "/admin/analytics/funnel/?preset=five_step&breakdown=layer:rfm",
+            "/admin/analytics/flows/?dimension=rfm&grain=month",
+            "/admin/analytics/flows/?dimension=value_pyramid&grain=month",
+        ):
+            assert page in joined, joined
+        flows_line = next(line for line in first.analytics if "layer flows of RFM tiers" in line)
+        assert "largest: none" not in flows_line, flows_line
+        assert any("important_value" in line and "done" in line for line in first.analytics), first.analytics
+        assert any(line.startswith("  value pyramid (") and "Top 1%" in line for line in first.analytics)
 
         # When: the demo runs again
         second, _ = _run(tmp_path)

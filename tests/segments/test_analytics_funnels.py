@@ -187,3 +187,12 @@ def test_funnel__bad_input__error_names_the_field() -> None:
     with pytest.raises(AnalyticsInputError) as info:
         funnel(spec=spec(steps=(FunnelStep("visit", {"a.b": 1}),)))
     assert info.value.field == "steps.0.where"
+
+
+def test_funnel__nobody_entered__counts_zero_rates_null_with_reason_never_nan() -> None:
+    # Given events of the later steps only (nobody did step 1 in the range)
+    ev(CustomerFactory(), "add_to_cart", "2026-01-10T10:00:00")
+    result = funnel(spec=spec("visit", "add_to_cart"))
+    assert reached(result) == [0, 0]
+    assert [(s.conversion_from_previous, s.conversion_overall) for s in result.steps] == [(None, None), (None, None)]
+    assert all(s.reason == "nobody entered the funnel" for s in result.steps)

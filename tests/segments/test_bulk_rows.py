@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 from django.db import connection
 
-from segments.models import CustomerLayer, CustomerTag, LayerHistory, SegmentMembership
+from segments.models import CustomerLayer, CustomerTag, LayerHistory, SegmentMembership, TagHistory
 from tests.segments.conftest import World, recompute
 
-BULK_TABLES = [model._meta.db_table for model in (CustomerLayer, LayerHistory, CustomerTag, SegmentMembership)]
+BULK_TABLES = [
+    model._meta.db_table for model in (CustomerLayer, LayerHistory, CustomerTag, TagHistory, SegmentMembership)
+]
 
 
 @pytest.mark.postgres
