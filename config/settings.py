@@ -22,6 +22,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from config import queues
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("GROWTH_VAR_DIR", default=str(BASE_DIR / "var")))
 
@@ -342,6 +344,12 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # close_database). Tasks call close_old_connections() first, which honours CONN_MAX_AGE and
 # CONN_HEALTH_CHECKS, so a broken connection is still replaced.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
+# Queues by kind of work (config/queues.py): sending per channel, deciding, recomputes,
+# conversion refreshes, imports. A worker without -Q consumes them all (the embedded
+# default, the demo); a fleet binds each worker to some (README, "Production layout").
+CELERY_TASK_DEFAULT_QUEUE = queues.DEFAULT
+CELERY_TASK_QUEUES = queues.queues()
+CELERY_TASK_ROUTES = queues.ROUTES
 
 # --- Worker heartbeat (config/health.py, config/celery.py) -------------------------------
 # Every worker records a heartbeat in the cache this often; /readyz and the admin say
