@@ -31,21 +31,25 @@ unless a test adds one) the router answers None and Django uses ``default`` as a
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ContextDecorator
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
 
 logger = logging.getLogger(__name__)
 
 REPLICA = "replica"
 _reading: contextvars.ContextVar[bool] = contextvars.ContextVar("replica_reads", default=False)
+# The alias a multi-statement read (reading_transaction) chose: all its reads stay on it.
+_pinned: contextvars.ContextVar[str | None] = contextvars.ContextVar("replica_pinned", default=None)
 
 
 class replica_reads(ContextDecorator):  # a decorator and a context manager, like transaction.atomic
@@ -132,11 +136,40 @@ def replica_status(*, refresh: bool = False) -> ReplicaStatus:
 
 
 def _read_alias() -> str | None:
+    pinned = _pinned.get()
+    if pinned is not None:
+        return pinned
     if not _reading.get() or not replica_configured():
         return None
     if connections["default"].in_atomic_block:
         return None  # the transaction's own writes are on the primary only
     return REPLICA if replica_status().usable else None
+
+
+def reading_alias() -> str:
+    """Where a read made now goes: the replica inside ``replica_reads`` while it is fresh,
+    else ``default``. For raw SQL (``reading_connection``), which routers never see."""
+    return _read_alias() or "default"
+
+
+def reading_connection() -> Any:
+    """The connection for a raw-SQL read (aggregations, analytics statements)."""
+    return connections[reading_alias()]
+
+
+@contextlib.contextmanager
+def reading_transaction() -> Iterator[str]:
+    """One transaction, on the reading alias chosen once, for reads that must see one
+    snapshot (several statements of one report); every read inside goes to that alias,
+    raw SQL through ``reading_connection`` and the ORM through the router. A standby
+    serves read-only transactions."""
+    alias = reading_alias()
+    token = _pinned.set(alias)
+    try:
+        with transaction.atomic(using=alias):
+            yield alias
+    finally:
+        _pinned.reset(token)
 
 
 class ReplicaRouter:

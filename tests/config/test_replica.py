@@ -90,6 +90,22 @@ def test_router__reads_inside_replica_reads__served_by_the_replica(standby) -> N
     assert replica.replica_status().usable
 
 
+def test_reading_transaction__raw_sql_inside_replica_reads__one_snapshot_on_the_replica(standby) -> None:  # type: ignore[no-untyped-def]
+    # Given the replica one customer behind the primary
+    _first_replayed_then_second_not(standby)
+    # When a report's raw statements and ORM reads run in one reading transaction
+    with replica_reads(), replica.reading_transaction() as alias:
+        with replica.reading_connection().cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM segments_customer WHERE external_id LIKE %s", [PREFIX + "%"])
+            raw = cursor.fetchone()[0]
+        orm = _ours()
+        in_recovery = replica.reading_connection().cursor().execute("SELECT pg_is_in_recovery()").fetchone()[0]
+    # Then all of them ran on the replica
+    assert (alias, raw, orm, in_recovery) == ("replica", 1, {PREFIX + "first"}, True)
+    # and outside replica_reads raw SQL reads the primary
+    assert replica.reading_connection().alias == "default"
+
+
 def test_router__replica_lags_beyond_the_bound__reads_the_primary(standby, settings) -> None:  # type: ignore[no-untyped-def]
     _first_replayed_then_second_not(standby)
     time.sleep(1.2)
