@@ -41,12 +41,22 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import bench_database, django_env, emit, ensure_services, gunicorn, log, machine  # noqa: E402
+from bench.common import (  # noqa: E402
+    REDIS_PORT,
+    bench_database,
+    django_env,
+    emit,
+    ensure_services,
+    gunicorn,
+    log,
+    machine,
+    require_tool,
+)
 
 NAME = "assignment"
-REDIS_PORT = int(os.environ.get("REDIS_PORT", 63799))
 CACHE_URL = f"redis://127.0.0.1:{REDIS_PORT}/7"  # the experiments engineer's cache DB
 BROKER_URL = f"redis://127.0.0.1:{REDIS_PORT}/6"
+WRK = "wrk"  # its path, found (or installed) by require_tool in main()
 BULK_FLOOR_S = 20.0
 ASSIGNED_FLOOR = 0.5
 FIRST_TIME_FLOOR = 0.25
@@ -271,7 +281,7 @@ def _wrk(
         handle.write(script)
     try:
         out = subprocess.run(
-            ["wrk", "-t2", "-c16", f"-d{duration:g}s", "--timeout", "10s", "--latency", "-s", handle.name, base],
+            [WRK, "-t2", "-c16", f"-d{duration:g}s", "--timeout", "10s", "--latency", "-s", handle.name, base],
             capture_output=True,
             text=True,
             timeout=duration + 60,
@@ -412,6 +422,9 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
 
+    if not args.skip_http:  # checked (and installed) before any work, not after the in-process part
+        global WRK
+        WRK = require_tool("wrk", package="wrk")
     output: dict[str, Any] = {"benchmark": NAME, "machine_before": machine()}
     if not args.skip_inprocess:
         output["inprocess"] = inprocess()

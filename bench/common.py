@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,12 +23,32 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
-PG_HOST, PG_PORT, PG_USER, PG_PASSWORD = "127.0.0.1", int(os.environ.get("PG_PORT", 54329)), "growth", "growth"
-REDIS_PORT = int(os.environ.get("REDIS_PORT", 63799))
+
+
+def _server() -> tuple[str, int, str, str, int]:
+    """The benchmark servers: ``DATABASE_URL``'s PostgreSQL server (host, port, user,
+    password) when it names one (``scripts/bench.sh`` exports it), else ``PG_PORT`` on
+    loopback (``scripts/services.sh``'s port, 54329 by default); Redis from
+    ``CELERY_BROKER_URL``'s port, else ``REDIS_PORT`` (63799)."""
+    host, port, user, password = "127.0.0.1", int(os.environ.get("PG_PORT", 54329)), "growth", "growth"
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith(("postgres://", "postgresql://", "pgsql://")):
+        parts = urlsplit(url)
+        host, port = parts.hostname or host, parts.port or port
+        user, password = unquote(parts.username or user), unquote(parts.password or password)
+    redis_port = int(os.environ.get("REDIS_PORT", 63799))
+    broker = os.environ.get("CELERY_BROKER_URL", "")
+    if broker.startswith("redis://"):
+        redis_port = urlsplit(broker).port or redis_port
+    return host, port, user, password, redis_port
+
+
+PG_HOST, PG_PORT, PG_USER, PG_PASSWORD, REDIS_PORT = _server()
 
 
 def log(message: str) -> None:
@@ -119,10 +140,36 @@ def database_url(name: str) -> str:
 
 
 def ensure_services() -> None:
-    """Start the shared PostgreSQL + Redis if they are not running (never stops them)."""
-    status = subprocess.run([str(ROOT / "scripts" / "services.sh"), "status"], cwd=ROOT, capture_output=True)
-    if status.returncode != 0:
-        subprocess.run([str(ROOT / "scripts" / "services.sh"), "start"], cwd=ROOT, check=True, capture_output=True)
+    """Start the project's PostgreSQL + Redis (``scripts/services.sh``, on ``PG_PORT`` /
+    ``REDIS_PORT``) if they are not running (never stops them). A server named by
+    ``DATABASE_URL`` that already answers is used as it is."""
+    if os.environ.get("DATABASE_URL", "").startswith(("postgres", "pgsql")) and _answers(PG_HOST, PG_PORT):
+        return
+    env = {**os.environ, "PG_PORT": str(PG_PORT), "REDIS_PORT": str(REDIS_PORT)}
+    script = str(ROOT / "scripts" / "services.sh")
+    if subprocess.run([script, "status"], cwd=ROOT, env=env, capture_output=True).returncode != 0:
+        subprocess.run([script, "start"], cwd=ROOT, env=env, check=True, capture_output=True)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require_tool(command: str, *, package: str) -> str:
+    """The path of ``command``; when missing, install Debian's ``package`` with
+    ``scripts/system-deps.sh`` (as ``make test`` does), or fail saying what to install."""
+    found = shutil.which(command)
+    if found is None:
+        log(f"{command} is missing: installing Debian's {package} (scripts/system-deps.sh)")
+        subprocess.run([str(ROOT / "scripts" / "system-deps.sh")], cwd=ROOT, check=False)
+        found = shutil.which(command)
+    if found is None:
+        raise SystemExit(f"{command} is required: apt-get install {package} (or run scripts/system-deps.sh as root)")
+    return found
 
 
 def _admin_connection() -> Any:

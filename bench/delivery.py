@@ -35,7 +35,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import bench_database, django_env, emit, ensure_services, log, machine, manage  # noqa: E402
+from bench.common import (  # noqa: E402
+    PG_PORT,
+    bench_database,
+    django_env,
+    emit,
+    ensure_services,
+    log,
+    machine,
+    manage,
+    require_tool,
+)
 from tests.campaigns.peers import PrivateRedis, SmtpSink, Worker, wait_until  # noqa: E402
 
 FLOOR_SECONDS = 120.0
@@ -184,10 +194,17 @@ def main() -> None:
         action="store_true",
         help="Skip the experiment (no assignment, no exposures): isolates the outbox and send path.",
     )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="The worker reaches PostgreSQL through PgBouncer in transaction pooling mode (scripts/services.sh "
+        "start-pgbouncer); saved as delivery_pgbouncer.json. Compare with a direct run of the same size.",
+    )
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
 
     ensure_services()
+    bouncer_port = _pgbouncer_start() if args.pgbouncer else None
     redis = PrivateRedis().start()
     smtp = SmtpSink()
     smtp.keep_messages = False
@@ -219,7 +236,13 @@ def main() -> None:
             from campaigns.services.assignments import exposures_mode
 
             connection.close()
-            worker = Worker({**env, "LOG_LEVEL": "INFO"}, concurrency=args.concurrency, name="bench-delivery")
+            worker_env = {**env, "LOG_LEVEL": "INFO"}
+            if bouncer_port is not None:
+                worker_env.update(
+                    DATABASE_URL=database.replace(f":{PG_PORT}/", f":{bouncer_port}/"),
+                    DATABASE_TRANSACTION_POOLING="true",
+                )
+            worker = Worker(worker_env, concurrency=args.concurrency, name="bench-delivery")
             worker.start()
             log(f"anchor: {args.noop:,} no-op tasks")
             anchor = noop_anchor(redis, args.noop)
@@ -236,7 +259,7 @@ def main() -> None:
                     "customers": args.customers,
                     "worker_concurrency": args.concurrency,
                     "broker": "redis (private redis-server, appendonly)",
-                    "database": "PostgreSQL (shared server, own database)",
+                    "database": "PostgreSQL (shared server, own database)" + _via(bouncer_port),
                     "smtp": "aiosmtpd on loopback, in the benchmark process",
                     "experiment": "none (--no-experiment)"
                     if args.no_experiment
@@ -272,7 +295,22 @@ def main() -> None:
             worker.stop()
         smtp.stop()
         redis.cleanup()
-    emit("delivery", result, save=not args.no_save)
+    emit("delivery_pgbouncer" if args.pgbouncer else "delivery", result, save=not args.no_save)
+
+
+def _via(bouncer_port: int | None) -> str:
+    return f", the worker through PgBouncer on :{bouncer_port} (transaction pooling)" if bouncer_port else ""
+
+
+def _pgbouncer_start() -> int:
+    """PgBouncer in front of the benchmark server (scripts/services.sh, Debian's pgbouncer,
+    installed by scripts/system-deps.sh when missing); its port."""
+    require_tool("pgbouncer", package="pgbouncer")
+    env = {**os.environ, "PG_PORT": str(PG_PORT)}
+    script = str(ROOT / "scripts" / "services.sh")
+    subprocess.run([script, "start-pgbouncer"], cwd=ROOT, env=env, check=True, capture_output=True)
+    url = subprocess.run([script, "pgbouncer-url"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    return int(url.stdout.strip().rsplit(":", 1)[1].split("/")[0])
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from campaigns.models import (
 from campaigns.services import configure, editing, lifecycle, suppression
 from campaigns.services.offers import coupon_pool_upload
 from campaigns.services.render import content_preview
+from config.replica import replica_reads
 from segments.selectors import customer_get
 
 LAUNCH_PERM = "campaigns.launch_campaign"
@@ -837,7 +838,9 @@ class SuppressionAdmin(admin.ModelAdmin):
     def export_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        response = HttpResponse(suppression.suppressions_export(), content_type="text/csv; charset=utf-8")
+        with replica_reads():  # an export: the replica when fresh (config/replica.py)
+            body = suppression.suppressions_export()
+        response = HttpResponse(body, content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="suppressions.csv"'
         return response
 

@@ -35,6 +35,7 @@ from campaigns.playbook import (
     playbook_csv,
     playbook_unmeasured_queryset,
 )
+from config.replica import replica_reads
 from experiments.reports import present
 from experiments.stats import Interval
 
@@ -52,7 +53,8 @@ def playbook_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespon
     def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.has_perms(PERMISSIONS):
             raise PermissionDenied("You need the 'Can view lift reports' and 'Can view campaign' permissions.")
-        return view(request, *args, **kwargs)
+        with replica_reads():  # reading work: the replica when fresh (config/replica.py)
+            return view(request, *args, **kwargs)
 
     return admin.site.admin_view(guarded)
 

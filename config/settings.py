@@ -22,6 +22,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from config import queues
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("GROWTH_VAR_DIR", default=str(BASE_DIR / "var")))
 
@@ -156,6 +158,29 @@ else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# PgBouncer in transaction pooling mode between Django and PostgreSQL (DATABASE_URL names
+# PgBouncer): no server-side cursors (they outlive a transaction), no session state kept
+# across transactions. campaigns.services.delivery and segments.services.recompute read
+# this to avoid named prepared statements, session-keyed claims and session advisory locks.
+DATABASE_TRANSACTION_POOLING = env.bool("DATABASE_TRANSACTION_POOLING", default=False)
+if DATABASE_TRANSACTION_POOLING:
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+
+# An optional streaming read replica for reading work (reports, playbook, analytics,
+# exports): config/replica.py, with its freshness caveat and lag bound. Off unless set.
+if env.str("DATABASE_REPLICA_URL", default=""):
+    DATABASES["replica"] = {
+        **env.db_url("DATABASE_REPLICA_URL"),
+        "CONN_MAX_AGE": DATABASES["default"].get("CONN_MAX_AGE", 0),
+        "CONN_HEALTH_CHECKS": True,
+        "ATOMIC_REQUESTS": False,
+        # Tests read the test database through "default" instead of a second copy.
+        "TEST": {"MIRROR": "default"},
+    }
+DATABASE_ROUTERS = ["config.replica.ReplicaRouter"]
+DATABASE_REPLICA_MAX_LAG_SECONDS = env.float("DATABASE_REPLICA_MAX_LAG_SECONDS", default=5.0)
+DATABASE_REPLICA_CHECK_SECONDS = env.float("DATABASE_REPLICA_CHECK_SECONDS", default=1.0)
 
 IS_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql")
 
@@ -342,6 +367,12 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # close_database). Tasks call close_old_connections() first, which honours CONN_MAX_AGE and
 # CONN_HEALTH_CHECKS, so a broken connection is still replaced.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
+# Queues by kind of work (config/queues.py): sending per channel, deciding, recomputes,
+# conversion refreshes, imports. A worker without -Q consumes them all (the embedded
+# default, the demo); a fleet binds each worker to some (README, "Production layout").
+CELERY_TASK_DEFAULT_QUEUE = queues.DEFAULT
+CELERY_TASK_QUEUES = queues.queues()
+CELERY_TASK_ROUTES = queues.ROUTES
 
 # --- Worker heartbeat (config/health.py, config/celery.py) -------------------------------
 # Every worker records a heartbeat in the cache this often; /readyz and the admin say

@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 names=("$@")
+# Tools the benchmarks need (wrk for bench/assignment.py): installed where missing.
+scripts/system-deps.sh
 [ ${#names[@]} -eq 0 ] && names=(ingest segments assignment report delivery decisions analytics scaling)
+# PG_PORT / REDIS_PORT choose the ports (scripts/services.sh); the benchmarks read the URLs below.
 if ! scripts/services.sh status; then trap 'scripts/services.sh stop' EXIT; fi
 scripts/services.sh start
 set -a; eval "$(scripts/services.sh env)"; set +a

@@ -7,9 +7,12 @@
 #   scripts/services.sh status              # exit 0 when both are up
 #   scripts/services.sh env                 # print the URLs to export
 #   scripts/services.sh pg-datadir          # print where the PostgreSQL cluster lives
+#   scripts/services.sh start-pgbouncer | stop-pgbouncer   # PgBouncer, transaction pooling
+#   scripts/services.sh start-replica | stop-replica       # a streaming replica (pg_basebackup)
 #
 # PostgreSQL refuses to run as root; as root the cluster runs as the 'postgres' system
-# user (created by Debian's package). Ports: PG_PORT (54329) and REDIS_PORT (63799).
+# user (created by Debian's package). Ports: PG_PORT (54329) and REDIS_PORT (63799); the
+# replica listens on REPLICA_PORT (PG_PORT + 10), PgBouncer on PGBOUNCER_PORT (PG_PORT + 20).
 #
 # The cluster lives in var/services/pg, unless we are root and the 'postgres' user cannot
 # reach that folder (a checkout under /root, or any folder of mode 700 on the way): then
@@ -22,6 +25,8 @@ VAR=$(realpath -m "${GROWTH_SERVICES_DIR:-$ROOT/var/services}")
 PG_PORT=${PG_PORT:-54329}
 REDIS_PORT=${REDIS_PORT:-63799}
 REDIS_DIR=$VAR/redis
+REPLICA_PORT=${REPLICA_PORT:-$((PG_PORT + 10))}
+PGBOUNCER_PORT=${PGBOUNCER_PORT:-$((PG_PORT + 20))}
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 
 as_pg() {
@@ -81,6 +86,95 @@ pg_stop() {
   as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null 2>&1 || true
 }
 
+# --- Streaming replica --------------------------------------------------------------------
+# A hot standby of the cluster above, cloned with pg_basebackup (-R writes standby.signal and
+# primary_conninfo) over the replication connection initdb's pg_hba.conf allows from
+# 127.0.0.1. Its max_connections must be at least the primary's (hot standby refuses less).
+REPLICA_DATA=$(dirname "$PG_DATA")/pg-replica
+
+replica_start() {
+  "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" || { echo "no PostgreSQL on 127.0.0.1:$PG_PORT (start it first)" >&2; exit 1; }
+  if [ ! -s "$REPLICA_DATA/PG_VERSION" ]; then
+    rm -rf "$REPLICA_DATA"
+    mkdir -p "$REPLICA_DATA"; chmod 700 "$REPLICA_DATA"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$REPLICA_DATA"
+    as_pg env PGPASSWORD=growth "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U growth \
+      -D "$REPLICA_DATA" -R -X stream -c fast >/dev/null
+  fi
+  if ! as_pg "$PG_BIN/pg_ctl" -D "$REPLICA_DATA" status >/dev/null 2>&1; then
+    as_pg "$PG_BIN/pg_ctl" -D "$REPLICA_DATA" -l "$REPLICA_DATA/server.log" -w -t 60 start -o \
+      "-c listen_addresses=127.0.0.1 -c port=$REPLICA_PORT -c unix_socket_directories=$REPLICA_DATA \
+       -c max_connections=300 -c shared_buffers=128MB -c hot_standby=on -c hot_standby_feedback=on \
+       -c fsync=off -c jit=off" >/dev/null
+  fi
+  echo "PostgreSQL replica on 127.0.0.1:$REPLICA_PORT"
+}
+
+replica_stop() {
+  [ -s "$REPLICA_DATA/PG_VERSION" ] || return 0
+  as_pg "$PG_BIN/pg_ctl" -D "$REPLICA_DATA" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# --- PgBouncer ----------------------------------------------------------------------------
+# Debian's pgbouncer in front of the cluster, transaction pooling: a server connection is
+# lent to a client for one transaction. It runs as the cluster's user (it refuses root).
+BOUNCER_DIR=$(dirname "$PG_DATA")/pgbouncer
+
+pgbouncer_bin() { command -v pgbouncer 2>/dev/null || ls /usr/sbin/pgbouncer 2>/dev/null; }
+
+pgbouncer_start() {
+  local bin; bin=$(pgbouncer_bin) || { echo "PgBouncer is not installed (scripts/system-deps.sh)" >&2; exit 1; }
+  "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" || { echo "no PostgreSQL on 127.0.0.1:$PG_PORT (start it first)" >&2; exit 1; }
+  mkdir -p "$BOUNCER_DIR"
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$BOUNCER_DIR"
+  if PGPASSWORD=growth "$PG_BIN/psql" -h 127.0.0.1 -p "$PGBOUNCER_PORT" -U growth -d growth -tAc "SELECT 1" \
+      >/dev/null 2>&1; then
+    echo "PgBouncer on 127.0.0.1:$PGBOUNCER_PORT"; return
+  fi
+  # The password in the clear: pgbouncer then answers SCRAM itself and logs in to the server.
+  echo '"growth" "growth"' > "$BOUNCER_DIR/userlist.txt"
+  cat > "$BOUNCER_DIR/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$PG_PORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGBOUNCER_PORT
+unix_socket_dir = $BOUNCER_DIR
+pidfile = $BOUNCER_DIR/pgbouncer.pid
+logfile = $BOUNCER_DIR/pgbouncer.log
+auth_type = scram-sha-256
+auth_file = $BOUNCER_DIR/userlist.txt
+pool_mode = transaction
+admin_users = growth
+max_client_conn = 1000
+default_pool_size = 40
+max_db_connections = 100
+server_reset_query =
+# Hand out idle server connections in turn (FIFO), not the most recent one first: a client
+# that leans on session state (prepared statements, advisory locks) then fails at once.
+server_round_robin = 1
+ignore_startup_parameters = extra_float_digits
+INI
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$BOUNCER_DIR"/*
+  chmod 600 "$BOUNCER_DIR/userlist.txt"
+  as_pg "$bin" -d -q "$BOUNCER_DIR/pgbouncer.ini"
+  for _ in $(seq 50); do
+    PGPASSWORD=growth "$PG_BIN/psql" -h 127.0.0.1 -p "$PGBOUNCER_PORT" -U growth -d growth -tAc "SELECT 1" \
+      >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  echo "PgBouncer on 127.0.0.1:$PGBOUNCER_PORT"
+}
+
+pgbouncer_stop() {
+  [ -s "$BOUNCER_DIR/pgbouncer.pid" ] || return 0
+  local pid; pid=$(cat "$BOUNCER_DIR/pgbouncer.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$BOUNCER_DIR/pgbouncer.pid"
+}
+
 redis_start() {
   command -v redis-server >/dev/null || { echo "Redis is not installed (apt-get install redis-server)" >&2; exit 1; }
   mkdir -p "$REDIS_DIR"
@@ -101,7 +195,11 @@ redis_stop() {
 
 case "${1:-}" in
   start) pg_start "${2:-}"; redis_start ;;
-  stop) redis_stop; pg_stop; echo "stopped" ;;
+  stop) redis_stop; pgbouncer_stop; replica_stop; pg_stop; echo "stopped" ;;
+  start-replica) replica_start ;;
+  stop-replica) replica_stop ;;
+  start-pgbouncer) pgbouncer_start ;;
+  stop-pgbouncer) pgbouncer_stop ;;
   start-redis) redis_start ;;
   stop-redis) redis_stop ;;
   restart-redis) redis_stop; redis_start ;;
@@ -114,5 +212,8 @@ case "${1:-}" in
     echo "CELERY_BROKER_URL=redis://127.0.0.1:$REDIS_PORT/0"
     echo "CACHE_URL=redis://127.0.0.1:$REDIS_PORT/1"
     ;;
-  *) echo "usage: $0 start [--durable] | stop | start-redis | stop-redis | restart-redis | status | env | pg-datadir" >&2; exit 2 ;;
+  replica-url) echo "postgres://growth:growth@127.0.0.1:$REPLICA_PORT/growth" ;;
+  pgbouncer-url) echo "postgres://growth:growth@127.0.0.1:$PGBOUNCER_PORT/growth" ;;
+  *) echo "usage: $0 start [--durable] | stop | start-redis | stop-redis | restart-redis | status | env | pg-datadir" \
+       "| start-replica | stop-replica | replica-url | start-pgbouncer | stop-pgbouncer | pgbouncer-url" >&2; exit 2 ;;
 esac

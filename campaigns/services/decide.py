@@ -384,11 +384,12 @@ def recipients_decide(*, campaign: Campaign, targets: Sequence[Target], now: dt.
     for d in deliveries:
         label = d.status if d.status != Delivery.Status.SUPPRESSED else f"suppressed:{d.reason}"
         counts[label] = counts.get(label, 0) + 1
-    pending = tuple(d.pk for d in deliveries if d.status == Delivery.Status.PENDING)
+    channels = {d.pk: d.channel for d in deliveries if d.status == Delivery.Status.PENDING}
+    pending = tuple(channels)
     if pending:
         from campaigns.services.outbox import deliveries_enqueue_on_commit
 
-        deliveries_enqueue_on_commit(delivery_ids=pending, marked=True)
+        deliveries_enqueue_on_commit(delivery_ids=pending, marked=True, channels=channels)
     return DecideResult(recipients=len(decisions), pending_ids=pending, counts=counts)
 
 

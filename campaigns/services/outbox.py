@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from django.utils import timezone
 from campaigns import conf
 from campaigns.models import AudienceBatch, Campaign, Delivery
 from campaigns.services import bulk
+from config import queues
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,13 @@ def chunked(items: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(items[start : start + size])
 
 
-def deliveries_enqueue(*, delivery_ids: Sequence[int], countdown: float | None = None, marked: bool = False) -> int:
+def deliveries_enqueue(
+    *,
+    delivery_ids: Sequence[int],
+    countdown: float | None = None,
+    marked: bool = False,
+    channels: Mapping[int, str] | None = None,
+) -> int:
     """Publish ``deliveries_send`` tasks of ``task_batch`` ids; return how many ids were
     published. A broker failure is logged, not raised: the rows stay in the outbox.
 
@@ -83,23 +90,51 @@ def deliveries_enqueue(*, delivery_ids: Sequence[int], countdown: float | None =
     transaction writes ``enqueued_at`` with the row, saving one write per message): for
     those only the ids the broker refused are cleared, so the next sweep publishes them.
     A process that dies between the commit and the publish leaves marked rows stamped:
-    the sweeper publishes them ``requeue_after_seconds`` later."""
+    the sweeper publishes them ``requeue_after_seconds`` later.
+
+    Each task goes to its deliveries' channel's queue (``config.queues.send_queue``);
+    ``channels`` (id -> channel), when the caller has them, saves reading them."""
     ids = sorted(delivery_ids)
     published: list[int] = []
-    for chunk in chunked(ids, conf.get().task_batch):
-        try:
-            task_publish(
-                TASK_DELIVERIES_SEND, args=[chunk], countdown=countdown, retry=True, retry_policy=PUBLISH_RETRY
-            )
-        except Exception as exc:  # noqa: BLE001 - any broker failure: the sweeper publishes later
-            logger.warning("broker unavailable, %d deliveries left in the outbox: %r", len(ids) - len(published), exc)
+    failed = False
+    for queue, channel_ids in _by_send_queue(ids, channels).items():
+        for chunk in chunked(channel_ids, conf.get().task_batch):
+            try:
+                task_publish(
+                    TASK_DELIVERIES_SEND,
+                    args=[chunk],
+                    countdown=countdown,
+                    queue=queue,
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY,
+                )
+            except Exception as exc:  # noqa: BLE001 - any broker failure: the sweeper publishes later
+                left = len(ids) - len(published)
+                logger.warning("broker unavailable, %d deliveries left in the outbox: %r", left, exc)
+                failed = True
+                break
+            published += chunk
+        if failed:
             break
-        published += chunk
     if marked:
-        _stamp(ids[len(published) :], None)
+        done = set(published)
+        _stamp([pk for pk in ids if pk not in done], None)
     elif published and countdown is None:
         _stamp(published, timezone.now())
     return len(published)
+
+
+def _by_send_queue(ids: Sequence[int], channels: Mapping[int, str] | None) -> dict[str, list[int]]:
+    """Sorted ``ids`` grouped by their channel's sending queue (``config.queues``), the
+    channels read in one query per 5,000 ids unless given: each channel's workers take only
+    its messages. An id whose row is gone goes to the first channel's queue (the task skips it)."""
+    channel_of: dict[int, str] = dict(channels or {})
+    for chunk in chunked([pk for pk in ids if pk not in channel_of], 5000):
+        channel_of.update(Delivery.objects.filter(bulk.id_in(Delivery, "id", chunk)).values_list("id", "channel"))
+    grouped: dict[str, list[int]] = {}
+    for pk in ids:
+        grouped.setdefault(queues.send_queue(channel_of.get(pk, "")), []).append(pk)
+    return grouped
 
 
 def _stamp(delivery_ids: Sequence[int], enqueued_at: dt.datetime | None) -> None:
@@ -109,9 +144,11 @@ def _stamp(delivery_ids: Sequence[int], enqueued_at: dt.datetime | None) -> None
         )
 
 
-def deliveries_enqueue_on_commit(*, delivery_ids: Sequence[int], marked: bool = False) -> None:
+def deliveries_enqueue_on_commit(
+    *, delivery_ids: Sequence[int], marked: bool = False, channels: Mapping[int, str] | None = None
+) -> None:
     ids = list(delivery_ids)
-    transaction.on_commit(lambda: deliveries_enqueue(delivery_ids=ids, marked=marked))
+    transaction.on_commit(lambda: deliveries_enqueue(delivery_ids=ids, marked=marked, channels=channels))
 
 
 def audience_batches_enqueue(*, batch_ids: Sequence[int]) -> int:
@@ -179,9 +216,10 @@ def outbox_sweep(*, now: dt.datetime | None = None) -> SweepResult:
         .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
         .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lte=stale_before))
         .order_by("pk")
-        .values_list("pk", flat=True)[:SWEEP_LIMIT]
+        .values_list("pk", "channel")[:SWEEP_LIMIT]
     )
-    enqueued = deliveries_enqueue(delivery_ids=list(stale))
+    channels = dict(stale)
+    enqueued = deliveries_enqueue(delivery_ids=list(channels), channels=channels)
     batches = list(
         AudienceBatch.objects.filter(done_at__isnull=True, campaign__status=Campaign.Status.RUNNING)
         .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lte=stale_before))

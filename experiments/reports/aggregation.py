@@ -62,8 +62,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from django.core.exceptions import FieldDoesNotExist
-from django.db import connection, transaction
+from django.db import connection
 
+from config.replica import reading_connection, reading_transaction
 from experiments.models import Assignment, Conversion, Metric, SegmentSnapshot
 from segments import selectors as segment_selectors
 
@@ -220,7 +221,8 @@ def _population(alias: str) -> tuple[str, list[object]]:
 
 
 def _fetch(sql: str, params: Sequence[object]) -> list[tuple]:
-    with connection.cursor() as cursor:
+    # The replica inside replica_reads when fresh (config/replica.py), else the primary.
+    with reading_connection().cursor() as cursor:
         cursor.execute(sql, list(params))
         return list(cursor.fetchall())
 
@@ -347,7 +349,7 @@ def phase_counts(
         windows = dict(Metric.objects.filter(pk__in=metric_ids).values_list("pk", "window_hours"))
         cutoff_of = {m: as_of - dt.timedelta(hours=windows.get(m, 0)) for m in metric_ids}
     cutoffs = sorted(set(cutoff_of.values()))
-    with transaction.atomic():
+    with reading_transaction():  # one snapshot, on the replica or the primary (config/replica.py)
         customers = _customers(phase_id, cutoffs)
         converted = _conversions(phase_id, metric_ids, cutoff_of or None)
         exposures = _daily_exposures(phase_id) if daily else []

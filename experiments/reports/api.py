@@ -23,6 +23,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from access.models import Scope
+from config.replica import replica_reads
 from experiments.reports.assemble import ADJUSTMENTS, ExperimentNotFound, report_build
 from experiments.reports.exports import report_json
 from experiments.reports.results import Report
@@ -127,6 +128,7 @@ class ExperimentReportView(APIView):
         },
         tags=["reports"],
     )
+    @replica_reads()  # reading work: the replica when fresh (config/replica.py)
     def get(self, request: Request, key: str) -> HttpResponse:
         adjustment = request.query_params.get("adjustment")  # None: the plan's correction
         if adjustment is not None and adjustment not in ADJUSTMENTS:

@@ -28,6 +28,7 @@ from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 from django.utils.safestring import SafeString
 
+from config.replica import replica_reads
 from experiments.models import Experiment
 from experiments.reports import charts, planner, present
 from experiments.reports.api import BOOLEANS
@@ -51,7 +52,8 @@ def report_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
     def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.has_perm(PERMISSION):
             raise PermissionDenied("You need the 'Can view lift reports' permission.")
-        return view(request, *args, **kwargs)
+        with replica_reads():  # reading work: the replica when fresh (config/replica.py)
+            return view(request, *args, **kwargs)
 
     return admin.site.admin_view(guarded)
 

@@ -27,9 +27,9 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Literal
 
-from django.db import connection
 from django.utils import timezone
 
+from config.replica import reading_connection
 from segments.analytics import sql
 from segments.analytics.errors import AnalyticsInputError
 from segments.models import Dimension, EventType
@@ -108,7 +108,7 @@ def layer_flows(
         f"WHERE x.period >= {dp} AND x.period <= {dp} "
         "GROUP BY x.period, COALESCE(lp.key, ''), ln.key ORDER BY x.period, COUNT(*) DESC, 2, 3"
     )
-    with connection.cursor() as cursor:
+    with reading_connection().cursor() as cursor:  # the replica when fresh (config/replica.py)
         cursor.execute(statement, [dimension_id, first.isoformat(), last.isoformat()])
         rows = cursor.fetchall()
     moves = tuple(LayerMove(sql.as_date(p), f, t, int(n)) for p, f, t, n in rows)
@@ -153,7 +153,7 @@ def lifecycle_counts(
         "FROM buckets bk LEFT JOIN marks m ON m.b = bk.b GROUP BY bk.b ORDER BY bk.b"
     )
     params: list[object] = [first.isoformat(), last.isoformat(), *type_ids]
-    with connection.cursor() as cursor:
+    with reading_connection().cursor() as cursor:  # the replica when fresh (config/replica.py)
         cursor.execute(statement, params)
         rows = cursor.fetchall()
     periods = tuple(

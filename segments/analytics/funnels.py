@@ -36,9 +36,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from django.db import connection
 from django.utils import timezone
 
+from config.replica import reading_connection
 from segments.analytics import sql
 from segments.analytics.errors import AnalyticsInputError
 from segments.models import Dimension, EventType
@@ -334,7 +334,7 @@ def funnel(*, spec: FunnelSpec) -> FunnelResult:
     """Reached, conversion and median time per step, overall and per breakdown group."""
     r = _resolve(spec)
     statement, params = funnel_sql(r, sql.vendor())
-    with connection.cursor() as cursor:
+    with reading_connection().cursor() as cursor:  # the replica when fresh (config/replica.py)
         cursor.execute(statement, params)
         rows = cursor.fetchall()
     counts: dict[str | None, dict[int, int]] = defaultdict(dict)

@@ -33,9 +33,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
-from django.db import connection
 from django.utils import timezone
 
+from config.replica import reading_connection
 from segments.analytics import sql
 from segments.analytics.errors import AnalyticsInputError
 from segments.models import Dimension, EventType
@@ -329,7 +329,7 @@ def _headlines(rows: list[tuple]) -> dict[str, tuple[Headline, ...]]:
 
 
 def _run(statement: str, params: list[object]) -> list[tuple]:
-    with connection.cursor() as cursor:
+    with reading_connection().cursor() as cursor:  # the replica when fresh (config/replica.py)
         cursor.execute(statement, params)
         return list(cursor.fetchall())
 

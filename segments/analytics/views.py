@@ -23,6 +23,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path
 
+from config.replica import replica_reads
 from segments.analytics import exports
 from segments.analytics.errors import AnalyticsInputError
 from segments.analytics.flows import layer_flows, lifecycle_counts
@@ -40,7 +41,8 @@ def analytics_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
     def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.has_perm(PERMISSION):
             raise PermissionDenied("You need the 'Can view customer' permission.")
-        return view(request, *args, **kwargs)
+        with replica_reads():  # reading work: the replica when fresh (config/replica.py)
+            return view(request, *args, **kwargs)
 
     return admin.site.admin_view(guarded)
 

@@ -25,6 +25,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from access.models import Scope
+from config.replica import replica_reads
 from segments.analytics import exports
 from segments.analytics.errors import AnalyticsInputError
 from segments.analytics.flows import LayerFlows, LifecycleCounts, layer_flows, lifecycle_counts
@@ -109,6 +110,7 @@ class RetentionView(APIView):
         responses={200: OpenApiResponse(response=exports.dataclass_schema(RetentionTable)), **ERRORS},
         tags=["analytics"],
     )
+    @replica_reads()  # reading work: the replica when fresh (config/replica.py)
     def get(self, request: Request) -> HttpResponse:
         table = _computed(lambda: retention_table(spec=retention_spec(_params(request))))
         if self.csv:
@@ -134,6 +136,7 @@ class FunnelView(APIView):
         responses={200: OpenApiResponse(response=exports.dataclass_schema(FunnelResult)), **ERRORS},
         tags=["analytics"],
     )
+    @replica_reads()  # reading work: the replica when fresh (config/replica.py)
     def get(self, request: Request) -> HttpResponse:
         result = _computed(lambda: funnel(spec=funnel_spec(_params(request))))
         if self.csv:
@@ -152,6 +155,7 @@ class RetentionCsvView(RetentionView):
         responses={(200, "text/csv"): OpenApiResponse(response=OpenApiTypes.STR), **ERRORS},
         tags=["analytics"],
     )
+    @replica_reads()  # reading work: the replica when fresh (config/replica.py)
     def get(self, request: Request) -> HttpResponse:
         return super().get(request)
 
@@ -167,6 +171,7 @@ class FunnelCsvView(FunnelView):
         responses={(200, "text/csv"): OpenApiResponse(response=OpenApiTypes.STR), **ERRORS},
         tags=["analytics"],
     )
+    @replica_reads()  # reading work: the replica when fresh (config/replica.py)
     def get(self, request: Request) -> HttpResponse:
         return super().get(request)
 
@@ -201,6 +206,7 @@ class LayerFlowsView(APIView):
         responses={200: OpenApiResponse(response=exports.dataclass_schema(LayerFlows)), **ERRORS},
         tags=["analytics"],
     )
+    @replica_reads()  # reading work: the replica when fresh (config/replica.py)
     def get(self, request: Request) -> HttpResponse:
         flows = _computed(lambda: layer_flows(**flows_args(_params(request))))
         if self.csv:
@@ -227,6 +233,7 @@ class LifecycleView(APIView):
         responses={200: OpenApiResponse(response=exports.dataclass_schema(LifecycleCounts)), **ERRORS},
         tags=["analytics"],
     )
+    @replica_reads()  # reading work: the replica when fresh (config/replica.py)
     def get(self, request: Request) -> HttpResponse:
         counts = _computed(lambda: lifecycle_counts(**lifecycle_args(_params(request))))
         if self.csv:
@@ -245,6 +252,7 @@ class LayerFlowsCsvView(LayerFlowsView):
         responses={(200, "text/csv"): OpenApiResponse(response=OpenApiTypes.STR), **ERRORS},
         tags=["analytics"],
     )
+    @replica_reads()  # reading work: the replica when fresh (config/replica.py)
     def get(self, request: Request) -> HttpResponse:
         return super().get(request)
 
@@ -260,6 +268,7 @@ class LifecycleCsvView(LifecycleView):
         responses={(200, "text/csv"): OpenApiResponse(response=OpenApiTypes.STR), **ERRORS},
         tags=["analytics"],
     )
+    @replica_reads()  # reading work: the replica when fresh (config/replica.py)
     def get(self, request: Request) -> HttpResponse:
         return super().get(request)
 

@@ -9,6 +9,9 @@ A recompute of one target (``dimension:<key>``, ``tag:<code>`` or ``segment:<key
      its connection and so its lock, which makes stale "running" rows exact to detect:
      whoever gets the lock marks any "running" row of the target as failed
      ("abandoned"), then starts.
+   - Behind PgBouncer in transaction pooling (``DATABASE_TRANSACTION_POOLING``) a
+     session lock would be taken on one server connection and released on another (or
+     never): the "running" row guards instead, as on SQLite.
    - SQLite (one writer at a time anyway): the "running" row itself, protected by the
      partial unique constraint ``recompute_one_running_per_target``; a "running" row
      older than ``GROWTH["RECOMPUTE_STALE_AFTER_SECONDS"]`` (default 6 h) is taken to be
@@ -104,7 +107,7 @@ class _Guard:
     def acquire(self, *, trigger: str, as_of: dt.datetime) -> RecomputeRun | None:
         now = timezone.now()
         running = RecomputeRun.objects.filter(target=self.target, status=RecomputeRun.Status.RUNNING)
-        if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql" and not getattr(settings, "DATABASE_TRANSACTION_POOLING", False):
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", list(self.key))
                 self.locked = bool(cursor.fetchone()[0])

@@ -99,8 +99,10 @@ def worker_factory(
         "PYTHONUNBUFFERED": "1",
     }
 
-    def make(concurrency: int = 2, *, start: bool = True, **env: str) -> Worker:
-        worker = Worker({**base_env, **env}, concurrency=concurrency, name=f"campaigns-test-{len(workers)}")
+    def make(concurrency: int = 2, *, start: bool = True, queues: str = "", **env: str) -> Worker:
+        worker = Worker(
+            {**base_env, **env}, concurrency=concurrency, name=f"campaigns-test-{len(workers)}", queues=queues
+        )
         workers.append(worker)
         return worker.start() if start else worker
 

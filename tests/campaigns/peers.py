@@ -265,9 +265,12 @@ class PrivateRedis:
 class Worker:
     """``celery -A config worker`` as a real process group, started with its own environment."""
 
-    def __init__(self, env: dict[str, str], *, concurrency: int = 2, name: str = "campaigns-test") -> None:
+    def __init__(
+        self, env: dict[str, str], *, concurrency: int = 2, name: str = "campaigns-test", queues: str = ""
+    ) -> None:
         self.env = env
         self.concurrency = concurrency
+        self.queues = queues  # ``-Q``: comma-separated queues; "" consumes every queue (config/queues.py)
         self.name = name
         self.log_path = Path(tempfile.mkstemp(prefix="campaigns-worker-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
@@ -290,6 +293,7 @@ class Worker:
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *(["--queues", self.queues] if self.queues else []),
             ],
             cwd=ROOT,
             env=self.env,

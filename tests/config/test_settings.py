@@ -54,6 +54,36 @@ def test_settings__production_env__uses_postgres_redis_broker_and_cache() -> Non
     assert cache == "django_redis.cache.RedisCache" or cache.endswith("RedisCache")
 
 
+def test_settings__replica_url_and_pooling__replica_alias_mirrored_in_tests_and_no_server_cursors() -> None:
+    code = (
+        "from django.conf import settings as s; r = s.DATABASES['replica'];"
+        "print(r['HOST'], r['PORT'], r['TEST']['MIRROR'], s.DATABASE_ROUTERS[0],"
+        " s.DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS'], s.DATABASE_TRANSACTION_POOLING)"
+    )
+    env = {
+        **PRODUCTION_ENV,
+        "DATABASE_REPLICA_URL": "postgres://growth:secret@replica.internal:5432/growth",
+        "DATABASE_TRANSACTION_POOLING": "true",
+    }
+    result = _manage("shell", "-c", code, **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-6:] == [
+        "replica.internal", "5432", "default", "config.replica.ReplicaRouter", "True", "True"
+    ]  # fmt: skip
+    deploy = _manage("check", "--deploy", "--fail-level", "WARNING", **env)
+    assert deploy.returncode == 0, deploy.stderr + deploy.stdout
+
+
+def test_settings__no_replica_url__one_database_and_server_cursors_allowed() -> None:
+    code = (
+        "from django.conf import settings as s;"
+        "print(sorted(s.DATABASES), s.DATABASES['default'].get('DISABLE_SERVER_SIDE_CURSORS', False))"
+    )
+    result = _manage("shell", "-c", code, **PRODUCTION_ENV)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "['default'] False"
+
+
 def test_settings__embedded_default__sqlite_and_filesystem_broker(tmp_path: Path) -> None:
     code = "from django.conf import settings as s; print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL)"
     result = _manage("shell", "-c", code, DJANGO_DEBUG="true", GROWTH_VAR_DIR=str(tmp_path))

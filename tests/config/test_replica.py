@@ -1,0 +1,148 @@
+"""Reading work on a real streaming replica (pg_basebackup, started on loopback by
+scripts/services.sh): reads inside ``replica_reads`` go to it while it is fresh, and to the
+primary when it lags beyond the bound, cannot be reached, or inside a transaction."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from django.db import connection, connections, transaction
+
+from config import replica
+from config.replica import replica_reads
+from segments.models import Customer
+from tests.pgservers import conninfo, replica_port
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+PREFIX = "replica-test-"
+
+
+def _attach(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replica as the ``replica`` alias, registered as a dynamically created connection
+    (the test case forbids aliases of connections.settings it was not told about); with
+    DATABASE_REPLICA_URL the settings declare it (tests/config/test_settings.py)."""
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    connections[replica.REPLICA] = DatabaseWrapper({**connection.settings_dict, "PORT": port}, replica.REPLICA)
+    monkeypatch.setattr(replica, "replica_configured", lambda: True)
+    replica.replica_status_forget()
+
+
+def _detach() -> None:
+    with contextlib.suppress(Exception):
+        connections[replica.REPLICA].close()
+    with contextlib.suppress(AttributeError):
+        del connections[replica.REPLICA]
+    replica.replica_status_forget()
+
+
+@pytest.fixture
+def standby(settings, monkeypatch) -> Iterator[psycopg.Connection]:  # type: ignore[no-untyped-def]
+    """The replica attached as the ``replica`` alias; yields a superuser session on it."""
+    port = replica_port(connection.settings_dict)
+    settings.DATABASE_REPLICA_CHECK_SECONDS = 0  # measure the lag at every read
+    settings.DATABASE_REPLICA_MAX_LAG_SECONDS = 3600
+    _attach(port, monkeypatch)
+    session = psycopg.connect(**conninfo(connection.settings_dict, port=port), autocommit=True)
+    try:
+        yield session
+    finally:
+        session.execute("SELECT pg_wal_replay_resume()")
+        session.close()
+        _detach()
+
+
+def _replayed(session: psycopg.Connection, external_id: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if session.execute("SELECT 1 FROM segments_customer WHERE external_id = %s", [external_id]).fetchone():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{external_id} not replayed on the replica after {timeout}s")
+
+
+def _ours() -> set[str]:
+    return set(Customer.objects.filter(external_id__startswith=PREFIX).values_list("external_id", flat=True))
+
+
+def _first_replayed_then_second_not(standby: psycopg.Connection) -> None:
+    Customer.objects.create(external_id=PREFIX + "first")
+    _replayed(standby, PREFIX + "first")
+    standby.execute("SELECT pg_wal_replay_pause()")
+    Customer.objects.create(external_id=PREFIX + "second")
+
+
+def test_router__reads_inside_replica_reads__served_by_the_replica(standby) -> None:  # type: ignore[no-untyped-def]
+    # Given a customer replayed on the replica, then replay paused and a second customer added
+    _first_replayed_then_second_not(standby)
+    # When reading work reads (the bound is an hour: the replica counts as fresh)
+    with replica_reads():
+        routed = Customer.objects.all().db
+        seen = _ours()
+    # Then it read the replica, which has not replayed the second; other reads, the primary
+    assert routed == "replica"
+    assert seen == {PREFIX + "first"}
+    assert _ours() == {PREFIX + "first", PREFIX + "second"}
+    assert replica.replica_status().usable
+
+
+def test_reading_transaction__raw_sql_inside_replica_reads__one_snapshot_on_the_replica(standby) -> None:  # type: ignore[no-untyped-def]
+    # Given the replica one customer behind the primary
+    _first_replayed_then_second_not(standby)
+    # When a report's raw statements and ORM reads run in one reading transaction
+    with replica_reads(), replica.reading_transaction() as alias:
+        with replica.reading_connection().cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM segments_customer WHERE external_id LIKE %s", [PREFIX + "%"])
+            raw = cursor.fetchone()[0]
+        orm = _ours()
+        in_recovery = replica.reading_connection().cursor().execute("SELECT pg_is_in_recovery()").fetchone()[0]
+    # Then all of them ran on the replica
+    assert (alias, raw, orm, in_recovery) == ("replica", 1, {PREFIX + "first"}, True)
+    # and outside replica_reads raw SQL reads the primary
+    assert replica.reading_connection().alias == "default"
+
+
+def test_router__replica_lags_beyond_the_bound__reads_the_primary(standby, settings) -> None:  # type: ignore[no-untyped-def]
+    _first_replayed_then_second_not(standby)
+    time.sleep(1.2)
+    settings.DATABASE_REPLICA_MAX_LAG_SECONDS = 1
+    with replica_reads():
+        routed = Customer.objects.all().db
+        seen = _ours()
+    status = replica.replica_status()
+    assert (routed, seen) == ("default", {PREFIX + "first", PREFIX + "second"})
+    assert not status.usable and status.lag_seconds is not None and status.lag_seconds > 1
+    # Once replay resumes and catches up, reading work goes back to the replica
+    standby.execute("SELECT pg_wal_replay_resume()")
+    _replayed(standby, PREFIX + "second")
+    with replica_reads():
+        assert Customer.objects.all().db == "replica"
+
+
+def test_router__inside_a_transaction__reads_the_primary(standby) -> None:  # type: ignore[no-untyped-def]
+    with transaction.atomic(), replica_reads():
+        Customer.objects.create(external_id=PREFIX + "mine")
+        assert Customer.objects.all().db == "default"
+        assert _ours() == {PREFIX + "mine"}
+
+
+def test_router__replica_unreachable__reads_the_primary(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    settings.DATABASE_REPLICA_CHECK_SECONDS = 0
+    _attach(1, monkeypatch)  # nothing listens on port 1
+    try:
+        Customer.objects.create(external_id=PREFIX + "only")
+        with replica_reads():
+            assert _ours() == {PREFIX + "only"}
+            assert Customer.objects.all().db == "default"
+        assert replica.replica_status().reason.startswith("unreachable")
+    finally:
+        _detach()
+
+
+def test_router__no_replica_configured__reads_the_primary() -> None:
+    with replica_reads():
+        assert Customer.objects.all().db == "default"
