@@ -1,0 +1,227 @@
+"""Sufficient statistics of value metrics from the database (issue 15).
+
+For one metric of one phase the database returns, per ``(variant, snapshot)`` cell,
+
+    n, sum v_i, sum v_i v_j       (i <= j over the metric's per-customer variables)
+
+in ONE ``GROUP BY`` over a derived table of the analysis population (the same population as
+``aggregation``: exposed, not conflicting, window closed at ``as_of`` when open windows are
+excluded).  Each customer's variables are correlated subqueries on the events index
+``(customer, event_type, occurred_at)`` inside ``[first_exposed_at, first_exposed_at +
+window)``; with CUPED each also over ``[first_exposed_at - lookback, first_exposed_at)``.
+No per-customer row leaves the database.  The cells are rolled up to the overall row and to
+every layer in Python (a few hundred cells, exact ``Moments`` addition).
+
+Money is exact: per customer the amounts are summed as integer hundredths
+(``segments.money.AmountSum``), so every sum and product is an integer (SQLite: 64-bit,
+which fails loudly rather than wrap above ~9.2e18 hundredths^2; PostgreSQL: ``SUM`` over
+bigint is numeric), scaled back to currency units exactly as ``Decimal``.
+
+Capping (``Metric.cap_percentile``): the cap is the nearest-rank percentile of the post
+values over all customers of the phase (``experiments.stats.cap_rank``), found by the
+database with ``ORDER BY v LIMIT 1 OFFSET rank - 1``; the sums then use ``MIN(v, cap)``
+(``CASE``, portable); the pre-period twin is capped at the same cap.  One more pass.
+
+Currency: value metrics over amounts need one currency.  The distinct currencies of the
+events involved (since the phase's start minus the lookback) are read first; more than one,
+or one other than ``Experiment.reporting_currency``, makes the metric undefined with a
+reason naming them.  Amounts are never summed across currencies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db import connection
+from django.db.models import (
+    Case,
+    Count,
+    DateTimeField,
+    Exists,
+    ExpressionWrapper,
+    IntegerField,
+    OuterRef,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce
+
+from experiments.metric_kinds import Variable, kind_of
+from experiments.models import Assignment, Metric, Phase, SegmentSnapshot
+from experiments.stats import Moments, Reason, cap_rank
+from segments import selectors as segment_selectors
+from segments.money import UNIT, AmountSum
+
+__all__ = ["ValueCells", "value_cells"]
+
+
+@dataclass(frozen=True, slots=True)
+class ValueCells:
+    """A value metric's moments per variant (overall) and per (dimension, layer, variant).
+
+    Variables: the metric kind's post variables, then (``cuped``) their pre-period twins in
+    the same order.  ``undefined`` (e.g. ``mixed_currencies``) means no moments at all.
+    """
+
+    metric_id: int
+    variables: int
+    cuped: bool
+    overall: dict[int, Moments]
+    layers: dict[tuple[str, str | None], dict[int, Moments]]
+    cap: Decimal | None = None
+    currency: str | None = None
+    undefined: dict[str, Reason] = field(default_factory=dict)
+
+
+def _shift(reference: OuterRef, hours: float) -> ExpressionWrapper:
+    return ExpressionWrapper(reference + Value(dt.timedelta(hours=hours)), output_field=DateTimeField())
+
+
+def _aggregate(
+    variable: Variable, event_type_id: int, start: ExpressionWrapper | OuterRef, end: ExpressionWrapper | OuterRef
+):
+    events = segment_selectors.events_queryset().filter(
+        customer_id=OuterRef("customer_id"),
+        event_type_id=event_type_id,
+        occurred_at__gte=start,
+        occurred_at__lt=end,
+    )
+    if variable.part == "conversion":
+        return Case(When(Exists(events), then=Value(1)), default=Value(0), output_field=IntegerField())
+    per_customer = events.values("customer_id")
+    value = per_customer.annotate(v=Count("id") if variable.part == "count" else AmountSum("amount")).values("v")
+    return Coalesce(Subquery(value, output_field=IntegerField()), Value(0), output_field=IntegerField())
+
+
+def _expression(variable: Variable, start, end):
+    value = _aggregate(variable, variable.event_type_id, start, end)
+    if variable.part == "sum" and variable.refund_event_type_id:
+        refunds = _aggregate(variable, variable.refund_event_type_id, start, end)
+        return ExpressionWrapper(value - refunds, output_field=IntegerField())
+    return value
+
+
+def _currencies(phase: Phase, variables: tuple[Variable, ...], lookback_days: int) -> list[str]:
+    type_ids = {v.event_type_id for v in variables if v.money} | {
+        v.refund_event_type_id for v in variables if v.money and v.refund_event_type_id
+    }
+    if not type_ids:
+        return []
+    population = Assignment.objects.filter(phase=phase, first_exposed_at__isnull=False).values("customer_id")
+    since = phase.started_at - dt.timedelta(days=lookback_days)
+    found = (
+        segment_selectors.events_queryset()
+        .filter(event_type_id__in=type_ids, amount__isnull=False, occurred_at__gte=since)
+        .filter(customer_id__in=population)
+        .values_list("currency", flat=True)
+        .distinct()
+    )
+    return sorted(set(found))
+
+
+def _q(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def value_cells(*, phase: Phase, metric: Metric, as_of: dt.datetime | None, reporting_currency: str = "") -> ValueCells:
+    """Moments of ``metric`` (a value kind, or a conversion with CUPED) per cell of ``phase``."""
+    kind = kind_of(metric)
+    post = kind.variables(metric)
+    k = len(post)
+    lookback = int(metric.cuped_lookback_days)
+    cuped = lookback > 0
+
+    currencies = _currencies(phase, post, lookback)
+    wanted = reporting_currency or (currencies[0] if len(currencies) == 1 else "")
+    if len(currencies) > 1 or (reporting_currency and currencies and currencies != [reporting_currency]):
+        reason = Reason(
+            "mixed_currencies",
+            f"The events of this metric use {', '.join(currencies)}"
+            + (f" but the experiment reports in {reporting_currency}" if reporting_currency else "")
+            + ": amounts in different currencies are never added up. Set one reporting currency and send "
+            "amounts in it.",
+        )
+        return ValueCells(metric.pk, k, cuped, {}, {}, None, None, {"moments": reason})
+
+    population = Assignment.objects.filter(phase=phase, first_exposed_at__isnull=False, conflicting_exposure=False)
+    if as_of is not None:
+        population = population.filter(first_exposed_at__lte=as_of - dt.timedelta(hours=metric.window_hours))
+    first = OuterRef("first_exposed_at")
+    annotations = {f"v{i}": _expression(v, first, _shift(first, metric.window_hours)) for i, v in enumerate(post)}
+    if cuped:
+        annotations |= {f"v{k + i}": _expression(v, _shift(first, -24 * lookback), first) for i, v in enumerate(post)}
+    names = list(annotations)
+    inner = population.annotate(**annotations).values("variant_id", "snapshot_id", *names)
+    inner_sql, params = inner.query.sql_with_params()
+    columns = [f"t.{_q(name)}" for name in names]
+
+    cap: int | None = None
+    capped = [False] * len(names)
+    if metric.cap_percentile is not None and metric.kind != Metric.Kind.CONVERSION:
+        for i, variable in enumerate(post):
+            if not variable.cappable:
+                continue
+            n = population.count()
+            rank = cap_rank(n, float(metric.cap_percentile))
+            if rank is None:
+                break
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT t.{_q(f'v{i}')} FROM ({inner_sql}) t ORDER BY 1 LIMIT 1 OFFSET %s", [*params, rank - 1]
+                )
+                cap = int(cursor.fetchone()[0])
+            capped[i] = True
+            if cuped:
+                capped[k + i] = True
+            break  # at most one capped variable per kind (the numerator)
+    values = [
+        f"(CASE WHEN {c} > {cap} THEN {cap} ELSE {c} END)" if capped[i] and cap is not None else c
+        for i, c in enumerate(columns)
+    ]
+    products = [(i, j) for i in range(len(values)) for j in range(i, len(values))]
+    select = ", ".join([f"SUM({v})" for v in values] + [f"SUM({values[i]} * {values[j]})" for i, j in products])
+    sql = (
+        f"SELECT t.{_q('variant_id')}, t.{_q('snapshot_id')}, COUNT(*), {select} FROM ({inner_sql}) t "
+        f"GROUP BY t.{_q('variant_id')}, t.{_q('snapshot_id')}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+
+    scale = [UNIT if (post[i % k].money) else 1 for i in range(len(names))]
+
+    def exact(raw: object, divisor: int) -> Decimal | int:
+        number = int(raw or 0)
+        return Decimal(number) / divisor if divisor != 1 else number
+
+    m = len(names)
+    cells: dict[tuple[int, int], Moments] = {}
+    for row in rows:
+        variant_id, snapshot_id, n = row[0], row[1], int(row[2])
+        sums = tuple(exact(row[3 + i], scale[i]) for i in range(m))
+        table: list[list[Decimal | int]] = [[0] * m for _ in range(m)]
+        for position, (i, j) in enumerate(products):
+            table[i][j] = table[j][i] = exact(row[3 + m + position], scale[i] * scale[j])
+        cells[(variant_id, snapshot_id)] = Moments(n, sums, tuple(tuple(r) for r in table))
+
+    snapshot_layers: dict[int, dict[str, str]] = dict(
+        SegmentSnapshot.objects.filter(pk__in={s for _, s in cells}).values_list("id", "layers")
+    )
+    dimensions = sorted({d for layers in snapshot_layers.values() for d in layers})
+    overall: dict[int, Moments] = {}
+    layers: dict[tuple[str, str | None], dict[int, Moments]] = defaultdict(dict)
+
+    def add(target: dict[int, Moments], variant_id: int, moments: Moments) -> None:
+        target[variant_id] = target[variant_id] + moments if variant_id in target else moments
+
+    for (variant_id, snapshot_id), moments in cells.items():
+        add(overall, variant_id, moments)
+        found = snapshot_layers.get(snapshot_id, {})
+        for dimension in dimensions:
+            add(layers[(dimension, found.get(dimension))], variant_id, moments)
+    cap_value = (Decimal(cap) / UNIT if post[0].money else Decimal(cap)) if cap is not None else None
+    return ValueCells(metric.pk, k, cuped, overall, dict(layers), cap_value, wanted or None)
