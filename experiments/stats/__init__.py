@@ -187,7 +187,7 @@ from experiments.stats.capping import cap_rank
 from experiments.stats.cuped import CupedResult, cuped
 from experiments.stats.guardrails import HarmTest, harm_test
 from experiments.stats.interaction import Cell, HeterogeneityResult, heterogeneity
-from experiments.stats.means import DISTRIBUTIONS, ValueComparison, compare_values, welch_df
+from experiments.stats.means import DISTRIBUTIONS, ValueComparison, compare_values, value_harm_test, welch_df
 from experiments.stats.moments import Estimate, MeanOf, Moments, RatioOf, Statistic, estimate
 from experiments.stats.multiple_testing import adjust
 from experiments.stats.power import (
@@ -274,6 +274,7 @@ __all__ = [
     "sequential_power",
     "sequential_sample_size",
     "srm",
+    "value_harm_test",
     "value_sample_size",
     "verdict",
     "welch_df",

@@ -41,7 +41,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from scipy import stats
+from scipy import special, stats
 
 from experiments.stats._common import (
     Interval,
@@ -51,6 +51,7 @@ from experiments.stats._common import (
     _two_sided_p,
     _z_crit,
 )
+from experiments.stats.guardrails import HarmTest
 from experiments.stats.moments import NO_TRAFFIC, TOO_FEW, Estimate
 
 Distribution = Literal["t", "normal"]
@@ -102,6 +103,41 @@ class ValueComparison:
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(self)
+
+    @property
+    def z(self) -> float | None:
+        """The test statistic (t or z), under the name the conversion comparisons use."""
+        return self.statistic
+
+
+def value_harm_test(
+    comparison: ValueComparison, margin: float = 0.0, alpha: float = 0.05, expected_n: float | None = None
+) -> HarmTest:
+    """One-sided harm test of a value metric: H1 value_t - value_c > margin (in the
+    metric's units).  Fixed horizon: p = 1 - Phi((d - margin) / se), lower bound
+    d - z_{1-alpha} se (normal, as the delta method); sequential (``comparison.sequential``):
+    the one-sided normal-mixture bound and always-valid p (``experiments.stats.sequential``)."""
+    from experiments.stats.sequential import (
+        DEFAULT_EXPECTED_N,
+        always_valid_p_one_sided,
+        cs_halfwidth_one_sided,
+        mixture_rho,
+    )
+
+    alpha = _check_probability("alpha", alpha)
+    if not (math.isfinite(margin) and margin >= 0.0):
+        raise ValueError(f"margin must be >= 0, got {margin!r}")
+    d, se = comparison.absolute_lift, comparison.se
+    if d is None or se is None:
+        reason = comparison.undefined.get("p_value") or ZERO_VARIANCE
+        return HarmTest(margin, comparison.sequential, None, None, {"p_value": reason, "bound": reason})
+    if comparison.sequential:
+        n = comparison.control.n + comparison.treatment.n
+        rho = mixture_rho(alpha, expected_n or DEFAULT_EXPECTED_N, two_sided=False)
+        p = always_valid_p_one_sided(d, se, n, rho, null=margin)
+        return HarmTest(margin, True, p, d - cs_halfwidth_one_sided(se, n, alpha, rho))
+    p = float(special.ndtr(-(d - margin) / se))
+    return HarmTest(margin, False, p, d - float(-special.ndtri(alpha)) * se)
 
 
 def welch_df(vt: float, nt: int, vc: float, nc: int) -> float:
