@@ -146,6 +146,13 @@ class Experiment(models.Model):
         help_text="Currency of the value metrics (ISO 4217). Empty: the one currency the events use; "
         "events in any other currency make value metrics undefined, never summed together.",
     )
+    currency_rates = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='The declared conversion rule: {"USD": "0.92"} = 1 USD counts as 0.92 of the reporting '
+        "currency; each event's amount is converted at this rate and rounded to the cent. A currency "
+        "without a rate makes value metrics undefined.",
+    )
 
     # The analysis plan (issue 14): set while the experiment is a draft; ``experiment_start``
     # (and every new phase) freezes it, with the metrics, into the phase's ``AnalysisPlan``,
@@ -160,6 +167,8 @@ class Experiment(models.Model):
         "alpha",
         "correction",
         "confirmatory_dimensions",
+        "reporting_currency",
+        "currency_rates",
     )
 
     class InferenceMode(models.TextChoices):

@@ -1152,6 +1152,7 @@ def report_build(
                 metric=metric,
                 as_of=now if exclude_open_windows else None,
                 reporting_currency=experiment.reporting_currency,
+                currency_rates=experiment.currency_rates,
             )
         info = MetricInfo(
             event_type=metric.key,

@@ -23,15 +23,20 @@ database with ``ORDER BY v LIMIT 1 OFFSET rank - 1``; the sums then use ``MIN(v,
 (``CASE``, portable); the pre-period twin is capped at the same cap.  One more pass.
 
 Currency: value metrics over amounts need one currency.  The distinct currencies of the
-events involved (since the phase's start minus the lookback) are read first; more than one,
-or one other than ``Experiment.reporting_currency``, makes the metric undefined with a
-reason naming them.  Amounts are never summed across currencies.
+events involved (since the phase's start minus the lookback) are read first; a currency
+other than ``Experiment.reporting_currency`` (or, without one, a second currency) is
+converted only by the declared rule, ``Experiment.currency_rates`` (``{"USD": "0.92"}``:
+each event's amount x rate, rounded to the cent); a currency without a declared rate makes
+the metric undefined with a reason naming it.  Amounts are never summed across currencies
+silently.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -83,11 +88,32 @@ def _currencies(phase: Phase, variables: tuple[Variable, ...], lookback_days: in
     return sorted(set(found))
 
 
+def _rates(raw: Mapping[str, object]) -> dict[str, Decimal]:
+    """Validated declared rates: ISO codes to positive decimals (anything else is ignored,
+    so that currency counts as undeclared and is refused)."""
+    out = {}
+    for code, value in raw.items():
+        try:
+            rate = Decimal(str(value))
+        except ArithmeticError:
+            continue
+        if re.fullmatch(r"[A-Z]{3}", str(code)) and rate.is_finite() and rate > 0:
+            out[str(code)] = rate
+    return out
+
+
 def _q(name: str) -> str:
     return connection.ops.quote_name(name)
 
 
-def value_cells(*, phase: Phase, metric: Metric, as_of: dt.datetime | None, reporting_currency: str = "") -> ValueCells:
+def value_cells(
+    *,
+    phase: Phase,
+    metric: Metric,
+    as_of: dt.datetime | None,
+    reporting_currency: str = "",
+    currency_rates: Mapping[str, object] | None = None,
+) -> ValueCells:
     """Moments of ``metric`` (a value kind, or a conversion with CUPED) per cell of ``phase``."""
     kind = kind_of(metric)
     post = kind.variables(metric)
@@ -97,15 +123,23 @@ def value_cells(*, phase: Phase, metric: Metric, as_of: dt.datetime | None, repo
 
     currencies = _currencies(phase, post, lookback)
     wanted = reporting_currency or (currencies[0] if len(currencies) == 1 else "")
-    if len(currencies) > 1 or (reporting_currency and currencies and currencies != [reporting_currency]):
+    rates = _rates(currency_rates or {})
+    foreign = [c for c in currencies if c != wanted]
+    missing = [c for c in foreign if c not in rates] if wanted else foreign
+    if missing:
         reason = Reason(
             "mixed_currencies",
             f"The events of this metric use {', '.join(currencies)}"
-            + (f" but the experiment reports in {reporting_currency}" if reporting_currency else "")
-            + ": amounts in different currencies are never added up. Set one reporting currency and send "
-            "amounts in it.",
+            + (
+                f" but the experiment reports in {wanted} with no declared rate for {', '.join(missing)}"
+                if wanted
+                else ""
+            )
+            + ": amounts in different currencies are never added up. Declare a reporting currency and a rate "
+            "for each other currency (the experiment's currency rates).",
         )
         return ValueCells(metric.pk, k, cuped, {}, {}, None, None, {"moments": reason})
+    converted = {c: rates[c] for c in foreign}
 
     population = Assignment.objects.filter(phase=phase, first_exposed_at__isnull=False, conflicting_exposure=False)
     if as_of is not None:
@@ -125,10 +159,23 @@ def value_cells(*, phase: Phase, metric: Metric, as_of: dt.datetime | None, repo
     ).values("id", "customer_id", "variant_id", "snapshot_id", "w_start", "w_end", "pre_start")
     bounds_sql, bounds_params = bounds.query.sql_with_params()
     event_table = _q(segment_selectors.events_queryset().model._meta.db_table)
-    amount = (
+    integer = "bigint" if connection.vendor == "postgresql" else "INTEGER"
+    exact = (
         "CAST(e.amount * 100 AS bigint)"
         if connection.vendor == "postgresql"
-        else "CAST(ROUND(e.amount * 100) AS INTEGER)"
+        else f"CAST(ROUND(e.amount * 100) AS {integer})"
+    )
+    # The declared rule: another currency's amount x its rate, rounded to the cent per event.
+    # Codes and rates are validated (``_rates``) before they are written into the SQL.
+    amount = (
+        "(CASE "
+        + " ".join(
+            f"WHEN e.{_q('currency')} = '{code}' THEN CAST(ROUND(e.amount * {rate} * 100) AS {integer})"
+            for code, rate in sorted(converted.items())
+        )
+        + f" ELSE {exact} END)"
+        if converted
+        else exact
     )
     assert UNIT == 100
 

@@ -153,7 +153,7 @@ def test_value_cells__net_of_refunds_and_capped__hand_worked() -> None:
     assert not cells.cuped and got.k == 1
 
 
-def test_value_cells__mixed_currencies__undefined_never_summed() -> None:
+def test_value_cells__mixed_currencies__undefined_unless_a_declared_rate_converts() -> None:
     experiment = experiment_create(metrics=(("order", "primary"),))
     metric = _metric(experiment, kind=Metric.Kind.SUM)
     phase, by_variant = _population(experiment, [Group("control", 2), Group("treatment", 2)])
@@ -174,6 +174,19 @@ def test_value_cells__mixed_currencies__undefined_never_summed() -> None:
     assert only_eur.undefined == {}  # counts carry no money
     assert (
         value_cells(phase=phase, metric=metric, as_of=None, reporting_currency="GBP").undefined["moments"].code
+        == "mixed_currencies"
+    )
+    # A declared rule converts: 10.00 USD at 0.5 counts as 5.00 EUR (per event, to the cent)
+    converted = value_cells(
+        phase=phase, metric=metric, as_of=None, reporting_currency="EUR", currency_rates={"USD": "0.5"}
+    )
+    assert converted.undefined == {} and converted.currency == "EUR"
+    assert sum(m.sums[0] for m in converted.overall.values()) == Decimal("15.00")
+    # ... and a bad or missing rate is no rule at all
+    assert (
+        value_cells(phase=phase, metric=metric, as_of=None, reporting_currency="EUR", currency_rates={"USD": "-1"})
+        .undefined["moments"]
+        .code
         == "mixed_currencies"
     )
 
