@@ -15,6 +15,7 @@ from scipy import stats as sps
 
 from experiments.models import Assignment, Metric
 from experiments.reports.assemble import report_build
+from experiments.reports.views import _row_view
 from experiments.services.conversions import conversions_refresh
 from segments.models import Event, EventType
 from tests.experiments.report_builders import PHASE_START, Group, experiment_create, populate
@@ -116,6 +117,11 @@ def test_report_revenue_metric__cuped__equals_ols_with_centred_pre_and_shows_red
     within = df.revenue - df.groupby("treatment").revenue.transform("mean")
     assert row.cuped.variance_reduction == pytest.approx(1 - (fit.resid**2).sum() / (within**2).sum(), rel=1e-9)
     assert row.cuped.variance_reduction > 0
+    # The page shows values and lifts in the metric's units (not points) and what CUPED did
+    view = _row_view(row)
+    assert str(view.lines[0].rate) == f"{row.arms[0].value:,.2f}"
+    assert "pts" not in str(view.lines[1].absolute) and "pts" not in str(view.lines[1].absolute_ci)
+    assert any(note.startswith("CUPED (14-day lookback) removed") for note in view.lines[1].notes)
     # and the layer rows are adjusted within the layer
     (dimension,) = report.primary.dimensions
     assert dimension.layers[0].cuped.applied
