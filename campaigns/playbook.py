@@ -39,6 +39,13 @@ Each column is the campaign's own analysis: the report of its experiment's curre
 campaign decided (an experiment a campaign owns is assigned by nobody else, see
 ``experiments.services.ownership``); ``Column.reached`` counts them.
 
+Incremental revenue per 1,000 customers (issue 15) = the absolute lift of the experiment's
+revenue metric (a ``sum`` metric: the primary if it is one, else the first secondary) in the
+same row x 1,000; the offer's cost per 1,000 = the coupon's face value (amount-off offers)
+x the variant's ``coupon_redeemed`` rate in that row x 1,000; net = revenue - cost: whether
+the offer pays for itself in the tier. A percent-off or points offer has no face value in
+money: its cost is undefined (with the reason), never guessed.
+
 Incremental conversions per 1,000 customers = absolute lift x 1,000
 = (treatment rate - control rate) x 1,000: how many more of 1,000 customers of the layer
 convert with the variant than with the control. Its interval is the report's 95% interval
@@ -158,10 +165,29 @@ class VariantLift:
     absolute_lift: float | None
     absolute_lift_ci: Interval | None
     adjusted_p_value: float | None
+    # Incremental value (issue 15), from the experiment's revenue metric (a ``sum`` metric,
+    # the primary if it is one, else the first secondary) in the same row: revenue per
+    # 1,000 customers = its absolute lift x 1,000; the offer's cost per 1,000 = the coupon's
+    # face value x redemptions per customer in this variant (its ``coupon_redeemed`` rate)
+    # x 1,000; net = revenue - cost. ``None`` with the reason in ``value_undefined``.
+    revenue_metric: str = ""
+    currency: str = ""
+    revenue_per_1000: float | None = None
+    revenue_per_1000_ci: Interval | None = None
+    offer_cost_per_1000: float | None = None
+    net_revenue_per_1000: float | None = None
+    value_undefined: tuple[tuple[str, str], ...] = ()
 
     @property
     def per_1000(self) -> float | None:
-        """Incremental conversions per 1,000 customers = absolute lift x 1,000."""
+        """Incremental revenue per 1,000 customers (issue 15) = the absolute lift of the experiment's
+        revenue metric (a ``sum`` metric: the primary if it is one, else the first secondary) in the
+        same row x 1,000; the offer's cost per 1,000 = the coupon's face value (amount-off offers)
+        x the variant's ``coupon_redeemed`` rate in that row x 1,000; net = revenue - cost: whether
+        the offer pays for itself in the tier. A percent-off or points offer has no face value in
+        money: its cost is undefined (with the reason), never guessed.
+
+        Incremental conversions per 1,000 customers = absolute lift x 1,000."""
         return None if self.absolute_lift is None else self.absolute_lift * PER
 
     @property
@@ -250,10 +276,15 @@ class _Offers:
     def __init__(self, campaigns: Sequence[Campaign]) -> None:
         self.by_campaign: dict[int, dict[tuple[str, str | None, str], str]] = {c.pk: {} for c in campaigns}
         self.split_layers: dict[int, set[str | None]] = {c.pk: {None} for c in campaigns}
+        # Offer name -> face value when redeemed (amount off), None when it has no money value.
+        self.face_value: dict[str, tuple[float, str] | None] = {}
         rows = Treatment.objects.filter(campaign__in=[c.pk for c in campaigns]).select_related("offer", "layer")
         for t in rows:
             layer_key = t.layer.key if t.layer_id else None
             offer = t.offer.name if t.offer_id else ""
+            if t.offer_id:
+                amount_off = t.offer.benefit_kind == t.offer.BenefitKind.AMOUNT_OFF
+                self.face_value[offer] = (float(t.offer.value), t.offer.currency) if amount_off else None
             self.by_campaign[t.campaign_id][(t.variant_key, layer_key, t.referral_role)] = offer
             self.split_layers[t.campaign_id].add(layer_key)
 
@@ -286,14 +317,82 @@ class _Offers:
         return " / ".join(sorted(names))
 
 
-def _variant_lift(report: Report, row: RowResult, lift: LiftResult, offer: Callable[[str], str]) -> VariantLift:
+def _same_row(metric: MetricReport, row: RowResult) -> RowResult | None:
+    if row.dimension is None:
+        return metric.overall
+    dimension = next((d for d in metric.dimensions if d.key == row.dimension), None)
+    return next((r for r in dimension.layers if r.layer == row.layer), None) if dimension else None
+
+
+def _incremental_value(
+    report: Report, row: RowResult, variant: str, offer: str, face_value: dict[str, tuple[float, str] | None]
+) -> dict:
+    """Incremental revenue, offer cost and net per 1,000 customers (``VariantLift``)."""
+    undefined: dict[str, str] = {}
+    revenue_metrics = [m for m in report.metrics if m.metric.kind == "sum" and m.metric.role != "guardrail"]
+    revenue = next((m for m in revenue_metrics if m.metric.role == "primary"), None) or next(
+        iter(revenue_metrics), None
+    )
+    out: dict = {}
+    if revenue is None:
+        undefined["revenue_per_1000"] = "The experiment has no revenue metric (a sum of amount per customer)."
+    else:
+        same = _same_row(revenue, row)
+        lift = next((x for x in same.lifts if x.variant == variant), None) if same else None
+        out |= {"revenue_metric": revenue.metric.event_type, "currency": revenue.metric.currency or ""}
+        if lift is None or lift.absolute_lift is None:
+            why = lift.undefined.get("absolute_lift") if lift else None
+            undefined["revenue_per_1000"] = why.message if why else "No revenue lift in this row."
+        else:
+            out["revenue_per_1000"] = lift.absolute_lift * PER
+            ci = lift.absolute_lift_ci
+            out["revenue_per_1000_ci"] = Interval(ci.low * PER, ci.high * PER) if ci else None
+    cost: float | None = None
+    if not offer:
+        cost = 0.0
+    elif " / " in offer or face_value.get(offer) is None:
+        undefined["offer_cost_per_1000"] = (
+            "The offer has no face value in money (only amount-off coupons have one), or the variant gave several."
+        )
+    else:
+        redemptions = next((m for m in report.metrics if m.metric.event_type == "coupon_redeemed"), None)
+        same = _same_row(redemptions, row) if redemptions else None
+        arm = next((a for a in same.arms if a.variant == variant), None) if same else None
+        if arm is None or arm.rate is None:
+            undefined["offer_cost_per_1000"] = "The experiment does not measure coupon redemptions (coupon_redeemed)."
+        else:
+            value, currency = face_value[offer]  # type: ignore[misc]
+            if out.get("currency") and currency and currency != out["currency"]:
+                undefined["offer_cost_per_1000"] = f"The coupon is in {currency}, the revenue in {out['currency']}."
+            else:
+                cost = arm.rate * value * PER
+    if cost is not None:
+        out["offer_cost_per_1000"] = cost
+    if cost is not None and "revenue_per_1000" in out:
+        out["net_revenue_per_1000"] = out["revenue_per_1000"] - cost
+    elif revenue is not None:
+        undefined["net_revenue_per_1000"] = undefined.get("offer_cost_per_1000") or undefined.get(
+            "revenue_per_1000", ""
+        )
+    out["value_undefined"] = tuple(sorted(undefined.items()))
+    return out
+
+
+def _variant_lift(
+    report: Report,
+    row: RowResult,
+    lift: LiftResult,
+    offer: Callable[[str], str],
+    face_value: dict[str, tuple[float, str] | None] | None = None,
+) -> VariantLift:
     names = {v.key: v.name for v in report.variants}
     arms = {a.variant: a for a in row.arms}
     control = next((a for a in row.arms if a.is_control), None)
+    offer_name = offer(lift.variant)
     return VariantLift(
         variant=lift.variant,
         variant_name=names.get(lift.variant, lift.variant),
-        offer=offer(lift.variant),
+        offer=offer_name,
         verdict=lift.verdict.label,
         message=lift.verdict.message,
         customers=arms[lift.variant].customers if lift.variant in arms else 0,
@@ -303,11 +402,17 @@ def _variant_lift(report: Report, row: RowResult, lift: LiftResult, offer: Calla
         absolute_lift=lift.absolute_lift,
         absolute_lift_ci=lift.absolute_lift_ci,
         adjusted_p_value=lift.adjusted_p_value,
+        **_incremental_value(report, row, lift.variant, offer_name, face_value or {}),
     )
 
 
-def _cell(report: Report, row: RowResult, offer: Callable[[str], str]) -> Cell:
-    lifts = tuple(_variant_lift(report, row, lift, offer) for lift in row.lifts)
+def _cell(
+    report: Report,
+    row: RowResult,
+    offer: Callable[[str], str],
+    face_value: dict[str, tuple[float, str] | None] | None = None,
+) -> Cell:
+    lifts = tuple(_variant_lift(report, row, lift, offer, face_value) for lift in row.lifts)
     caveats = tuple(dict.fromkeys(c.message for lift in row.lifts for c in lift.verdict.caveats))
     if any(lift.family_kind != "confirmatory" for lift in row.lifts):
         significant = [v for v in lifts if v.verdict in (SIGNIFICANT_WIN, SIGNIFICANT_LOSS)]
@@ -484,7 +589,7 @@ def playbook_build(*, campaigns: Sequence[Campaign], now: dt.datetime | None = N
     overall_cells = tuple(
         no_reach
         if gone
-        else _cell(reports[c.experiment.key], p.overall, offer_of(c, None, None))  # type: ignore[arg-type, union-attr]
+        else _cell(reports[c.experiment.key], p.overall, offer_of(c, None, None), offers.face_value)  # type: ignore[arg-type, union-attr]
         if p is not None
         else no_report
         for c, p, gone in zip(campaigns, primaries, unreached, strict=True)
@@ -525,7 +630,7 @@ def playbook_build(*, campaigns: Sequence[Campaign], now: dt.datetime | None = N
                     cells.append(_no_customers(name, found is not None))
                 else:
                     report = reports[campaign.experiment.key]  # type: ignore[union-attr]
-                    cells.append(_cell(report, row, offer_of(campaign, dimension, layer)))  # type: ignore[arg-type]
+                    cells.append(_cell(report, row, offer_of(campaign, dimension, layer), offers.face_value))  # type: ignore[arg-type]
             rows.append(MatrixRow(layer, label, tuple(cells)))
         matrices.append(Matrix(dimension, name, tuple(rows)))
 
@@ -569,6 +674,13 @@ CSV_COLUMNS = (
     "incremental_conversions_per_1000",
     "incremental_conversions_per_1000_ci_low",
     "incremental_conversions_per_1000_ci_high",
+    "revenue_metric",
+    "currency",
+    "incremental_revenue_per_1000",
+    "incremental_revenue_per_1000_ci_low",
+    "incremental_revenue_per_1000_ci_high",
+    "offer_cost_per_1000",
+    "net_incremental_revenue_per_1000",
     "adjusted_p_value",
     "adjustment",
     "significant_losses",
@@ -626,6 +738,12 @@ def playbook_csv(playbook: Playbook, *, report_url: Callable[[str], str]) -> str
                     num(v.per_1000 if v else None),
                     per_low,
                     per_high,
+                    v.revenue_metric if v else "",
+                    v.currency if v else "",
+                    num(v.revenue_per_1000 if v else None),
+                    *_ci(v.revenue_per_1000_ci if v else None),
+                    num(v.offer_cost_per_1000 if v else None),
+                    num(v.net_revenue_per_1000 if v else None),
                     num(v.adjusted_p_value if v else None),
                     playbook.adjustment,
                     " | ".join(

@@ -128,6 +128,13 @@ def offers_ensure(*, plans: Sequence[OfferPlan]) -> dict[str, Offer]:
     return offers
 
 
+def _market_rates() -> dict[str, str]:
+    """1 unit of a market's currency in EUR: the inverse of the generator's price scale."""
+    from demo.generator import MARKETS
+
+    return {m.currency: f"{1.0 / m.price_scale:.6f}" for m in MARKETS if m.currency != "EUR"}
+
+
 def experiment_ensure(*, plan: ExperimentPlan, holdout: Holdout | None) -> Experiment:
     """Create (draft) and start the experiment unless it exists; start it if still a draft."""
     experiment = experiment_selectors.experiment_get(key=plan.key)
@@ -143,13 +150,28 @@ def experiment_ensure(*, plan: ExperimentPlan, holdout: Holdout | None) -> Exper
                     for v in plan.variants
                 ],
                 targeting=experiment_services.Targeting(holdout_id=holdout.pk if holdout else None),
-                metrics=[experiment_services.MetricSpec(event_type_code=plan.metric, window_hours=plan.window_hours)],
+                metrics=[experiment_services.MetricSpec(event_type_code=plan.metric, window_hours=plan.window_hours)]
+                + (
+                    [
+                        experiment_services.MetricSpec(
+                            event_type_code=plan.metric,
+                            role="secondary",
+                            window_hours=plan.window_hours,
+                            kind="sum",
+                        )
+                    ]
+                    if plan.value_metric
+                    else []
+                ),
                 minimum_detectable_effect=plan.minimum_detectable_effect,
                 plan={
                     "confirmatory_dimensions": list(plan.confirmatory_dimensions),
                     "fixed_audience": plan.fixed_audience,
                     "inference_mode": plan.inference_mode,
                     "planned_end_at": timezone.now() + DEMO_HORIZON if plan.inference_mode == "fixed" else None,
+                    # Revenue across the demo's markets: reported in EUR, other currencies
+                    # converted at the declared rate (the generator's price scale).
+                    **({"reporting_currency": "EUR", "currency_rates": _market_rates()} if plan.value_metric else {}),
                 },
             )
         except ValidationError as exc:

@@ -93,6 +93,10 @@ class Effect:
     variant: str
     layer: str | None
     lift: float
+    # A value effect (issue 15): the order value of this cell's reached converters is
+    # multiplied by this (0.25: a coupon that attracts small baskets), so conversion can
+    # rise while revenue per customer falls.
+    order_value: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,9 @@ class ExperimentPlan:
     confirmatory_dimensions: tuple[str, ...] = ()
     fixed_audience: bool = False
     inference_mode: str = "fixed"
+    # Also measure revenue per customer (``<metric>:sum``, a secondary value metric): where an
+    # offer lifts conversion but lowers order value, the report must show revenue falling.
+    value_metric: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,17 @@ class CampaignPlan:
 
     def lift_for(self, variant: str, layer: str | None) -> float:
         return sum(e.lift for e in self.effects if e.variant == variant and e.layer in (None, layer))
+
+    def order_value_for(self, variant: str, layer: str | None) -> float:
+        factor = 1.0
+        for e in self.effects:
+            if e.variant == variant and e.layer in (None, layer):
+                factor *= e.order_value
+        return factor
+
+    def value_planted(self) -> tuple[Effect, ...]:
+        """Effects that lower order value (the revenue metric should fall there)."""
+        return tuple(e for e in self.effects if e.order_value < 1.0)
 
     def planted(self) -> set[tuple[str | None, str]]:
         """(layer or None for the overall row, variant) cells with a true effect."""
@@ -369,6 +387,7 @@ NEW_USER = CampaignPlan(
         ),
         metric="order",
         window_hours=7 * 24,
+        value_metric=True,
     ),
     treatments=(
         TreatmentPlan(
@@ -397,7 +416,10 @@ NEW_USER = CampaignPlan(
     ),
     evaluate_dimension=None,
     baseline={"*": 0.10},
-    effects=(Effect("starter_coupon", None, 0.18),),
+    # The coupon converts many more new users, but into trial-size first baskets (a tenth of
+    # the usual order value): revenue per customer falls although conversion rises (issue
+    # 15). Strong on purpose: a few hundred new users per arm at the default scale.
+    effects=(Effect("starter_coupon", None, 0.18, order_value=0.1),),
     ends_after_days=60,
 )
 

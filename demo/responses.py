@@ -135,6 +135,10 @@ def responses_simulate(
         at = exposed_at + dt.timedelta(seconds=1 + (MAX_DELAY_SECONDS - 1) * uniform(seed, "delay", external_id))
         latest = at if latest is None or at > latest else latest
         amount, currency = _amount(plan.experiment.metric, timezone, uniform(seed, "amount", external_id))
+        if is_reached and variant not in control:
+            factor = plan.order_value_for(variant, layer)
+            if factor != 1.0:  # the planted value effect: smaller baskets
+                amount = (amount * Decimal(str(factor))).quantize(Decimal("0.01"))
         events.append(
             EventInput(
                 event_id=f"demo-response-{plan.key}-{external_id}",

@@ -70,6 +70,11 @@ class Findings:
     caveats: tuple[str, ...]
     # The analysis plan recorded at start, in words: mode and the declared decision family.
     plan: str = ""
+    # Value effects (issue 15): per planted lower-order-value cell, the revenue metric's
+    # finding in words, and whether the report caught revenue falling (significant loss).
+    value_lines: tuple[str, ...] = ()
+    value_caught: tuple[bool, ...] = ()
+    value_lifts: tuple[float | None, ...] = ()  # revenue per customer, treatment - control
 
     @property
     def significant_cells(self) -> set[tuple[str | None, str]]:
@@ -120,6 +125,7 @@ def findings_from_report(*, plan: CampaignPlan, report: Report) -> Findings:
     )
     significant = tuple(c for c in cells if c.significant)
     false_positives = tuple(c for c in significant if (c.layer, c.variant) not in plan.planted())
+    value_lines, value_caught, value_lifts = _value_findings(plan, report)
     return Findings(
         campaign=plan.key,
         experiment=plan.experiment.key,
@@ -132,7 +138,68 @@ def findings_from_report(*, plan: CampaignPlan, report: Report) -> Findings:
         false_positives=false_positives,
         caveats=tuple(c.message for c in report.caveats),
         plan=f"{report.plan.inference_mode_name}; {report.confirmatory_family.scope}",
+        value_lines=value_lines,
+        value_caught=value_caught,
+        value_lifts=value_lifts,
     )
+
+
+def _value_findings(
+    plan: CampaignPlan, report: Report
+) -> tuple[tuple[str, ...], tuple[bool, ...], tuple[float | None, ...]]:
+    """Where an offer was planted to lower order value: did the revenue metric fall?"""
+    revenue = next((m for m in report.metrics if m.metric.kind == "sum"), None)
+    lines, caught, lifts = [], [], []
+    for effect in plan.value_planted():
+        where = _where(effect.layer, plan.evaluate_dimension)
+        if revenue is None:
+            lines.append(f"    {where} x {effect.variant}: no revenue metric in the report: NOT CAUGHT")
+            caught.append(False)
+            lifts.append(None)
+            continue
+        if effect.layer is None or plan.evaluate_dimension is None:
+            row = revenue.overall
+        else:
+            dimension = next((d for d in revenue.dimensions if d.key == plan.evaluate_dimension), None)
+            row = next((r for r in dimension.layers if r.layer == effect.layer), None) if dimension else None
+        lift = next((x for x in row.lifts if x.variant == effect.variant), None) if row else None
+        arms = {a.variant: a for a in row.arms} if row else {}
+        control = next((a for a in arms.values() if a.is_control), None)
+        hit = bool(
+            lift
+            and lift.absolute_lift is not None
+            and lift.absolute_lift < 0
+            and lift.verdict.label == SIGNIFICANT_LOSS
+        )
+        caught.append(hit)
+        lifts.append(lift.absolute_lift if lift else None)
+        if lift is None or control is None:
+            lines.append(f"    {where} x {effect.variant}: no revenue row in the report: NOT CAUGHT")
+            continue
+        ci = lift.absolute_lift_ci
+        interval = f" [{ci.low:+.2f}, {ci.high:+.2f}]" if ci else ""
+        money = revenue.metric.currency or ""
+        treated = arms[effect.variant].value if effect.variant in arms else None
+        lines.append(
+            f"    {where} x {effect.variant}: planted order value x{effect.order_value:g} with conversion "
+            f"+{100 * effect.lift:.0f} pts | revenue per customer ({revenue.metric.event_type}, {money}) "
+            f"{_money(control.value)} -> {_money(treated)}, {_money(lift.absolute_lift, signed=True)}{interval}, "
+            f"Holm p {_p(lift.adjusted_p_value)}: "
+            + (
+                "CAUGHT (revenue falls while conversion rises)"
+                if hit
+                else "NOT CAUGHT (revenue per customer is lower, but not significantly at this size)"
+                if lift.absolute_lift is not None and lift.absolute_lift < 0
+                else "NOT CAUGHT"
+            )
+        )
+    return tuple(lines), tuple(caught), tuple(lifts)
+
+
+def _money(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
 # --- Counts ---------------------------------------------------------------------------------
@@ -245,6 +312,11 @@ def findings_text(findings: Findings, *, reach: dict[tuple[str | None, str], flo
                 f"Holm p {_p(c.adjusted_p)}"
             )
         lines.append(f"    {where}  {planted} | {found}: {_outcome(lift is not None, c)}")
+    if findings.value_lines:
+        lines.append(
+            "    value (issue 15): does the offer pay? revenue per customer where order value was planted lower"
+        )
+        lines += list(findings.value_lines)
     for caveat in findings.caveats:
         lines.append(f"    caveat: {caveat}")
     return lines

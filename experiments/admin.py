@@ -84,7 +84,20 @@ class VariantInline(admin.TabularInline):
 class MetricInline(admin.TabularInline):
     model = Metric
     extra = 0
-    fields = ["role", "event_type", "window_hours", "noninferiority_margin", "conversions_watermark"]
+    fields = [
+        "role",
+        "event_type",
+        "kind",
+        "refund_event_type",
+        "numerator_part",
+        "denominator_event_type",
+        "denominator_part",
+        "window_hours",
+        "cap_percentile",
+        "cuped_lookback_days",
+        "noninferiority_margin",
+        "conversions_watermark",
+    ]
     readonly_fields = ["conversions_watermark"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Experiment | None = None) -> list[str]:

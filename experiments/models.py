@@ -20,7 +20,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -139,6 +139,20 @@ class Experiment(models.Model):
         default=Decimal("0.10"),
         help_text="Smallest relative lift worth detecting (0.10 = +10%); drives the power status.",
     )
+    reporting_currency = models.CharField(
+        max_length=3,
+        blank=True,
+        validators=[RegexValidator(r"^[A-Z]{3}$", "Use an ISO 4217 code, e.g. EUR.")],
+        help_text="Currency of the value metrics (ISO 4217). Empty: the one currency the events use; "
+        "events in any other currency make value metrics undefined, never summed together.",
+    )
+    currency_rates = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='The declared conversion rule: {"USD": "0.92"} = 1 USD counts as 0.92 of the reporting '
+        "currency; each event's amount is converted at this rate and rounded to the cent. A currency "
+        "without a rate makes value metrics undefined.",
+    )
 
     # The analysis plan (issue 14): set while the experiment is a draft; ``experiment_start``
     # (and every new phase) freezes it, with the metrics, into the phase's ``AnalysisPlan``,
@@ -153,6 +167,8 @@ class Experiment(models.Model):
         "alpha",
         "correction",
         "confirmatory_dimensions",
+        "reporting_currency",
+        "currency_rates",
     )
 
     class InferenceMode(models.TextChoices):
@@ -311,9 +327,62 @@ class Metric(models.Model):
         SECONDARY = "secondary", "Secondary"
         GUARDRAIL = "guardrail", "Guardrail"
 
+    class Kind(models.TextChoices):
+        # What is measured per customer within the window after first exposure (issue 15);
+        # ``experiments.metric_kinds`` turns each kind into per-customer SQL and a statistic.
+        CONVERSION = "conversion", "Conversion (did the customer do it at least once)"
+        COUNT = "count", "Count per customer (e.g. orders)"
+        SUM = "sum", "Sum of amount per customer (e.g. revenue)"
+        RATIO = "ratio", "Ratio (e.g. revenue / orders = average order value)"
+
+    class Part(models.TextChoices):
+        """What a ratio's numerator or denominator measures of its event type."""
+
+        CONVERSION = "conversion", "Conversions"
+        COUNT = "count", "Count"
+        SUM = "sum", "Sum of amount"
+
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="metrics")
     event_type = models.ForeignKey(EventType, on_delete=models.PROTECT, related_name="+")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.PRIMARY)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CONVERSION)
+    refund_event_type = models.ForeignKey(
+        EventType,
+        on_delete=models.PROTECT,
+        related_name="+",
+        null=True,
+        blank=True,
+        help_text="Sums (and a ratio's sums): subtract this event type's amounts (refunds) = net revenue.",
+    )
+    numerator_part = models.CharField(
+        max_length=16, choices=Part.choices, default=Part.SUM, help_text="Ratio: what the numerator measures."
+    )
+    denominator_event_type = models.ForeignKey(
+        EventType,
+        on_delete=models.PROTECT,
+        related_name="+",
+        null=True,
+        blank=True,
+        help_text="Ratio only: the denominator's event type (the numerator's is ``event_type``).",
+    )
+    denominator_part = models.CharField(
+        max_length=16, choices=Part.choices, default=Part.COUNT, help_text="Ratio: what the denominator measures."
+    )
+    cap_percentile = models.DecimalField(
+        max_digits=5,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0.5")), MaxValueValidator(Decimal(1))],
+        help_text="Count/sum/ratio numerator: cap each customer's value at this percentile of all customers "
+        "(0.99 = 99th), computed in the database. Empty: no capping.",
+    )
+    cuped_lookback_days = models.PositiveSmallIntegerField(
+        default=14,
+        validators=[MaxValueValidator(365)],
+        help_text="CUPED: the same metric over this many days before each customer's first exposure "
+        "reduces variance. 0: off.",
+    )
     window_hours = models.PositiveIntegerField(default=7 * 24, help_text="Conversion window after first exposure.")
     noninferiority_margin = models.DecimalField(
         max_digits=6,
@@ -331,12 +400,49 @@ class Metric(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["experiment", "event_type", "role"], name="metric_unique"),
+            models.UniqueConstraint(
+                fields=["experiment", "event_type", "role", "kind"],
+                condition=~Q(kind="ratio"),
+                name="metric_unique_kind",
+            ),
+            models.UniqueConstraint(
+                fields=[
+                    "experiment",
+                    "event_type",
+                    "role",
+                    "numerator_part",
+                    "denominator_event_type",
+                    "denominator_part",
+                ],
+                condition=Q(kind="ratio"),
+                name="metric_unique_ratio",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="ratio", denominator_event_type__isnull=False)
+                | (~Q(kind="ratio") & Q(denominator_event_type__isnull=True)),
+                name="metric_ratio_has_denominator",
+            ),
             models.UniqueConstraint(fields=["experiment"], condition=Q(role="primary"), name="metric_one_primary"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.experiment.key}:{self.role}:{self.event_type.code}"
+        return f"{self.experiment.key}:{self.role}:{self.key}"
+
+    @property
+    def key(self) -> str:
+        """The metric's name in plans, reports and exports: the event type code for a
+        conversion (as before value metrics), ``code:count``, ``code:sum`` (``code:net`` net
+        of refunds), and ``numerator/denominator`` for a ratio (e.g. ``purchase:sum/purchase:count``)."""
+        code = self.event_type.code
+        if self.kind == self.Kind.CONVERSION:
+            return code
+        if self.kind != self.Kind.RATIO:
+            return f"{code}:{'net' if self.kind == self.Kind.SUM and self.refund_event_type_id else self.kind}"
+        assert self.denominator_event_type is not None
+        numerator = (
+            f"{code}:{'net' if self.numerator_part == 'sum' and self.refund_event_type_id else self.numerator_part}"
+        )
+        return f"{numerator}/{self.denominator_event_type.code}:{self.denominator_part}"
 
 
 class SegmentSnapshot(models.Model):

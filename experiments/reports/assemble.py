@@ -38,10 +38,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from experiments import selectors, stats
+from experiments.metric_kinds import kind_of
 from experiments.models import AnalysisPlan, Experiment, Metric, Phase, Variant
-from experiments.reports import aggregation, planner
+from experiments.reports import aggregation, planner, value_moments
 from experiments.reports.results import (
     ArmResult,
+    CupedView,
     DailyPoint,
     DimensionResult,
     Direction,
@@ -173,10 +175,70 @@ def _directed_verdict(
 
 @dataclass(frozen=True, slots=True)
 class _Cell:
-    """Counts of one variant in one row for one metric."""
+    """Counts of one variant in one row for one metric; value metrics (issue 15) also carry
+    the arm's estimate (CUPED-adjusted when applied) and the unadjusted one."""
 
     customers: int
     conversions: int
+    estimate: stats.Estimate | None = None
+    unadjusted: stats.Estimate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _ValueRow:
+    """How a value metric's row is compared: the kind's distribution and CUPED's outcome."""
+
+    distribution: str
+    cuped: CupedView | None
+    margin: float = 0.0
+
+
+NOT_A_VALUE = Reason("not_applicable", "Conversion metrics have a rate, not a value per customer.")
+
+
+def _value_cells(
+    ctx: _Context,
+    moments: Mapping[str, stats.Moments],
+    conversions: Mapping[str, _Cell],
+    *,
+    metric: Metric,
+    k: int,
+    cuped_on: bool,
+    unavailable: Reason | None,
+) -> tuple[dict[str, _Cell], CupedView | None]:
+    """Per variant: the value estimate of one row from its moments (``stats.estimate``),
+    CUPED-adjusted across the row's arms (``stats.cuped``, theta pooled over them) when the
+    metric has a lookback. ``customers`` is the moments' n (closed windows), conversions
+    (customers with at least one event) come from the conversion counts."""
+    kind = kind_of(metric)
+    empty = stats.Moments.empty(2 * k if cuped_on else k)
+    arms = [moments.get(key, empty) for key in ctx.keys]
+    if unavailable is not None:
+        missing = stats.Estimate(0, None, None, {"value": unavailable, "variance": unavailable})
+        cells = {
+            key: _Cell(conversions[key].customers, conversions[key].conversions, missing, missing) for key in ctx.keys
+        }
+        return cells, None
+    post = kind.statistic
+    plain = [stats.estimate(m, post) for m in arms]
+    view: CupedView | None = None
+    adjusted = plain
+    if cuped_on:
+        shifted = (
+            stats.MeanOf(post.index + k)
+            if isinstance(post, stats.MeanOf)
+            else stats.RatioOf(post.numerator + k, post.denominator + k)
+        )
+        result = stats.cuped(arms, post, shifted)
+        adjusted = list(result.estimates)
+        view = CupedView(
+            result.applied, int(metric.cuped_lookback_days), result.theta, result.variance_reduction, result.undefined
+        )
+    cells = {
+        key: _Cell(m.n, min(conversions[key].conversions, m.n), adjusted[i], plain[i])
+        for i, (key, m) in enumerate(zip(ctx.keys, arms, strict=True))
+    }
+    return cells, view
 
 
 class _Context:
@@ -231,7 +293,12 @@ class _Context:
 
 
 def _power(
-    ctx: _Context, cells: Mapping[str, _Cell], daily_traffic: float, family_size: int, family_words: str
+    ctx: _Context,
+    cells: Mapping[str, _Cell],
+    daily_traffic: float,
+    family_size: int,
+    family_words: str,
+    value: _ValueRow | None = None,
 ) -> PowerResult:
     """Customers needed per arm for the MDE at the control's observed rate, under the
     rules in use (issue 14): at the per-comparison level alpha / m of the row's family
@@ -278,9 +345,36 @@ def _power(
     control = cells[ctx.control.key]
     if control.customers == 0:
         return undefined_all(Reason("no_traffic", "The control arm has no customers yet."), None)
-    baseline = control.conversions / control.customers
+    variance: float | None = None
+    reduction = 0.0
+    if value is not None:
+        # Value metrics: the control's mean (or ratio) and per-customer variance, reduced by
+        # CUPED's achieved share (``planner.requirement`` with ``variance``).
+        estimate = control.unadjusted
+        if estimate is None or estimate.value is None or estimate.variance is None:
+            why = (estimate.undefined.get("variance") or estimate.undefined.get("value")) if estimate else None
+            return undefined_all(why or Reason("no_traffic", "The control arm has no customers yet."), None)
+        baseline, variance = estimate.value, estimate.variance
+        if value.cuped is not None and value.cuped.applied and value.cuped.variance_reduction:
+            reduction = min(max(value.cuped.variance_reduction, 0.0), 0.99)
+        rule += "; value metric: normal approximation on the per-customer variance" + (
+            f" reduced {reduction:.0%} by CUPED" if reduction else ""
+        )
+        sequential_value = sequential
+        sequential = False
+        if sequential_value:
+            rule += " (fixed-horizon requirement: it understates the always-valid test's)"
+    else:
+        baseline = control.conversions / control.customers
     need = planner.requirement(
-        baseline_rate=baseline, relative_mde=ctx.mde, arms=ctx.arms, alpha=level, power=POWER, sequential=sequential
+        baseline_rate=baseline,
+        relative_mde=ctx.mde,
+        arms=ctx.arms,
+        alpha=level,
+        power=POWER,
+        sequential=sequential,
+        variance=variance,
+        variance_reduction=reduction,
     )
     if need.required_per_arm is None:
         return undefined_all(need.undefined["required_per_arm"], baseline)
@@ -289,7 +383,7 @@ def _power(
     reached = progress >= 1.0
     days: int | None = None
     detectable: float | None = None
-    if ctx.fixed_audience and ctx.treatments:
+    if ctx.fixed_audience and ctx.treatments and value is None:
         # The audience is final: say what it can detect, not how long to wait.
         smallest = min(ctx.treatments, key=lambda t: customers[t.key])
         lift = stats.detectable_lift(
@@ -365,6 +459,7 @@ def _row(
     traffic: Mapping[str, int],
     family_size: int = 1,
     family_words: str = "",
+    value: _ValueRow | None = None,
 ) -> tuple[RowResult, list[stats.Comparison]]:
     """A row without adjusted p-values (filled in once the family is known).
 
@@ -383,12 +478,31 @@ def _row(
                 {}
                 if cells[v.key].customers
                 else {"rate": Reason("no_traffic", f"Variant {v.key} has no customers in this row yet.")}
-            ),
+            )
+            | _value_undefined(cells[v.key], value is not None),
+            value=cells[v.key].estimate.value if cells[v.key].estimate else None,
+            unadjusted_value=cells[v.key].unadjusted.value if cells[v.key].unadjusted else None,
         )
         for v in ctx.display
     )
-    comparisons = []
-    if ctx.control is not None:
+    comparisons: list = []
+    if ctx.control is not None and value is not None:
+        control_estimate = cells[ctx.control.key].estimate
+        assert control_estimate is not None
+        for t in ctx.treatments:
+            treatment_estimate = cells[t.key].estimate
+            assert treatment_estimate is not None
+            comparisons.append(
+                stats.compare_values(
+                    control_estimate,
+                    treatment_estimate,
+                    alpha=ctx.alpha,
+                    distribution=value.distribution,
+                    sequential=ctx.mode == "sequential",
+                    expected_n=ctx.expected_n(customers, t.key),
+                )
+            )
+    elif ctx.control is not None:
         control = stats.Arm(cells[ctx.control.key].customers, cells[ctx.control.key].conversions)
         for t in ctx.treatments:
             treatment = stats.Arm(cells[t.key].customers, cells[t.key].conversions)
@@ -409,16 +523,41 @@ def _row(
         arms=arms,
         lifts=(),
         srm=_srm_status(ctx.keys, [traffic[k] for k in ctx.keys], [v.weight for v in ctx.variants]),
-        power=_power(ctx, cells, daily_traffic, family_size, family_words),
+        power=_power(ctx, cells, daily_traffic, family_size, family_words, value),
+        cuped=value.cuped if value is not None else None,
     )
     return row, comparisons
+
+
+def _value_undefined(cell: _Cell, is_value: bool) -> dict[str, Reason]:
+    if not is_value:
+        return {"value": NOT_A_VALUE, "unadjusted_value": NOT_A_VALUE}
+    out = {}
+    if cell.estimate is None or cell.estimate.value is None:
+        out["value"] = (cell.estimate.undefined.get("value") if cell.estimate else None) or Reason(
+            "no_traffic", "No customers in this arm yet."
+        )
+    if cell.unadjusted is None or cell.unadjusted.value is None:
+        out["unadjusted_value"] = out.get("value") or Reason("no_traffic", "No customers in this arm yet.")
+    return out
 
 
 _Raw = tuple[RowResult, list[stats.Comparison]]
 
 
 def _harm_tests(ctx: _Context, rows: Sequence[_Raw], margin: float) -> list[list[stats.HarmTest]]:
-    """One-sided harm tests beyond the guardrail's margin (``stats.harm_test``)."""
+    """One-sided harm tests beyond the guardrail's margin (``stats.harm_test``; value
+    metrics: ``stats.value_harm_test``, margin in the metric's units)."""
+    if rows and rows[0][1] and isinstance(rows[0][1][0], stats.ValueComparison):
+        return [
+            [
+                stats.value_harm_test(
+                    c, margin=margin, alpha=ctx.alpha, expected_n=ctx.expected_n(row.customers, t.key)
+                )
+                for t, c in zip(ctx.treatments, comparisons, strict=True)
+            ]
+            for row, comparisons in rows
+        ]
     return [
         [
             stats.harm_test(
@@ -801,6 +940,23 @@ def _planned_total(plan: PlanInfo, overall_customers: int, phase: Phase | None, 
     return None
 
 
+def _metric_name(metric: Metric) -> str:
+    """Plain words: "Ordered" (conversion), "Ordered: revenue per customer", "Ordered: count
+    per customer", "Ordered: revenue / Ordered: count"."""
+    name = metric.event_type.name
+    part_words = {"conversion": "conversions", "count": "count", "sum": "revenue"}
+    if metric.kind == Metric.Kind.CONVERSION:
+        return name
+    net = " net of refunds" if metric.refund_event_type_id else ""
+    if metric.kind == Metric.Kind.COUNT:
+        return f"{name}: count per customer"
+    if metric.kind == Metric.Kind.SUM:
+        return f"{name}: revenue{net} per customer"
+    assert metric.denominator_event_type is not None
+    numerator = part_words[metric.numerator_part] + (net if metric.numerator_part == "sum" else "")
+    return f"{name}: {numerator} / {metric.denominator_event_type.name}: {part_words[metric.denominator_part]}"
+
+
 def exclude_open_windows_default() -> bool:
     """``GROWTH["REPORT_EXCLUDE_OPEN_WINDOWS"]`` (on unless configured off)."""
     return bool(settings.GROWTH.get("REPORT_EXCLUDE_OPEN_WINDOWS", True))
@@ -847,8 +1003,8 @@ def report_build(
     phase: Phase | None = selectors.experiment_current_phase(experiment=experiment)
     variants_by_key = {v.key: v for v in Variant.objects.filter(experiment=experiment)}
     metrics = sorted(
-        Metric.objects.filter(experiment=experiment).select_related("event_type"),
-        key=lambda m: (["primary", "secondary", "guardrail"].index(m.role), m.event_type.code, m.pk),
+        Metric.objects.filter(experiment=experiment).select_related("event_type", "denominator_event_type"),
+        key=lambda m: (["primary", "secondary", "guardrail"].index(m.role), m.key, m.pk),
     )
 
     # Variants in the phase's allocation order with the weights in force.
@@ -898,9 +1054,9 @@ def report_build(
         )
     if plan.recorded:
         now_metrics = (
-            next((m.event_type.code for m in metrics if m.role == Metric.Role.PRIMARY), ""),
-            sorted(m.event_type.code for m in metrics if m.role == Metric.Role.SECONDARY),
-            sorted(m.event_type.code for m in metrics if m.role == Metric.Role.GUARDRAIL),
+            next((m.key for m in metrics if m.role == Metric.Role.PRIMARY), ""),
+            sorted(m.key for m in metrics if m.role == Metric.Role.SECONDARY),
+            sorted(m.key for m in metrics if m.role == Metric.Role.GUARDRAIL),
         )
         planned = (plan.primary_metric, sorted(plan.secondary_metrics), sorted(g.metric for g in plan.guardrails))
         if now_metrics != planned:
@@ -988,14 +1144,63 @@ def report_build(
     # Pass 1: raw rows (comparisons, no adjusted p-values yet) per metric.
     raw: list[dict] = []
     for index, metric in enumerate(metrics):
+        kind = kind_of(metric)
+        values: value_moments.ValueCells | None = None
+        if kind.is_value and phase is not None:
+            values = value_moments.value_cells(
+                phase=phase,
+                metric=metric,
+                as_of=now if exclude_open_windows else None,
+                reporting_currency=experiment.reporting_currency,
+                currency_rates=experiment.currency_rates,
+            )
         info = MetricInfo(
-            event_type=metric.event_type.code,
-            name=metric.event_type.name,
+            event_type=metric.key,
+            name=_metric_name(metric),
             role=metric.role,
             window_hours=metric.window_hours,
             direction="higher_is_worse" if metric.role == Metric.Role.GUARDRAIL else "higher_is_better",
             open_window_customers=counts.open_window(index),
+            kind=metric.kind,
+            unit=kind.unit(metric),
+            currency=values.currency if values else None,
+            cap=float(values.cap) if values and values.cap is not None else None,
+            cuped_lookback_days=int(metric.cuped_lookback_days) if kind.is_value else 0,
+            undefined=dict(values.undefined) if values else {},
         )
+        if values is not None and values.undefined:
+            caveats.append(
+                Reason(values.undefined["moments"].code, f"{info.event_type}: {values.undefined['moments'].message}")
+            )
+
+        def row_cells(
+            variant_counts: Sequence[aggregation.VariantCounts],
+            layer_key: tuple[str, str | None] | None,
+            index: int = index,
+            metric: Metric = metric,
+            values: value_moments.ValueCells | None = values,
+        ) -> tuple[dict[str, _Cell], _ValueRow | None]:
+            base = cells_of(variant_counts, index)
+            if not kind_of(metric).is_value:
+                return base, None
+            by_id = (
+                {} if values is None else (values.overall if layer_key is None else values.layers.get(layer_key, {}))
+            )
+            moments = {key_of[v]: m for v, m in by_id.items() if v in key_of}
+            unavailable = None if values is not None else Reason("not_started", "No data yet.")
+            if values is not None and values.undefined:
+                unavailable = values.undefined["moments"]
+            cells, cuped_view = _value_cells(
+                ctx,
+                moments,
+                base,
+                metric=metric,
+                k=len(kind_of(metric).variables(metric)),
+                cuped_on=bool(values and values.cuped),
+                unavailable=unavailable,
+            )
+            return cells, _ValueRow(kind_of(metric).distribution, cuped_view)
+
         if info.open_window_customers:
             caveats.append(_open_window_caveat(info, counts.customers))
         is_primary = metric.role == Metric.Role.PRIMARY
@@ -1009,15 +1214,17 @@ def report_build(
             if is_primary
             else (guardrail_size if metric.role == Metric.Role.GUARDRAIL else max(n_treatments, 1))
         )
+        overall_cells, overall_value = row_cells(counts.overall, None)
         overall_raw = _row(
             ctx,
             dimension=None,
             layer=None,
             label="All customers",
-            cells=cells_of(counts.overall, index),
+            cells=overall_cells,
             traffic=traffic_of(counts.overall),
             family_size=overall_size,
             family_words=f"{overall_words} of {overall_size}",
+            value=overall_value,
         )
         dims = []
         for dimension, layer_list in by_dimension.items():
@@ -1025,19 +1232,22 @@ def report_build(
             confirmatory = is_primary and dimension in confirmatory_dimensions
             size = confirmatory_size if confirmatory else max(len(layer_list) * n_treatments, 1)
             words = "the confirmatory family" if confirmatory else "its exploratory family"
-            rows = [
-                _row(
-                    ctx,
-                    dimension=dimension,
-                    layer=lc.layer,
-                    label=NO_LAYER_LABEL if lc.layer is None else names.get(lc.layer, lc.layer),
-                    cells=cells_of(lc.variants, index),
-                    traffic=traffic_of(lc.variants),
-                    family_size=size,
-                    family_words=f"{words} of {size}",
+            rows = []
+            for lc in layer_list:
+                layer_cells, layer_value = row_cells(lc.variants, (dimension, lc.layer))
+                rows.append(
+                    _row(
+                        ctx,
+                        dimension=dimension,
+                        layer=lc.layer,
+                        label=NO_LAYER_LABEL if lc.layer is None else names.get(lc.layer, lc.layer),
+                        cells=layer_cells,
+                        traffic=traffic_of(lc.variants),
+                        family_size=size,
+                        family_words=f"{words} of {size}",
+                        value=layer_value,
+                    )
                 )
-                for lc in layer_list
-            ]
             dims.append((dimension, layer_list, confirmatory, rows))
         raw.append({"metric": metric, "info": info, "index": index, "overall": overall_raw, "dims": dims})
 
@@ -1140,11 +1350,21 @@ def report_build(
                 adjusted_p_values=adjusted_flat,
                 family=family,
             )
-            heterogeneity_views.append(
-                _heterogeneity(
-                    ctx, {lc.layer: cells_of(lc.variants, index) for lc in layer_list}, no_layer_key="(none)"
+            if kind_of(metric).is_value:
+                reason = Reason(
+                    "not_applicable",
+                    "The heterogeneity test is on log-odds of conversion; for value metrics compare the layers' "
+                    "intervals.",
                 )
-            )
+                heterogeneity_views.append(
+                    HeterogeneityView(None, None, None, None, reason.message, (), _undef3(reason))
+                )
+            else:
+                heterogeneity_views.append(
+                    _heterogeneity(
+                        ctx, {lc.layer: cells_of(lc.variants, index) for lc in layer_list}, no_layer_key="(none)"
+                    )
+                )
             dimensions.append([dimension, dimension_labels.name, family, None, tuple(rows), confirmatory])
         # Heterogeneity: one test per dimension, Holm across the dimensions tested.
         het_adjusted = stats.adjust([h.p_value for h in heterogeneity_views], method="holm")

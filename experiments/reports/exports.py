@@ -68,6 +68,17 @@ CSV_COLUMNS = (
     "power_alpha",
     "detectable_lift",
     "open_window_customers_left_out",
+    # Value metrics (issue 15); conversion metrics say "not applicable".
+    "metric_kind",
+    "metric_unit",
+    "currency",
+    "cap",
+    "control_value",
+    "variant_value",
+    "control_unadjusted_value",
+    "variant_unadjusted_value",
+    "cuped_theta",
+    "cuped_variance_reduction",
 )
 
 
@@ -173,9 +184,35 @@ def report_csv(report: Report) -> str:
                 else "not applicable: the audience is not fixed",
                 # The row's exposed customers not in the arms' counts: their window is still open.
                 row.customers - sum(arm.customers for arm in row.arms),
+                *_value_columns(info, row, control, treatment),
             )
             writer.writerow([csv_cell(v) for v in values])
     return out.getvalue()
+
+
+def _value_columns(info: Any, row: RowResult, control: Any, treatment: Any) -> tuple[Any, ...]:
+    if info.kind == "conversion":
+        na = "not applicable: conversion metric"
+        return (info.kind, info.unit, na, na, na, na, na, na, na, na)
+    cuped = row.cuped
+    if cuped is None or not cuped.applied:
+        why = "not applicable: CUPED off" if cuped is None else _undefined(cuped.undefined, "theta")
+        theta = reduction = why
+    else:
+        theta = _number(cuped.theta, cuped.undefined, "theta")
+        reduction = _number(cuped.variance_reduction, cuped.undefined, "variance_reduction")
+    return (
+        info.kind,
+        info.unit,
+        info.currency or "not applicable: no money",
+        info.cap if info.cap is not None else "no capping",
+        _number(control.value, control.undefined, "value"),
+        _number(treatment.value, treatment.undefined, "value"),
+        _number(control.unadjusted_value, control.undefined, "unadjusted_value"),
+        _number(treatment.unadjusted_value, treatment.undefined, "unadjusted_value"),
+        theta,
+        reduction,
+    )
 
 
 def report_json(report: Report, *, indent: int | None = None) -> str:

@@ -50,6 +50,19 @@ def points(value: float | None, undefined: Mapping[str, Reason], name: str) -> S
     return _undefined(undefined, name) if value is None else Shown(f"{_signed(value * 100, 2)} pts")
 
 
+def amount(value: float | None, undefined: Mapping[str, Reason], name: str, signed: bool = False) -> Shown:
+    """A value metric's number (money or count per customer, a ratio): 5.4 -> '5.40' ('+5.40')."""
+    if value is None:
+        return _undefined(undefined, name)
+    return Shown(_signed(value, 2) if signed else f"{value:,.2f}")
+
+
+def interval_amount(ci: Interval | None, undefined: Mapping[str, Reason], name: str) -> Shown:
+    if ci is None:
+        return _undefined(undefined, name)
+    return Shown(f"{_signed(ci.low, 2)} to {_signed(ci.high, 2)}")
+
+
 def pct(value: float | None, undefined: Mapping[str, Reason], name: str) -> Shown:
     """Relative lift: 0.12 -> '+12.0%'."""
     return _undefined(undefined, name) if value is None else Shown(f"{_signed(value * 100, 1)}%")

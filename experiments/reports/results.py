@@ -18,6 +18,7 @@ from experiments.stats import Interval, Reason
 
 __all__ = [
     "ArmResult",
+    "CupedView",
     "DailyPoint",
     "DimensionResult",
     "Direction",
@@ -127,6 +128,17 @@ class MetricInfo:
     # Analysed customers left out of this metric because their window is still open (0 when
     # ``Settings.exclude_open_windows`` is off).
     open_window_customers: int = 0
+    # Value metrics (issue 15). ``kind``: conversion / count / sum / ratio; ``event_type`` above
+    # is the metric's key (``Metric.key``: the event code for a conversion, e.g. ``order:sum``
+    # or ``order:sum/order:count`` otherwise); ``unit``: rate / per customer / money per
+    # customer / ratio; ``currency``: of money values; ``cap``: the value each customer's
+    # value was capped at (None: no capping); ``cuped_lookback_days``: 0 = CUPED off.
+    kind: str = "conversion"
+    unit: str = "rate"
+    currency: str | None = None
+    cap: float | None = None
+    cuped_lookback_days: int = 0
+    undefined: dict[str, Reason] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +151,10 @@ class ArmResult:
     conversions: int
     rate: float | None
     undefined: dict[str, Reason] = field(default_factory=dict)
+    # Value metrics: the arm's mean (or ratio) per customer, CUPED-adjusted when
+    # ``RowResult.cuped.applied``, and the unadjusted one (None for conversion metrics).
+    value: float | None = None
+    unadjusted_value: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +229,19 @@ class PowerResult:
 
 
 @dataclass(frozen=True, slots=True)
+class CupedView:
+    """CUPED in one row (``experiments.stats.cuped``): theta pooled across the row's arms
+    and the share of variance removed; ``applied`` False: unadjusted, reason in
+    ``undefined["theta"]``."""
+
+    applied: bool
+    lookback_days: int
+    theta: float | None
+    variance_reduction: float | None
+    undefined: dict[str, Reason] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class RowResult:
     """The overall row (``dimension`` None) or one layer of a dimension (``layer`` None:
     customers who were in no layer of that dimension when assigned)."""
@@ -225,6 +254,7 @@ class RowResult:
     lifts: tuple[LiftResult, ...]
     srm: SrmStatus
     power: PowerResult
+    cuped: CupedView | None = None  # value metrics only
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,6 +166,21 @@ class MetricView:
 
 def _row_view(row: RowResult) -> RowView:
     lifts = {lift.variant: lift for lift in row.lifts}
+    # Value metrics (issue 15): the "rate" column shows the value per customer (or the
+    # ratio) and lifts are in the metric's units, not percentage points.
+    is_value = row.cuped is not None or any(arm.value is not None for arm in row.arms)
+    cuped_note = ()
+    if row.cuped is not None and row.cuped.applied and row.cuped.variance_reduction is not None:
+        cuped_note = (
+            f"CUPED ({row.cuped.lookback_days}-day lookback) removed {row.cuped.variance_reduction:.0%} of the "
+            f"variance (theta {row.cuped.theta:.3g}).",
+        )
+    elif row.cuped is not None and "theta" in row.cuped.undefined:
+        cuped_note = (row.cuped.undefined["theta"].message,)
+
+    def first_column(arm):  # type: ignore[no-untyped-def]
+        return present.amount(arm.value, arm.undefined, "value") if is_value else present.rate(arm.rate, arm.undefined)
+
     lines = []
     for arm in row.arms:
         lift = lifts.get(arm.variant)
@@ -176,7 +191,7 @@ def _row_view(row: RowResult) -> RowView:
                     arm.is_control,
                     f"{arm.customers:,}",
                     f"{arm.conversions:,}",
-                    present.rate(arm.rate, arm.undefined),
+                    first_column(arm),
                 )
             )
             continue
@@ -187,9 +202,13 @@ def _row_view(row: RowResult) -> RowView:
                 is_control=arm.is_control,
                 customers=f"{arm.customers:,}",
                 conversions=f"{arm.conversions:,}",
-                rate=present.rate(arm.rate, arm.undefined),
-                absolute=present.points(lift.absolute_lift, u, "absolute_lift"),
-                absolute_ci=present.interval_points(lift.absolute_lift_ci, u, "absolute_lift_ci"),
+                rate=first_column(arm),
+                absolute=present.amount(lift.absolute_lift, u, "absolute_lift", signed=True)
+                if is_value
+                else present.points(lift.absolute_lift, u, "absolute_lift"),
+                absolute_ci=present.interval_amount(lift.absolute_lift_ci, u, "absolute_lift_ci")
+                if is_value
+                else present.interval_points(lift.absolute_lift_ci, u, "absolute_lift_ci"),
                 relative=present.pct(lift.relative_lift, u, "relative_lift"),
                 relative_ci=present.interval_pct(lift.relative_lift_ci, u, "relative_lift_ci"),
                 p_value=present.p_value(lift.p_value, u, "p_value"),
@@ -199,7 +218,7 @@ def _row_view(row: RowResult) -> RowView:
                 verdict_css=present.verdict_css(lift.verdict.label),
                 harm=lift.verdict.harm,
                 caveats=tuple(c.message for c in lift.verdict.caveats),
-                notes=tuple(SHORT_NOTES.get(n.code, n.message) for n in lift.notes),
+                notes=tuple(SHORT_NOTES.get(n.code, n.message) for n in lift.notes) + cuped_note,
             )
         )
     return RowView(

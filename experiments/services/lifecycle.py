@@ -57,6 +57,14 @@ class MetricSpec:
     role: str = Metric.Role.PRIMARY
     window_hours: int = 7 * 24
     noninferiority_margin: Decimal = Decimal(0)  # guardrails: tolerated worsening, absolute points
+    # Value metrics (issue 15): kind, refunds netted out, ratio parts, capping, CUPED lookback.
+    kind: str = Metric.Kind.CONVERSION
+    refund_event_type_code: str = ""
+    numerator_part: str = Metric.Part.SUM
+    denominator_event_type_code: str = ""
+    denominator_part: str = Metric.Part.COUNT
+    cap_percentile: Decimal | None = None
+    cuped_lookback_days: int = 14
 
 
 @dataclass(frozen=True)
@@ -212,36 +220,68 @@ def experiment_create(
     _targeting_apply(experiment, targeting, save=True)
     _variants_write(experiment, variants)
     for spec in metrics:
-        event_type = segment_selectors.event_type_get(code=spec.event_type_code)
-        if event_type is None:
-            raise ValidationError({"metrics": f"Unknown event type '{spec.event_type_code}'."})
-        Metric.objects.create(
-            experiment=experiment,
-            event_type=event_type,
-            role=spec.role,
-            window_hours=spec.window_hours,
-            noninferiority_margin=spec.noninferiority_margin,
-        )
+        _metric_from_spec(experiment, spec).save()
     experiment_configs_invalidate()
     return experiment
 
 
+def _metric_from_spec(experiment: Experiment, spec: MetricSpec) -> Metric:
+    """A validated, unsaved metric; unknown event types and inconsistent value-metric
+    settings are a ``ValidationError`` naming the field."""
+
+    def event_type(code: str, field_name: str):  # type: ignore[no-untyped-def]
+        found = segment_selectors.event_type_get(code=code)
+        if found is None:
+            raise ValidationError({field_name: f"Unknown event type '{code}'."})
+        return found
+
+    metric = Metric(
+        experiment=experiment,
+        event_type=event_type(spec.event_type_code, "metrics"),
+        role=spec.role,
+        window_hours=spec.window_hours,
+        noninferiority_margin=spec.noninferiority_margin,
+        kind=spec.kind,
+        numerator_part=spec.numerator_part,
+        denominator_part=spec.denominator_part,
+        cap_percentile=spec.cap_percentile,
+        cuped_lookback_days=spec.cuped_lookback_days,
+    )
+    if spec.refund_event_type_code:
+        metric.refund_event_type = event_type(spec.refund_event_type_code, "refund_event_type")
+    if spec.denominator_event_type_code:
+        metric.denominator_event_type = event_type(spec.denominator_event_type_code, "denominator_event_type")
+    if (spec.kind == Metric.Kind.RATIO) != bool(spec.denominator_event_type_code):
+        raise ValidationError(
+            {"denominator_event_type": "A ratio metric needs a denominator event type; other kinds none."}
+        )
+    metric.full_clean(exclude=["experiment", "event_type", "refund_event_type", "denominator_event_type"])
+    return metric
+
+
 def experiment_metrics_ensure(*, experiment: Experiment, metrics: Sequence[MetricSpec]) -> int:
-    """Add the metrics ``experiment`` lacks (same event type and role), in any status: a
-    metric is read from the event stream, so one added later still covers the whole run.
-    Unknown event types are skipped. Return how many were added."""
+    """Add the metrics ``experiment`` lacks (same event type, role and kind; for a ratio
+    also the same parts), in any status: a metric is read from the event stream, so one
+    added later still covers the whole run. Unknown event types are skipped. Return how
+    many were added."""
     added = 0
     for spec in metrics:
-        event_type = segment_selectors.event_type_get(code=spec.event_type_code)
-        if event_type is None:
+        try:
+            metric = _metric_from_spec(experiment, spec)
+        except ValidationError:
             continue
-        _, created = Metric.objects.get_or_create(
-            experiment=experiment,
-            event_type=event_type,
-            role=spec.role,
-            defaults={"window_hours": spec.window_hours},
+        same = Metric.objects.filter(
+            experiment=experiment, event_type=metric.event_type, role=metric.role, kind=metric.kind
         )
-        added += created
+        if metric.kind == Metric.Kind.RATIO:
+            same = same.filter(
+                numerator_part=metric.numerator_part,
+                denominator_event_type=metric.denominator_event_type,
+                denominator_part=metric.denominator_part,
+            )
+        if not same.exists():
+            metric.save()
+            added += 1
     return added
 
 
@@ -350,13 +390,17 @@ def _plan_validate(experiment: Experiment, at: dt.datetime) -> None:
 def _plan_record(*, experiment: Experiment, phase: Phase, at: dt.datetime) -> AnalysisPlan:
     """Freeze the experiment's plan fields and metrics into the phase's plan."""
     _plan_validate(experiment, at)
-    metrics = list(Metric.objects.filter(experiment=experiment).select_related("event_type").order_by("pk"))
+    metrics = list(
+        Metric.objects.filter(experiment=experiment)
+        .select_related("event_type", "denominator_event_type")
+        .order_by("pk")
+    )
     return AnalysisPlan.objects.create(
         phase=phase,
-        primary_metric=next((m.event_type.code for m in metrics if m.role == Metric.Role.PRIMARY), ""),
-        secondary_metrics=[m.event_type.code for m in metrics if m.role == Metric.Role.SECONDARY],
+        primary_metric=next((m.key for m in metrics if m.role == Metric.Role.PRIMARY), ""),
+        secondary_metrics=[m.key for m in metrics if m.role == Metric.Role.SECONDARY],
         guardrail_metrics=[
-            {"metric": m.event_type.code, "margin": str(m.noninferiority_margin)}
+            {"metric": m.key, "margin": str(m.noninferiority_margin)}
             for m in metrics
             if m.role == Metric.Role.GUARDRAIL
         ],

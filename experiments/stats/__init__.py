@@ -1,4 +1,4 @@
-"""Statistics for conversion lift per segment.
+"""Statistics for conversion and value lift per segment.
 
 A package by concern (no Django anywhere): ``proportions`` (two-proportion tests and
 intervals; ``DECISION_METHOD``), ``sequential`` (always-valid confidence sequences),
@@ -44,6 +44,17 @@ Public API (one entry point per question)
 ``heterogeneity(cells, control_variant) -> HeterogeneityResult``
     Does the lift differ between the layers of one dimension?  Reported once per
     dimension, from ``Cell(layer, variant, n, conversions)`` counts.
+``Moments(n, sums, products)``, ``estimate(moments, MeanOf(i) | RatioOf(a, b)) -> Estimate``
+    Value metrics (``experiments.stats.moments``): per-arm sufficient statistics n, sums and
+    sums of products, and a mean or ratio with its delta-method variance.
+``compare_values(control, treatment, alpha, distribution="t", sequential=False) -> ValueComparison``
+    Welch t (or normal, or always-valid) test of a value metric; relative lift with a
+    delta-method interval (``experiments.stats.means``).
+``cuped(arms, post, pre) -> CupedResult``
+    CUPED with theta pooled across arms (``experiments.stats.cuped``).
+``cap_rank(n, percentile)``, ``value_sample_size(baseline, variance, relative_mde, ...)``
+    Nearest-rank capping (``capping``) and power for mean/ratio metrics with CUPED
+    (``value_power``).
 ``Interval(low, high)``, ``METHODS``, ``VerdictLabel``
     Value types and constants used in the results above.
 ``Reason(code, message)``
@@ -172,8 +183,12 @@ from experiments.stats._common import (
     Reason,
     VerdictLabel,
 )
+from experiments.stats.capping import cap_rank
+from experiments.stats.cuped import CupedResult, cuped
 from experiments.stats.guardrails import HarmTest, harm_test
 from experiments.stats.interaction import Cell, HeterogeneityResult, heterogeneity
+from experiments.stats.means import DISTRIBUTIONS, ValueComparison, compare_values, value_harm_test, welch_df
+from experiments.stats.moments import Estimate, MeanOf, Moments, RatioOf, Statistic, estimate
 from experiments.stats.multiple_testing import adjust
 from experiments.stats.power import (
     DaysNeeded,
@@ -202,11 +217,13 @@ from experiments.stats.sequential import (
     cs_halfwidth_one_sided,
     mixture_rho,
 )
+from experiments.stats.value_power import ValueSampleSize, value_sample_size
 from experiments.stats.verdicts import Verdict, verdict
 
 __all__ = [
     "DECISION_METHOD",
     "DEFAULT_EXPECTED_N",
+    "DISTRIBUTIONS",
     "INCONCLUSIVE",
     "METHODS",
     "NOT_ENOUGH_DATA",
@@ -216,26 +233,38 @@ __all__ = [
     "Arm",
     "Cell",
     "Comparison",
+    "CupedResult",
     "DaysNeeded",
     "DetectableLift",
+    "Estimate",
     "HarmTest",
     "HeterogeneityResult",
     "Interval",
+    "MeanOf",
+    "Moments",
     "PowerStatus",
+    "RatioOf",
     "Reason",
     "SampleSize",
     "SrmResult",
+    "Statistic",
+    "ValueComparison",
+    "ValueSampleSize",
     "Verdict",
     "VerdictLabel",
     "adjust",
     "always_valid_p",
     "always_valid_p_one_sided",
+    "cap_rank",
     "compare",
     "compare_sequential",
+    "compare_values",
     "cs_halfwidth",
     "cs_halfwidth_one_sided",
+    "cuped",
     "days_needed",
     "detectable_lift",
+    "estimate",
     "family_alpha",
     "harm_test",
     "heterogeneity",
@@ -245,5 +274,8 @@ __all__ = [
     "sequential_power",
     "sequential_sample_size",
     "srm",
+    "value_harm_test",
+    "value_sample_size",
     "verdict",
+    "welch_df",
 ]

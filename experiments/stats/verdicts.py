@@ -72,7 +72,9 @@ def verdict(
             "test_undefined",
             "Not enough data to test: " + (why.message if why else "the p-value is not available."),
         )
-    if comparison.method != "fisher":
+    # Cochran's rule is about counts of a binary outcome; value metrics (``ValueComparison``)
+    # have no method and rely on the minimum customers per arm above.
+    if getattr(comparison, "method", "fisher") != "fisher":
         pooled = (control.conversions + treatment.conversions) / (control.n + treatment.n)
         expected = min(min(pooled, 1.0 - pooled) * control.n, min(pooled, 1.0 - pooled) * treatment.n)
         if expected < min_expected:

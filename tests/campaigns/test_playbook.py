@@ -494,3 +494,84 @@ def test_playbook_build__dimension_not_declared_confirmatory__exploratory_never_
     assert (lead.outcome, lead.best) == ("exploratory", None)
     assert "not in the experiment's declared decision family" in lead.explanation
     assert "declared decision family" in playbook.columns[0].decision_rule
+
+
+# --- Incremental revenue (issue 15) ---------------------------------------------------------
+
+
+def test_playbook_build__win_with_revenue_metric__incremental_revenue_per_1000_net_of_coupon_cost() -> None:
+    # Given a win on conversion in one tier, where the 5 EUR coupon's buyers spend less
+    import datetime as dt
+    from decimal import Decimal
+
+    from experiments.models import Assignment, Metric
+    from segments.models import Event, EventType
+    from tests.experiments.report_builders import PHASE_START
+
+    dimension_create("expiry", EXPIRY_LAYERS)
+    experiment = experiment_create(
+        key="value-split",
+        variants=(("control", 0.5), ("discount", 0.5)),
+        metrics=(("order", "primary"), ("coupon_redeemed", "secondary")),
+        plan={"inference_mode": "fixed", "planned_sample_size": 1, "confirmatory_dimensions": ["expiry"]},
+    )
+    populate(
+        experiment,
+        [
+            Group("control", 1000, {"order": 100}, {"expiry": "expiring_soon"}),
+            Group("discount", 1000, {"order": 180, "coupon_redeemed": 150}, {"expiry": "expiring_soon"}),
+        ],
+    )
+    # (after populate: its conversions are written by event code)
+    Metric.objects.create(
+        experiment=experiment,
+        event_type=EventType.objects.get(code="order"),
+        role=Metric.Role.SECONDARY,
+        kind=Metric.Kind.SUM,
+        cuped_lookback_days=0,
+    )
+    order = EventType.objects.get(code="order")
+    at = PHASE_START + dt.timedelta(days=1, hours=2)
+    buyers = {"control": 100, "discount": 180}
+    amount = {"control": Decimal("60.00"), "discount": Decimal("30.00")}
+    events = []
+    for variant in ("control", "discount"):
+        rows = Assignment.objects.filter(variant__key=variant, phase__experiment=experiment).order_by("id")
+        for a in rows[: buyers[variant]]:
+            events.append(
+                Event(
+                    event_id=f"o-{a.customer_id}",
+                    customer_id=a.customer_id,
+                    event_type=order,
+                    occurred_at=at,
+                    amount=amount[variant],
+                    currency="EUR",
+                )
+            )
+    Event.objects.bulk_create(events)
+    campaign = running_campaign(experiment, key="value")
+    Treatment.objects.create(
+        campaign=campaign,
+        variant_key="discount",
+        offer=OfferFactory(name="5 EUR off", benefit_kind="amount_off", value=Decimal("5"), currency="EUR"),
+    )
+
+    the_cell = cell(build(), "expiry", "expiring_soon", "value")
+    win = the_cell.best
+    assert the_cell.outcome == "win", the_cell.explanation
+
+    # Then: 80 more buyers per 1,000, but revenue per customer 6.00 -> 5.40: -600 EUR per
+    # 1,000; the coupon costs 0.15 x 5 x 1,000 = 750 EUR; net -1,350 EUR per 1,000.
+    assert win is not None and win.verdict == "significant win" and win.per_1000 == pytest.approx(80.0)
+    assert win.revenue_metric == "order:sum" and win.currency == "EUR"
+    assert win.revenue_per_1000 == pytest.approx(-600.0, abs=1e-9)
+    assert win.offer_cost_per_1000 == pytest.approx(750.0, abs=1e-9)
+    assert win.net_revenue_per_1000 == pytest.approx(-1350.0, abs=1e-9)
+    # Its interval is Welch's (revenue per customer, 95%) x 1,000, as scipy computes it
+    from scipy import stats as sps
+
+    treated = [30.0] * 180 + [0.0] * 820
+    control = [60.0] * 100 + [0.0] * 900
+    ref = sps.ttest_ind(treated, control, equal_var=False).confidence_interval(0.95)
+    assert win.revenue_per_1000_ci.low == pytest.approx(ref.low * 1000, rel=1e-9)
+    assert win.revenue_per_1000_ci.high == pytest.approx(ref.high * 1000, rel=1e-9)

@@ -1,0 +1,203 @@
+"""experiments.reports.value_moments: value metrics' sufficient statistics from one GROUP BY,
+on SQLite and PostgreSQL, against per-customer values worked out in Python."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from experiments.models import Assignment, Metric
+from experiments.reports.value_moments import value_cells
+from experiments.stats import Moments
+from segments.models import Event, EventType
+from tests.experiments.report_builders import PHASE_START, Group, experiment_create, populate
+
+pytestmark = pytest.mark.django_db
+
+EXPOSED = PHASE_START + dt.timedelta(hours=1)  # report_builders: first exposure at day 0, 01:00
+
+
+def _event(customer_id: int, code: str, at: dt.datetime, amount: str | None = None, currency: str = "EUR") -> Event:
+    return Event(
+        event_id=f"e-{customer_id}-{code}-{at.isoformat()}-{amount}",
+        customer_id=customer_id,
+        event_type=EventType.objects.get(code=code),
+        occurred_at=at,
+        amount=Decimal(amount) if amount is not None else None,
+        currency=currency if amount is not None else "",
+    )
+
+
+def _metric(experiment, **fields) -> Metric:  # type: ignore[no-untyped-def]
+    fields.setdefault("event_type", EventType.objects.get(code="order"))
+    return Metric.objects.create(experiment=experiment, role=Metric.Role.SECONDARY, **fields)
+
+
+def _population(experiment, groups):  # type: ignore[no-untyped-def]
+    populate(experiment, groups)
+    phase = experiment.phases.get(number=1)
+    by_variant: dict[str, list[int]] = {}
+    for a in Assignment.objects.filter(phase=phase).select_related("variant").order_by("customer_id"):
+        by_variant.setdefault(a.variant.key, []).append(a.customer_id)
+    return phase, by_variant
+
+
+def _orders(customers: list[int], seed: int) -> tuple[list[Event], dict[int, tuple[Decimal, int, Decimal, int]]]:
+    """Each customer: a few orders in the window, some before (in and out of the lookback)
+    and after it; returns the events and (revenue, orders, pre revenue, pre orders)."""
+    events, expected = [], {}
+    for index, customer in enumerate(customers):
+        k = (index * 7 + seed) % 5
+        revenue, pre_revenue = Decimal(0), Decimal(0)
+        orders = pre_orders = 0
+        for j in range(k % 3):
+            amount = Decimal(f"{10 + (index * 13 + j * 29 + seed) % 90}.{(index + j) % 100:02d}")
+            events.append(_event(customer, "order", EXPOSED + dt.timedelta(days=j + 1), str(amount)))
+            revenue += amount
+            orders += 1
+        if k >= 2:  # one order 3 days before exposure: in a 14-day lookback
+            amount = Decimal(f"{20 + index % 50}.30")
+            events.append(_event(customer, "order", EXPOSED - dt.timedelta(days=3), str(amount)))
+            pre_revenue += amount
+            pre_orders += 1
+        # Ignored: at the window's end (exclusive), and 20 days before (outside the lookback)
+        events.append(_event(customer, "order", EXPOSED + dt.timedelta(days=7), "999.00"))
+        events.append(_event(customer, "order", EXPOSED - dt.timedelta(days=20), "500.00"))
+        expected[customer] = (revenue, orders, pre_revenue, pre_orders)
+    return events, expected
+
+
+def _reference(rows: list[tuple]) -> Moments:
+    return Moments.of_values([list(r) for r in rows])
+
+
+def test_value_cells__sum_metric_with_cuped__moments_equal_python_per_customer_values() -> None:
+    # Given a revenue metric (sum of order amounts, 7-day window, 14-day lookback)
+    experiment = experiment_create(metrics=(("order", "primary"),))
+    metric = _metric(experiment, kind=Metric.Kind.SUM)
+    phase, by_variant = _population(
+        experiment, [Group("control", 30, layers={"tier": "new"}), Group("treatment", 25, layers={"tier": "vip"})]
+    )
+    events, expected = _orders(by_variant["control"] + by_variant["treatment"], seed=3)
+    Event.objects.bulk_create(events)
+
+    # When
+    with CaptureQueriesContext(connection) as queries:
+        cells = value_cells(phase=phase, metric=metric, as_of=None)
+
+    # Then each arm's n, sums and products are those of (revenue, pre revenue) per customer
+    variants = {v.key: v.pk for v in experiment.variants.all()}
+    for key in ("control", "treatment"):
+        ref = _reference([(expected[c][0], expected[c][2]) for c in by_variant[key]])
+        got = cells.overall[variants[key]]
+        assert got.n == ref.n
+        assert [Decimal(str(s)) for s in got.sums] == [Decimal(str(s)) for s in ref.sums]
+        assert [[Decimal(str(v)) for v in row] for row in got.products] == [
+            [Decimal(str(v)) for v in row] for row in ref.products
+        ]
+    assert cells.cuped and cells.currency == "EUR"
+    assert cells.layers[("tier", "new")][variants["control"]].n == 30
+    # and ONE GROUP BY reads them (plus the currency check and the snapshot labels)
+    assert sum("GROUP BY" in q["sql"] for q in queries.captured_queries) == 1
+
+
+def test_value_cells__ratio_metric__numerator_revenue_denominator_orders() -> None:
+    experiment = experiment_create(metrics=(("order", "primary"),))
+    order = EventType.objects.get(code="order")
+    metric = _metric(
+        experiment, kind=Metric.Kind.RATIO, numerator_part="sum", denominator_event_type=order, denominator_part="count"
+    )
+    assert metric.key == "order:sum/order:count"
+    phase, by_variant = _population(experiment, [Group("control", 20), Group("treatment", 20)])
+    events, expected = _orders(by_variant["control"] + by_variant["treatment"], seed=5)
+    Event.objects.bulk_create(events)
+
+    cells = value_cells(phase=phase, metric=metric, as_of=None)
+
+    variants = {v.key: v.pk for v in experiment.variants.all()}
+    ref = _reference([(e[0], e[1], e[2], e[3]) for c, e in expected.items() if c in by_variant["treatment"]])
+    got = cells.overall[variants["treatment"]]
+    assert [Decimal(str(s)) for s in got.sums] == [Decimal(str(s)) for s in ref.sums]
+    assert Decimal(str(got.products[0][1])) == Decimal(str(ref.products[0][1]))  # sum revenue x orders
+    assert Decimal(str(got.products[1][3])) == Decimal(str(ref.products[1][3]))  # orders x pre orders
+
+
+def test_value_cells__net_of_refunds_and_capped__hand_worked() -> None:
+    # Given 5 customers spending 10, 20, 30, 40 and 1000 (the last refunds 100), 80th percentile cap
+    experiment = experiment_create(metrics=(("order", "primary"),), variants=(("control", 1.0),))
+    metric = _metric(
+        experiment,
+        kind=Metric.Kind.SUM,
+        refund_event_type=EventType.objects.get(code="refund"),
+        cap_percentile=Decimal("0.8"),
+        cuped_lookback_days=0,
+    )
+    assert metric.key == "order:net"
+    phase, by_variant = _population(experiment, [Group("control", 5)])
+    customers = by_variant["control"]
+    at = EXPOSED + dt.timedelta(days=1)
+    events = [_event(c, "order", at, f"{v}.00") for c, v in zip(customers, (10, 20, 30, 40, 1000), strict=True)]
+    events.append(_event(customers[4], "refund", at + dt.timedelta(hours=1), "100.00"))
+    Event.objects.bulk_create(events)
+
+    cells = value_cells(phase=phase, metric=metric, as_of=None)
+
+    # net 10, 20, 30, 40, 900; rank ceil(0.8 * 5) = 4 -> cap 40; capped 10, 20, 30, 40, 40
+    assert cells.cap == Decimal("40")
+    (got,) = cells.overall.values()
+    assert (got.n, got.sums[0], got.products[0][0]) == (5, Decimal(140), Decimal(100 + 400 + 900 + 1600 + 1600))
+    assert not cells.cuped and got.k == 1
+
+
+def test_value_cells__mixed_currencies__undefined_unless_a_declared_rate_converts() -> None:
+    experiment = experiment_create(metrics=(("order", "primary"),))
+    metric = _metric(experiment, kind=Metric.Kind.SUM)
+    phase, by_variant = _population(experiment, [Group("control", 2), Group("treatment", 2)])
+    at = EXPOSED + dt.timedelta(days=1)
+    Event.objects.bulk_create(
+        [
+            _event(by_variant["control"][0], "order", at, "10.00", "EUR"),
+            _event(by_variant["treatment"][0], "order", at, "10.00", "USD"),
+        ]
+    )
+
+    cells = value_cells(phase=phase, metric=metric, as_of=None)
+
+    assert cells.overall == {} and cells.undefined["moments"].code == "mixed_currencies"
+    assert "EUR, USD" in cells.undefined["moments"].message
+    # and a declared reporting currency other than the events' is refused as well
+    only_eur = value_cells(phase=phase, metric=_metric(experiment, kind=Metric.Kind.COUNT), as_of=None)
+    assert only_eur.undefined == {}  # counts carry no money
+    assert (
+        value_cells(phase=phase, metric=metric, as_of=None, reporting_currency="GBP").undefined["moments"].code
+        == "mixed_currencies"
+    )
+    # A declared rule converts: 10.00 USD at 0.5 counts as 5.00 EUR (per event, to the cent)
+    converted = value_cells(
+        phase=phase, metric=metric, as_of=None, reporting_currency="EUR", currency_rates={"USD": "0.5"}
+    )
+    assert converted.undefined == {} and converted.currency == "EUR"
+    assert sum(m.sums[0] for m in converted.overall.values()) == Decimal("15.00")
+    # ... and a bad or missing rate is no rule at all
+    assert (
+        value_cells(phase=phase, metric=metric, as_of=None, reporting_currency="EUR", currency_rates={"USD": "-1"})
+        .undefined["moments"]
+        .code
+        == "mixed_currencies"
+    )
+
+
+def test_value_cells__open_windows_excluded__only_closed_customers_counted() -> None:
+    experiment = experiment_create(metrics=(("order", "primary"),))
+    metric = _metric(experiment, kind=Metric.Kind.COUNT)
+    phase, _ = _population(experiment, [Group("control", 10, day=0), Group("control", 4, day=6)])
+
+    # Exposed on day 0 (window closes day 7, 01:00) vs day 6: as of day 8 only the first 10 count
+    cells = value_cells(phase=phase, metric=metric, as_of=PHASE_START + dt.timedelta(days=8))
+
+    (got,) = cells.overall.values()
+    assert got.n == 10

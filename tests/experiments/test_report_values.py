@@ -1,0 +1,160 @@
+"""The lift report with value metrics (issue 15): revenue, ratio and CUPED rows checked
+against scipy / statsmodels on the per-customer values, the plan's family and modes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.formula.api as smf
+from scipy import stats as sps
+
+from experiments.models import Assignment, Metric
+from experiments.reports.assemble import report_build
+from experiments.reports.views import _row_view
+from experiments.services.conversions import conversions_refresh
+from segments.models import Event, EventType
+from tests.experiments.report_builders import PHASE_START, Group, experiment_create, populate
+
+pytestmark = pytest.mark.django_db
+
+EXPOSED = PHASE_START + dt.timedelta(hours=1)
+NOW = PHASE_START + dt.timedelta(days=30)
+
+
+def _events(assignments: dict[int, str], seed: int) -> tuple[list[Event], pd.DataFrame]:
+    """Per customer: pre-period revenue and in-window orders; the treatment converts more
+    often but with a smaller order value (net revenue per customer falls)."""
+    rng = np.random.default_rng(seed)
+    order = EventType.objects.get(code="order")
+    events, rows = [], []
+    for customer, variant in sorted(assignments.items()):
+        treated = variant == "treatment"
+        pre = round(float(rng.lognormal(3.5, 0.6)), 2) if rng.random() < 0.6 else 0.0
+        buys = rng.random() < (0.45 if treated else 0.35)
+        k = int(rng.integers(1, 3)) if buys else 0
+        amounts = [round(0.5 * pre + float(rng.lognormal(3.2 if treated else 3.6, 0.4)), 2) for _ in range(k)]
+        for j, amount in enumerate(amounts):
+            events.append(_event(order, customer, EXPOSED + dt.timedelta(days=1 + j), amount))
+        if pre:
+            events.append(_event(order, customer, EXPOSED - dt.timedelta(days=2), pre))
+        rows.append(
+            {
+                "treatment": int(treated),
+                "revenue": round(sum(amounts), 2),
+                "orders": k,
+                "pre": pre,
+                "pre_orders": int(bool(pre)),
+            }
+        )
+    return events, pd.DataFrame(rows)
+
+
+def _event(event_type: EventType, customer: int, at: dt.datetime, amount: float) -> Event:
+    return Event(
+        event_id=f"v-{customer}-{at.isoformat()}",
+        customer_id=customer,
+        event_type=event_type,
+        occurred_at=at,
+        amount=Decimal(f"{amount:.2f}"),
+        currency="EUR",
+    )
+
+
+def _experiment(mode: str = "fixed", **metric_fields):  # type: ignore[no-untyped-def]
+    plan = {"inference_mode": mode, "planned_sample_size": 1} if mode == "fixed" else {"inference_mode": mode}
+    experiment = experiment_create(metrics=(), plan=plan)
+    Metric.objects.create(experiment=experiment, event_type=EventType.objects.get(code="order"), **metric_fields)
+    populate(
+        experiment, [Group("control", 160, layers={"tier": "vip"}), Group("treatment", 160, layers={"tier": "vip"})]
+    )
+    phase = experiment.phases.get(number=1)
+    assignments = {
+        a.customer_id: a.variant.key for a in Assignment.objects.filter(phase=phase).select_related("variant")
+    }
+    events, frame = _events(assignments, seed=42)
+    Event.objects.bulk_create(events)
+    conversions_refresh(experiment=experiment, full=True)  # buyers: the conversion counts
+    return experiment, frame
+
+
+def test_report_revenue_metric__no_cuped__welch_numbers_of_scipy() -> None:
+    # Given revenue per customer as the primary metric, CUPED off
+    experiment, df = _experiment(kind=Metric.Kind.SUM, cuped_lookback_days=0)
+
+    report = report_build(experiment_key=experiment.key, now=NOW)
+
+    metric = report.primary
+    assert metric is not None and metric.metric.event_type == "order:sum" and metric.metric.currency == "EUR"
+    (lift,) = metric.overall.lifts
+    ref = sps.ttest_ind(df.revenue[df.treatment == 1], df.revenue[df.treatment == 0], equal_var=False)
+    assert lift.z == pytest.approx(ref.statistic, rel=1e-9)
+    assert lift.p_value == pytest.approx(ref.pvalue, rel=1e-7)
+    control, treatment = metric.overall.arms
+    assert control.value == pytest.approx(df.revenue[df.treatment == 0].mean(), rel=1e-12)
+    assert treatment.value == pytest.approx(df.revenue[df.treatment == 1].mean(), rel=1e-12)
+    # the conversion count is the buyers: more of them in the treatment, yet less revenue
+    assert treatment.conversions > control.conversions and lift.absolute_lift < 0
+    # The primary metric is the confirmatory family, and the report is JSON-clean
+    assert lift.family_kind == "confirmatory"
+    json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_report_revenue_metric__cuped__equals_ols_with_centred_pre_and_shows_reduction() -> None:
+    experiment, df = _experiment(kind=Metric.Kind.SUM, cuped_lookback_days=14)
+
+    report = report_build(experiment_key=experiment.key, now=NOW)
+
+    row = report.primary.overall
+    fit = smf.ols("revenue ~ treatment + I(pre - pre.mean())", data=df).fit()
+    assert row.cuped is not None and row.cuped.applied
+    assert row.cuped.theta == pytest.approx(fit.params["I(pre - pre.mean())"], rel=1e-9)
+    assert row.lifts[0].absolute_lift == pytest.approx(fit.params["treatment"], rel=1e-9)
+    within = df.revenue - df.groupby("treatment").revenue.transform("mean")
+    assert row.cuped.variance_reduction == pytest.approx(1 - (fit.resid**2).sum() / (within**2).sum(), rel=1e-9)
+    assert row.cuped.variance_reduction > 0
+    # The page shows values and lifts in the metric's units (not points) and what CUPED did
+    view = _row_view(row)
+    assert str(view.lines[0].rate) == f"{row.arms[0].value:,.2f}"
+    assert "pts" not in str(view.lines[1].absolute) and "pts" not in str(view.lines[1].absolute_ci)
+    assert any(note.startswith("CUPED (14-day lookback) removed") for note in view.lines[1].notes)
+    # and the layer rows are adjusted within the layer
+    (dimension,) = report.primary.dimensions
+    assert dimension.layers[0].cuped.applied
+
+
+def test_report_ratio_metric__sequential__delta_method_with_confidence_sequence() -> None:
+    order = EventType.objects.get(code="order")
+    experiment, df = _experiment(
+        mode="sequential",
+        kind=Metric.Kind.RATIO,
+        numerator_part="sum",
+        denominator_event_type=order,
+        denominator_part="count",
+        cuped_lookback_days=0,
+    )
+
+    report = report_build(experiment_key=experiment.key, now=NOW)
+
+    metric = report.primary
+    assert metric.metric.event_type == "order:sum/order:count" and metric.metric.kind == "ratio"
+    control, treatment = metric.overall.arms
+    c, t = df[df.treatment == 0], df[df.treatment == 1]
+    assert control.value == pytest.approx(c.revenue.sum() / c.orders.sum(), rel=1e-12)
+    assert treatment.value == pytest.approx(t.revenue.sum() / t.orders.sum(), rel=1e-12)
+    (lift,) = metric.overall.lifts
+    # Always valid: the CS is wider than the fixed-horizon normal interval
+    se = (
+        sum(
+            np.var((g.revenue - g.revenue.sum() / g.orders.sum() * g.orders) / g.orders.mean(), ddof=1) / len(g)
+            for g in (c, t)
+        )
+        ** 0.5
+    )
+    assert lift.absolute_lift_ci.high - lift.absolute_lift_ci.low > 2 * 1.96 * se
+    assert lift.absolute_lift < 0
+    json.dumps(report.to_dict(), allow_nan=False)
