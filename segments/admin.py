@@ -47,8 +47,8 @@ from segments.services.tags import (
 )
 
 SEGMENT_FIELDS = ("key", "name", "description", "rule", "is_active")
-DIMENSION_FIELDS = ("key", "name", "kind", "config", "is_active")
-DIMENSION_UPDATABLE = ("name", "config", "is_active")  # key and kind are read-only once created
+DIMENSION_FIELDS = ("key", "name", "kind", "role", "config", "is_active")
+DIMENSION_UPDATABLE = ("name", "role", "config", "is_active")  # key and kind are read-only once created
 
 
 def _adopt(obj: Any, created: Any) -> None:

@@ -251,6 +251,7 @@ class TagHistory(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
         help_text="Manual tags: who set it (or, once lost, who removed it).",
+        db_constraint=False,  # a bulk-written table (see segments.models.engine)
     )
 
     class Meta:
