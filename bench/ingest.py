@@ -14,7 +14,7 @@
    new events to ``/api/v1/events/batch`` from 2 client threads (bounded in count and
    by ``--api-seconds``).
 
-Floors (issue 2): import rate >= 50% of bare COPY's, import peak RSS < 500 MB.
+Floors (issue 20): import rate >= 60% of bare COPY's, import peak RSS < 500 MB.
 
 Run: ``python bench/ingest.py`` (full scale, a few minutes) or
 ``python bench/ingest.py --events 100000 --customers 10000 --no-save`` (a quick check).
@@ -52,7 +52,7 @@ from bench.common import (  # noqa: E402
     timed,
 )
 
-RATIO_FLOOR = 0.5
+RATIO_FLOOR = 0.6  # issue 20 (issue 2 set 0.5)
 RSS_FLOOR_MB = 500
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 KINDS = (("visit", 55), ("login", 25), ("add_to_cart", 8), ("order", 10), ("refund", 2))

@@ -7,6 +7,12 @@ by a concurrent writer, is not) and inserts the rows it claimed. A writer thread
 the connection, so PostgreSQL loads one chunk while this process parses the next. Lines
 that did not land are explained set-wise afterwards: unknown customer, or an
 ``event_id`` stored with a different body.
+
+No chunk reads the events table to find stored ids: the claim probes the key table's
+primary key, the only unique index on ``event_id`` (the partitioned events table cannot
+hold one). An optimistic ``COPY`` into the events table, refused by a unique index there
+when a chunk holds a stored id, is not used: that index is gone, and the key trigger's
+transition table makes ``COPY`` insert row by row anyway (no faster than ``INSERT … SELECT``).
 """
 
 from __future__ import annotations
@@ -131,11 +137,17 @@ class _EventCopyWriter:
 
     def write_chunk(self, blocks: Iterable[bytes], staged: int) -> _ChunkOutcome:
         conn = connections[self.alias]
+        # Inside a caller's transaction (a savepoint here) nothing commits between chunks,
+        # so ON COMMIT DELETE ROWS does not empty the staging table: empty it, or every
+        # chunk would COPY (and explain) the previous chunks' rows again.
+        nested = conn.in_atomic_block
         with transaction.atomic(using=self.alias):
             conn.ensure_connection()
             raw = conn.connection
             with raw.cursor() as cursor:
                 self._ensure_stage(cursor)
+                if nested:
+                    cursor.execute(f"DELETE FROM {STAGE}")
                 with cursor.copy(
                     f"COPY {STAGE} (line_no, event_id, customer_ext, event_type_id, occurred_at, properties, "
                     "amount, currency) FROM STDIN"
