@@ -621,6 +621,7 @@ class MetricValue(models.Model):
         SegmentSnapshot, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
     )
     first_exposed_at = models.DateTimeField()
+    first_exposed_on = models.DateField()  # its UTC day: the key of MetricValueCell
     v0 = models.BigIntegerField(default=0)
     v1 = models.BigIntegerField(default=0)
     v2 = models.BigIntegerField(default=0)
@@ -628,7 +629,42 @@ class MetricValue(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["assignment", "metric"], name="metric_value_unique")]
-        indexes = [models.Index(fields=["phase", "metric"], name="metric_value_phase_metric_idx")]
+        indexes = [models.Index(fields=["phase", "metric", "first_exposed_on"], name="metric_value_phase_metric_idx")]
 
     def __str__(self) -> str:
         return f"{self.assignment_id}:{self.metric_id}"
+
+
+def _exact_sum(name: str) -> models.DecimalField:
+    return models.DecimalField(max_digits=40, decimal_places=0, default=0, db_column=name)
+
+
+class MetricValueCell(models.Model):
+    """Sufficient statistics of a value metric's stored values per (variant, snapshot, day of
+    first exposure): rows, and the exact integer sums ``s_i = sum v_i`` and ``p_ij = sum v_i
+    v_j`` (i <= j) over the ``MetricValue`` rows of the cell. Rebuilt by the refresh for the
+    days it touched, so the report sums a few thousand cells instead of millions of rows.
+    """
+
+    metric = models.ForeignKey(Metric, on_delete=models.CASCADE, related_name="+", db_index=False)
+    phase = models.ForeignKey(Phase, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False)
+    variant = models.ForeignKey(
+        Variant, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    snapshot = models.ForeignKey(
+        SegmentSnapshot, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
+    first_exposed_on = models.DateField()
+    rows = models.BigIntegerField()
+    s0, s1, s2, s3 = (_exact_sum(f"s{i}") for i in range(4))
+    p00, p01, p02, p03, p11, p12, p13, p22, p23, p33 = (_exact_sum(f"p{i}{j}") for i in range(4) for j in range(i, 4))
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["phase", "metric", "first_exposed_on", "variant", "snapshot"], name="metric_value_cell_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric_id}:{self.variant_id}:{self.snapshot_id}@{self.first_exposed_on}"

@@ -57,7 +57,7 @@ from django.db import connection
 from django.db.models import Count
 
 from experiments.metric_kinds import kind_of
-from experiments.models import Assignment, Metric, MetricValue, Phase, SegmentSnapshot
+from experiments.models import Assignment, Metric, MetricValue, MetricValueCell, Phase, SegmentSnapshot
 from experiments.services.metric_values import currencies_of, currency_rule, per_customer_sql, signature
 from experiments.stats import Moments, Reason, cap_rank
 from segments.money import UNIT
@@ -163,13 +163,43 @@ def value_cells(
     ]
     products = [(i, j) for i in range(len(values)) for j in range(i, len(values))]
     select = ", ".join([f"SUM({v})" for v in values] + [f"SUM({values[i]} * {values[j]})" for i, j in products])
-    sql = (
-        f"SELECT t.{_q('variant_id')}, t.{_q('snapshot_id')}, COUNT(*), {select} FROM {source} "
-        f"GROUP BY t.{_q('variant_id')}, t.{_q('snapshot_id')}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, source_params)
-        rows = cursor.fetchall()
+    group = f" GROUP BY t.{_q('variant_id')}, t.{_q('snapshot_id')}"
+    sql = f"SELECT t.{_q('variant_id')}, t.{_q('snapshot_id')}, COUNT(*), {select} FROM {source}{group}"
+    if stored and cap is None:
+        # Uncapped: the refresh's per-day cells, plus the rows of the cutoff's own day that
+        # were first exposed by the cutoff (the only day a cell would split).
+        cell_table = _q(MetricValueCell._meta.db_table)
+        cell_columns = [f"SUM(t.{_q(f's{i}')})" for i in range(len(names))] + [
+            f"SUM(t.{_q(f'p{i}{j}')})" for i, j in products
+        ]
+        rollup_sql = (
+            f"SELECT t.{_q('variant_id')}, t.{_q('snapshot_id')}, SUM(t.{_q('rows')}), {', '.join(cell_columns)}"
+            f" FROM {cell_table} t WHERE t.{_q('phase_id')} = %s AND t.{_q('metric_id')} = %s"
+        )
+        statements = [(rollup_sql, [phase.pk, metric.pk])]
+        if cutoff is not None:
+            day = connection.ops.adapt_datefield_value(cutoff.astimezone(dt.UTC).date())
+            statements = [
+                (rollup_sql + f" AND t.{_q('first_exposed_on')} < %s", [phase.pk, metric.pk, day]),
+                (
+                    f"SELECT t.{_q('variant_id')}, t.{_q('snapshot_id')}, COUNT(*), {select} FROM {source}"
+                    f" AND t.{_q('first_exposed_on')} = %s",
+                    [*source_params, day],
+                ),
+            ]
+        merged: dict[tuple[int, int], list[int]] = {}
+        with connection.cursor() as cursor:
+            for statement, statement_params in statements:
+                cursor.execute(statement + group, statement_params)
+                for row in cursor.fetchall():
+                    target = merged.setdefault((row[0], row[1]), [0] * (len(row) - 2))
+                    for position, x in enumerate(row[2:]):
+                        target[position] += int(x or 0)
+        rows = [(v, s_, *numbers) for (v, s_), numbers in merged.items()]
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, source_params)
+            rows = cursor.fetchall()
 
     scale = [UNIT if (post[i % k].money) else 1 for i in range(len(names))]
 

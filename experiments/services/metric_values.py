@@ -38,9 +38,10 @@ from decimal import Decimal
 
 from django.db import connection
 from django.db.models import DateTimeField, ExpressionWrapper, F, QuerySet, Value
+from django.db.models.functions import TruncDate
 
 from experiments.metric_kinds import Variable, kind_of
-from experiments.models import Assignment, Metric, MetricValue, Phase
+from experiments.models import Assignment, Metric, MetricValue, MetricValueCell, Phase
 from experiments.stats import Reason
 from segments import selectors as segment_selectors
 from segments.money import UNIT
@@ -141,7 +142,7 @@ def per_customer_sql(
     *, metric: Metric, population: QuerySet[Assignment], converted: Mapping[str, Decimal]
 ) -> tuple[str, list[object], list[str]]:
     """SELECT of one row per assignment of ``population``: ``id, variant_id, snapshot_id,
-    w_start`` (its first exposure) and the variables ``v0..`` (post, then pre with CUPED),
+    w_start`` (its first exposure), ``w_day`` (its UTC day) and the variables ``v0..`` (post, then pre with CUPED),
     integers; returns (sql, params, variable column names)."""
     post = kind_of(metric).variables(metric)
     lookback = int(metric.cuped_lookback_days)
@@ -153,7 +154,8 @@ def per_customer_sql(
         pre_start=ExpressionWrapper(
             F("first_exposed_at") - Value(dt.timedelta(days=lookback)), output_field=DateTimeField()
         ),
-    ).values("id", "customer_id", "variant_id", "snapshot_id", "w_start", "w_end", "pre_start")
+        w_day=TruncDate("first_exposed_at", tzinfo=dt.UTC),
+    ).values("id", "customer_id", "variant_id", "snapshot_id", "w_start", "w_end", "pre_start", "w_day")
     bounds_sql, bounds_params = bounds.query.sql_with_params()
     event_table = _q(segment_selectors.events_queryset().model._meta.db_table)
     integer = "bigint" if connection.vendor == "postgresql" else "INTEGER"
@@ -199,12 +201,12 @@ def per_customer_sql(
     )
     lower = "pre_start" if cuped else "w_start"
     sql = (
-        f"SELECT b.{_q('id')}, b.{_q('variant_id')}, b.{_q('snapshot_id')}, b.{_q('w_start')}, "
+        f"SELECT b.{_q('id')}, b.{_q('variant_id')}, b.{_q('snapshot_id')}, b.{_q('w_start')}, b.{_q('w_day')}, "
         + ", ".join(f"{piece} AS {_q(name)}" for (piece, _), name in zip(pieces, names, strict=True))
         + f" FROM ({bounds_sql}) b LEFT JOIN {event_table} e ON e.{_q('customer_id')} = b.{_q('customer_id')}"
         f" AND e.{_q('event_type_id')} IN ({', '.join(['%s'] * len(type_ids))})"
         f" AND e.{_q('occurred_at')} >= b.{_q(lower)} AND e.{_q('occurred_at')} < b.{_q('w_end')}"
-        f" GROUP BY b.{_q('id')}, b.{_q('variant_id')}, b.{_q('snapshot_id')}, b.{_q('w_start')}"
+        f" GROUP BY b.{_q('id')}, b.{_q('variant_id')}, b.{_q('snapshot_id')}, b.{_q('w_start')}, b.{_q('w_day')}"
     )
     params = [p for _, piece_params in pieces for p in piece_params] + list(bounds_params) + type_ids
     return sql, params, names
@@ -230,8 +232,14 @@ def metric_values_refresh(
         considered = None
         assignments = Assignment.objects.filter(phase=phase, first_exposed_at__isnull=False, conflicting_exposure=False)
     stale = MetricValue.objects.filter(phase=phase, metric=metric)
+    days: set[dt.date] | None = None  # the days whose cells change (None: all)
     if considered is not None:
         stale = stale.filter(assignment_id__in=considered.values("id"))
+        days = set(stale.values_list("first_exposed_on", flat=True).distinct()) | set(
+            assignments.annotate(day=TruncDate("first_exposed_at", tzinfo=dt.UTC))
+            .values_list("day", flat=True)
+            .distinct()
+        )
     stale._raw_delete(stale.db)  # nothing depends on a stored value: one DELETE, no cascade collection
     written = 0
     if rule.undefined is None:
@@ -240,13 +248,41 @@ def metric_values_refresh(
         nonzero = " OR ".join(f"src.{n} <> 0" for n in names)
         sql = (
             f"INSERT INTO {_V} (assignment_id, metric_id, phase_id, variant_id, snapshot_id, first_exposed_at, "
-            f"{columns}) SELECT src.id, %s, %s, src.variant_id, src.snapshot_id, src.w_start, "
+            f"first_exposed_on, {columns}) SELECT src.id, %s, %s, src.variant_id, src.snapshot_id, src.w_start, "
+            "src.w_day, "
             + ", ".join([f"src.{n}" for n in names] + ["0"] * (WIDTH - len(names)))
             + f" FROM ({select_sql}) AS src WHERE {nonzero}"
         )
         with connection.cursor() as cursor:
             cursor.execute(sql, [metric.pk, phase.pk, *params])
             written = max(cursor.rowcount, 0)
+    _cells_rebuild(phase=phase, metric=metric, days=days)
     Metric.objects.filter(pk=metric.pk).update(values_signature=current, values_currencies=currencies)
     metric.values_signature, metric.values_currencies = current, currencies
     return written
+
+
+def _cells_rebuild(*, phase: Phase, metric: Metric, days: set[dt.date] | None) -> None:
+    """Recompute ``MetricValueCell`` of these days of first exposure (None: all) from the
+    stored rows: one DELETE and one INSERT … SELECT … GROUP BY (variant, snapshot, day)."""
+    if days is not None and not days:
+        return
+    cells = MetricValueCell.objects.filter(phase=phase, metric=metric)
+    day_sql, day_params = "", []
+    if days is not None:
+        cells = cells.filter(first_exposed_on__in=sorted(days))
+        day_sql = f" AND first_exposed_on IN ({', '.join(['%s'] * len(days))})"
+        day_params = [connection.ops.adapt_datefield_value(d) for d in sorted(days)]
+    cells._raw_delete(cells.db)
+    pairs = [(i, j) for i in range(WIDTH) for j in range(i, WIDTH)]
+    sums = ", ".join([f"SUM(v{i})" for i in range(WIDTH)] + [f"SUM(v{i} * v{j})" for i, j in pairs])
+    sql = (
+        f"INSERT INTO {_q(MetricValueCell._meta.db_table)} (metric_id, phase_id, variant_id, snapshot_id, "
+        f"first_exposed_on, {_q('rows')}, "
+        + ", ".join([f"s{i}" for i in range(WIDTH)] + [f"p{i}{j}" for i, j in pairs])
+        + f") SELECT metric_id, phase_id, variant_id, snapshot_id, first_exposed_on, COUNT(*), {sums} FROM {_V}"
+        f" WHERE phase_id = %s AND metric_id = %s{day_sql}"
+        " GROUP BY metric_id, phase_id, variant_id, snapshot_id, first_exposed_on"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [phase.pk, metric.pk, *day_params])

@@ -231,6 +231,7 @@ def _scenario(name: str):  # type: ignore[no-untyped-def]
             experiment, kind=Metric.Kind.SUM, refund_event_type=refund, cap_percentile=Decimal("0.9")
         ),
         "count_open": lambda: _metric(experiment, kind=Metric.Kind.COUNT),
+        "count_boundary": lambda: _metric(experiment, kind=Metric.Kind.COUNT),
     }[name]()
     phase, by_variant = _population(
         experiment,
@@ -244,11 +245,16 @@ def _scenario(name: str):  # type: ignore[no-untyped-def]
     # a refund larger than the customer's order: a negative net value
     events.append(_event(by_variant["control"][1], "refund", EXPOSED + dt.timedelta(days=2), "500.00"))
     Event.objects.bulk_create(events)
-    as_of = PHASE_START + dt.timedelta(days=8) if name == "count_open" else None
+    # count_open: the cutoff (as_of - window) falls between exposure days; count_boundary: at
+    # a minute after the first exposure of the day-6 customers, so their day is split by the cutoff
+    as_of = {
+        "count_open": PHASE_START + dt.timedelta(days=8),
+        "count_boundary": EXPOSED + dt.timedelta(days=6, hours=metric.window_hours, minutes=1),
+    }.get(name)
     return experiment, phase, metric, as_of
 
 
-@pytest.mark.parametrize("name", ["sum_cuped", "ratio_cuped", "net_capped", "count_open"])
+@pytest.mark.parametrize("name", ["sum_cuped", "ratio_cuped", "net_capped", "count_open", "count_boundary"])
 def test_value_cells__after_refresh__stored_values_give_the_events_moments_without_reading_events(name: str) -> None:
     # Given a value metric whose moments are first computed from the events
     experiment, phase, metric, as_of = _scenario(name)
@@ -270,6 +276,8 @@ def test_value_cells__after_refresh__stored_values_give_the_events_moments_witho
         _same(from_events.layers[key][v], stored.layers[key][v]) for key in stored.layers for v in stored.layers[key]
     )
     assert not any("segments_event" in q["sql"] for q in queries.captured_queries)
+    if name == "count_boundary":  # the day-6 customers are in (16 + 6 treatment customers)
+        assert sum(m.n for m in stored.overall.values()) == 42
     # and only customers with a non-zero value have a row
     assert MetricValue.objects.filter(metric=metric).count() < Assignment.objects.filter(phase=phase).count()
 
