@@ -183,7 +183,7 @@ def main() -> None:
     text = json.dumps(output, indent=2, default=str)
     print(text)
     if not args.no_save:
-        path = ROOT / "bench" / "results" / f"report_values_{args.customers}.json"
+        path = ROOT / "bench" / "results" / "report_values.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
 

@@ -225,31 +225,36 @@ def value_cells(
                     for x, (i, j) in zip(prods, products, strict=True)
                 ]
             raw[key] = (n_rows + absent, n_rows, sums, prods)
-    cells: dict[tuple[int, int], Moments] = {}
-    for key, (n, _, sums_raw, prods_raw) in raw.items():
-        if n == 0:
-            continue
-        sums = tuple(exact(sums_raw[i], scale[i]) for i in range(m))
-        grid: list[list[Decimal | int]] = [[0] * m for _ in range(m)]
-        for position, (i, j) in enumerate(products):
-            grid[i][j] = grid[j][i] = exact(prods_raw[position], scale[i] * scale[j])
-        cells[key] = Moments(n, sums, tuple(tuple(r) for r in grid))
-
+    # Rolled up to the overall row and every layer as exact integers (a few hundred cells;
+    # adding Moments per cell, Fraction-checked, measured 2.7 s of a 3.6 s report at 1M),
+    # then one Moments per (layer, variant), scaled back to currency units.
     snapshot_layers: dict[int, dict[str, str]] = dict(
-        SegmentSnapshot.objects.filter(pk__in={s for _, s in cells}).values_list("id", "layers")
+        SegmentSnapshot.objects.filter(pk__in={s for (_, s), r in raw.items() if r[0]}).values_list("id", "layers")
     )
     dimensions = sorted({d for layers in snapshot_layers.values() for d in layers})
-    overall: dict[int, Moments] = {}
-    layers: dict[tuple[str, str | None], dict[int, Moments]] = defaultdict(dict)
-
-    def add(target: dict[int, Moments], variant_id: int, moments: Moments) -> None:
-        target[variant_id] = target[variant_id] + moments if variant_id in target else moments
-
-    for (variant_id, snapshot_id), moments in cells.items():
-        add(overall, variant_id, moments)
+    width = 1 + m + len(products)
+    overall_raw: dict[int, list[int]] = defaultdict(lambda: [0] * width)
+    layers_raw: dict[tuple[str, str | None], dict[int, list[int]]] = defaultdict(
+        lambda: defaultdict(lambda: [0] * width)
+    )
+    for (variant_id, snapshot_id), (n, _, sums_raw, prods_raw) in raw.items():
+        if n == 0:
+            continue
         found = snapshot_layers.get(snapshot_id, {})
-        for dimension in dimensions:
-            add(layers[(dimension, found.get(dimension))], variant_id, moments)
+        targets = [overall_raw[variant_id]] + [layers_raw[(d, found.get(d))][variant_id] for d in dimensions]
+        for target in targets:
+            for position, x in enumerate((n, *sums_raw, *prods_raw)):
+                target[position] += x
+
+    def moments_of(numbers: list[int]) -> Moments:
+        sums = tuple(exact(numbers[1 + i], scale[i]) for i in range(m))
+        grid: list[list[Decimal | int]] = [[0] * m for _ in range(m)]
+        for position, (i, j) in enumerate(products):
+            grid[i][j] = grid[j][i] = exact(numbers[1 + m + position], scale[i] * scale[j])
+        return Moments(numbers[0], sums, tuple(tuple(r) for r in grid))
+
+    overall = {v: moments_of(numbers) for v, numbers in overall_raw.items()}
+    layers = {key: {v: moments_of(numbers) for v, numbers in by.items()} for key, by in layers_raw.items()}
     cap_value = (Decimal(cap) / UNIT if post[0].money else Decimal(cap)) if cap is not None else None
     return ValueCells(metric.pk, k, cuped, overall, dict(layers), cap_value, wanted or None, {}, stored)
 
