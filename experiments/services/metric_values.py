@@ -65,16 +65,18 @@ class CurrencyRule:
     undefined: Reason | None = None
 
 
-def currencies_of(phase: Phase, metric: Metric) -> list[str]:
-    """Currencies of the amounts of the metric's events of the phase's customers (since the
-    phase's start minus the lookback)."""
+def currencies_of(phase: Phase, metric: Metric, customers: QuerySet[Assignment] | None = None) -> list[str]:
+    """Currencies of the amounts of the metric's events of the phase's customers (or of the
+    ``customers`` assignments') since the phase's start minus the lookback."""
     post = kind_of(metric).variables(metric)
     type_ids = {v.event_type_id for v in post if v.money} | {
         v.refund_event_type_id for v in post if v.money and v.refund_event_type_id
     }
     if not type_ids:
         return []
-    population = Assignment.objects.filter(phase=phase, first_exposed_at__isnull=False).values("customer_id")
+    population = (
+        customers if customers is not None else Assignment.objects.filter(phase=phase, first_exposed_at__isnull=False)
+    ).values("customer_id")
     since = phase.started_at - dt.timedelta(days=int(metric.cuped_lookback_days))
     found = (
         segment_selectors.events_queryset()
@@ -225,7 +227,12 @@ def metric_values_refresh(
     if not kind_of(metric).is_value:
         return 0
     experiment = phase.experiment
-    currencies = currencies_of(phase, metric)
+    if considered is not None and metric.values_signature:
+        # An incremental refresh: the currencies seen so far and those of these customers'
+        # events (a full refresh, the nightly one, forgets currencies no longer present).
+        currencies = sorted(set(metric.values_currencies or []) | set(currencies_of(phase, metric, considered)))
+    else:
+        currencies = currencies_of(phase, metric)
     rule = currency_rule(currencies, experiment.reporting_currency, experiment.currency_rates)
     current = signature(metric, rule)
     if current != metric.values_signature:  # computed otherwise (or never): the whole phase again

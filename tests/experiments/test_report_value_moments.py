@@ -348,3 +348,29 @@ def test_conversions_refresh__incremental_and_changed_rule__stored_values_follow
     metric.refresh_from_db()
     again = value_cells(phase=phase, metric=metric, as_of=None)
     assert rewritten.stored and all(_same(again.overall[v], rewritten.overall[v]) for v in again.overall)
+
+
+def test_conversions_refresh__incremental_new_currency__stored_values_undefined_until_a_rate_is_declared() -> None:
+    experiment, phase, metric, _ = _scenario("sum_cuped")
+    conversions_refresh(experiment=experiment, full=True)
+    customer = Assignment.objects.filter(phase=phase).order_by("customer_id").first().customer_id
+
+    # When one customer's order in USD arrives and the incremental refresh runs
+    Event.objects.create(
+        event_id="usd",
+        customer_id=customer,
+        event_type=EventType.objects.get(code="order"),
+        occurred_at=EXPOSED + dt.timedelta(days=2),
+        amount=Decimal("10.00"),
+        currency="USD",
+    )
+    conversions_refresh(experiment=experiment)
+    metric.refresh_from_db()
+
+    # Then the stored values are not summed across currencies ...
+    cells = value_cells(phase=phase, metric=metric, as_of=None)
+    assert cells.stored and cells.undefined["moments"].code == "mixed_currencies"
+    assert metric.values_currencies == ["EUR", "USD"]
+    # ... and with a declared rate (a changed rule) the events are read until the next refresh
+    rates = {"reporting_currency": "EUR", "currency_rates": {"USD": "0.5"}}
+    assert not value_cells(phase=phase, metric=metric, as_of=None, **rates).stored
