@@ -9,9 +9,15 @@ in the 14 days before their first exposure (CUPED's pre-period). Two value metri
 experiment as secondary metrics: ``order:sum`` (revenue per customer, CUPED on) and
 ``order:sum/order:count`` (average order value, CUPED on).
 
+Before timing, the value metrics' per-customer values are stored as the conversion refresh
+stores them (``stored_values_refresh``: rows written and seconds, per metric; with
+``--from-events`` also the report-time computation from the events that stored values
+replaced, timed once).
+
 Times (best of ``--repeats``): ``conversion_only_report_s`` (the value metrics removed),
 ``value_report_s`` (all five metrics), their ratio (target <= 1.5) and the < 5 s floor at
-10M; and ``value_cells_s`` per value metric (the database work alone).
+10M; and ``value_cells_s`` per value metric called alone (so it also counts the customers
+per cell, a pass over the assignments that the report takes from its conversion counts).
 
 Run: ``scripts/services.sh start; .venv/bin/python bench/report_values.py --customers 200000``.
 """
