@@ -644,6 +644,8 @@ class MetricValueCell(models.Model):
     first exposure): rows, and the exact integer sums ``s_i = sum v_i`` and ``p_ij = sum v_i
     v_j`` (i <= j) over the ``MetricValue`` rows of the cell. Rebuilt by the refresh for the
     days it touched, so the report sums a few thousand cells instead of millions of rows.
+    Exact on PostgreSQL (numeric); on SQLite exact while a sum fits in 64 bits (~9.2e18
+    hundredths squared), as the events path there.
     """
 
     metric = models.ForeignKey(Metric, on_delete=models.CASCADE, related_name="+", db_index=False)
