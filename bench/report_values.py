@@ -9,9 +9,15 @@ in the 14 days before their first exposure (CUPED's pre-period). Two value metri
 experiment as secondary metrics: ``order:sum`` (revenue per customer, CUPED on) and
 ``order:sum/order:count`` (average order value, CUPED on).
 
+Before timing, the value metrics' per-customer values are stored as the conversion refresh
+stores them (``stored_values_refresh``: rows written and seconds, per metric; with
+``--from-events`` also the report-time computation from the events that stored values
+replaced, timed once).
+
 Times (best of ``--repeats``): ``conversion_only_report_s`` (the value metrics removed),
 ``value_report_s`` (all five metrics), their ratio (target <= 1.5) and the < 5 s floor at
-10M; and ``value_cells_s`` per value metric (the database work alone).
+10M; and ``value_cells_s`` per value metric called alone (so it also counts the customers
+per cell, a pass over the assignments that the report takes from its conversion counts).
 
 Run: ``scripts/services.sh start; .venv/bin/python bench/report_values.py --customers 200000``.
 """
@@ -77,9 +83,12 @@ def _orders() -> dict[str, float]:
     return {"events_s": round(time.perf_counter() - started, 2)}
 
 
-def _measure(repeats: int) -> dict[str, Any]:
-    from experiments.models import Experiment, Metric
+def _measure(repeats: int, from_events: bool) -> dict[str, Any]:
+    from django.db import connection, transaction
+
+    from experiments.models import Assignment, Experiment, Metric
     from experiments.reports import assemble, value_moments
+    from experiments.services.metric_values import metric_values_refresh
     from segments.models import EventType
 
     experiment = Experiment.objects.get(key="bench-report")
@@ -102,10 +111,28 @@ def _measure(repeats: int) -> dict[str, Any]:
         denominator_event_type=order,
         denominator_part="count",
     )
+    # The conversion refresh's new part: each analysed customer's values, stored (full refresh).
+    population = Assignment.objects.filter(phase=phase, first_exposed_at__isnull=False, conflicting_exposure=False)
+    stored_s = {}
+    for m in (revenue, ratio):
+        t = time.perf_counter()
+        with transaction.atomic():
+            rows = metric_values_refresh(phase=phase, metric=m, assignments=population, considered=None)
+        stored_s[m.key] = {"rows": rows, "seconds": round(time.perf_counter() - t, 2)}
+        m.refresh_from_db()
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE experiments_metricvalue")
     cells = {
         m.key: base._time(lambda m=m: value_moments.value_cells(phase=phase, metric=m, as_of=None), repeats)
         for m in (revenue, ratio)
     }
+    if from_events:  # the report-time path of before (no stored values), once
+        for m in (revenue, ratio):
+            m.values_signature = ""
+            t = time.perf_counter()
+            value_moments.value_cells(phase=phase, metric=m, as_of=None)
+            stored_s[m.key]["from_events_value_cells_s"] = round(time.perf_counter() - t, 2)
+            m.refresh_from_db()
     with_values = base._time(report, repeats)
     result = with_values["_result"]
     rows = {
@@ -127,6 +154,7 @@ def _measure(repeats: int) -> dict[str, Any]:
         "floor_s": FLOOR_S,
         "floor_met": with_values["best_s"] < FLOOR_S,
         "value_cells_s": {k: base._strip(v) for k, v in cells.items()},
+        "stored_values_refresh": stored_s,
         "timings": {"conversion_only": base._strip(conversion_only), "with_values": base._strip(with_values)},
         "value_rows": rows,
     }
@@ -138,6 +166,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--from-events", action="store_true", help="also time the report-time path once")
     args = parser.parse_args()
     generated: dict[str, Any] = {"reused": True}
     reuse = args.reuse and base._database_exists()
@@ -154,13 +183,13 @@ def main() -> None:
         "customers": args.customers,
         "loadavg_at_start": os.getloadavg(),
         "generation": generated,
-        **_measure(args.repeats),
+        **_measure(args.repeats, args.from_events),
         "loadavg_at_end": os.getloadavg(),
     }
     text = json.dumps(output, indent=2, default=str)
     print(text)
     if not args.no_save:
-        path = ROOT / "bench" / "results" / f"report_values_{args.customers}.json"
+        path = ROOT / "bench" / "results" / "report_values.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
 

@@ -397,6 +397,11 @@ class Metric(models.Model):
         editable=False,
         help_text="Events received before this instant have been turned into conversions (incremental refresh).",
     )
+    # Stored per-customer values (``MetricValue``), written by the conversion refresh: what
+    # they were computed with (kind, event types, window, lookback, currency rule), so a
+    # report reads them only while they still mean this metric, and the currencies seen.
+    values_signature = models.CharField(max_length=64, blank=True, default="", editable=False)
+    values_currencies = models.JSONField(default=list, blank=True, editable=False)
 
     class Meta:
         constraints = [
@@ -592,3 +597,76 @@ class Conversion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.assignment_id}:{self.metric_id}@{self.converted_at:%Y-%m-%d %H:%M}"
+
+
+class MetricValue(models.Model):
+    """A value metric's per-customer variables for one assignment (issue 15), materialized by
+    the conversion refresh so the report's GROUP BY reads stored numbers, not the events.
+
+    ``v0..v3``: the metric kind's post-exposure variables, then (CUPED) their pre-period
+    twins, in ``experiments.metric_kinds`` order; money in integer hundredths of the
+    reporting currency, counts as counts, uncapped (the cap is a percentile over the
+    population, applied at report time). Only assignments with a non-zero variable have a
+    row: an absent row means all zeros. ``phase``, ``variant``, ``snapshot`` and
+    ``first_exposed_at`` are copied from the assignment, as on ``Conversion``.
+    """
+
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="+", db_index=False)
+    metric = models.ForeignKey(Metric, on_delete=models.CASCADE, related_name="+", db_index=False)
+    phase = models.ForeignKey(Phase, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False)
+    variant = models.ForeignKey(
+        Variant, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    snapshot = models.ForeignKey(
+        SegmentSnapshot, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
+    first_exposed_at = models.DateTimeField()
+    first_exposed_on = models.DateField()  # its UTC day: the key of MetricValueCell
+    v0 = models.BigIntegerField(default=0)
+    v1 = models.BigIntegerField(default=0)
+    v2 = models.BigIntegerField(default=0)
+    v3 = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["assignment", "metric"], name="metric_value_unique")]
+        indexes = [models.Index(fields=["phase", "metric", "first_exposed_on"], name="metric_value_phase_metric_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.assignment_id}:{self.metric_id}"
+
+
+def _exact_sum(name: str) -> models.DecimalField:
+    return models.DecimalField(max_digits=40, decimal_places=0, default=0, db_column=name)
+
+
+class MetricValueCell(models.Model):
+    """Sufficient statistics of a value metric's stored values per (variant, snapshot, day of
+    first exposure): rows, and the exact integer sums ``s_i = sum v_i`` and ``p_ij = sum v_i
+    v_j`` (i <= j) over the ``MetricValue`` rows of the cell. Rebuilt by the refresh for the
+    days it touched, so the report sums a few thousand cells instead of millions of rows.
+    Exact on PostgreSQL (numeric); on SQLite exact while a sum fits in 64 bits (~9.2e18
+    hundredths squared), as the events path there.
+    """
+
+    metric = models.ForeignKey(Metric, on_delete=models.CASCADE, related_name="+", db_index=False)
+    phase = models.ForeignKey(Phase, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False)
+    variant = models.ForeignKey(
+        Variant, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    snapshot = models.ForeignKey(
+        SegmentSnapshot, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
+    )
+    first_exposed_on = models.DateField()
+    rows = models.BigIntegerField()
+    s0, s1, s2, s3 = (_exact_sum(f"s{i}") for i in range(4))
+    p00, p01, p02, p03, p11, p12, p13, p22, p23, p33 = (_exact_sum(f"p{i}{j}") for i in range(4) for j in range(i, 4))
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["phase", "metric", "first_exposed_on", "variant", "snapshot"], name="metric_value_cell_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric_id}:{self.variant_id}:{self.snapshot_id}@{self.first_exposed_on}"

@@ -143,6 +143,12 @@ class PhaseCounts:
     daily: tuple[DailyCounts, ...]
     inconsistencies: tuple[Inconsistency, ...] = ()
     as_of: dt.datetime | None = None  # open windows excluded as of this time; None: not excluded
+    # Per (variant, snapshot): the customers counted per metric (value metrics' ``n``).
+    cells: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
+
+    def cell_counts(self, index: int) -> dict[tuple[int, int], int]:
+        """Customers in the denominator of metric ``index`` per (variant, snapshot)."""
+        return {(v, s): counted[index] for v, s, counted in self.cells}
 
     @property
     def customers(self) -> int:
@@ -418,6 +424,7 @@ def phase_counts(
         daily=tuple(DailyCounts(day, v, e, c) for (day, v), (e, c) in sorted(days.items())),
         inconsistencies=tuple(inconsistencies),
         as_of=as_of,
+        cells=tuple((v, s, tuple(cell[1 : 1 + width])) for (v, s), cell in cells.items()),
     )
 
 

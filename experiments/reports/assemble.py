@@ -1153,6 +1153,7 @@ def report_build(
                 as_of=now if exclude_open_windows else None,
                 reporting_currency=experiment.reporting_currency,
                 currency_rates=experiment.currency_rates,
+                customers=counts.cell_counts(index),
             )
         info = MetricInfo(
             event_type=metric.key,

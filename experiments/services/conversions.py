@@ -18,6 +18,10 @@ assignment of the phase. An exposure that moves a first exposure earlier refresh
 assignment at once (``assignment_conversions_refresh``, called by the exposure services),
 so incremental refreshes never leave a conversion outside its window either; a changed
 metric window needs a full refresh (the nightly one).
+
+Value metrics: the same refresh, for the same customers, rewrites their stored
+per-customer values (``experiments.services.metric_values``), which the report reads; a
+changed window, lookback or currency rule rewrites the phase's values in full at once.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from django.utils import timezone
 
 from experiments.models import Assignment, Conversion, Experiment, Metric, Phase
 from experiments.selectors import experiment_current_phase
+from experiments.services.metric_values import metric_values_refresh
 from segments import selectors as segment_selectors
 
 LATE_ARRIVAL_SLACK = dt.timedelta(minutes=10)
@@ -148,4 +153,7 @@ def _refresh_metric(
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return removed + max(cursor.rowcount, 0)
+        changed = removed + max(cursor.rowcount, 0)
+    # A value metric's per-customer values, for the same customers (metric_values.py).
+    metric_values_refresh(phase=phase, metric=metric, assignments=assignments, considered=considered)
+    return changed

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from experiments.models import Assignment, Metric
+from experiments.models import Assignment, Metric, MetricValue
 from experiments.reports.value_moments import value_cells
+from experiments.services.conversions import conversions_refresh
 from experiments.stats import Moments
 from segments.models import Event, EventType
 from tests.experiments.report_builders import PHASE_START, Group, experiment_create, populate
@@ -201,3 +203,174 @@ def test_value_cells__open_windows_excluded__only_closed_customers_counted() -> 
 
     (got,) = cells.overall.values()
     assert got.n == 10
+
+
+# --- Stored values: the conversion refresh materializes them, the report reads them ---------
+
+
+def _same(a: Moments, b: Moments) -> bool:
+    def norm(m: Moments) -> tuple:
+        return (m.n, [Fraction(s) for s in m.sums], [[Fraction(v) for v in r] for r in m.products])
+
+    return norm(a) == norm(b)
+
+
+def _scenario(name: str):  # type: ignore[no-untyped-def]
+    experiment = experiment_create(metrics=(("order", "primary"),))
+    order, refund = EventType.objects.get(code="order"), EventType.objects.get(code="refund")
+    metric = {
+        "sum_cuped": lambda: _metric(experiment, kind=Metric.Kind.SUM),
+        "ratio_cuped": lambda: _metric(
+            experiment,
+            kind=Metric.Kind.RATIO,
+            numerator_part="sum",
+            denominator_event_type=order,
+            denominator_part="count",
+        ),
+        "net_capped": lambda: _metric(
+            experiment, kind=Metric.Kind.SUM, refund_event_type=refund, cap_percentile=Decimal("0.9")
+        ),
+        "count_open": lambda: _metric(experiment, kind=Metric.Kind.COUNT),
+        "count_boundary": lambda: _metric(experiment, kind=Metric.Kind.COUNT),
+    }[name]()
+    phase, by_variant = _population(
+        experiment,
+        [
+            Group("control", 20, layers={"tier": "new"}),
+            Group("treatment", 16, layers={"tier": "vip"}),
+            Group("treatment", 6, day=6, layers={"tier": "new"}),
+        ],
+    )
+    events, _ = _orders(by_variant["control"] + by_variant["treatment"], seed=7)
+    # a refund larger than the customer's order: a negative net value
+    events.append(_event(by_variant["control"][1], "refund", EXPOSED + dt.timedelta(days=2), "500.00"))
+    Event.objects.bulk_create(events)
+    # count_open: the cutoff (as_of - window) falls between exposure days; count_boundary: at
+    # a minute after the first exposure of the day-6 customers, so their day is split by the cutoff
+    as_of = {
+        "count_open": PHASE_START + dt.timedelta(days=8),
+        "count_boundary": EXPOSED + dt.timedelta(days=6, hours=metric.window_hours, minutes=1),
+    }.get(name)
+    return experiment, phase, metric, as_of
+
+
+@pytest.mark.parametrize("name", ["sum_cuped", "ratio_cuped", "net_capped", "count_open", "count_boundary"])
+def test_value_cells__after_refresh__stored_values_give_the_events_moments_without_reading_events(name: str) -> None:
+    # Given a value metric whose moments are first computed from the events
+    experiment, phase, metric, as_of = _scenario(name)
+    from_events = value_cells(phase=phase, metric=metric, as_of=as_of)
+    assert not from_events.stored
+
+    # When the conversion refresh has run, the same call reads the stored values
+    conversions_refresh(experiment=experiment, full=True)
+    metric.refresh_from_db()
+    with CaptureQueriesContext(connection) as queries:
+        stored = value_cells(phase=phase, metric=metric, as_of=as_of)
+
+    # Then every cell's moments and the cap are the same, and no query touched the events
+    assert stored.stored and stored.cap == from_events.cap and stored.currency == from_events.currency
+    assert from_events.overall.keys() == stored.overall.keys()
+    assert all(_same(from_events.overall[v], stored.overall[v]) for v in stored.overall)
+    assert from_events.layers.keys() == stored.layers.keys()
+    assert all(
+        _same(from_events.layers[key][v], stored.layers[key][v]) for key in stored.layers for v in stored.layers[key]
+    )
+    assert not any("segments_event" in q["sql"] for q in queries.captured_queries)
+    if name == "count_boundary":  # the day-6 customers are in (16 + 6 treatment customers)
+        assert sum(m.n for m in stored.overall.values()) == 42
+    # and only customers with a non-zero value have a row
+    assert MetricValue.objects.filter(metric=metric).count() < Assignment.objects.filter(phase=phase).count()
+
+
+@pytest.mark.parametrize(("percentile", "cap"), [("0.1", "-50"), ("0.5", "0"), ("0.9", "30")])
+def test_value_cells__stored_cap_with_negatives_and_zeros__nearest_rank_hand_worked(percentile: str, cap: str) -> None:
+    # Given 10 customers whose net values are -50, 0 (five without events), 10, 20, 30, 1000
+    experiment = experiment_create(metrics=(("order", "primary"),), variants=(("control", 1.0),))
+    metric = _metric(
+        experiment,
+        kind=Metric.Kind.SUM,
+        refund_event_type=EventType.objects.get(code="refund"),
+        cap_percentile=Decimal(percentile),
+        cuped_lookback_days=0,
+    )
+    phase, by_variant = _population(experiment, [Group("control", 10)])
+    c = by_variant["control"]
+    at = EXPOSED + dt.timedelta(days=1)
+    Event.objects.bulk_create(
+        [_event(c[0], "order", at, "10.00"), _event(c[0], "refund", at + dt.timedelta(hours=1), "60.00")]
+        + [_event(x, "order", at, f"{v}.00") for x, v in zip(c[6:], (10, 20, 30, 1000), strict=True)]
+    )
+    conversions_refresh(experiment=experiment, full=True)
+    metric.refresh_from_db()
+
+    cells = value_cells(phase=phase, metric=metric, as_of=None)
+
+    # Then sorted -50, 0, 0, 0, 0, 0, 10, 20, 30, 1000: rank ceil(p x 10) is 1, 5 or 9
+    assert cells.stored and cells.cap == Decimal(cap)
+    values = [min(v, Decimal(cap)) for v in (-50, 0, 0, 0, 0, 0, 10, 20, 30, 1000)]
+    (got,) = cells.overall.values()
+    assert (got.n, got.sums[0], got.products[0][0]) == (10, sum(values), sum(v * v for v in values))
+
+
+def test_conversions_refresh__incremental_and_changed_rule__stored_values_follow() -> None:
+    experiment, phase, metric, _ = _scenario("sum_cuped")
+    conversions_refresh(experiment=experiment, full=True)
+    customer = Assignment.objects.filter(phase=phase).order_by("customer_id").first().customer_id
+
+    # When a late order arrives and the incremental refresh runs
+    Event.objects.create(
+        event_id="late",
+        customer_id=customer,
+        event_type=EventType.objects.get(code="order"),
+        occurred_at=EXPOSED + dt.timedelta(days=2),
+        amount=Decimal("123.45"),
+        currency="EUR",
+    )
+    conversions_refresh(experiment=experiment)
+    metric.refresh_from_db()
+    stored = value_cells(phase=phase, metric=metric, as_of=None)
+    # Then the stored values include it, as the events do
+    Metric.objects.filter(pk=metric.pk).update(values_signature="")
+    metric.refresh_from_db()
+    from_events = value_cells(phase=phase, metric=metric, as_of=None)
+    assert stored.stored and not from_events.stored
+    assert all(_same(from_events.overall[v], stored.overall[v]) for v in stored.overall)
+
+    # When the window changes, the stored values no longer mean this metric: events until a refresh
+    conversions_refresh(experiment=experiment)
+    Metric.objects.filter(pk=metric.pk).update(window_hours=24)
+    metric.refresh_from_db()
+    assert not value_cells(phase=phase, metric=metric, as_of=None).stored
+    conversions_refresh(experiment=experiment)  # incremental, but the signature changed: all rewritten
+    metric.refresh_from_db()
+    rewritten = value_cells(phase=phase, metric=metric, as_of=None)
+    Metric.objects.filter(pk=metric.pk).update(values_signature="")
+    metric.refresh_from_db()
+    again = value_cells(phase=phase, metric=metric, as_of=None)
+    assert rewritten.stored and all(_same(again.overall[v], rewritten.overall[v]) for v in again.overall)
+
+
+def test_conversions_refresh__incremental_new_currency__stored_values_undefined_until_a_rate_is_declared() -> None:
+    experiment, phase, metric, _ = _scenario("sum_cuped")
+    conversions_refresh(experiment=experiment, full=True)
+    customer = Assignment.objects.filter(phase=phase).order_by("customer_id").first().customer_id
+
+    # When one customer's order in USD arrives and the incremental refresh runs
+    Event.objects.create(
+        event_id="usd",
+        customer_id=customer,
+        event_type=EventType.objects.get(code="order"),
+        occurred_at=EXPOSED + dt.timedelta(days=2),
+        amount=Decimal("10.00"),
+        currency="USD",
+    )
+    conversions_refresh(experiment=experiment)
+    metric.refresh_from_db()
+
+    # Then the stored values are not summed across currencies ...
+    cells = value_cells(phase=phase, metric=metric, as_of=None)
+    assert cells.stored and cells.undefined["moments"].code == "mixed_currencies"
+    assert metric.values_currencies == ["EUR", "USD"]
+    # ... and with a declared rate (a changed rule) the events are read until the next refresh
+    rates = {"reporting_currency": "EUR", "currency_rates": {"USD": "0.5"}}
+    assert not value_cells(phase=phase, metric=metric, as_of=None, **rates).stored
