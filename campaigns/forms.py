@@ -43,32 +43,7 @@ class CampaignForm(forms.ModelForm):
 
     class Meta:
         model = Campaign
-        fields = [
-            "key",
-            "name",
-            "kind",
-            "description",
-            "experiment",
-            "include_segments",
-            "exclude_segments",
-            "include_layers",
-            "exclude_layers",
-            "split_dimension",
-            "trigger",
-            "trigger_event_type",
-            "trigger_layer",
-            "trigger_within_hours",
-            "channels",
-            "channel_strategy",
-            "is_transactional",
-            "topic",
-            "send_at",
-            "ends_at",
-            "max_attempts",
-            "referral_reward_to",
-            "referral_qualifying_event_type",
-            "referral_cap_per_inviter",
-        ]
+        fields = ["key", "name", "kind", *configure.CONFIG_FIELDS]
 
     new_version = False  # set by the admin in "Edit as a new version" mode
 

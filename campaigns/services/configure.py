@@ -24,6 +24,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from campaigns import kinds
 from campaigns.models import Campaign, Content, Offer, Topic, Treatment
 from campaigns.services import assignments
 from campaigns.services.editing import offer_write_check, treatments_write_check
@@ -33,18 +34,6 @@ from segments import selectors as segment_selectors
 # Channels a campaign may list (segments' ``Channel`` values), read through the model field's
 # choices so this module needs nothing but the campaigns models.
 _CHANNELS: tuple[str, ...] = tuple(value for value, _ in Content._meta.get_field("channel").choices)
-
-# What a campaign of each kind does when the author leaves it out.
-KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    Campaign.Kind.NEW_USER: {"trigger": Campaign.Trigger.EVENT, "event": "signup", "within": 48},
-    Campaign.Kind.REFERRAL: {"trigger": Campaign.Trigger.EVENT, "event": "referral_signup"},
-}
-# The topic a campaign of each kind is about when none is given (customers opt out by topic).
-KIND_TOPICS: dict[str, str] = {
-    Campaign.Kind.REFERRAL: Topic.REFERRALS,
-    Campaign.Kind.RENEWAL: Topic.RENEWALS,
-    Campaign.Kind.WINBACK: Topic.RECALL,
-}
 
 # The configuration fields ``campaign_create`` accepts besides key, name and kind.
 CONFIG_FIELDS: tuple[str, ...] = (
@@ -93,21 +82,23 @@ def campaign_config_clean(*, kind: str, config: Mapping[str, Any]) -> dict[str, 
     next to their fields); an event or layer field is a model instance or ``None``."""
     data = dict(config)
     errors: dict[str, list[str]] = {}
+    known = kind in kinds.KINDS
     if not data.get("topic"):
-        data["topic"] = KIND_TOPICS.get(kind, Topic.PROMOTIONS)
+        # The kind's own topic and trigger defaults (``campaigns.kinds``, one module per kind).
+        data["topic"] = kinds.topic_for(kind) if known else Topic.PROMOTIONS
     if "channels" in data:
         try:
             data["channels"] = channels_check(channels=data.get("channels") or [])
         except ValidationError as exc:
             errors.update(exc.message_dict)
-    defaults = KIND_DEFAULTS.get(kind)
+    defaults = kinds.trigger_defaults(kind) if known else None
     if defaults:
         if data.get("trigger") in (None, "", Campaign.Trigger.BROADCAST):
-            data["trigger"] = defaults["trigger"]
+            data["trigger"] = defaults.trigger
         if data.get("trigger_event_type") is None:
-            data["trigger_event_type"] = segment_selectors.event_type_get(code=defaults["event"])
-        if data.get("trigger_within_hours") is None and defaults.get("within"):
-            data["trigger_within_hours"] = defaults["within"]
+            data["trigger_event_type"] = segment_selectors.event_type_get(code=defaults.event_type_code)
+        if data.get("trigger_within_hours") is None and defaults.within_hours:
+            data["trigger_within_hours"] = defaults.within_hours
     if kind == Campaign.Kind.REFERRAL and data.get("referral_qualifying_event_type") is None:
         data["referral_qualifying_event_type"] = data.get("trigger_event_type")
     if data.get("trigger") == Campaign.Trigger.EVENT and data.get("trigger_event_type") is None:
