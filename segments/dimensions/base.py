@@ -36,6 +36,19 @@ from jsonschema import Draft202012Validator
 
 from segments.rules.validation import RuleIssue, schema_issues
 
+# A value measure per customer: the count or the amount sum of one event type over the last
+# ``window_days`` (or all time). Levels and the value pyramid rank customers by it.
+MEASURE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["event_type", "agg"],
+    "properties": {
+        "event_type": {"type": "string", "minLength": 1},
+        "agg": {"enum": ["count", "sum"]},
+        "window_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 36500},
+    },
+}
+
 STAGE_TABLE = "segments_stage_layer"
 DAY = dt.timedelta(days=1)
 

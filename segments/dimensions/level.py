@@ -23,7 +23,16 @@ from __future__ import annotations
 from typing import Any
 
 from segments import money
-from segments.dimensions.base import NAME, SLUG, LayerSpec, StageContext, check_event_types, check_schema, table
+from segments.dimensions.base import (
+    MEASURE_SCHEMA,
+    NAME,
+    SLUG,
+    LayerSpec,
+    StageContext,
+    check_event_types,
+    check_schema,
+    table,
+)
 from segments.rules.validation import RuleIssue
 
 KIND = "level"
@@ -33,16 +42,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["measure", "levels"],
     "properties": {
-        "measure": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["event_type", "agg"],
-            "properties": {
-                "event_type": {"type": "string", "minLength": 1},
-                "agg": {"enum": ["count", "sum"]},
-                "window_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 36500},
-            },
-        },
+        "measure": MEASURE_SCHEMA,
         "levels": {
             "type": "array",
             "minItems": 3,

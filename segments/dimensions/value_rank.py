@@ -33,6 +33,7 @@ from typing import Any
 
 from segments import money
 from segments.dimensions.base import (
+    MEASURE_SCHEMA,
     NAME,
     SLUG,
     LayerSpec,
@@ -54,16 +55,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["measure", "cuts"],
     "properties": {
-        "measure": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["event_type", "agg"],
-            "properties": {
-                "event_type": {"type": "string", "minLength": 1},
-                "agg": {"enum": ["count", "sum"]},
-                "window_days": {"type": ["integer", "null"], "minimum": 1, "maximum": 36500},
-            },
-        },
+        "measure": MEASURE_SCHEMA,
         "cuts": {
             "type": "array",
             "minItems": 1,
