@@ -193,6 +193,19 @@ def _failure(run: RecomputeRun, started: float, exc: BaseException, details: dic
     return _outcome(run, retryable=isinstance(exc, OperationalError))
 
 
+def _as_of_check(*, target: str, as_of: dt.datetime) -> None:
+    """Refuse an ``as_of`` before the target's last successful run: its history rows would
+    close before they opened (dimensions and tag rules both keep history)."""
+    previous = (
+        RecomputeRun.objects.filter(target=target, status=RecomputeRun.Status.SUCCEEDED, as_of__isnull=False)
+        .order_by("-as_of")
+        .values_list("as_of", flat=True)
+        .first()
+    )
+    if previous is not None and as_of < previous:
+        raise ValueError(f"as_of {as_of.isoformat()} is before the last recompute's ({previous.isoformat()})")
+
+
 def dimension_recompute(
     *,
     dimension_id: int,
@@ -221,15 +234,7 @@ def dimension_recompute(
     started = time.perf_counter()
     details: dict[str, Any] = {"kind": dimension.kind, "as_of": as_of.isoformat()}
     try:
-        previous = (
-            RecomputeRun.objects.filter(target=target, status=RecomputeRun.Status.SUCCEEDED, as_of__isnull=False)
-            .order_by("-as_of")
-            .values_list("as_of", flat=True)
-            .first()
-        )
-        if previous is not None and as_of < previous:
-            # History rows would close before they opened.
-            raise ValueError(f"as_of {as_of.isoformat()} is before the last recompute's ({previous.isoformat()})")
+        _as_of_check(target=target, as_of=as_of)
         layers = dict(Layer.objects.filter(dimension=dimension).values_list("key", "pk"))
         module = kind_module(dimension.kind)
         missing = [spec.key for spec in module.layer_specs(dimension.config) if spec.key not in layers]
@@ -360,15 +365,7 @@ def tag_rule_recompute(
     started = time.perf_counter()
     details: dict[str, Any] = {"as_of": as_of.isoformat(), "family": tag_rule.tag.family}
     try:
-        previous = (
-            RecomputeRun.objects.filter(target=target, status=RecomputeRun.Status.SUCCEEDED, as_of__isnull=False)
-            .order_by("-as_of")
-            .values_list("as_of", flat=True)
-            .first()
-        )
-        if previous is not None and as_of < previous:
-            # History rows would close before they opened.
-            raise ValueError(f"as_of {as_of.isoformat()} is before the last recompute's ({previous.isoformat()})")
+        _as_of_check(target=target, as_of=as_of)
         members = Customer.objects.filter(rule_compile(tag_rule.rule, as_of=as_of)).values_list("pk")
         sql, params = members.query.sql_with_params()
         with _unit_of_work(lock_customer_tags=True):
