@@ -765,6 +765,38 @@ def _heterogeneity(
     )
 
 
+def _value_heterogeneity(ctx: _Context, rows: Sequence[_Raw], no_layer_key: str) -> HeterogeneityView:
+    """Value metrics: Wald / Cochran test that each treatment's difference is the same in
+    every layer (``stats.value_heterogeneity``), on the estimates the layer rows compared:
+    CUPED-adjusted where CUPED applied in that layer, so the test gains its precision too."""
+    if ctx.control is None:
+        reason = Reason("no_control", "The experiment has no control variant.")
+        return HeterogeneityView(None, None, None, None, "Cannot test: " + reason.message, (), _undef3(reason))
+    cells: dict[tuple[str, str], stats.Estimate] = {}
+    for row, comparisons in rows:
+        layer = no_layer_key if row.layer is None else row.layer
+        for treatment, comparison in zip(ctx.treatments, comparisons, strict=True):
+            cells[(layer, ctx.control.key)] = comparison.control
+            cells[(layer, treatment.key)] = comparison.treatment
+    result = stats.value_heterogeneity(cells, ctx.control.key, alpha=HEADLINE_HETEROGENEITY_ALPHA)
+    undefined = dict(result.undefined)
+    differs = None
+    if result.p_value is None:
+        undefined["differs"] = undefined.get("p_value") or Reason("test_undefined", "The test is not available.")
+    else:
+        differs = result.p_value < HEADLINE_HETEROGENEITY_ALPHA
+    return HeterogeneityView(
+        result.statistic,
+        result.df,
+        result.p_value,
+        differs,
+        result.message,
+        result.notes,
+        undefined,
+        scale="difference",
+    )
+
+
 def _heterogeneity_adjusted(view: HeterogeneityView, adjusted_p: float | None, tested: int) -> HeterogeneityView:
     """Attach the Holm-adjusted p (across the ``tested`` dimensions of the metric); the
     headline "differs" follows the adjusted p only."""
@@ -1352,14 +1384,7 @@ def report_build(
                 family=family,
             )
             if kind_of(metric).is_value:
-                reason = Reason(
-                    "not_applicable",
-                    "The heterogeneity test is on log-odds of conversion; for value metrics compare the layers' "
-                    "intervals.",
-                )
-                heterogeneity_views.append(
-                    HeterogeneityView(None, None, None, None, reason.message, (), _undef3(reason))
-                )
+                heterogeneity_views.append(_value_heterogeneity(ctx, rows_raw, no_layer_key="(none)"))
             else:
                 heterogeneity_views.append(
                     _heterogeneity(

@@ -272,7 +272,9 @@ class Family:
 
 @dataclass(frozen=True, slots=True)
 class HeterogeneityView:
-    """Does the lift differ between the layers of this dimension? (log-odds scale)"""
+    """Does the lift differ between the layers of this dimension? ``scale``: "log_odds"
+    (conversion metrics: likelihood-ratio test of variant x layer in a logistic model) or
+    "difference" (value metrics: Wald / Cochran test of equal absolute differences)."""
 
     statistic: float | None
     df: int | None
@@ -282,6 +284,7 @@ class HeterogeneityView:
     notes: tuple[Reason, ...] = ()
     undefined: dict[str, Reason] = field(default_factory=dict)
     adjusted_p_value: float | None = None  # Holm across the dimensions tested for this metric
+    scale: str = "log_odds"
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,9 @@ Public API (one entry point per question)
 ``heterogeneity(cells, control_variant) -> HeterogeneityResult``
     Does the lift differ between the layers of one dimension?  Reported once per
     dimension, from ``Cell(layer, variant, n, conversions)`` counts.
+``value_heterogeneity({(layer, variant): Estimate}, control_variant) -> HeterogeneityResult``
+    The same question for a value metric: Cochran / Wald test of equal differences
+    (``experiments.stats.value_heterogeneity``).
 ``Moments(n, sums, products)``, ``estimate(moments, MeanOf(i) | RatioOf(a, b)) -> Estimate``
     Value metrics (``experiments.stats.moments``): per-arm sufficient statistics n, sums and
     sums of products, and a mean or ratio with its delta-method variance.
@@ -217,6 +220,7 @@ from experiments.stats.sequential import (
     cs_halfwidth_one_sided,
     mixture_rho,
 )
+from experiments.stats.value_heterogeneity import value_heterogeneity
 from experiments.stats.value_power import ValueSampleSize, value_sample_size
 from experiments.stats.verdicts import Verdict, verdict
 
@@ -275,6 +279,7 @@ __all__ = [
     "sequential_sample_size",
     "srm",
     "value_harm_test",
+    "value_heterogeneity",
     "value_sample_size",
     "verdict",
     "welch_df",

@@ -3,7 +3,9 @@ against scipy / statsmodels on the per-customer values, the plan's family and mo
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 from decimal import Decimal
 
@@ -158,3 +160,90 @@ def test_report_ratio_metric__sequential__delta_method_with_confidence_sequence(
     assert lift.absolute_lift_ci.high - lift.absolute_lift_ci.low > 2 * 1.96 * se
     assert lift.absolute_lift < 0
     json.dumps(report.to_dict(), allow_nan=False)
+
+
+def _layered_experiment(cuped_lookback_days: int):  # type: ignore[no-untyped-def]
+    """Revenue per customer in two tiers: the offer adds revenue for regulars and takes
+    order value away from VIPs (a value effect that differs between layers)."""
+    experiment = experiment_create(metrics=(), plan={"inference_mode": "fixed", "planned_sample_size": 1})
+    order = EventType.objects.get(code="order")
+    Metric.objects.create(
+        experiment=experiment, event_type=order, kind=Metric.Kind.SUM, cuped_lookback_days=cuped_lookback_days
+    )
+    populate(
+        experiment,
+        [
+            Group(variant, 150, layers={"tier": tier})
+            for tier in ("vip", "regular")
+            for variant in ("control", "treatment")
+        ],
+    )
+    rng = np.random.default_rng(11)
+    events, rows = [], []
+    for a in Assignment.objects.filter(experiment=experiment).select_related("variant", "snapshot").order_by("pk"):
+        tier, treated = a.snapshot.layers["tier"], a.variant.key == "treatment"
+        pre = round(float(rng.lognormal(3.5, 0.5)), 2)
+        shift = {("vip", True): -12.0, ("regular", True): 6.0}.get((tier, treated), 0.0)
+        amount = round(max(0.6 * pre + float(rng.normal(30.0, 8.0)) + shift, 1.0), 2)
+        events += [
+            _event(order, a.customer_id, EXPOSED + dt.timedelta(days=1), amount),
+            _event(order, a.customer_id, EXPOSED - dt.timedelta(days=3), pre),
+        ]
+        rows.append({"tier": tier, "treatment": int(treated), "revenue": amount, "pre": pre})
+    Event.objects.bulk_create(events)
+    conversions_refresh(experiment=experiment, full=True)
+    return experiment, pd.DataFrame(rows)
+
+
+def test_report_value_heterogeneity__no_cuped__cochran_q_of_statsmodels_on_the_layers() -> None:
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    from experiments.reports.exports import report_csv
+
+    # Given revenue per customer whose treatment effect has opposite signs in two tiers
+    experiment, df = _layered_experiment(cuped_lookback_days=0)
+
+    report = report_build(experiment_key=experiment.key, now=NOW)
+
+    (dimension,) = report.primary.dimensions
+    het = dimension.heterogeneity
+    effects, variances = [], []
+    for tier in [row.layer for row in dimension.layers]:
+        g = df[df.tier == tier]
+        t, c = g.revenue[g.treatment == 1], g.revenue[g.treatment == 0]
+        effects.append(t.mean() - c.mean())
+        variances.append(t.var(ddof=1) / len(t) + c.var(ddof=1) / len(c))
+    reference = combine_effects(np.array(effects), np.array(variances))
+    # Then the test is Cochran's Q over the tiers' differences, not "not applicable"
+    assert het.scale == "difference" and het.df == 1
+    assert het.statistic == pytest.approx(reference.q, rel=1e-9)
+    assert het.p_value == pytest.approx(sps.chi2.sf(reference.q, 1), rel=1e-9)
+    assert het.differs is True and het.adjusted_p_value == het.p_value  # one dimension: Holm changes nothing
+    assert "differs between layers" in het.message
+    # and shown in the JSON and the CSV as for conversions
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert data["metrics"][0]["dimensions"][0]["heterogeneity"]["p_value"] == pytest.approx(het.p_value)
+    layer_rows = [r for r in csv.DictReader(io.StringIO(report_csv(report))) if r["dimension"] == "tier"]
+    assert len(layer_rows) == 2
+    assert all(float(r["heterogeneity_p_value"]) == pytest.approx(het.p_value) for r in layer_rows)
+
+
+def test_report_value_heterogeneity__cuped__tests_the_adjusted_effects_of_the_layer_rows() -> None:
+    # Given the same experiment with a 14-day CUPED lookback
+    experiment, df = _layered_experiment(cuped_lookback_days=14)
+
+    report = report_build(experiment_key=experiment.key, now=NOW)
+
+    (dimension,) = report.primary.dimensions
+    het = dimension.heterogeneity
+    # Then the test compares the CUPED-adjusted differences, with the rows' standard errors
+    (vip_lift,), (regular_lift,) = (row.lifts for row in dimension.layers)
+    assert all(row.cuped.applied for row in dimension.layers)
+    for row, lift in zip(dimension.layers, (vip_lift, regular_lift), strict=True):
+        g = df[df.tier == row.layer]
+        fit = smf.ols("revenue ~ treatment + I(pre - pre.mean())", data=g).fit()
+        assert lift.absolute_lift == pytest.approx(fit.params["treatment"], rel=1e-9)
+    se2 = [(lift.absolute_lift / lift.z) ** 2 for lift in (vip_lift, regular_lift)]
+    expected = (vip_lift.absolute_lift - regular_lift.absolute_lift) ** 2 / sum(se2)
+    assert het.statistic == pytest.approx(expected, rel=1e-9)
+    assert het.p_value is not None and het.p_value < 1e-6
