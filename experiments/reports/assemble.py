@@ -360,10 +360,6 @@ def _power(
         rule += "; value metric: normal approximation on the per-customer variance" + (
             f" reduced {reduction:.0%} by CUPED" if reduction else ""
         )
-        sequential_value = sequential
-        sequential = False
-        if sequential_value:
-            rule += " (fixed-horizon requirement: it understates the always-valid test's)"
     else:
         baseline = control.conversions / control.customers
     need = planner.requirement(

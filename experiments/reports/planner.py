@@ -64,13 +64,19 @@ def requirement(
     Value metrics (mean or ratio per customer, issue 15): pass the control's per-customer
     ``variance`` (and CUPED's ``variance_reduction``): ``stats.value_sample_size`` (normal
     approximation on sigma^2 (1 - R)); ``baseline_rate`` is then the control's mean or
-    ratio.  There is no sequential variant for them yet: the fixed-horizon requirement is
-    used, which understates what the always-valid test needs."""
+    ratio; ``sequential`` plans the always-valid test for them too."""
 
     def size(baseline: float, mde: float, *, alpha: float, power: float, ratio: float):  # type: ignore[no-untyped-def]
         if variance is not None:
             return stats.value_sample_size(
-                baseline, variance, mde, alpha=alpha, power=power, ratio=ratio, variance_reduction=variance_reduction
+                baseline,
+                variance,
+                mde,
+                alpha=alpha,
+                power=power,
+                ratio=ratio,
+                variance_reduction=variance_reduction,
+                sequential=sequential,
             )
         plan = stats.sequential_sample_size if sequential else stats.sample_size
         return plan(baseline, mde, alpha=alpha, power=power, ratio=ratio)

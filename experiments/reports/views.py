@@ -26,15 +26,18 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.utils.safestring import SafeString
 
 from config.replica import replica_reads
 from experiments.models import Experiment
+from experiments.reports import baseline as value_baselines
 from experiments.reports import charts, planner, present
 from experiments.reports.api import BOOLEANS
 from experiments.reports.assemble import ADJUSTMENTS, ALPHA, POWER, ExperimentNotFound, report_build
 from experiments.reports.exports import report_csv, report_filename, report_json
 from experiments.reports.results import DimensionResult, MetricReport, Report, RowResult
+from segments import selectors as segment_selectors
 
 PERMISSION = "experiments.view_report"
 # Notes that repeat on many rows are shortened in the tables (the full text is in
@@ -389,6 +392,11 @@ def experiment_report_json(request: HttpRequest, key: str) -> HttpResponse:
 
 
 OVERALL = "overall"
+METRIC_KINDS: dict[str, str] = {
+    "conversion": "Conversion rate",
+    "mean": "Mean per customer (revenue, orders)",
+    "ratio": "Ratio (e.g. average order value)",
+}
 
 
 class PlannerForm(forms.Form):
@@ -429,11 +437,141 @@ class PlannerForm(forms.Form):
         help_text="The chance of detecting the lift if it is real.",
     )
 
+    mode = forms.ChoiceField(
+        choices=[("fixed", "Fixed horizon"), ("sequential", "Always valid (sequential)")],
+        required=False,
+        initial="fixed",
+        label="Inference mode",
+        help_text="Sequential verdicts may be read at every look and need more customers (as in the analysis plan).",
+    )
+    metric_kind = forms.ChoiceField(
+        choices=[(key, words) for key, words in METRIC_KINDS.items()],
+        required=False,
+        initial="conversion",
+        label="Metric kind",
+        help_text="A conversion rate, a mean per customer (revenue, orders) or a ratio (e.g. average order value).",
+    )
+    mean_baseline = forms.DecimalField(
+        required=False,
+        max_digits=16,
+        decimal_places=4,
+        label="Baseline mean per customer",
+        help_text="Mean metrics: the control's mean, e.g. 42.50 (revenue per customer).",
+    )
+    mean_sd = forms.DecimalField(
+        required=False,
+        min_value=Decimal(0),
+        max_digits=16,
+        decimal_places=4,
+        label="Standard deviation per customer",
+        help_text="Mean metrics: how much the value varies between customers.",
+    )
+    ratio_numerator_mean = forms.DecimalField(
+        required=False,
+        max_digits=16,
+        decimal_places=4,
+        label="Ratio: numerator mean per customer",
+        help_text="Ratio metrics: e.g. revenue per customer (for average order value).",
+    )
+    ratio_numerator_sd = forms.DecimalField(
+        required=False,
+        min_value=Decimal(0),
+        max_digits=16,
+        decimal_places=4,
+        label="Ratio: numerator SD",
+    )
+    ratio_denominator_mean = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0.0001"),
+        max_digits=16,
+        decimal_places=4,
+        label="Ratio: denominator mean per customer",
+        help_text="e.g. orders per customer.",
+    )
+    ratio_denominator_sd = forms.DecimalField(
+        required=False,
+        min_value=Decimal(0),
+        max_digits=16,
+        decimal_places=4,
+        label="Ratio: denominator SD",
+    )
+    ratio_correlation = forms.DecimalField(
+        required=False,
+        min_value=Decimal(-1),
+        max_value=Decimal(1),
+        decimal_places=4,
+        label="Ratio: correlation of numerator and denominator",
+        help_text="Between -1 and 1; empty: 0.",
+    )
+    cuped_reduction = forms.DecimalField(
+        required=False,
+        min_value=Decimal(0),
+        max_value=Decimal(95),
+        decimal_places=1,
+        label="Expected CUPED variance reduction (%)",
+        help_text="Value metrics: the share of variance CUPED removes. Empty: estimated from the data when you "
+        "ask for an estimate, else 0.",
+    )
+    estimate_event_type = forms.SlugField(
+        required=False,
+        label="Estimate from events: event type",
+        help_text="Value metrics: an event type code (e.g. order) to estimate the baseline, SD and CUPED's "
+        "reduction from the last N days instead of typing them.",
+    )
+    estimate_measure = forms.ChoiceField(
+        choices=[("", "---------"), *value_baselines.MEASURES.items()], required=False, label="Estimate: measure"
+    )
+    estimate_days = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=365,
+        label="Estimate: last N days",
+        help_text="The metric over the last N days; CUPED's covariate: the N days before.",
+    )
+
     def clean_mde(self) -> Decimal | None:
         value = self.cleaned_data.get("mde")
         if value is not None and value == 0:
             raise forms.ValidationError("A lift of 0% can never be detected; enter a non-zero lift.")
         return value
+
+    def clean(self) -> dict[str, Any]:
+        """Value metrics need their moments: typed, or estimated from the events (the
+        measure must fit the kind: a mean is a sum or a count, a ratio is a ratio)."""
+        data = super().clean()
+        kind = data.get("metric_kind") or "conversion"
+        data["metric_kind"] = kind
+        if kind == "conversion":
+            return data
+        estimating = data.get("estimate_days") is not None or bool(data.get("estimate_event_type"))
+        if estimating:
+            for name in ("estimate_event_type", "estimate_measure", "estimate_days"):
+                if not data.get(name) and name not in self.errors:
+                    self.add_error(name, "Required to estimate from the events.")
+            measure = data.get("estimate_measure")
+            if measure and (measure == "ratio") != (kind == "ratio"):
+                self.add_error(
+                    "estimate_measure",
+                    "A ratio metric is estimated as 'amount per event'; a mean metric as amount or events "
+                    "per customer.",
+                )
+            code = data.get("estimate_event_type")
+            if code and segment_selectors.event_type_get(code=code) is None:
+                self.add_error("estimate_event_type", f"No event type with code '{code}'.")
+            return data
+        required = (
+            ("mean_baseline", "mean_sd")
+            if kind == "mean"
+            else ("ratio_numerator_mean", "ratio_numerator_sd", "ratio_denominator_mean", "ratio_denominator_sd")
+        )
+        for name in required:
+            if data.get(name) is None and name not in self.errors:
+                self.add_error(name, f"Required for a {kind} metric (or estimate it from the last N days).")
+        if kind == "mean" and data.get("mean_baseline") == 0:
+            self.add_error("mean_baseline", "A baseline of 0 has no relative lift; enter a non-zero mean.")
+        if kind == "ratio" and data.get("ratio_numerator_mean") == 0:
+            self.add_error("ratio_numerator_mean", "A ratio of 0 has no relative lift; enter a non-zero mean.")
+        return data
 
 
 @dataclass(frozen=True)
@@ -445,6 +583,67 @@ class PlanLine:
     total: present.Shown
     days_from_zero: present.Shown
     days_remaining: present.Shown
+    value: ValueInputs | None = None
+
+
+@dataclass(frozen=True)
+class ValueInputs:
+    """A mean or ratio metric's plan inputs: baseline, per-customer SD, CUPED's reduction,
+    and where they came from (typed, or estimated from the last N days of events)."""
+
+    baseline: float | None
+    variance: float | None
+    reduction: float
+    source: str
+    why: str = ""
+
+    @property
+    def sd(self) -> present.Shown:
+        if self.variance is None:
+            return present.Shown("not defined", self.why)
+        return present.Shown(f"{self.variance**0.5:,.4g}")
+
+    @property
+    def reduction_shown(self) -> present.Shown:
+        return present.Shown(f"{self.reduction:.1%}")
+
+
+def _value_inputs(data: dict[str, Any], now: Any) -> ValueInputs:
+    """Mean: sd^2. Ratio R = m_x / m_y, delta method: (s_x^2 - 2 R r s_x s_y + R^2 s_y^2) / m_y^2
+    (Deng, Knoblich & Lu 2018; ``experiments.stats.moments``). Or estimated in SQL
+    (``reports.baseline``). A typed CUPED reduction wins over the estimated one."""
+    typed = float(data["cuped_reduction"]) / 100 if data.get("cuped_reduction") is not None else None
+    if data.get("estimate_days"):
+        found = value_baselines.value_baseline(
+            event_type=data["estimate_event_type"],
+            measure=data["estimate_measure"],
+            days=data["estimate_days"],
+            now=now,
+        )
+        why = next(iter(found.undefined.values())).message if found.undefined else ""
+        reduction = typed if typed is not None else (found.variance_reduction or 0.0)
+        reduction_words = (
+            "typed" if typed is not None else ("estimated" if found.variance_reduction is not None else "none: " + why)
+        )
+        source = (
+            f"Estimated from the last {found.days} days of {found.event_type} events over {found.customers:,} "
+            f"customers ({value_baselines.MEASURES[found.measure]}"
+            + (f", {found.currency}" if found.currency else "")
+            + f"); CUPED reduction {reduction_words}, covariate: the {found.days} days before."
+        )
+        if found.baseline is None:
+            source = f"Could not estimate from the last {found.days} days of {found.event_type} events: {why}"
+        return ValueInputs(found.baseline, found.variance, min(reduction, 0.95), source, why)
+    reduction = typed or 0.0
+    if data["metric_kind"] == "mean":
+        mean, sd = float(data["mean_baseline"]), float(data["mean_sd"])
+        return ValueInputs(mean, sd * sd, reduction, "Typed: mean and standard deviation per customer.")
+    mx, sx = float(data["ratio_numerator_mean"]), float(data["ratio_numerator_sd"])
+    my, sy = float(data["ratio_denominator_mean"]), float(data["ratio_denominator_sd"])
+    r = float(data["ratio_correlation"]) if data.get("ratio_correlation") is not None else 0.0
+    ratio = mx / my
+    variance = max((sx * sx - 2 * ratio * r * sx * sy + ratio * ratio * sy * sy) / (my * my), 0.0)
+    return ValueInputs(ratio, variance, reduction, "Typed: ratio moments (delta method).")
 
 
 def _plan_line(
@@ -457,17 +656,30 @@ def _plan_line(
     power: float,
     customers_so_far: dict[str, int] | None,
     baseline_why: str = "",
+    sequential: bool = False,
+    value: ValueInputs | None = None,
 ) -> PlanLine:
+    """Conversions (``value`` None) or a value metric (its variance and CUPED reduction)."""
+    shown = (lambda b: present.Shown(f"{b:,.4g}")) if value is not None else (lambda b: present.Shown(f"{b:.2%}"))
+    if value is not None and value.variance is None:
+        baseline, baseline_why = None, value.why
     if baseline is None:
         missing = present.Shown("not defined", baseline_why or "The baseline rate is unknown.")
-        return PlanLine(label, missing, _traffic(daily_traffic), None, missing, missing, missing)
-    need = planner.requirement(baseline_rate=baseline, relative_mde=mde, arms=arms, alpha=ALPHA, power=power)
+        return PlanLine(label, missing, _traffic(daily_traffic), None, missing, missing, missing, value)
+    need = planner.requirement(
+        baseline_rate=baseline,
+        relative_mde=mde,
+        arms=arms,
+        alpha=ALPHA,
+        power=power,
+        sequential=sequential,
+        variance=value.variance if value is not None else None,
+        variance_reduction=value.reduction if value is not None else 0.0,
+    )
     if need.required_per_arm is None:
         why = need.undefined["required_per_arm"].message
         missing = present.Shown("not defined", why)
-        return PlanLine(
-            label, present.Shown(f"{baseline:.2%}"), _traffic(daily_traffic), None, missing, missing, missing
-        )
+        return PlanLine(label, shown(baseline), _traffic(daily_traffic), None, missing, missing, missing, value)
 
     def days(so_far: dict[str, int] | None) -> present.Shown:
         if daily_traffic is None:
@@ -485,8 +697,9 @@ def _plan_line(
         )
 
     return PlanLine(
+        value=value,
         label=label,
-        baseline=present.Shown(f"{baseline:.2%}"),
+        baseline=shown(baseline),
         daily_traffic=_traffic(daily_traffic),
         required=tuple((key, f"{n:,}") for key, n in need.required_per_arm.items()),
         total=present.Shown(f"{need.total:,}"),
@@ -542,9 +755,13 @@ def power_planner(request: HttpRequest) -> HttpResponse:
                 default_mde = 0.10
             mde = float(data["mde"]) / 100 if data["mde"] is not None else default_mde
             power = data["power"]
+            sequential = data.get("mode") == "sequential"
             row = rows.get(data.get("segment") or OVERALL)
+            value = _value_inputs(data, timezone.now()) if data["metric_kind"] != "conversion" else None
             observed_baseline = row.power.baseline_rate if row else None
             baseline = float(data["baseline"]) / 100 if data["baseline"] is not None else observed_baseline
+            if value is not None:
+                baseline = value.baseline
             traffic = (
                 float(data["daily_traffic"])
                 if data["daily_traffic"] is not None
@@ -564,8 +781,12 @@ def power_planner(request: HttpRequest) -> HttpResponse:
                 power=power,
                 customers_so_far=row.power.customers_per_arm if row else None,
                 baseline_why=why or "Enter the baseline conversion rate (or choose an experiment with data).",
+                sequential=sequential,
+                value=value,
             )
-            if report is not None and report.primary is not None:
+            # The layers' observed baselines are conversion rates (or the primary metric's
+            # values without their variance): the table is for conversion plans.
+            if report is not None and report.primary is not None and value is None:
                 for key, each in rows.items():
                     reason = each.power.undefined.get("baseline_rate")
                     table.append(
@@ -578,6 +799,7 @@ def power_planner(request: HttpRequest) -> HttpResponse:
                             power=power,
                             customers_so_far=each.power.customers_per_arm,
                             baseline_why=reason.message if reason else "",
+                            sequential=sequential,
                         )
                     )
     context = _context(
@@ -589,6 +811,11 @@ def power_planner(request: HttpRequest) -> HttpResponse:
         table=table,
         alpha=ALPHA,
         default_power=POWER,
+        mode_words=(
+            "Always valid (sequential)"
+            if form.is_bound and form.is_valid() and form.cleaned_data.get("mode") == "sequential"
+            else "Fixed horizon"
+        ),
         report_url=reverse("reports:experiment", args=[experiment_key]) if report is not None else None,
     )
     return render(request, "experiments/reports/planner.html", context)

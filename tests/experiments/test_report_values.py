@@ -247,3 +247,20 @@ def test_report_value_heterogeneity__cuped__tests_the_adjusted_effects_of_the_la
     expected = (vip_lift.absolute_lift - regular_lift.absolute_lift) ** 2 / sum(se2)
     assert het.statistic == pytest.approx(expected, rel=1e-9)
     assert het.p_value is not None and het.p_value < 1e-6
+
+
+def test_report_value_power__sequential_mode__always_valid_requirement_not_the_fixed_one() -> None:
+    from experiments.stats import value_sample_size
+
+    # Given revenue per customer read with the always-valid test, CUPED off
+    experiment, df = _experiment(mode="sequential", kind=Metric.Kind.SUM, cuped_lookback_days=0)
+
+    power = report_build(experiment_key=experiment.key, now=NOW).primary.overall.power
+
+    # Then the requirement is the sequential one at the control's mean and variance
+    control = df.revenue[df.treatment == 0]
+    args = (control.mean(), control.var(ddof=1), power.relative_mde)
+    sequential = value_sample_size(*args, alpha=power.alpha, sequential=True).required_control
+    fixed = value_sample_size(*args, alpha=power.alpha).required_control
+    assert power.required_per_arm["control"] == sequential and sequential > fixed
+    assert "understates" not in power.alpha_rule
