@@ -392,6 +392,7 @@ def experiment_report_json(request: HttpRequest, key: str) -> HttpResponse:
 
 
 OVERALL = "overall"
+MAX_CUPED_REDUCTION = 0.95  # the form's own maximum for a typed reduction
 METRIC_KINDS: dict[str, str] = {
     "conversion": "Conversion rate",
     "mean": "Mean per customer (revenue, orders)",
@@ -625,6 +626,9 @@ def _value_inputs(data: dict[str, Any], now: Any) -> ValueInputs:
         reduction_words = (
             "typed" if typed is not None else ("estimated" if found.variance_reduction is not None else "none: " + why)
         )
+        if reduction > MAX_CUPED_REDUCTION:
+            # A near-perfect pre/post correlation over a short history is not a promise.
+            reduction_words += f" at {reduction:.1%}, capped at {MAX_CUPED_REDUCTION:.0%}"
         source = (
             f"Estimated from the last {found.days} days of {found.event_type} events over {found.customers:,} "
             f"customers ({value_baselines.MEASURES[found.measure]}"
@@ -633,7 +637,7 @@ def _value_inputs(data: dict[str, Any], now: Any) -> ValueInputs:
         )
         if found.baseline is None:
             source = f"Could not estimate from the last {found.days} days of {found.event_type} events: {why}"
-        return ValueInputs(found.baseline, found.variance, min(reduction, 0.95), source, why)
+        return ValueInputs(found.baseline, found.variance, min(reduction, MAX_CUPED_REDUCTION), source, why)
     reduction = typed or 0.0
     if data["metric_kind"] == "mean":
         mean, sd = float(data["mean_baseline"]), float(data["mean_sd"])
