@@ -21,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from campaigns.models import Campaign, Offer
+from campaigns.services import assignments as campaign_assignments
 from campaigns.services import configure, lifecycle
 from demo.plan import (
     HOLDOUT_KEY,
@@ -162,7 +163,14 @@ def experiment_ensure(*, plan: ExperimentPlan, holdout: Holdout | None) -> Exper
                     ]
                     if plan.value_metric
                     else []
-                ),
+                )
+                # The guardrails its campaign watches, declared before the start records the
+                # plan: launching the campaign (after this start) would add them to a running
+                # experiment, and every report would say its metrics changed after the plan.
+                + [
+                    experiment_services.MetricSpec(event_type_code=code, role="guardrail")
+                    for code in campaign_assignments.GUARDRAIL_EVENTS
+                ],
                 minimum_detectable_effect=plan.minimum_detectable_effect,
                 plan={
                     "confirmatory_dimensions": list(plan.confirmatory_dimensions),
