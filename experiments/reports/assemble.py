@@ -985,6 +985,33 @@ def _metric_name(metric: Metric) -> str:
     return f"{name}: {numerator} / {metric.denominator_event_type.name}: {part_words[metric.denominator_part]}"
 
 
+def _values_source(metric: Metric, values: value_moments.ValueCells | None) -> dict:
+    """Which numbers a value metric's rows use, in words (``MetricInfo.values_source``): the
+    values stored by the refresh (same transaction as the conversions, so as of the metric's
+    ``conversions_watermark``), or the events, when the stored ones were computed with another
+    definition (or never) and would be wrong."""
+    if values is None or values.undefined:
+        return {}
+    if values.stored:
+        at = metric.conversions_watermark
+        when = f" at {at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if at is not None else ""
+        return {
+            "values_source": "stored",
+            "values_stored_at": at,
+            "values_source_message": f"Stored by the refresh{when}: events received since are not counted yet.",
+        }
+    why = (
+        "the metric's definition (window, lookback, event types or currency rule) changed since the last refresh"
+        if metric.values_signature
+        else "no refresh has stored this metric's values yet"
+    )
+    return {
+        "values_source": "events",
+        "values_source_message": f"Computed from the events ({why}); refresh the conversions to store them, and "
+        "reports read the stored values again.",
+    }
+
+
 def exclude_open_windows_default() -> bool:
     """``GROWTH["REPORT_EXCLUDE_OPEN_WINDOWS"]`` (on unless configured off)."""
     return bool(settings.GROWTH.get("REPORT_EXCLUDE_OPEN_WINDOWS", True))
@@ -1196,6 +1223,7 @@ def report_build(
             cap=float(values.cap) if values and values.cap is not None else None,
             cuped_lookback_days=int(metric.cuped_lookback_days) if kind.is_value else 0,
             undefined=dict(values.undefined) if values else {},
+            **_values_source(metric, values),
         )
         if values is not None and values.undefined:
             caveats.append(

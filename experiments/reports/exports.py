@@ -79,6 +79,7 @@ CSV_COLUMNS = (
     "variant_unadjusted_value",
     "cuped_theta",
     "cuped_variance_reduction",
+    "values_source",
 )
 
 
@@ -193,7 +194,7 @@ def report_csv(report: Report) -> str:
 def _value_columns(info: Any, row: RowResult, control: Any, treatment: Any) -> tuple[Any, ...]:
     if info.kind == "conversion":
         na = "not applicable: conversion metric"
-        return (info.kind, info.unit, na, na, na, na, na, na, na, na)
+        return (info.kind, info.unit, na, na, na, na, na, na, na, na, na)
     cuped = row.cuped
     if cuped is None or not cuped.applied:
         why = "not applicable: CUPED off" if cuped is None else _undefined(cuped.undefined, "theta")
@@ -212,6 +213,7 @@ def _value_columns(info: Any, row: RowResult, control: Any, treatment: Any) -> t
         _number(treatment.unadjusted_value, treatment.undefined, "unadjusted_value"),
         theta,
         reduction,
+        info.values_source_message or _undefined(info.undefined, "moments"),
     )
 
 

@@ -139,6 +139,13 @@ class MetricInfo:
     cap: float | None = None
     cuped_lookback_days: int = 0
     undefined: dict[str, Reason] = field(default_factory=dict)
+    # Where a value metric's numbers came from: "stored" (the per-customer values written by
+    # the refresh at ``values_stored_at``) or "events" (computed from the events at report
+    # time: not refreshed since the metric was added or its definition changed); None for
+    # conversions. ``values_source_message`` says which, in words.
+    values_source: str | None = None
+    values_stored_at: dt.datetime | None = None
+    values_source_message: str = ""
 
 
 @dataclass(frozen=True, slots=True)

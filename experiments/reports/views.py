@@ -161,6 +161,8 @@ class MetricView:
     harms: tuple[str, ...] = field(default_factory=tuple)
     overall_family_method: str = ""
     overall_family_kind: str = "exploratory"
+    values_source: str | None = None
+    values_source_message: str = ""
 
     @property
     def overall_rows(self) -> tuple[RowView, ...]:
@@ -286,6 +288,8 @@ def _metric_view(report: Report, metric: MetricReport) -> MetricView:
         harms=metric.harms,
         overall_family_method=ADJUSTMENTS[metric.overall_family.method],
         overall_family_kind=metric.overall_family.kind,
+        values_source=info.values_source,
+        values_source_message=info.values_source_message,
     )
 
 

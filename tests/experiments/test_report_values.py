@@ -264,3 +264,66 @@ def test_report_value_power__sequential_mode__always_valid_requirement_not_the_f
     fixed = value_sample_size(*args, alpha=power.alpha).required_control
     assert power.required_per_arm["control"] == sequential and sequential > fixed
     assert "understates" not in power.alpha_rule
+
+
+def test_report_values_source__after_refresh__stored_at_the_refresh_time(client, marketer_user) -> None:  # type: ignore[no-untyped-def]
+    from django.urls import reverse
+
+    from experiments.reports.exports import report_csv
+
+    # Given revenue per customer refreshed (values stored) at a known moment
+    experiment, _ = _experiment(kind=Metric.Kind.SUM, cuped_lookback_days=0)
+    refreshed = dt.datetime(2024, 5, 20, 8, 5, tzinfo=dt.UTC)
+    conversions_refresh(experiment=experiment, full=True, now=refreshed)
+
+    report = report_build(experiment_key=experiment.key, now=NOW)
+
+    # Then the report says the stored values were used, and as of when
+    info = report.primary.metric
+    assert info.values_source == "stored" and info.values_stored_at == refreshed
+    assert "Stored by the refresh at 2024-05-20 08:05 UTC" in info.values_source_message
+    assert (
+        json.loads(json.dumps(report.to_dict(), allow_nan=False))["metrics"][0]["metric"]["values_source"] == "stored"
+    )
+    rows = list(csv.DictReader(io.StringIO(report_csv(report))))
+    assert {r["values_source"] for r in rows} == {info.values_source_message}
+    client.force_login(marketer_user)
+    html = client.get(reverse("reports:experiment", args=[experiment.key])).content.decode()
+    assert "Stored by the refresh at 2024-05-20 08:05 UTC" in html
+
+
+def test_report_values_source__definition_changed_after_refresh__computed_from_events_and_says_so(
+    client, marketer_user
+) -> None:  # type: ignore[no-untyped-def]
+    from django.urls import reverse
+
+    from experiments.reports.exports import report_csv
+
+    # Given stored values, then the metric's window changed (the stored values mean another metric)
+    experiment, _ = _experiment(kind=Metric.Kind.SUM, cuped_lookback_days=0)
+    Metric.objects.filter(experiment=experiment).update(window_hours=24 * 3)
+
+    report = report_build(experiment_key=experiment.key, now=NOW)
+
+    # Then the numbers come from the events, and the page, JSON and CSV say why
+    info = report.primary.metric
+    assert info.values_source == "events" and info.values_stored_at is None
+    assert "definition (window, lookback, event types or currency rule) changed since the last refresh" in (
+        info.values_source_message
+    )
+    assert "refresh the conversions to store them" in info.values_source_message
+    rows = list(csv.DictReader(io.StringIO(report_csv(report))))
+    assert {r["values_source"] for r in rows} == {info.values_source_message}
+    client.force_login(marketer_user)
+    html = client.get(reverse("reports:experiment", args=[experiment.key])).content.decode()
+    assert 'class="values-source values-source-events"' in html and "changed since the last refresh" in html
+
+
+def test_report_values_source__never_refreshed__computed_from_events_not_stored_yet() -> None:
+    experiment, _ = _experiment(kind=Metric.Kind.SUM, cuped_lookback_days=0)
+    Metric.objects.filter(experiment=experiment).update(values_signature="")
+
+    info = report_build(experiment_key=experiment.key, now=NOW).primary.metric
+
+    assert info.values_source == "events"
+    assert "no refresh has stored this metric's values yet" in info.values_source_message
