@@ -766,7 +766,10 @@ def power_planner(request: HttpRequest) -> HttpResponse:
             sequential = data.get("mode") == "sequential"
             row = rows.get(data.get("segment") or OVERALL)
             value = _value_inputs(data, timezone.now()) if data["metric_kind"] != "conversion" else None
-            observed_baseline = row.power.baseline_rate if row else None
+            # A value primary metric's observed "baseline" is its mean, not a rate: a conversion
+            # plan cannot use it (and its variance is not on the report's power row).
+            primary_is_rate = report is None or report.primary is None or report.primary.metric.kind == "conversion"
+            observed_baseline = row.power.baseline_rate if row and primary_is_rate else None
             baseline = float(data["baseline"]) / 100 if data["baseline"] is not None else observed_baseline
             if value is not None:
                 baseline = value.baseline
@@ -780,6 +783,11 @@ def power_planner(request: HttpRequest) -> HttpResponse:
                 if row and row.power.undefined.get("baseline_rate")
                 else ""
             )
+            if not primary_is_rate:
+                why = (
+                    "The experiment's primary metric is a value metric, not a conversion rate: choose its kind "
+                    "and enter (or estimate) its mean and standard deviation."
+                )
             result = _plan_line(
                 label=labels.get(data.get("segment") or OVERALL, row.label) if row else "Your numbers",
                 baseline=baseline,
@@ -794,7 +802,7 @@ def power_planner(request: HttpRequest) -> HttpResponse:
             )
             # The layers' observed baselines are conversion rates (or the primary metric's
             # values without their variance): the table is for conversion plans.
-            if report is not None and report.primary is not None and value is None:
+            if report is not None and report.primary is not None and value is None and primary_is_rate:
                 for key, each in rows.items():
                     reason = each.power.undefined.get("baseline_rate")
                     table.append(

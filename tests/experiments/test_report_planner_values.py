@@ -220,3 +220,23 @@ def test_planner_value_metric__bad_input__error_names_the_field(
     assert response.status_code == 200
     assert field in response.context["form"].errors
     assert response.context["result"] is None
+
+
+def test_planner_conversion_plan__experiment_with_revenue_primary__mean_not_read_as_a_rate(
+    client: Client, growth_user
+) -> None:  # type: ignore[no-untyped-def]
+    from experiments.models import Metric
+    from segments.models import EventType
+    from tests.experiments.report_builders import Group, experiment_create, populate
+
+    # Given an experiment whose primary metric is revenue per customer (a mean of ~40, not a rate)
+    experiment = experiment_create(metrics=())
+    Metric.objects.create(experiment=experiment, event_type=EventType.objects.get(code="order"), kind="sum")
+    populate(experiment, [Group("control", 150), Group("treatment", 150)])
+
+    response = _plan(client, growth_user, experiment=experiment.key, mde="10")
+
+    # Then the conversion plan does not use the mean as a baseline rate, and says what to do
+    result = response.context["result"]
+    assert result.baseline.text == "not defined" and "primary metric is a value metric" in result.baseline.undefined
+    assert response.context["table"] == []
