@@ -200,9 +200,21 @@ def main() -> None:
         help="The worker reaches PostgreSQL through PgBouncer in transaction pooling mode (scripts/services.sh "
         "start-pgbouncer); saved as delivery_pgbouncer.json. Compare with a direct run of the same size.",
     )
+    parser.add_argument(
+        "--compare-pgbouncer",
+        type=int,
+        metavar="PAIRS",
+        help="Run PAIRS pairs of this benchmark, direct and through PgBouncer, alternating in ABBA order "
+        "(direct, PgBouncer, PgBouncer, direct, ...) so a drift in the shared machine's load does not favour "
+        "either; saves delivery_pgbouncer.json with every run and the median ratio (and delivery.json with "
+        "the last direct run that met the floor).",
+    )
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
 
+    if args.compare_pgbouncer:
+        compare_pgbouncer(args)
+        return
     ensure_services()
     bouncer_port = _pgbouncer_start() if args.pgbouncer else None
     redis = PrivateRedis().start()
@@ -296,6 +308,66 @@ def main() -> None:
         smtp.stop()
         redis.cleanup()
     emit("delivery_pgbouncer" if args.pgbouncer else "delivery", result, save=not args.no_save)
+
+
+def compare_pgbouncer(args: argparse.Namespace) -> None:
+    """Alternating runs, each a fresh subprocess (own database, worker, broker, SMTP sink)."""
+    import json
+    import statistics
+
+    orders = [
+        via for n in range(args.compare_pgbouncer) for via in (("direct", "pgbouncer"), ("pgbouncer", "direct"))[n % 2]
+    ]
+    runs: list[dict[str, Any]] = []
+    last_direct: dict[str, Any] | None = None
+    for number, via in enumerate(orders, start=1):
+        command = [sys.executable, str(Path(__file__)), "--customers", str(args.customers), "--noop", str(args.noop),
+                   "--concurrency", str(args.concurrency), "--timeout", str(args.timeout), "--no-save"]  # fmt: skip
+        if args.no_experiment:
+            command.append("--no-experiment")
+        if via == "pgbouncer":
+            command.append("--pgbouncer")
+        log(f"run {number}/{len(orders)}: {via}")
+        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
+        result = json.loads(done.stdout)
+        if via == "direct" and result["floor"]["met"]:
+            last_direct = result
+        runs.append({
+            "order": number, "via": via, "send_seconds": result["send"]["seconds"],
+            "messages_per_second": result["messages_per_second"],
+            "anchor_noop_tasks_per_second": result["anchor_noop_tasks"]["tasks_per_second"],
+            "sent": result["send"]["counts"].get("sent", 0), "duplicates": result["smtp_peer"]["duplicates"],
+            "lost": result["smtp_peer"]["lost"], "floor_met": result["floor"]["met"],
+            "load_average": result["machine"]["load_average"], "when": result["machine"]["when"],
+        })  # fmt: skip
+        log(f"run {number}: {via} {result['send']['seconds']} s")
+    ratios = []
+    for first, second in zip(runs[::2], runs[1::2], strict=True):
+        direct, bouncer = (first, second) if first["via"] == "direct" else (second, first)
+        ratios.append(round(bouncer["send_seconds"] / direct["send_seconds"], 3))
+    median = statistics.median(ratios)
+    seconds = {via: [r["send_seconds"] for r in runs if r["via"] == via] for via in ("direct", "pgbouncer")}
+    result = {
+        "benchmark": "delivery_pgbouncer",
+        "setup": f"bench/delivery.py --customers {args.customers} [--pgbouncer], {len(orders)} runs in ABBA order, "
+        f"one worker of concurrency {args.concurrency}; with --pgbouncer the worker reaches PostgreSQL through "
+        "PgBouncer (transaction pooling, scripts/services.sh start-pgbouncer)",
+        "runs": runs,
+        "pairs_pgbouncer_over_direct": ratios,
+        "median_ratio": median,
+        "ratio_spread": [min(ratios), max(ratios)],
+        "median_seconds": {via: statistics.median(values) for via, values in seconds.items()},
+        "floor": {
+            "pgbouncer_at_most_times_direct": 1.1,
+            "direct_under_seconds": FLOOR_SECONDS,
+            "met": bool(median <= 1.1 and all(r["floor_met"] for r in runs)),
+            "basis": "median of the per-pair ratios; every run sent every message once (no duplicate, none lost) "
+            f"in under {FLOOR_SECONDS:.0f} s",
+        },
+    }
+    emit("delivery_pgbouncer", result, save=not args.no_save)
+    if last_direct is not None and not args.no_save:
+        emit("delivery", last_direct)
 
 
 def _via(bouncer_port: int | None) -> str:
