@@ -33,14 +33,14 @@ INPUTS = [
 ]
 
 
-def _outcome(call, raw):  # noqa: ANN001, ANN202 - test helper
+def _outcome(call, raw):
     try:
         return ("ok", call(raw))
     except Exception as exc:  # noqa: BLE001 - the exception kind and text are what is compared
         return (type(exc).__name__, str(exc))
 
 
-def _reference(raw):  # noqa: ANN001, ANN202
+def _reference(raw):
     return json.loads(raw, parse_constant=records._reject_constant)
 
 
@@ -78,9 +78,6 @@ def test_copy_line__checked_properties__encoded_once_and_each_line_its_own() -> 
     # Then each checked object was encoded once, the other one on its own, and every line
     # carries its own properties (tab escaped for COPY)
     assert counted.call_count == len(lines) + 1
-    assert out[0] == (
-        "1\te0\tc1\t1\t2025-01-02T03:04:05+00:00\t"
-        '{"page":"home","n":0,"text":"tab\\\\there"}\t\\N\t\n'
-    )
+    assert out[0] == ('1\te0\tc1\t1\t2025-01-02T03:04:05+00:00\t{"page":"home","n":0,"text":"tab\\\\there"}\t\\N\t\n')
     assert '"n":99' in out[99]
     assert '\t{"page":"offers"}\t' in other_line
