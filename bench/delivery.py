@@ -200,9 +200,31 @@ def main() -> None:
         help="The worker reaches PostgreSQL through PgBouncer in transaction pooling mode (scripts/services.sh "
         "start-pgbouncer); saved as delivery_pgbouncer.json. Compare with a direct run of the same size.",
     )
+    parser.add_argument(
+        "--compare-pgbouncer",
+        type=int,
+        metavar="PAIRS",
+        help="Run PAIRS pairs of this benchmark, direct and through PgBouncer, alternating in ABBA order "
+        "(direct, PgBouncer, PgBouncer, direct, ...) so a drift in the shared machine's load does not favour "
+        "either; saves delivery_pgbouncer.json with every run and the median ratio (and delivery.json with "
+        "the last direct run that met the floor).",
+    )
+    parser.add_argument(
+        "--round-trips",
+        action="store_true",
+        help="Only time the 'sent' mark's round trip: named prepared direct, unnamed direct, unnamed through "
+        "PgBouncer (prints JSON; what a message pays per statement behind PgBouncer).",
+    )
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
 
+    if args.round_trips:
+        ensure_services()
+        emit("delivery_marks", mark_round_trips(), save=False)
+        return
+    if args.compare_pgbouncer:
+        compare_pgbouncer(args)
+        return
     ensure_services()
     bouncer_port = _pgbouncer_start() if args.pgbouncer else None
     redis = PrivateRedis().start()
@@ -296,6 +318,128 @@ def main() -> None:
         smtp.stop()
         redis.cleanup()
     emit("delivery_pgbouncer" if args.pgbouncer else "delivery", result, save=not args.no_save)
+
+
+def compare_pgbouncer(args: argparse.Namespace) -> None:
+    """Alternating runs, each a fresh subprocess (own database, worker, broker, SMTP sink)."""
+    import json
+    import statistics
+
+    orders = [
+        via for n in range(args.compare_pgbouncer) for via in (("direct", "pgbouncer"), ("pgbouncer", "direct"))[n % 2]
+    ]
+    runs: list[dict[str, Any]] = []
+    last_direct: dict[str, Any] | None = None
+    for number, via in enumerate(orders, start=1):
+        command = [sys.executable, str(Path(__file__)), "--customers", str(args.customers), "--noop", str(args.noop),
+                   "--concurrency", str(args.concurrency), "--timeout", str(args.timeout), "--no-save"]  # fmt: skip
+        if args.no_experiment:
+            command.append("--no-experiment")
+        if via == "pgbouncer":
+            command.append("--pgbouncer")
+        log(f"run {number}/{len(orders)}: {via}")
+        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
+        result = json.loads(done.stdout)
+        if via == "direct" and result["floor"]["met"]:
+            last_direct = result
+        runs.append({
+            "order": number, "via": via, "send_seconds": result["send"]["seconds"],
+            "messages_per_second": result["messages_per_second"],
+            "anchor_noop_tasks_per_second": result["anchor_noop_tasks"]["tasks_per_second"],
+            "sent": result["send"]["counts"].get("sent", 0), "duplicates": result["smtp_peer"]["duplicates"],
+            "lost": result["smtp_peer"]["lost"], "floor_met": result["floor"]["met"],
+            "load_average": result["machine"]["load_average"], "when": result["machine"]["when"],
+        })  # fmt: skip
+        log(f"run {number}: {via} {result['send']['seconds']} s")
+    ratios = []
+    for first, second in zip(runs[::2], runs[1::2], strict=True):
+        direct, bouncer = (first, second) if first["via"] == "direct" else (second, first)
+        ratios.append(round(bouncer["send_seconds"] / direct["send_seconds"], 3))
+    median = statistics.median(ratios)
+    seconds = {via: [r["send_seconds"] for r in runs if r["via"] == via] for via in ("direct", "pgbouncer")}
+    result = {
+        "benchmark": "delivery_pgbouncer",
+        "setup": f"bench/delivery.py --customers {args.customers} [--pgbouncer], {len(orders)} runs in ABBA order, "
+        f"one worker of concurrency {args.concurrency}; with --pgbouncer the worker reaches PostgreSQL through "
+        "PgBouncer (transaction pooling, scripts/services.sh start-pgbouncer)",
+        "runs": runs,
+        "pairs_pgbouncer_over_direct": ratios,
+        "median_ratio": median,
+        "ratio_spread": [min(ratios), max(ratios)],
+        "median_seconds": {via: statistics.median(values) for via, values in seconds.items()},
+        "floor": {
+            "pgbouncer_at_most_times_direct": 1.1,
+            "direct_under_seconds": FLOOR_SECONDS,
+            "met": bool(median <= 1.1 and all(r["floor_met"] for r in runs)),
+            "basis": "median of the per-pair ratios; every run sent every message once (no duplicate, none lost) "
+            f"in under {FLOOR_SECONDS:.0f} s",
+        },
+    }
+    emit("delivery_pgbouncer", result, save=not args.no_save)
+    if last_direct is not None and not args.no_save:
+        emit("delivery", last_direct)
+
+
+def mark_round_trips(statements: int = 2000, rounds: int = 3) -> dict[str, Any]:
+    """Where PgBouncer's cost per message comes from: the round trip of one statement shaped
+    like the worker's "sent" mark (an UPDATE by primary key, 6 parameters, autocommit), sent
+    as the worker sends it directly (a named prepared statement) and behind PgBouncer (the
+    extended protocol's unnamed statement, parsed and planned every time: PgBouncer 1.18
+    cannot carry named ones), and the unnamed statement directly (the parse/plan cost alone).
+    A scratch table in its own database; latency per statement from the client's side."""
+    import statistics
+
+    import psycopg
+    from psycopg import pq
+
+    bouncer_port = _pgbouncer_start()
+    sql = b"UPDATE bench_mark SET status = $1, sent_at = $2, ref = $3 WHERE id = $4 AND status = $5 AND claimed_by = $6"
+    results: dict[str, list[dict[str, float]]] = {}
+    with bench_database("delivery_marks") as database:
+        direct = database.replace("postgres://", "postgresql://")
+        bouncer = direct.replace(f":{PG_PORT}/", f":{bouncer_port}/")
+        with psycopg.connect(direct, autocommit=True) as conn:
+            conn.execute("CREATE TABLE bench_mark (id bigint PRIMARY KEY, status text, sent_at timestamptz, ref text, "
+                         "claimed_by text)")  # fmt: skip
+            conn.execute(
+                "INSERT INTO bench_mark SELECT g, 'sending', NULL, '', 'w' FROM generate_series(1, %s) g",
+                [statements * rounds * 3],
+            )
+        ids = iter(range(1, statements * rounds * 3 + 1))
+        for _ in range(rounds):
+            for name, url, named in (
+                ("direct_named", direct, True),
+                ("direct_unnamed", direct, False),
+                ("pgbouncer_unnamed", bouncer, False),
+            ):
+                with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+                    pgconn = conn.pgconn
+                    if named:
+                        pgconn.prepare(b"mark", sql)
+                    latencies = []
+                    for _ in range(statements):
+                        values = [b"sent", b"2026-01-01T00:00:00+00:00", b"ref", str(next(ids)).encode(), b"sending",
+                                  b"w"]  # fmt: skip
+                        started = time.perf_counter()
+                        result = pgconn.exec_prepared(b"mark", values) if named else pgconn.exec_params(sql, values)
+                        latencies.append(time.perf_counter() - started)
+                        if result.status != pq.ExecStatus.COMMAND_OK:
+                            raise RuntimeError(result.error_message.decode(errors="replace"))
+                latencies.sort()
+                results.setdefault(name, []).append(
+                    {
+                        "median_ms": round(statistics.median(latencies) * 1000, 3),
+                        "p90_ms": round(latencies[int(len(latencies) * 0.9)] * 1000, 3),
+                        "mean_ms": round(statistics.fmean(latencies) * 1000, 3),
+                    }
+                )
+    return {
+        "statements_per_round": statements,
+        "rounds": results,
+        "median_of_medians_ms": {k: statistics.median(r["median_ms"] for r in v) for k, v in results.items()},
+        "median_of_means_ms": {k: statistics.median(r["mean_ms"] for r in v) for k, v in results.items()},
+        "machine": machine(),
+    }
 
 
 def _via(bouncer_port: int | None) -> str:

@@ -28,7 +28,7 @@ from django.db import connection, connections, transaction
 
 from segments.importing.loaders import ErrorSink, ImportStats, _report_record_error
 from segments.importing.readers import _open_lines, _progress_bar
-from segments.importing.records import EVENT_COLUMNS, RecordError, _compact_json, parse_event
+from segments.importing.records import EVENT_COLUMNS, RecordError, compact_json, parse_event
 from segments.models import Customer, Event, EventType
 from segments.services.ingestion import EventInput, customers_create_missing, unknown_customer_message
 from segments.services.partitions import EVENT_KEYS, KEYS_CLAIMED_SQL, KEYS_UNCLAIMED_SQL
@@ -48,7 +48,7 @@ def _copy_text(value: str) -> str:
 
 def _copy_line(number: int, event: EventInput, type_id: int) -> str:
     properties = event.properties
-    props = _copy_text(_compact_json(properties)) if properties else "{}"
+    props = _copy_text(compact_json(properties)) if properties else "{}"
     amount = "\\N" if event.amount is None else str(event.amount)
     return (
         f"{number}\t{_copy_text(event.event_id)}\t{_copy_text(event.customer_id)}\t{type_id}\t"
