@@ -40,9 +40,12 @@ is undefined (a ratio whose pre-period denominator is 0).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from scipy import stats
 
 from experiments.stats._common import Reason, _jsonable
 from experiments.stats.moments import Estimate, Moments, Statistic, estimate, quad
@@ -125,3 +128,99 @@ def cuped(arms: Sequence[Moments], post: Statistic, pre: Statistic) -> CupedResu
     reduction = 1.0 - var_cv_sum / var_f_sum if var_f_sum > 0.0 else None
     undefined = {} if reduction is not None else {"variance_reduction": NO_PRE_DATA}
     return CupedResult(True, theta, reduction, tuple(adjusted), undefined)
+
+
+# --------------------------------------------------------------------------
+# CUPED with a pooled residual variance (conversion metrics)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CupedOls:
+    """The OLS fit ``post ~ 1 + treatment + (pre - mean(pre))`` of two arms, from their
+    moments; ``estimate`` = the treatment coefficient (= CUPED's adjusted difference),
+    ``se`` its classical (homoskedastic) standard error, ``t`` / ``p_value`` against
+    Student's t with ``df`` = N - 3. ``None`` fields are in ``undefined``."""
+
+    theta: float | None
+    estimate: float | None
+    se: float | None
+    t: float | None
+    df: int | None
+    p_value: float | None
+    interval: tuple[float, float] | None
+    undefined: dict[str, Reason] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+
+def cuped_ols(control: Moments, treatment: Moments, post: int = 0, pre: int = 1, alpha: float = 0.05) -> CupedOls:
+    """CUPED as the regression ``post ~ treatment + centred pre`` with ONE residual variance
+    for both arms (ordinary least squares' classical standard error).
+
+    Why pooled: for a 0/1 outcome the per-arm (Welch / unpooled) variance of a small arm
+    with few conversions is itself very noisy and too small exactly when the arm converted
+    rarely by chance, so unbalanced splits at low rates reject too often (the same reason the
+    conversion test is the pooled z, ``experiments.stats.proportions``). Under "no effect"
+    both arms share one distribution, so one residual variance is the right null variance.
+
+    From the moments only (Frisch-Waugh-Lovell; Greene, Econometric Analysis, 3.3): with
+    within-arm sums of squares W_xx, W_xy, W_yy (``Moments.covariance`` x (n_a - 1),
+    summed over the arms), d_x = mean_t(pre) - mean_c(pre), d_y likewise, h = n_t n_c / N::
+
+        theta = W_xy / W_xx                      (CUPED's pooled theta)
+        b     = d_y - theta d_x                  (the treatment coefficient)
+        RSS   = W_yy - W_xy^2 / W_xx,   s^2 = RSS / (N - 3)
+        Var b = s^2 / (h - (h d_x)^2 / (W_xx + h d_x^2))
+
+    the last being s^2 over the treatment dummy's sum of squares after regressing it on
+    the intercept and pre. Equals statsmodels ``OLS(...).fit()`` (nonrobust) numbers.
+    Undefined (with a reason) when an arm is empty, there is no pre-period variation
+    (W_xx = 0: use the unadjusted test), or the residual variance is 0.
+    """
+    if control.n == 0 or treatment.n == 0:
+        return _ols_undefined(NO_TRAFFIC_OLS)
+    n = control.n + treatment.n
+    if n < 4:
+        return _ols_undefined(TOO_FEW_OLS)
+    w_xx = w_xy = w_yy = 0.0
+    for arm in (control, treatment):
+        cov = arm.covariance()
+        if cov is None:
+            continue
+        w_xx += (arm.n - 1) * cov[pre][pre]
+        w_xy += (arm.n - 1) * cov[post][pre]
+        w_yy += (arm.n - 1) * cov[post][post]
+    if not w_xx > 0.0:
+        return _ols_undefined(NO_PRE_DATA)
+    mc, mt = control.means(), treatment.means()
+    assert mc is not None and mt is not None
+    d_x, d_y = mt[pre] - mc[pre], mt[post] - mc[post]
+    theta = w_xy / w_xx
+    b = d_y - theta * d_x
+    rss = max(w_yy - w_xy * w_xy / w_xx, 0.0)
+    h = control.n * treatment.n / n
+    ss_t = h - (h * d_x) ** 2 / (w_xx + h * d_x * d_x)
+    df = n - 3
+    if not (rss > 0.0 and ss_t > 0.0):
+        return CupedOls(
+            theta, b, None, None, df, None, None, {k: ZERO_RESIDUAL for k in ("se", "t", "p_value", "interval")}
+        )
+    se = math.sqrt(rss / df / ss_t)
+    t = b / se
+    crit = float(stats.t.isf(alpha / 2.0, df))
+    p = float(2.0 * stats.t.sf(abs(t), df))
+    return CupedOls(theta, b, se, t, df, min(max(p, 0.0), 1.0), (b - crit * se, b + crit * se))
+
+
+def _ols_undefined(reason: Reason) -> CupedOls:
+    return CupedOls(None, None, None, None, None, None, None, {k: reason for k in ("theta", "estimate", "p_value")})
+
+
+NO_TRAFFIC_OLS = Reason("no_traffic", "An arm has no customers.")
+TOO_FEW_OLS = Reason("too_few_customers", "Fewer than 4 customers: the regression has no residual degrees of freedom.")
+ZERO_RESIDUAL = Reason(
+    "zero_variance",
+    "The outcome is fully explained by the pre-period (no residual variance), so the test is undefined.",
+)
