@@ -344,7 +344,7 @@ def conversion_aa(sims: int, n: int, control_share: float, seed: int = 20240502)
             adjusted = cuped(arms, MeanOf(0), MeanOf(1))
             tally.add("cuped_welch", compare_values(*adjusted.estimates, distribution="t").p_value)
             tally.add("cuped_welch_normal", compare_values(*adjusted.estimates, distribution="normal").p_value)
-            tally.add("cuped_ols_pooled", cuped_ols(arms[0], arms[1]).p_value)
+            tally.add("cuped_ols_pooled", cuped_ols(arms)[0].p_value)
             if adjusted.variance_reduction is not None:
                 reductions.append(adjusted.variance_reduction)
     return {

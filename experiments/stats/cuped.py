@@ -155,37 +155,43 @@ class CupedOls:
         return _jsonable(self)
 
 
-def cuped_ols(control: Moments, treatment: Moments, post: int = 0, pre: int = 1, alpha: float = 0.05) -> CupedOls:
-    """CUPED as the regression ``post ~ treatment + centred pre`` with ONE residual variance
-    for both arms (ordinary least squares' classical standard error).
+def cuped_ols(arms: Sequence[Moments], post: int = 0, pre: int = 1, alpha: float = 0.05) -> tuple[CupedOls, ...]:
+    """CUPED as the regression ``post ~ arm dummies + centred pre`` with ONE residual variance
+    for all arms (ordinary least squares' classical standard error); one result per
+    treatment ``arms[1:]``, each against the control ``arms[0]``.
 
     Why pooled: for a 0/1 outcome the per-arm (Welch / unpooled) variance of a small arm
     with few conversions is itself very noisy and too small exactly when the arm converted
     rarely by chance, so unbalanced splits at low rates reject too often (the same reason the
     conversion test is the pooled z, ``experiments.stats.proportions``). Under "no effect"
-    both arms share one distribution, so one residual variance is the right null variance.
+    all arms share one distribution, so one residual variance is the right null variance.
 
-    From the moments only (Frisch-Waugh-Lovell; Greene, Econometric Analysis, 3.3): with
-    within-arm sums of squares W_xx, W_xy, W_yy (``Moments.covariance`` x (n_a - 1),
-    summed over the arms), d_x = mean_t(pre) - mean_c(pre), d_y likewise, h = n_t n_c / N::
+    From the moments only (analysis of covariance; Frisch-Waugh-Lovell, Greene, Econometric
+    Analysis, 3.3): with within-arm sums of squares W_xx, W_xy, W_yy (``Moments.covariance``
+    x (n_a - 1), summed over the A arms), N customers, d_x = mean_t(pre) - mean_c(pre), d_y
+    likewise::
 
-        theta = W_xy / W_xx                      (CUPED's pooled theta)
-        b     = d_y - theta d_x                  (the treatment coefficient)
-        RSS   = W_yy - W_xy^2 / W_xx,   s^2 = RSS / (N - 3)
-        Var b = s^2 / (h - (h d_x)^2 / (W_xx + h d_x^2))
+        theta = W_xy / W_xx                      (CUPED's pooled theta, ``cuped``)
+        b     = d_y - theta d_x                  (the treatment's coefficient)
+        s^2   = (W_yy - W_xy^2 / W_xx) / (N - A - 1)
+        Var b = s^2 (1/n_t + 1/n_c + d_x^2 / W_xx)
 
-    the last being s^2 over the treatment dummy's sum of squares after regressing it on
-    the intercept and pre. Equals statsmodels ``OLS(...).fit()`` (nonrobust) numbers.
-    Undefined (with a reason) when an arm is empty, there is no pre-period variation
-    (W_xx = 0: use the unadjusted test), or the residual variance is 0.
+    t = b / se against Student's t with N - A - 1 degrees of freedom. Equals statsmodels
+    ``OLS(...).fit()`` (nonrobust) on the per-customer rows. Undefined (with a reason) when
+    an arm is empty, there is no pre-period variation (W_xx = 0: use the unadjusted test),
+    or the residual variance is 0.
     """
-    if control.n == 0 or treatment.n == 0:
-        return _ols_undefined(NO_TRAFFIC_OLS)
-    n = control.n + treatment.n
-    if n < 4:
-        return _ols_undefined(TOO_FEW_OLS)
+    if len(arms) < 2:
+        raise ValueError("cuped_ols needs a control and at least one treatment")
+    treatments = len(arms) - 1
+    if any(arm.n == 0 for arm in arms):
+        return (_ols_undefined(NO_TRAFFIC_OLS),) * treatments
+    n = sum(arm.n for arm in arms)
+    df = n - len(arms) - 1
+    if df < 1:
+        return (_ols_undefined(TOO_FEW_OLS),) * treatments
     w_xx = w_xy = w_yy = 0.0
-    for arm in (control, treatment):
+    for arm in arms:
         cov = arm.covariance()
         if cov is None:
             continue
@@ -193,25 +199,28 @@ def cuped_ols(control: Moments, treatment: Moments, post: int = 0, pre: int = 1,
         w_xy += (arm.n - 1) * cov[post][pre]
         w_yy += (arm.n - 1) * cov[post][post]
     if not w_xx > 0.0:
-        return _ols_undefined(NO_PRE_DATA)
-    mc, mt = control.means(), treatment.means()
-    assert mc is not None and mt is not None
-    d_x, d_y = mt[pre] - mc[pre], mt[post] - mc[post]
+        return (_ols_undefined(NO_PRE_DATA),) * treatments
     theta = w_xy / w_xx
-    b = d_y - theta * d_x
-    rss = max(w_yy - w_xy * w_xy / w_xx, 0.0)
-    h = control.n * treatment.n / n
-    ss_t = h - (h * d_x) ** 2 / (w_xx + h * d_x * d_x)
-    df = n - 3
-    if not (rss > 0.0 and ss_t > 0.0):
-        return CupedOls(
-            theta, b, None, None, df, None, None, {k: ZERO_RESIDUAL for k in ("se", "t", "p_value", "interval")}
-        )
-    se = math.sqrt(rss / df / ss_t)
-    t = b / se
+    s2 = max(w_yy - w_xy * w_xy / w_xx, 0.0) / df
     crit = float(stats.t.isf(alpha / 2.0, df))
-    p = float(2.0 * stats.t.sf(abs(t), df))
-    return CupedOls(theta, b, se, t, df, min(max(p, 0.0), 1.0), (b - crit * se, b + crit * se))
+    control = arms[0].means()
+    assert control is not None
+    out = []
+    for arm in arms[1:]:
+        means = arm.means()
+        assert means is not None
+        d_x, d_y = means[pre] - control[pre], means[post] - control[post]
+        b = d_y - theta * d_x
+        var = s2 * (1.0 / arm.n + 1.0 / arms[0].n + d_x * d_x / w_xx)
+        if not var > 0.0:
+            reasons = {k: ZERO_RESIDUAL for k in ("se", "t", "p_value", "interval")}
+            out.append(CupedOls(theta, b, None, None, df, None, None, reasons))
+            continue
+        se = math.sqrt(var)
+        t = b / se
+        p = min(max(float(2.0 * stats.t.sf(abs(t), df)), 0.0), 1.0)
+        out.append(CupedOls(theta, b, se, t, df, p, (b - crit * se, b + crit * se)))
+    return tuple(out)
 
 
 def _ols_undefined(reason: Reason) -> CupedOls:

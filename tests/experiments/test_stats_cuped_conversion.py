@@ -33,7 +33,7 @@ def test_cuped_ols__binary_outcome_unbalanced__equals_statsmodels_ols_with_centr
     # Given 0/1 conversions in a 10/90 split, the pre-period conversion as the covariate
     df = _frame(3, 300, 2700)
 
-    result = cuped_ols(_moments(df, 0), _moments(df, 1))
+    (result,) = cuped_ols([_moments(df, 0), _moments(df, 1)])
 
     fit = smf.ols("post ~ treatment + I(pre - pre.mean())", data=df).fit()
     assert result.theta == pytest.approx(fit.params["I(pre - pre.mean())"], rel=1e-9)
@@ -50,6 +50,24 @@ def test_cuped_ols__binary_outcome_unbalanced__equals_statsmodels_ols_with_centr
     assert result.estimate == pytest.approx(adjusted.estimates[1].value - adjusted.estimates[0].value, rel=1e-9)
 
 
+def test_cuped_ols__three_arms__equals_statsmodels_ancova_contrasts_with_one_theta() -> None:
+    # Given a control and two treatments (10/45/45), one regression for all three
+    df = _frame(8, 200, 1800)
+    df["treatment"] = [0] * 200 + [1] * 900 + [2] * 900
+    arms = [_moments(df, a) for a in range(3)]
+
+    results = cuped_ols(arms)
+
+    fit = smf.ols("post ~ C(treatment) + I(pre - pre.mean())", data=df).fit()
+    for a, result in enumerate(results, start=1):
+        name = f"C(treatment)[T.{a}]"
+        assert result.estimate == pytest.approx(fit.params[name], rel=1e-9)
+        assert result.se == pytest.approx(fit.bse[name], rel=1e-9)
+        assert result.p_value == pytest.approx(fit.pvalues[name], rel=1e-9)
+        assert result.theta == pytest.approx(fit.params["I(pre - pre.mean())"], rel=1e-9)
+        assert result.df == fit.df_resid
+
+
 def _stats():  # type: ignore[no-untyped-def]
     from experiments.stats import MeanOf
 
@@ -58,9 +76,9 @@ def _stats():  # type: ignore[no-untyped-def]
 
 def test_cuped_ols__no_pre_period_variation__undefined_with_reason() -> None:
     flat = Moments.of_values([[1, 0], [0, 0], [0, 0]])
-    result = cuped_ols(flat, flat)
+    (result,) = cuped_ols([flat, flat])
     assert result.p_value is None and result.undefined["p_value"].code == "no_pre_period_data"
-    empty = cuped_ols(Moments.empty(2), flat)
+    (empty,) = cuped_ols([Moments.empty(2), flat])
     assert empty.p_value is None and empty.undefined["p_value"].code == "no_traffic"
 
 
