@@ -25,6 +25,9 @@ Three readings, both arms drawn from the same distribution (``--n`` customers pe
   and the sequential (always-valid) revenue test read once. Capped: revenue (and its
   pre-period twin) at the nearest-rank 99th percentile of both arms' customers, as
   ``value_moments`` does in the database.
+* ``conversion_cuped``: a CONVERSION metric with CUPED at a 10/90 split and a 2% rate
+  (``conversion_aa``): the pooled z, CUPED + Welch, and CUPED as OLS with one pooled
+  residual variance (what the report uses for conversions).
 * ``report_reading``: the chance that a REPORT shows any confirmatory "significant": the
   decision family = the metric x (all customers + the 4 layers of the confirmatory
   dimension), Holm-adjusted together (the plan's default), per metric with CUPED:
@@ -365,6 +368,11 @@ def above_five_percent(result: dict[str, Any]) -> list[str]:
     for label, row in result["report_reading"]["any_confirmatory_significant"].items():
         if row["ci95"][0] > 0.05:
             found.append(f"report_reading.{label}")
+    # Conversion CUPED: only what the report uses (CUPED + Welch is there as the contrast).
+    for label in ("cuped_ols_pooled", "pooled_z_unadjusted"):
+        row = result.get("conversion_cuped", {}).get("false_positive_rate", {}).get(label)
+        if row is not None and row["ci95"][0] > 0.05:
+            found.append(f"conversion_cuped.{label}")
     return found
 
 
@@ -374,6 +382,7 @@ def main() -> None:
     parser.add_argument("--family-sims", type=int, default=None, help="of which read as reports (default: all)")
     parser.add_argument("--n", type=int, default=2000, help="customers per arm")
     parser.add_argument("--seed", type=int, default=20240501)
+    parser.add_argument("--conversion-sims", type=int, default=20000, help="A/A runs of conversion CUPED")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -385,6 +394,7 @@ def main() -> None:
         "default_expected_n": DEFAULT_EXPECTED_N,
         **simulate(args.sims, args.n, seed=args.seed, family_sims=args.family_sims),
     }
+    output["conversion_cuped"] = conversion_aa(args.conversion_sims, 5000, 0.1)
     output["intervals_above_5pct"] = above_five_percent(output)
     output["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(output, indent=2)
