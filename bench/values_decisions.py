@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -397,6 +398,8 @@ def main() -> None:
     output["conversion_cuped"] = conversion_aa(args.conversion_sims, 5000, 0.1)
     output["intervals_above_5pct"] = above_five_percent(output)
     output["seconds"] = round(time.perf_counter() - started, 1)
+    output["cpu_seconds"] = round(time.process_time(), 1)
+    output["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     text = json.dumps(output, indent=2)
     print(text)
     if not args.no_save:
