@@ -22,7 +22,8 @@ before exposure), so the difference keeps its expectation.
 Ratio metrics (Deng et al. 3.4; Deng, Knoblich & Lu 2018 section 4): f = ratio of post
 means, g = ratio of pre means; Var and Cov come from the delta method on the four-variable
 moments (``experiments.stats.moments``), then the same formula.  Conversion metrics are
-mean metrics of a 0/1 value (pre value: converted in the lookback, or a count).
+mean metrics of a 0/1 value (pre value: converted in the lookback); the report tests them
+with ``cuped_ols`` below (one pooled residual variance), not with per-arm variances.
 
 Per arm the adjusted value and its per-customer variance are::
 

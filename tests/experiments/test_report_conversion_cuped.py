@@ -5,7 +5,9 @@ is the regression ``converted ~ treatment + centred pre`` with one pooled residu
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ from statsmodels.stats.proportion import proportions_ztest
 
 from experiments.models import Assignment, Metric
 from experiments.reports.assemble import report_build
+from experiments.reports.exports import report_csv
 from experiments.reports.views import _row_view
 from experiments.services.conversions import conversions_refresh
 from segments.models import Event, EventType
@@ -78,6 +81,10 @@ def test_report_conversion_metric__cuped_lookback__ols_with_centred_pre_conversi
     control = row.arms[0]
     assert control.conversions == df.post[df.treatment == 0].sum()
     assert control.rate == pytest.approx(df.post[df.treatment == 0].mean())
+    # and the CSV carries theta and the reduction on the conversion row
+    (line,) = [r for r in csv.DictReader(io.StringIO(report_csv(report))) if r["dimension"] == "(all customers)"]
+    assert float(line["cuped_theta"]) == pytest.approx(row.cuped.theta, rel=1e-9)
+    assert float(line["cuped_variance_reduction"]) == pytest.approx(row.cuped.variance_reduction, rel=1e-9)
     # and the page shows points and what CUPED did
     view = _row_view(row)
     assert "pts" in str(view.lines[1].absolute) and "pts" in str(view.lines[1].absolute_ci)
