@@ -29,8 +29,10 @@ EXPOSED = PHASE_START + dt.timedelta(hours=1)
 NOW = PHASE_START + dt.timedelta(days=30)
 
 
-def _experiment(lookback: int, with_pre: bool = True, seed: int = 4) -> tuple[object, pd.DataFrame]:
-    experiment = experiment_create(metrics=())
+def _experiment(
+    lookback: int, with_pre: bool = True, seed: int = 4, plan: dict | None = None
+) -> tuple[object, pd.DataFrame]:
+    experiment = experiment_create(metrics=(), plan=plan)
     order = EventType.objects.get(code="order")
     Metric.objects.create(experiment=experiment, event_type=order, cuped_lookback_days=lookback)
     populate(experiment, [Group("control", 300), Group("treatment", 300)])
@@ -104,3 +106,24 @@ def test_report_conversion_metric__no_pre_period_data__unadjusted_with_reason() 
     assert row.cuped is not None and not row.cuped.applied
     assert row.cuped.undefined["theta"].code == "no_pre_period_data"
     assert lift.p_value == pytest.approx(p, rel=1e-9)
+
+
+def test_report_conversion_metric__cuped_always_valid__confidence_sequence_of_adjusted_rates() -> None:
+    from experiments import stats
+
+    # Given the always-valid mode (no planned horizon: tuned at the default expected size)
+    experiment, df = _experiment(lookback=14, plan={"inference_mode": "sequential"})
+
+    report = report_build(experiment_key=experiment.key, now=NOW)
+
+    # Then the lift and always-valid p are the CUPED-adjusted rates' (theta pooled), through
+    # the normal-mixture sequence, computed here from the per-customer rows
+    row = report.primary.overall
+    (lift,) = row.lifts
+    arms = [stats.Moments.of_values(df[df.treatment == t][["post", "pre"]].to_numpy().tolist()) for t in (0, 1)]
+    adjusted = stats.cuped(arms, stats.MeanOf(0), stats.MeanOf(1))
+    expected = stats.compare_values(*adjusted.estimates, sequential=True, expected_n=stats.DEFAULT_EXPECTED_N)
+    assert row.cuped is not None and row.cuped.applied
+    assert lift.absolute_lift == pytest.approx(expected.absolute_lift, rel=1e-9)
+    assert lift.p_value == pytest.approx(expected.p_value, rel=1e-9)
+    assert lift.absolute_lift_ci.low == pytest.approx(expected.absolute_lift_ci.low, rel=1e-9)
