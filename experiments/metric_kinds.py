@@ -14,7 +14,8 @@ Contract of a kind (one class per kind, registered in ``KINDS``):
 * ``distribution`` -> "t" (Welch) for means, "normal" for ratios (the delta method is
   asymptotic; a t's degrees of freedom would be a pretence).
 * ``is_value`` -> False only for the conversion kind, whose fixed-horizon test stays the
-  pooled two-proportion z test (``experiments.stats.proportions``); value kinds go through
+  pooled two-proportion z test (``experiments.stats.proportions``), or with CUPED the
+  pooled-variance regression ``experiments.stats.cuped_ols``; value kinds go through
   ``experiments.stats.compare_values``.
 
 A new kind is one new class here.  No Django import: the metric is read through attributes.

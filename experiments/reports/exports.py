@@ -192,9 +192,6 @@ def report_csv(report: Report) -> str:
 
 
 def _value_columns(info: Any, row: RowResult, control: Any, treatment: Any) -> tuple[Any, ...]:
-    if info.kind == "conversion":
-        na = "not applicable: conversion metric"
-        return (info.kind, info.unit, na, na, na, na, na, na, na, na, na)
     cuped = row.cuped
     if cuped is None or not cuped.applied:
         why = "not applicable: CUPED off" if cuped is None else _undefined(cuped.undefined, "theta")
@@ -202,6 +199,9 @@ def _value_columns(info: Any, row: RowResult, control: Any, treatment: Any) -> t
     else:
         theta = _number(cuped.theta, cuped.undefined, "theta")
         reduction = _number(cuped.variance_reduction, cuped.undefined, "variance_reduction")
+    if info.kind == "conversion":  # a rate, no value; CUPED may apply (issue 15)
+        na = "not applicable: conversion metric"
+        return (info.kind, info.unit, na, na, na, na, na, na, theta, reduction, info.values_source_message or na)
     return (
         info.kind,
         info.unit,

@@ -34,7 +34,7 @@ from experiments.models import Experiment
 from experiments.reports import baseline as value_baselines
 from experiments.reports import charts, planner, present
 from experiments.reports.api import BOOLEANS
-from experiments.reports.assemble import ADJUSTMENTS, ALPHA, POWER, ExperimentNotFound, report_build
+from experiments.reports.assemble import ADJUSTMENTS, ALPHA, NOT_A_VALUE, POWER, ExperimentNotFound, report_build
 from experiments.reports.exports import report_csv, report_filename, report_json
 from experiments.reports.results import DimensionResult, MetricReport, Report, RowResult
 from segments import selectors as segment_selectors
@@ -173,7 +173,9 @@ def _row_view(row: RowResult) -> RowView:
     lifts = {lift.variant: lift for lift in row.lifts}
     # Value metrics (issue 15): the "rate" column shows the value per customer (or the
     # ratio) and lifts are in the metric's units, not percentage points.
-    is_value = row.cuped is not None or any(arm.value is not None for arm in row.arms)
+    # Conversion rows may carry CUPED too (issue 15) but stay rates in points.
+    conversion = any(arm.undefined.get("value") == NOT_A_VALUE for arm in row.arms)
+    is_value = not conversion and (row.cuped is not None or any(arm.value is not None for arm in row.arms))
     cuped_note = ()
     if row.cuped is not None and row.cuped.applied and row.cuped.variance_reduction is not None:
         cuped_note = (

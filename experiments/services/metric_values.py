@@ -221,10 +221,11 @@ def metric_values_refresh(
     assignments: QuerySet[Assignment],
     considered: QuerySet[Assignment] | None,
 ) -> int:
-    """Rewrite the stored values of a value metric for the ``considered`` assignments (None:
+    """Rewrite the stored values of a value metric, or of a conversion metric with CUPED
+    (its conversion and pre-period conversion), for the ``considered`` assignments (None:
     the whole phase) from ``assignments`` (the analysed ones among them); rows written.
     Called by the conversion refresh inside its transaction."""
-    if not kind_of(metric).is_value:
+    if not kind_of(metric).is_value and not int(metric.cuped_lookback_days):
         return 0
     experiment = phase.experiment
     if considered is not None and metric.values_signature:

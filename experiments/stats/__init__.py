@@ -55,6 +55,9 @@ Public API (one entry point per question)
     delta-method interval (``experiments.stats.means``).
 ``cuped(arms, post, pre) -> CupedResult``
     CUPED with theta pooled across arms (``experiments.stats.cuped``).
+``cuped_ols(control, treatment, post, pre) -> CupedOls``
+    CUPED as OLS post ~ treatment + centred pre with one pooled residual variance
+    (conversion metrics: valid at unbalanced splits and low rates).
 ``cap_rank(n, percentile)``, ``value_sample_size(baseline, variance, relative_mde, ...)``
     Nearest-rank capping (``capping``) and power for mean/ratio metrics with CUPED
     (``value_power``).
@@ -187,7 +190,7 @@ from experiments.stats._common import (
     VerdictLabel,
 )
 from experiments.stats.capping import cap_rank
-from experiments.stats.cuped import CupedResult, cuped
+from experiments.stats.cuped import CupedOls, CupedResult, cuped, cuped_ols
 from experiments.stats.guardrails import HarmTest, harm_test
 from experiments.stats.interaction import Cell, HeterogeneityResult, heterogeneity
 from experiments.stats.means import DISTRIBUTIONS, ValueComparison, compare_values, value_harm_test, welch_df
@@ -237,6 +240,7 @@ __all__ = [
     "Arm",
     "Cell",
     "Comparison",
+    "CupedOls",
     "CupedResult",
     "DaysNeeded",
     "DetectableLift",
@@ -266,6 +270,7 @@ __all__ = [
     "cs_halfwidth",
     "cs_halfwidth_one_sided",
     "cuped",
+    "cuped_ols",
     "days_needed",
     "detectable_lift",
     "estimate",
