@@ -242,6 +242,11 @@ def _value_cells(
 
 
 NO_PRE_PERIOD = Reason("no_pre_period_data", "No customer has pre-experiment data for this metric.")
+CUPED_NOT_STORED = Reason(
+    "cuped_not_stored",
+    "CUPED uses the pre-period conversions stored by the conversion refresh, and none are stored for this "
+    "metric's current definition yet (the next refresh stores them); the unadjusted result is shown.",
+)
 COUNTS_DIFFER = Reason(
     "cuped_counts_differ",
     "The pre-period values were computed for other customers than the conversion counts (a refresh is pending), "
@@ -255,6 +260,7 @@ def _conversion_cuped(
     comparisons: list,
     moments: Mapping[str, stats.Moments] | None,
     lookback: int,
+    missing: Reason | None,
     customers: int,
 ) -> tuple[list, CupedView]:
     """CUPED for a conversion row (issue 15): each treatment's comparison with the lift,
@@ -272,6 +278,8 @@ def _conversion_cuped(
     def fallback(reason: Reason) -> tuple[list, CupedView]:
         return comparisons, CupedView(False, lookback, None, None, {"theta": reason, "variance_reduction": reason})
 
+    if missing is not None:
+        return fallback(missing)
     if moments is None:
         return fallback(Reason("not_started", "No pre-period data yet."))
     order = [ctx.control.key, *(t.key for t in ctx.treatments)]
@@ -537,7 +545,7 @@ def _row(
     family_size: int = 1,
     family_words: str = "",
     value: _ValueRow | None = None,
-    conversion_cuped: tuple[Mapping[str, stats.Moments] | None, int] | None = None,
+    conversion_cuped: tuple[Mapping[str, stats.Moments] | None, int, Reason | None] | None = None,
 ) -> tuple[RowResult, list[stats.Comparison]]:
     """A row without adjusted p-values (filled in once the family is known).
 
@@ -1288,7 +1296,21 @@ def report_build(
         values: value_moments.ValueCells | None = None
         # Conversion metrics with a lookback get CUPED too (the pre-period conversion).
         conversion_cuped = not kind.is_value and int(metric.cuped_lookback_days) > 0
-        if (kind.is_value or conversion_cuped) and phase is not None:
+        # A conversion row's CUPED reads only the pre-period values the refresh stored: computing
+        # them from the events at report time would cost a pass over every exposed customer's
+        # events (11x the report at 200,000 customers, bench/report.py) for a variance reduction;
+        # without them the row is the plain pooled test, with the reason.
+        cuped_missing = (
+            CUPED_NOT_STORED
+            if conversion_cuped
+            and not value_moments.values_stored(
+                metric=metric,
+                reporting_currency=experiment.reporting_currency,
+                currency_rates=experiment.currency_rates,
+            )
+            else None
+        )
+        if (kind.is_value or (conversion_cuped and cuped_missing is None)) and phase is not None:
             values = value_moments.value_cells(
                 phase=phase,
                 metric=metric,
@@ -1326,9 +1348,14 @@ def report_build(
             return {key_of[v]: m for v, m in by_id.items() if v in key_of}
 
         def conversion_of(
-            layer_key: tuple[str, str | None] | None, metric: Metric = metric, on: bool = conversion_cuped
-        ) -> tuple[dict[str, stats.Moments] | None, int] | None:
-            return (row_moments(layer_key), int(metric.cuped_lookback_days)) if on and phase is not None else None
+            layer_key: tuple[str, str | None] | None,
+            metric: Metric = metric,
+            on: bool = conversion_cuped,
+            missing: Reason | None = cuped_missing,
+        ) -> tuple[dict[str, stats.Moments] | None, int, Reason | None] | None:
+            if not on or phase is None:
+                return None
+            return (row_moments(layer_key), int(metric.cuped_lookback_days), missing)
 
         def row_cells(
             variant_counts: Sequence[aggregation.VariantCounts],

@@ -62,7 +62,7 @@ from experiments.services.metric_values import currencies_of, currency_rule, per
 from experiments.stats import Moments, Reason, cap_rank
 from segments.money import UNIT
 
-__all__ = ["ValueCells", "value_cells"]
+__all__ = ["ValueCells", "value_cells", "values_stored"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +87,14 @@ class ValueCells:
 
 def _q(name: str) -> str:
     return connection.ops.quote_name(name)
+
+
+def values_stored(
+    *, metric: Metric, reporting_currency: str = "", currency_rates: Mapping[str, object] | None = None
+) -> bool:
+    """Whether the refresh stored this metric's values for its current definition (no query)."""
+    rule = currency_rule(list(metric.values_currencies or []), reporting_currency, currency_rates)
+    return bool(metric.values_signature) and metric.values_signature == signature(metric, rule)
 
 
 def value_cells(

@@ -127,3 +127,28 @@ def test_report_conversion_metric__cuped_always_valid__confidence_sequence_of_ad
     assert lift.absolute_lift == pytest.approx(expected.absolute_lift, rel=1e-9)
     assert lift.p_value == pytest.approx(expected.p_value, rel=1e-9)
     assert lift.absolute_lift_ci.low == pytest.approx(expected.absolute_lift_ci.low, rel=1e-9)
+
+
+def test_report_conversion_metric__values_not_stored_for_definition__no_event_scan_unadjusted_with_reason() -> None:
+    # Given conversions refreshed with a 14-day lookback, then the lookback changed to 7 days
+    # (the stored pre-period values are for another definition until the next refresh)
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    experiment, df = _experiment(lookback=14)
+    Metric.objects.filter(experiment=experiment).update(cuped_lookback_days=7)
+
+    with CaptureQueriesContext(connection) as queries:
+        report = report_build(experiment_key=experiment.key, now=NOW)
+
+    # Then the report does not read the events table for CUPED (a pass over every exposed
+    # customer's events at report time) and the row is the plain pooled z, saying why
+    event_table = f'"{Event._meta.db_table}"'  # quoted: not segments_eventtype
+    assert not [q["sql"] for q in queries.captured_queries if event_table in q["sql"]]
+    row = report.primary.overall
+    (lift,) = row.lifts
+    counts = df.groupby("treatment").post.agg(["sum", "count"])
+    _, p = proportions_ztest(counts["sum"][[1, 0]].to_numpy(), counts["count"][[1, 0]].to_numpy())
+    assert row.cuped is not None and not row.cuped.applied
+    assert row.cuped.undefined["theta"].code == "cuped_not_stored"
+    assert lift.p_value == pytest.approx(p, rel=1e-9)
