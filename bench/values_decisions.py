@@ -131,6 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sims", type=int, default=2000)
     parser.add_argument("--n", type=int, default=2000, help="customers per arm")
+    parser.add_argument("--no-save", action="store_true", help="Do not write bench/results/values_decisions.json.")
     args = parser.parse_args()
     started = time.perf_counter()
     output = {
@@ -143,6 +144,8 @@ def main() -> None:
     output["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(output, indent=2)
     print(text)
+    if args.no_save:
+        return
     path = ROOT / "bench" / "results" / "values_decisions.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
