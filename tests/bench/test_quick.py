@@ -50,7 +50,9 @@ def test_bench_sh__quick_simulation__json_in_quick_dir_results_untouched(tmp_pat
     # values_decisions needs no server, so no PostgreSQL is started for it.
     results = ROOT / "bench" / "results" / "values_decisions.json"
     before = results.read_bytes()
-    env = {**os.environ, "BENCH_QUICK_DIR": str(tmp_path)}
+    # Ports and folder nobody uses: starting a server here would fail the test.
+    env = {**os.environ, "BENCH_QUICK_DIR": str(tmp_path), "GROWTH_SERVICES_DIR": str(tmp_path / "services"),
+           "PG_PORT": "1", "REDIS_PORT": "1"}  # fmt: skip
     result = subprocess.run(
         [str(BENCH_SH), "--quick", "values_decisions"], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=300, check=False,
@@ -60,11 +62,13 @@ def test_bench_sh__quick_simulation__json_in_quick_dir_results_untouched(tmp_pat
     assert written["benchmark"] == "values_decisions"
     assert written["sims"] < 2000  # the quick size, not the full one
     assert results.read_bytes() == before
+    assert not (tmp_path / "services").exists()
 
 
 @pytest.mark.pure
 def test_bench_sh__unknown_name__exit_2_before_starting_anything(tmp_path: Path) -> None:
-    env = {**os.environ, "BENCH_QUICK_DIR": str(tmp_path), "PG_PORT": "1", "REDIS_PORT": "1"}
+    env = {**os.environ, "BENCH_QUICK_DIR": str(tmp_path / "quick"), "GROWTH_SERVICES_DIR": str(tmp_path / "services"),
+           "PG_PORT": "1", "REDIS_PORT": "1"}  # fmt: skip
     result = subprocess.run(
         [str(BENCH_SH), "--quick", "no_such_bench"], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=60, check=False,
