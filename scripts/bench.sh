@@ -49,7 +49,7 @@ quick_args() {
     decisions) echo "--runs 40" ;;
     values_decisions) echo "--sims 40 --n 300" ;;
     analytics) echo "--customers 5000 --repeats 1" ;;
-    scaling) echo "--sizes 2000 4000 8000 --repeats 1" ;;
+    scaling) echo "--sizes 1000 2000 --repeats 1" ;;
     *) echo "unknown benchmark: $1" >&2; return 1 ;;
   esac
 }
