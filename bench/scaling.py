@@ -30,10 +30,11 @@ hand-written RFM statement of ``bench/segments.py``.
 Then fits ``time = c · N^k`` by least squares on ``log time`` against ``log N``
 (:func:`growth_exponent`) for every path. Floor (issue 20): k ≤ 1.15 on every hot path.
 
-Run: ``python bench/scaling.py`` (default sizes 100k / 200k / 400k customers: the issue's
-250k / 500k / 1M do not fit the time a shared 2-core machine can give, see ``sizes_note``)
-or ``--sizes 2000 4000 8000 --no-save`` for a check. ``--only import funnel`` runs some
-groups. Prints JSON and saves bench/results/scaling.json (``--no-save`` to skip).
+Run: ``python bench/scaling.py`` (default sizes 100k / 200k / 400k customers, about 30
+minutes on a quiet 2-core machine; the issue's 250k / 500k / 1M take well over an hour, see
+``sizes_note``) or ``--sizes 1000 2000 --no-save`` for a check (what ``make bench``'s
+quick mode runs). The last reported run: ``--sizes 24000 48000 96000``. ``--only import
+analytics`` runs some groups (import, segments, assignment, experiments, analytics). Prints JSON and saves bench/results/scaling.json (``--no-save`` to skip).
 """
 
 from __future__ import annotations
@@ -61,10 +62,9 @@ EXPONENT_FLOOR = 1.15
 EVENTS_PER_CUSTOMER = 10
 DEFAULT_SIZES = [100_000, 200_000, 400_000]
 SIZES_NOTE = (
-    "The issue suggests 250k / 500k / 1M customers. On this shared 2-core machine the whole run "
-    "at those sizes (import alone of 17.5M events at ~20k rows/s is ~15 minutes, the first 1M "
-    "recompute 5 minutes, 1M analytics ~3 minutes) does not fit the time the machine can be held, "
-    "so the largest three sizes that did are used."
+    "The issue suggests 250k / 500k / 1M customers: on the shared 2-core machine that whole run (import "
+    "alone of 17.5M events at ~20k rows/s is ~15 minutes, the first 1M recompute 5 minutes) takes well over "
+    "an hour, so smaller sizes were used."
 )
 REFERENCES = {"anchor_rfm_statement"}
 GROUPS = ("import", "segments", "assignment", "experiments", "analytics")
