@@ -97,7 +97,9 @@ def _recreate_database() -> None:
     url = _server_url("postgres").replace("postgres://", "postgresql://", 1)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
+        # BENCH_TEMPLATE_DB (bench/scaling.py): a copy of an already migrated database.
+        template = os.environ.get("BENCH_TEMPLATE_DB", "")
+        conn.execute(f"CREATE DATABASE {DB_NAME}" + (f' TEMPLATE "{template}"' if template else ""))
 
 
 def _database_exists() -> bool:

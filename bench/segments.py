@@ -124,7 +124,7 @@ def generate_postgres(conn: Any, customers: int, events: int) -> dict[str, float
                        %(as_of)s - power(random(), 1.3) * interval '730 days', %(as_of)s, '{}',
                        CASE WHEN o THEN round((5 + random() * 295)::numeric, 2) END,
                        CASE WHEN o THEN 'EUR' ELSE '' END
-                FROM (SELECT g, random() < 0.4 AS o FROM generate_series(%(lo)s, %(hi)s) g) s
+                FROM (SELECT g, random() < 0.4 AS o FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) g) s
                 """,
                 {
                     "first": first_id,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.scaling import growth_exponent
+from bench.scaling import floor, growth_exponent, summarize
 
 pytestmark = pytest.mark.pure
 
@@ -34,3 +34,23 @@ def test_growth_exponent__noisy_times__matches_numpy_polyfit_on_logs() -> None:
 )
 def test_growth_exponent__undefined__none_not_nan(sizes: list[int], seconds: list[float]) -> None:
     assert growth_exponent(sizes, seconds) is None
+
+
+def test_scaling_floor__reference_grows_faster__judged_on_hot_paths_only() -> None:
+    # Given the hand-written RFM statement growing as N^1.5 and every hot path linearly
+    sizes = [1000, 2000, 4000]
+    by_size = {n: {"import": n / 1000, "anchor_rfm_statement": (n / 1000) ** 1.5} for n in sizes}
+    # When the paths are summarized and judged
+    paths = summarize(by_size)
+    # Then the reference keeps its k but does not fail the floor
+    assert paths["anchor_rfm_statement"]["k"] == pytest.approx(1.5)
+    assert paths["anchor_rfm_statement"]["reference"] is True
+    assert floor(paths) == {"k_at_most": 1.15, "met": True, "not_met": []}
+
+
+def test_scaling_floor__hot_path_superlinear_or_undefined__not_met_and_named() -> None:
+    sizes = [1000, 2000, 4000]
+    by_size = {n: {"import": n / 1000, "funnel": (n / 1000) ** 1.3, "lift_report": 0.0} for n in sizes}
+    paths = summarize(by_size)
+    assert paths["lift_report"]["k"] is None
+    assert floor(paths) == {"k_at_most": 1.15, "met": False, "not_met": ["funnel", "lift_report"]}
