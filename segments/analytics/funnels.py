@@ -181,23 +181,103 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _condition(r: _Resolved, k: int, params: list[object], v: sql.Vendor) -> str:
+    """Event ``e`` completes step k (its type and property filters); appends its params."""
+    step = r.spec.steps[k - 1]
+    parts = ["e.event_type_id = %s"]
+    params.append(r.type_ids[k - 1])
+    for key, value in sorted(step.where.items()):
+        parts.append(f"{sql.json_text('e.properties', '%s', v)} = %s")
+        params.extend([key, _text(value)] if v == "postgresql" else [key, key, _text(value)])
+    return " AND ".join(parts)
+
+
+def _breakdown(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object], str]:
+    """The group expression over ``b`` (a chosen attempt), its params and the join it needs."""
+    if r.breakdown_kind == "layer":
+        return sql.layer_at("b.customer_id", "b.ts1"), [r.breakdown_arg, r.breakdown_arg], ""
+    if r.breakdown_kind == "attribute":
+        group = f"COALESCE({sql.json_text('cu.attributes', '%s', v)}, '')"
+        group_params: list[object] = [r.breakdown_arg] if v == "postgresql" else [r.breakdown_arg] * 2
+        return group, group_params, "JOIN segments_customer cu ON cu.id = b.customer_id"
+    return "NULL", [], ""
+
+
+def _strict_postgresql(r: _Resolved) -> tuple[str, list[object]]:
+    """The strict-order funnel on PostgreSQL: the same numbers as the portable statement, in
+    the shape the planner runs fastest (EXPLAIN ANALYZE at 200,000 customers, README
+    "Growth analytics"):
+
+    - Entries are not de-duplicated up front: two step-1 events of one customer at the same
+      instant are two identical attempts and ``DISTINCT ON`` keeps one of them anyway, while
+      a DISTINCT here forces a Gather + hash aggregate that serialises the probes behind it.
+      Without it the entry scan and the per-step probes run in parallel workers.
+    - Each next step is a ``LEFT JOIN LATERAL`` MIN over the (customer, type, time) index
+      (SQLite has no LATERAL; the portable statement chains MATERIALIZED CTEs that copy every
+      attempt once per step).
+    - Overall and per-group figures come out of one pass (``GROUPING SETS``), counts as
+      ``COUNT(*) FILTER`` and medians as ``percentile_cont(0.5)`` (the mean of the two middle
+      values for an even count, as ``statistics.median``), instead of a cross join with the
+      step numbers and a ROW_NUMBER median over a union of four copies.
+    """
+    v: sql.Vendor = "postgresql"
+    k_steps = len(r.spec.steps)
+    seconds = int(r.spec.window_seconds)
+    params: list[object] = []
+    entry = (
+        f"SELECT e.customer_id, e.occurred_at AS ts1 FROM segments_event e WHERE {_condition(r, 1, params, v)} "
+        "AND e.occurred_at >= %s AND e.occurred_at < %s"
+    )
+    params += [sql.timestamp(r.start), sql.timestamp(r.end)]
+    laterals = []
+    for k in range(2, k_steps + 1):
+        previous = "s.ts1" if k == 2 else f"x{k - 1}.ts{k - 1}"
+        laterals.append(
+            f"LEFT JOIN LATERAL (SELECT MIN(e.occurred_at) AS ts{k} FROM segments_event e "
+            f"WHERE e.customer_id = s.customer_id AND {_condition(r, k, params, v)} "
+            f"AND e.occurred_at > {previous} AND e.occurred_at <= s.ts1 + interval '{seconds} seconds') x{k} ON true"
+        )
+    reached = " + ".join(["1", *(f"(x{k}.ts{k} IS NOT NULL)::int" for k in range(2, k_steps + 1))])
+    epochs = ", ".join(
+        f"{sql.epoch_ms('s.ts1' if k == 1 else f'x{k}.ts{k}', v)} AS t{k}" for k in range(1, k_steps + 1)
+    )
+    attempts = f"SELECT s.customer_id, s.ts1, {epochs}, {reached} AS reached FROM ({entry}) s {' '.join(laterals)}"
+    group, group_params, join = _breakdown(r, v)
+    params += group_params
+    times = ", ".join(f"b.t{k}" for k in range(1, k_steps + 1))
+    grouping = "GROUP BY GROUPING SETS ((g), ())" if r.breakdown_kind else ""
+    counts = ", ".join(f"COUNT(*) FILTER (WHERE reached >= {k}) AS n{k}" for k in range(1, k_steps + 1))
+    medians = "".join(
+        f", percentile_cont(0.5) WITHIN GROUP (ORDER BY t{k} - t{k - 1}) FILTER (WHERE reached >= {k}) AS m{k}"
+        for k in range(2, k_steps + 1)
+    )
+    values = ", ".join(
+        [f"('n', {k}, agg.n{k}::float8)" for k in range(1, k_steps + 1)]
+        + [f"('m', {k}, agg.m{k})" for k in range(2, k_steps + 1)]
+    )
+    statement = (
+        f"WITH best AS (SELECT DISTINCT ON (customer_id) * FROM ({attempts}) a "
+        "ORDER BY customer_id, reached DESC, t1), "
+        f"chosen AS (SELECT {group} AS g, b.reached, {times} FROM best b {join}), "
+        f"agg AS (SELECT {'g' if grouping else 'NULL::text AS g'}, {counts}{medians} FROM chosen {grouping}) "
+        f"SELECT u.kind, agg.g, u.step, u.value FROM agg CROSS JOIN LATERAL (VALUES {values}) u(kind, step, value) "
+        "WHERE u.value IS NOT NULL"
+    )
+    return statement, params
+
+
 def funnel_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
     """Rows ``(kind, group, step, value)``: kind 'n' = customers who reached the step, 'm' = the
     median milliseconds from the previous step. ``group`` is NULL for everyone, else the
     breakdown value."""
+    if v == "postgresql" and r.spec.order == "strict":
+        return _strict_postgresql(r)
     k_steps = len(r.spec.steps)
     seconds = int(r.spec.window_seconds)
     params: list[object] = []
 
     def condition(k: int) -> str:
-        """Event ``e`` completes step k (its type and property filters); appends its params."""
-        step = r.spec.steps[k - 1]
-        parts = ["e.event_type_id = %s"]
-        params.append(r.type_ids[k - 1])
-        for key, value in sorted(step.where.items()):
-            parts.append(f"{sql.json_text('e.properties', '%s', v)} = %s")
-            params.extend([key, _text(value)] if v == "postgresql" else [key, key, _text(value)])
-        return " AND ".join(parts)
+        return _condition(r, k, params, v)
 
     times = [f"t{k}" for k in range(1, k_steps + 1)]
     ctes: list[str] = []
@@ -249,16 +329,7 @@ def funnel_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
         "best AS (SELECT a.*, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY reached DESC, t1) AS rn "
         "FROM attempts a)"
     )
-    if r.breakdown_kind == "layer":
-        group = sql.layer_at("b.customer_id", "b.ts1")
-        group_params: list[object] = [r.breakdown_arg, r.breakdown_arg]
-        join = ""
-    elif r.breakdown_kind == "attribute":
-        group = f"COALESCE({sql.json_text('cu.attributes', '%s', v)}, '')"
-        group_params = [r.breakdown_arg] if v == "postgresql" else [r.breakdown_arg] * 2
-        join = "JOIN segments_customer cu ON cu.id = b.customer_id"
-    else:
-        group, group_params, join = "NULL", [], ""
+    group, group_params, join = _breakdown(r, v)
     ctes.append(
         f"chosen AS (SELECT NULL AS g, b.reached, {', '.join(f'b.{t}' for t in times)} FROM best b "
         "WHERE b.rn = 1 AND b.reached >= 1"

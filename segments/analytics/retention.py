@@ -201,88 +201,92 @@ def _cohort_ctes(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
     cohort = (
         f"SELECT x.customer_id, x.tz, x.t0, x.d0, {sql.bucket_start('x.d0', r.spec.cohort_grain, v)} AS cohort, "
         f"{sql.day_diff('x.today', 'x.d0', v)} AS age, {layer} AS layer "
-        f"FROM local x WHERE x.d0 >= {dp} AND x.d0 <= {dp}"
+        f"FROM local x WHERE x.d0 >= {dp} AND x.d0 <= {dp}{sql.no_flatten(v)}"
     )
     params.append(as_of)  # local today
     if r.dimension_id is not None:
         params += [r.dimension_id, r.dimension_id]
     params += [r.cohort_from.isoformat(), r.cohort_to.isoformat()]
     placeholders = ", ".join(["%s"] * len(r.return_type_ids)) or "NULL"
-    dret = (
-        f"SELECT y.customer_id, y.d FROM (SELECT ch.customer_id, "
+    # One row per (cohort customer, return event): d = the event's local day - d0, NULL for a
+    # customer without return events (kept: they count in the size). The fence (OFFSET 0 on
+    # PostgreSQL) keeps d computed once per event: flattened, the planner would repeat the
+    # time-zone conversion in every aggregate that reads d.
+    ev = (
+        f"SELECT ch.customer_id, ch.cohort, ch.layer, ch.age, "
         f"{sql.day_diff(sql.local_date('e.occurred_at', 'ch.tz', v), 'ch.d0', v)} AS d "
-        "FROM cohort ch JOIN segments_event e ON e.customer_id = ch.customer_id "
-        f"WHERE e.event_type_id IN ({placeholders}) AND e.occurred_at <= %s) y WHERE y.d >= 0"
+        "FROM cohort ch LEFT JOIN segments_event e ON e.customer_id = ch.customer_id "
+        f"AND e.event_type_id IN ({placeholders}) AND e.occurred_at <= %s{sql.no_flatten(v)}"
     )
     params += [*r.return_type_ids, as_of]
-    ctes = f"anchor AS ({anchor}), local AS ({local}), cohort AS ({cohort}), dret AS ({dret})"
+    ctes = f"anchor AS ({anchor}), local AS ({local}), cohort AS ({cohort}), ev AS ({ev})"
     return ctes, params
 
 
+MASK_BITS = 62  # periods per bigint word: 1 << 62 is the highest power of two both vendors keep positive
+
+
 def table_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
-    """One row per (cohort bucket, layer, period n): size, min age, retained on n, on or after n.
+    """One wide row per (cohort bucket, layer): size, min age, then for n = 0..periods the
+    customers retained on n (``o<n>``) and on or after n (``a<n>``), then for each headline
+    day N the eligible, retained on and on or after N (``he<N>``, ``ho<N>``, ``ha<N>``).
 
     Buckets without customers are listed (size 0) when there is no breakdown.
+
+    Shape (why it is fast on 10M events): one pass over the cohort's events, grouped by
+    customer into a bit set of the periods they returned on (``w<j>``: periods 62j..62j+61,
+    bit p mod 62) and their last return period; then one aggregate per cohort reads bit n of
+    every customer's set. No DISTINCT over (customer, day) pairs, no second scan for "on or
+    after", no separate headline statement, and every step is a hash join / hash aggregate
+    that PostgreSQL runs in parallel workers (``bit_or`` has a combine function; SQLite sums
+    the distinct powers of two, which is the same number).
     """
     ctes, params = _cohort_ctes(r, v)
-    n_max = r.spec.periods
+    n_max = int(r.spec.periods)
     length = PERIOD_DAYS[r.spec.period]
     dp = sql.date_param(v)
-    capped = f"CASE WHEN m.maxp > {int(n_max)} THEN {int(n_max)} ELSE m.maxp END"
-    buckets = (
-        f"SELECT {dp} AS b UNION ALL SELECT {sql.next_bucket('b', r.spec.cohort_grain, v)} FROM buckets "
-        f"WHERE {sql.next_bucket('b', r.spec.cohort_grain, v)} <= {dp}"
-    )
-    first = sql.bucket_of(r.cohort_from, r.spec.cohort_grain)
-    bucket_params: list[object] = [first.isoformat(), r.cohort_to.isoformat()]
-    if r.dimension_id is None:
-        sizes = (
-            "SELECT bk.b AS cohort, '' AS layer, COUNT(ch.customer_id) AS size, MIN(ch.age) AS min_age "
-            "FROM buckets bk LEFT JOIN cohort ch ON ch.cohort = bk.b GROUP BY bk.b"
+    words = n_max // MASK_BITS + 1
+    period = f"(x.d / {length})"
+    bit = f"{sql.one_bigint(v)} << ({period} %% {MASK_BITS})"
+    masks = ", ".join(
+        sql.bit_or_agg(
+            f"CASE WHEN x.d >= 0 AND {period} <= {n_max} AND {period} / {MASK_BITS} = {j} THEN {bit} ELSE 0 END", v
         )
-    else:
-        sizes = "SELECT cohort, layer, COUNT(*) AS size, MIN(age) AS min_age FROM cohort GROUP BY cohort, layer"
-    statement = (
-        f"WITH RECURSIVE p(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM p WHERE n < {int(n_max)}), "
-        f"buckets(b) AS ({buckets}), {ctes}, "
-        f"ret AS (SELECT DISTINCT customer_id, d / {length} AS period FROM dret), "
-        f"sizes AS ({sizes}), "
-        "on_counts AS (SELECT ch.cohort, ch.layer, r.period, COUNT(*) AS cnt FROM ret r "
-        f"JOIN cohort ch ON ch.customer_id = r.customer_id WHERE r.period <= {int(n_max)} "
-        "GROUP BY ch.cohort, ch.layer, r.period), "
-        f"hist AS (SELECT ch.cohort, ch.layer, {capped} AS maxp, "
-        "COUNT(*) AS cnt FROM (SELECT customer_id, MAX(period) AS maxp FROM ret GROUP BY customer_id) m "
-        "JOIN cohort ch ON ch.customer_id = m.customer_id GROUP BY ch.cohort, ch.layer, "
-        f"{capped}), "
-        # "On or after n" = customers whose last return period is >= n: a join of the small
-        # histogram with the periods (a correlated subquery here was re-planned per cell).
-        "after_counts AS (SELECT h.cohort, h.layer, p.n, SUM(h.cnt) AS cnt FROM hist h JOIN p ON h.maxp >= p.n "
-        "GROUP BY h.cohort, h.layer, p.n) "
-        "SELECT s.cohort, s.layer, s.size, s.min_age, p.n, COALESCE(o.cnt, 0), COALESCE(a.cnt, 0) "
-        "FROM sizes s CROSS JOIN p LEFT JOIN on_counts o "
-        "ON o.cohort = s.cohort AND o.layer = s.layer AND o.period = p.n "
-        "LEFT JOIN after_counts a ON a.cohort = s.cohort AND a.layer = s.layer AND a.n = p.n "
-        "ORDER BY s.layer, s.cohort, p.n"
+        + f" AS w{j}"
+        for j in range(words)
     )
-    return statement, [*bucket_params, *params]
-
-
-def headline_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
-    """One row per layer: for each of D1, D7, D30: eligible, retained on, retained on or after."""
-    ctes, params = _cohort_ctes(r, v)
     flags = ", ".join(
-        f"MAX(CASE WHEN r.d = {n} THEN 1 ELSE 0 END) AS on{n}, MAX(CASE WHEN r.d >= {n} THEN 1 ELSE 0 END) AS after{n}"
+        f"MAX(CASE WHEN x.d = {n} THEN 1 ELSE 0 END) AS on{n}, MAX(CASE WHEN x.d >= {n} THEN 1 ELSE 0 END) AS af{n}"
         for n in HEADLINE_DAYS
     )
-    sums = ", ".join(
-        f"SUM(CASE WHEN age > {n} THEN 1 ELSE 0 END), SUM(CASE WHEN age > {n} THEN on{n} ELSE 0 END), "
-        f"SUM(CASE WHEN age > {n} THEN after{n} ELSE 0 END)"
-        for n in HEADLINE_DAYS
+    per = (
+        f"SELECT x.customer_id, x.cohort, x.layer, x.age, {masks}, MAX(CASE WHEN x.d >= 0 THEN {period} END) AS maxp, "
+        f"{flags} FROM ev x GROUP BY x.customer_id, x.cohort, x.layer, x.age"
     )
+    columns = ["COUNT(pc.customer_id) AS size", "MIN(pc.age) AS min_age"]
+    columns += [f"SUM((pc.w{n // MASK_BITS} >> {n % MASK_BITS}) & 1) AS o{n}" for n in range(n_max + 1)]
+    columns += [f"SUM(CASE WHEN pc.maxp >= {n} THEN 1 ELSE 0 END) AS a{n}" for n in range(n_max + 1)]
+    for n in HEADLINE_DAYS:
+        columns += [
+            f"SUM(CASE WHEN pc.age > {n} THEN 1 ELSE 0 END) AS he{n}",
+            f"SUM(CASE WHEN pc.age > {n} THEN pc.on{n} ELSE 0 END) AS ho{n}",
+            f"SUM(CASE WHEN pc.age > {n} THEN pc.af{n} ELSE 0 END) AS ha{n}",
+        ]
+    if r.dimension_id is None:
+        buckets = (
+            f"SELECT {dp} AS b UNION ALL SELECT {sql.next_bucket('b', r.spec.cohort_grain, v)} FROM buckets "
+            f"WHERE {sql.next_bucket('b', r.spec.cohort_grain, v)} <= {dp}"
+        )
+        first = sql.bucket_of(r.cohort_from, r.spec.cohort_grain)
+        statement = (
+            f"WITH RECURSIVE buckets(b) AS ({buckets}), {ctes}, per AS ({per}) "
+            f"SELECT bk.b AS cohort, '' AS layer, {', '.join(columns)} "
+            "FROM buckets bk LEFT JOIN per pc ON pc.cohort = bk.b GROUP BY bk.b ORDER BY bk.b"
+        )
+        return statement, [first.isoformat(), r.cohort_to.isoformat(), *params]
     statement = (
-        f"WITH {ctes}, flags AS (SELECT ch.customer_id, ch.layer, ch.age, {flags} FROM cohort ch "
-        "LEFT JOIN dret r ON r.customer_id = ch.customer_id GROUP BY ch.customer_id, ch.layer, ch.age) "
-        f"SELECT layer, {sums} FROM flags GROUP BY layer ORDER BY layer"
+        f"WITH {ctes}, per AS ({per}) SELECT pc.cohort, pc.layer, {', '.join(columns)} "
+        "FROM per pc GROUP BY pc.cohort, pc.layer ORDER BY pc.layer, pc.cohort"
     )
     return statement, params
 
@@ -291,21 +295,21 @@ def _rate(part: int | None, whole: int) -> float | None:
     return None if part is None or whole == 0 else part / whole
 
 
-def _cohorts(rows: list[tuple], length: int) -> dict[str, list[RetentionCohort]]:
-    grouped: dict[tuple[str, dt.date], list[tuple]] = defaultdict(list)
-    for row in rows:
-        grouped[(row[1], sql.as_date(row[0]))].append(row)
+def _cohorts(rows: list[tuple], n_max: int, length: int) -> dict[str, list[RetentionCohort]]:
+    """Shape :func:`table_sql`'s wide rows into cohorts of cells, per layer (in row order)."""
     out: dict[str, list[RetentionCohort]] = defaultdict(list)
-    for (layer, cohort), cells in grouped.items():
-        size, min_age = int(cells[0][2]), cells[0][3]
+    for row in rows:
+        cohort, layer, size, min_age = sql.as_date(row[0]), row[1], int(row[2] or 0), row[3]
+        on, after = row[4 : 5 + n_max], row[5 + n_max : 6 + 2 * n_max]
         shaped = []
-        for _, _, _, _, n, on, after in cells:
+        for n in range(n_max + 1):
             if size == 0:
                 shaped.append(RetentionCell(n, None, None, None, None, EMPTY))
             elif (n + 1) * length > min_age:
                 shaped.append(RetentionCell(n, None, None, None, None, NOT_OVER))
             else:
-                shaped.append(RetentionCell(n, int(on), _rate(int(on), size), int(after), _rate(int(after), size)))
+                o, a = int(on[n] or 0), int(after[n] or 0)
+                shaped.append(RetentionCell(n, o, _rate(o, size), a, _rate(a, size)))
         out[layer].append(RetentionCohort(cohort, size, tuple(shaped)))
     return out
 
@@ -314,17 +318,23 @@ def _unreached(n: int) -> str:
     return f"no customer of the range has had day {n} end yet"
 
 
-def _headlines(rows: list[tuple]) -> dict[str, tuple[Headline, ...]]:
-    out: dict[str, tuple[Headline, ...]] = {}
+def _headlines(rows: list[tuple], n_max: int) -> dict[str, tuple[Headline, ...]]:
+    """D1 / D7 / D30 per layer: the sums over its cohorts of the rows' headline columns."""
+    sums: dict[str, list[int]] = defaultdict(lambda: [0] * (3 * len(HEADLINE_DAYS)))
     for row in rows:
+        total = sums[row[1]]
+        for i, value in enumerate(row[6 + 2 * n_max : 6 + 2 * n_max + 3 * len(HEADLINE_DAYS)]):
+            total[i] += int(value or 0)
+    out: dict[str, tuple[Headline, ...]] = {}
+    for layer, total in sums.items():
         items = []
         for i, n in enumerate(HEADLINE_DAYS):
-            eligible, on, after = (int(x or 0) for x in row[1 + 3 * i : 4 + 3 * i])
+            eligible, on, after = total[3 * i : 3 * i + 3]
             if eligible == 0:
                 items.append(Headline(n, 0, None, None, None, None, _unreached(n)))
             else:
                 items.append(Headline(n, eligible, on, on / eligible, after, after / eligible))
-        out[row[0]] = tuple(items)
+        out[layer] = tuple(items)
     return out
 
 
@@ -340,14 +350,17 @@ def retention_table(*, spec: RetentionSpec) -> RetentionTable:
     v = sql.vendor()
     length = PERIOD_DAYS[spec.period]
     overall = _Resolved(r.spec, r.as_of, r.cohort_from, r.cohort_to, r.return_type_ids, r.purchase_type_id, None)
-    cohorts = _cohorts(_run(*table_sql(overall, v)), length).get("", [])
-    headlines = _headlines(_run(*headline_sql(overall, v))).get("", ())
+    n_max = spec.periods
+    rows = _run(*table_sql(overall, v))
+    cohorts = _cohorts(rows, n_max, length).get("", [])
+    headlines = _headlines(rows, n_max).get("", ())
     if not headlines:
         headlines = tuple(Headline(n, 0, None, None, None, None, _unreached(n)) for n in HEADLINE_DAYS)
     by_layer: tuple[LayerRetention, ...] = ()
     if r.dimension_id is not None:
-        layered = _cohorts(_run(*table_sql(r, v)), length)
-        layer_heads = _headlines(_run(*headline_sql(r, v)))
+        rows = _run(*table_sql(r, v))
+        layered = _cohorts(rows, n_max, length)
+        layer_heads = _headlines(rows, n_max)
         by_layer = tuple(
             LayerRetention(layer, tuple(layered[layer]), layer_heads.get(layer, ())) for layer in sorted(layered)
         )

@@ -140,3 +140,26 @@ def plus_seconds(ts: str, seconds: int, v: Vendor) -> str:
     if v == "postgresql":
         return f"({ts} + interval '{int(seconds)} seconds')"
     return f"strftime('%%Y-%%m-%%d %%H:%%M:%%f', {ts}, '+{int(seconds)} seconds')"
+
+
+def no_flatten(v: Vendor) -> str:
+    """A subquery suffix that keeps the planner from flattening it into the outer query, so its
+    computed columns (a time-zone conversion per event) are computed once per row, not again
+    in every expression that reads them. PostgreSQL: ``OFFSET 0`` (still parallel-safe: a
+    zero offset needs no Limit node). SQLite never flattens a subquery with an OFFSET; it
+    needs a LIMIT to write one (-1: none)."""
+    return " OFFSET 0" if v == "postgresql" else " LIMIT -1 OFFSET 0"
+
+
+def one_bigint(v: Vendor) -> str:
+    """The integer 1 as a 64-bit value, for bit shifts up to 62 (PostgreSQL's ``1`` is int4)."""
+    return "CAST(1 AS bigint)" if v == "postgresql" else "1"
+
+
+def bit_or_agg(expression: str, v: Vendor) -> str:
+    """Bitwise OR over a group of powers of two (or 0). PostgreSQL: ``bit_or``, which has a
+    combine function, so parallel workers can aggregate partially. SQLite has no ``bit_or``:
+    the sum of the *distinct* powers of two is the same number."""
+    if v == "postgresql":
+        return f"bit_or({expression})"
+    return f"SUM(DISTINCT {expression})"

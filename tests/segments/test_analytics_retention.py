@@ -208,3 +208,16 @@ def test_retention_table__daylight_saving_change__local_days_follow_the_zone_rul
     )
     got = cells(table)
     assert (got[1].retained, got[2].retained) == (0, 1)
+
+
+def test_retention_table__headlines__come_out_of_the_table_statement_not_a_second_pass(
+    django_assert_num_queries,  # type: ignore[no-untyped-def]
+) -> None:
+    # Given a cohort with a D1 return
+    a = CustomerFactory(signed_up_at=at("2026-01-01T10:00:00"))
+    login(a, "2026-01-02T10:00:00")
+    # When / Then: one query for the event types, one statement for the table and its
+    # headlines (a second statement re-read every event of the range)
+    with django_assert_num_queries(2):
+        table = retention_table(spec=day_spec())
+    assert table.headlines[0].day == 1 and table.headlines[0].retained == 1
