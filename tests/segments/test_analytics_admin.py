@@ -41,6 +41,17 @@ def test_analytics_pages__roles__render_tables_chart_and_csv_link(role: str, dat
     assert "/admin/analytics/retention/" in index
 
 
+def test_retention_page__attribute_breakdown__offered_and_headlines_per_value(data: None) -> None:
+    CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 12, tzinfo=UTC), attributes={"channel": "social"})
+    client = Client()
+    client.force_login(UserFactory(groups=["marketer"]))
+    html = client.get(RETENTION.replace("breakdown=rfm", "breakdown=attribute:channel")).content.decode()
+    # the attribute is offered in the breakdown menu, selected, and the table is per value
+    assert '<option value="attribute:channel" selected>channel</option>' in html
+    assert "By channel (customer attribute)" in html
+    assert "<td>social</td>" in html and "<td>(none)</td>" in html
+
+
 def test_analytics_pages__csv_download__the_numbers_of_the_page(data: None) -> None:
     client = Client()
     client.force_login(UserFactory(groups=["marketer"]))
