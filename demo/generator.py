@@ -18,7 +18,8 @@
   for some, a ``coupon`` (then also ``coupon_redeemed``); some ``refund``;
   ``membership_renewed`` at renewals; for sellers, ``sale`` events (a buyer bought from
   them: the amount is the seller's revenue, log-normal, a few sellers make most of it) from
-  the day they started selling until they stop;
+  the day they started selling until they stop; a product page view before each order and
+  carts left behind after some product views (the five-step funnel's path);
 - ``memberships.jsonl``: terms on ``plus`` / ``premium`` plans whose latest expiry is
   spread over four windows relative to ``spec.end`` (expired over 3 months ago, expired
   within 3 months, expiring within 3 months, valid for more than 3 months), so every
@@ -137,6 +138,7 @@ CITY_TIER_WEIGHTS = {
 # sellers sell a lot), each sale log-normal around SALE_MEDIAN_EUR; sellers stop selling
 # after an exponential time (mean SELLER_MEAN_DAYS) or at the end of the period.
 SELLER_SHARE = 0.08
+ABANDON_SHARE = 0.3  # product views followed by a cart that is left behind (demo.generator._browse_side)
 SELLER_SALES_PER_DAY = 0.08
 SALE_MEDIAN_EUR = 30.0
 SELLER_MEAN_DAYS = 240.0
@@ -300,6 +302,7 @@ def customer_story(spec: DemoSpec, index: int) -> CustomerStory:
 
     memberships = _memberships(rng, spec, ext, persona, market, signed_up, add)
     # Last, so that the buyer side's event ids stay what they were.
+    _browse_side(spec, index, list(events), add)
     if _seller_side(spec, index, market, signed_up, add):
         customer["roles"] = "buyer,seller"
     events.sort(key=lambda e: (e["occurred_at"], e["event_id"]))
@@ -354,6 +357,27 @@ def _customer_row(
         if rng.random() < 0.8:
             row["push_consent_at"] = _ts(later(signed_up, 1))
     return row
+
+
+def _browse_side(spec: DemoSpec, index: int, drawn: list[dict[str, Any]], add: Callable[..., None]) -> None:
+    """The path to a purchase, so that the five-step funnel (channel → scene → product →
+    decision → done) reads as a shop's does: a product page view 55-120 minutes before each
+    order (before its cart), and carts left behind after some product views (30%), so that not
+    every cart becomes an order. Own random stream, after every other draw: the events drawn
+    before keep their values and ids; a last-seen time moves by at most 15 minutes (an
+    abandoned cart after the last product view)."""
+    rng = random.Random(f"{spec.seed}:{index}:browse")
+    for event in drawn:
+        if event["type"] == "order":
+            sku, product = event["properties"]["sku"], event["properties"]["product"]
+            at = event["occurred_at"] - dt.timedelta(minutes=rng.uniform(55, 120))
+            add("visit", at, properties={"page": "product", "sku": sku, "product": product})
+        elif event["type"] == "visit" and event["properties"]["page"] == "product" and rng.random() < ABANDON_SHARE:
+            number = rng.randrange(1, 60)
+            at = min(
+                spec.end - dt.timedelta(seconds=1), event["occurred_at"] + dt.timedelta(minutes=rng.uniform(1, 15))
+            )
+            add("add_to_cart", at, properties={"sku": f"SKU{number:03d}", "product": product_line(number)})
 
 
 def _seller_side(spec: DemoSpec, index: int, market: Market, signed_up: dt.datetime, add: Callable[..., None]) -> bool:

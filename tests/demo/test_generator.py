@@ -127,6 +127,32 @@ def test_generate__roles__everyone_buys_a_share_also_sells_and_only_sellers_have
 
 
 @pytest.mark.pure
+def test_generate__path_to_purchase__product_view_before_every_order_and_some_carts_left(generated: Path) -> None:
+    by_customer: dict[str, list[dict]] = defaultdict(list)
+    for line in (generated / "events.jsonl").open():
+        event = json.loads(line)
+        by_customer[event["customer_id"]].append(event)
+    orders = carts = 0
+    for events in by_customer.values():
+        for i, event in enumerate(events):
+            if event["type"] != "order":
+                continue
+            orders += 1
+            # a product page view of the ordered product within the two hours before the order
+            at = parse(event["occurred_at"])
+            assert any(
+                e["type"] == "visit"
+                and e["properties"].get("page") == "product"
+                and e["properties"].get("sku") == event["properties"]["sku"]
+                and dt.timedelta(minutes=55) <= at - parse(e["occurred_at"]) <= dt.timedelta(minutes=120)
+                for e in events[:i]
+            ), event
+        carts += sum(e["type"] == "add_to_cart" for e in events)
+    # Then: more carts than orders (some are left behind), so "decision -> done" is below 100%
+    assert orders > 100 and 1.2 * orders < carts < 2.5 * orders, (orders, carts)
+
+
+@pytest.mark.pure
 def test_customer_story__acquisition_channel__paid_and_social_bring_more_dormant_customers() -> None:
     # Given 4,000 customers' attributes
     spec = DemoSpec(customers=4000, seed=3, months=18, end=END)
