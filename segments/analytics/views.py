@@ -105,12 +105,20 @@ def retention(request: HttpRequest) -> HttpResponse:
         }
         for g in table.by_layer
     ]
+    attribute_links = []
+    for name in context["attributes"]:
+        query = params.copy()
+        query["breakdown"] = f"attribute:{name}"
+        attribute_links.append({"name": name, "query": query.urlencode()})
     context.update(
         table=table,
         rows=rows,
         chart=chart,
         layers=layers,
         by_attribute=by_attribute,
+        # One layer for everyone (a purchase tier at sign-up): say why, and where to look instead.
+        single_layer=len(layers) == 1 and not by_attribute,
+        attribute_links=attribute_links,
         mode=key,
         csv_query=_with_csv(request),
     )

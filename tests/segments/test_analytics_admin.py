@@ -52,6 +52,21 @@ def test_retention_page__attribute_breakdown__offered_and_headlines_per_value(da
     assert "<td>social</td>" in html and "<td>(none)</td>" in html
 
 
+def test_retention_page__one_layer_for_everyone__says_why_and_links_attribute_breakdowns(data: None) -> None:
+    # Given sign-ups none of whom is layered (one group for everyone) and a channel attribute
+    CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 12, tzinfo=UTC), attributes={"channel": "social"})
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    # When
+    html = client.get(RETENTION).content.decode()
+    # Then: the page explains the single layer and links the breakdown by the attribute
+    assert 'id="single-layer-note"' in html and "nobody has bought yet" in html
+    assert "breakdown=attribute%3Achannel" in html
+    # ... and not when the groups differ
+    split = client.get(RETENTION.replace("breakdown=rfm", "breakdown=attribute:channel")).content.decode()
+    assert 'id="single-layer-note"' not in split and "<th>channel</th>" in split
+
+
 def test_analytics_pages__csv_download__the_numbers_of_the_page(data: None) -> None:
     client = Client()
     client.force_login(UserFactory(groups=["marketer"]))
