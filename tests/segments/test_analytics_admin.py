@@ -67,6 +67,15 @@ def test_retention_page__one_layer_for_everyone__says_why_and_links_attribute_br
     assert 'id="single-layer-note"' not in split and "<th>channel</th>" in split
 
 
+def test_retention_page__first_purchase_anchor__explained_in_words(data: None) -> None:
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    html = client.get(RETENTION + "&anchor=first_purchase&as_of=2026-02-01T00:00:00%2B00:00").content.decode()
+    # "firstpurchase" (the anchor with its underscore cut) read as a typo; "a.m.." as one
+    assert "after their first purchase day (day 0)" in html and "firstpurchase" not in html
+    assert "As of 2026-02-01 00:00" in html
+
+
 def test_analytics_pages__csv_download__the_numbers_of_the_page(data: None) -> None:
     client = Client()
     client.force_login(UserFactory(groups=["marketer"]))
