@@ -119,6 +119,9 @@ def retention(request: HttpRequest) -> HttpResponse:
         # One layer for everyone (a purchase tier at sign-up): say why, and where to look instead.
         single_layer=len(layers) == 1 and not by_attribute,
         attribute_links=attribute_links,
+        # One decimal, as in the layer table, the CSV and the demo's summary (an integer
+        # percentage showed 13% beside 12.6%).
+        tiles=[{**vars(h), "text": _pct(h.rate)} for h in table.headlines],
         mode=key,
         csv_query=_with_csv(request),
     )

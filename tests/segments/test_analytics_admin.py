@@ -76,6 +76,16 @@ def test_retention_page__first_purchase_anchor__explained_in_words(data: None) -
     assert "As of 2026-02-01 00:00" in html
 
 
+def test_retention_page__headline_tiles__one_decimal_like_the_tables(data: None) -> None:
+    # Given three Jan 1 sign-ups of whom one came back on day 1: D1 = 1/3 = 33.3%
+    CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 12, tzinfo=UTC))
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    html = client.get(RETENTION).content.decode()
+    tiles = html[html.index('id="headlines"') : html.index('class="explain"')]
+    assert "<strong>33.3%</strong>" in tiles, tiles
+
+
 def test_analytics_pages__csv_download__the_numbers_of_the_page(data: None) -> None:
     client = Client()
     client.force_login(UserFactory(groups=["marketer"]))
