@@ -35,9 +35,11 @@ from demo.plan import (
 from experiments import selectors as experiment_selectors
 from experiments import services as experiment_services
 from experiments.models import Experiment, Holdout
-from segments.models import Dimension, EventType, RecomputeRun, Segment, TagRule
+from segments.dimensions.value_rank import default_config as value_rank_default_config
+from segments.models import Dimension, EventType, RecomputeRun, Role, Segment, TagRule
 from segments.selectors import event_type_get, layer_ids_by_keys, layers_queryset
 from segments.services.dimensions import dimension_create
+from segments.services.ingestion import event_type_ensure
 from segments.services.recompute import dimension_recompute
 from segments.services.segments import segment_create
 from segments.services.tags import tag_rule_create
@@ -290,17 +292,47 @@ def campaigns_launch(*, campaigns: Sequence[Campaign]) -> list[Launch]:
 # --- The value pyramid and the tier history the analytics pages read --------------------------
 
 VALUE_PYRAMID_KEY = "value_pyramid"
-HISTORY_DIMENSIONS = ("rfm", VALUE_PYRAMID_KEY)
+SELLER_PYRAMID_KEY = "seller_pyramid"
+HISTORY_DIMENSIONS = ("rfm", VALUE_PYRAMID_KEY, SELLER_PYRAMID_KEY)
 HISTORY_MONTHS = 12
+# The seller side of the demo's marketplace (demo.generator): a sale made by a seller.
+SALE_EVENT = "sale"
 
 
-def value_pyramid_ensure() -> bool:
-    """The value pyramid (top 1% / 10% / 30% of spend over a year), through the one door for
-    dimensions; True when created by this call."""
-    if Dimension.objects.filter(key=VALUE_PYRAMID_KEY).exists():
-        return False
-    dimension_create(key=VALUE_PYRAMID_KEY, name="Value pyramid (spend over 365 days)", kind="value_rank")
-    return True
+def marketplace_event_types_ensure() -> bool:
+    """The ``sale`` event type the seller side records (before its events are imported);
+    True when created by this call."""
+    _, created = event_type_ensure(code=SALE_EVENT, name="Sale (as a seller)", is_monetary=True)
+    return created
+
+
+def value_pyramid_ensure() -> list[str]:
+    """Two value pyramids, one per side of the marketplace (docs/domain.md: two-sided
+    platforms layer each role separately), through the one door for dimensions: buyers by
+    spend (``order``), sellers by sales (``sale``), each the top 1% / 10% / 30% of a year
+    *of that role's holders*. Returns the keys created by this call."""
+    created = []
+    roles = {r.key: r for r in Role.objects.filter(key__in=("buyer", "seller"))}
+    if not Dimension.objects.filter(key=VALUE_PYRAMID_KEY).exists():
+        dimension_create(
+            key=VALUE_PYRAMID_KEY,
+            name="Buyer value pyramid (spend over 365 days)",
+            kind="value_rank",
+            role=roles.get("buyer"),
+        )
+        created.append(VALUE_PYRAMID_KEY)
+    if not Dimension.objects.filter(key=SELLER_PYRAMID_KEY).exists():
+        config = value_rank_default_config()
+        config["measure"] = {"event_type": SALE_EVENT, "agg": "sum", "window_days": 365}
+        dimension_create(
+            key=SELLER_PYRAMID_KEY,
+            name="Seller value pyramid (sales over 365 days)",
+            kind="value_rank",
+            config=config,
+            role=roles.get("seller"),
+        )
+        created.append(SELLER_PYRAMID_KEY)
+    return created
 
 
 def tier_history_backfill(*, now: dt.datetime) -> int:

@@ -4,21 +4,30 @@
 
 - ``customers.csv``: external ids ``cust-000000``…, signups spread over ``spec.months``
   (more of them recently, as a growing business has), time zones and locales from nine
-  markets, attributes (city tier, age band, acquisition channel, persona), and contact
-  points (email, E.164 phone, push token) with consent and some opt-outs;
+  markets, attributes (city tier, age band, acquisition channel, persona), roles (every
+  customer is a ``buyer``; about 8% are also ``seller``: a two-sided marketplace), and contact
+  points (email, E.164 phone, push token) with consent and some opt-outs. The acquisition
+  channel and the city tier depend on the persona (paid search and social bring more
+  customers who do not come back, tier-1 cities more big spenders), so retention by channel
+  or city tier differs the way a growth team expects to see it;
 - ``events.jsonl``: per customer, in time order: ``signup``; ``referral_signup`` (with the
   referrer's ``external_id`` in ``properties.referrer_id``) for referred customers, whose
   referrer always signed up earlier; ``login`` / ``visit`` / ``add_to_cart`` as Poisson
   processes; ``order`` with log-normal amounts (a few customers bring most of the
   revenue), a SKU and its product line (``properties.product``: TP, CM, KB, HD, SP) and,
   for some, a ``coupon`` (then also ``coupon_redeemed``); some ``refund``;
-  ``membership_renewed`` at renewals;
+  ``membership_renewed`` at renewals; for sellers, ``sale`` events (a buyer bought from
+  them: the amount is the seller's revenue, log-normal, a few sellers make most of it) from
+  the day they started selling until they stop; a product page view before each order and
+  carts left behind after some product views (the five-step funnel's path);
 - ``memberships.jsonl``: terms on ``plus`` / ``premium`` plans whose latest expiry is
   spread over four windows relative to ``spec.end`` (expired over 3 months ago, expired
   within 3 months, expiring within 3 months, valid for more than 3 months), so every
   expiry window has members.
 
-Each customer is generated from its own random stream (seeded with ``(seed, index)``),
+Each customer is generated from its own random stream (seeded with ``(seed, index)``; the
+seller side from a second stream ``(seed, index, "seller")``, so adding it changed no other
+draw: the buyer-side events, and with them the experiments' findings, are what they were),
 so the output is a pure function of the spec, any customer can be generated alone
 (``customer_story``), and one customer is in memory at a time. No Django import: the
 command and the benchmarks call it directly.
@@ -57,6 +66,7 @@ CUSTOMER_COLUMNS = (
     "push_token",
     "push_consent_at",
     "push_opt_out_at",
+    "roles",
 )
 
 
@@ -107,6 +117,31 @@ PERSONAS: tuple[Persona, ...] = (
 )
 ORDER_SIGMA = 0.7
 CHANNELS = ("organic", "paid_search", "social", "email", "partner")
+# Where each persona comes from (weights over CHANNELS) and where it lives (over city tiers
+# 1-4): the channel mix overall stays close to 40/20/20/10/10, but paid search and social
+# bring more dormant customers, email and partners more regulars. One draw each whatever
+# the weights (``random.choices``), so the rest of a customer's stream is unchanged.
+CHANNEL_WEIGHTS = {
+    "vip": [50, 10, 8, 17, 15],
+    "regular": [45, 14, 14, 15, 12],
+    "occasional": [40, 20, 22, 8, 10],
+    "dormant": [33, 28, 28, 5, 6],
+}
+CITY_TIER_WEIGHTS = {
+    "vip": [42, 35, 16, 7],
+    "regular": [30, 36, 22, 12],
+    "occasional": [23, 35, 27, 15],
+    "dormant": [20, 34, 27, 19],
+}
+# The seller side of the marketplace: a share of customers also sell (from their own random
+# stream). Sales per day per seller are log-normal around SELLER_SALES_PER_DAY (a few
+# sellers sell a lot), each sale log-normal around SALE_MEDIAN_EUR; sellers stop selling
+# after an exponential time (mean SELLER_MEAN_DAYS) or at the end of the period.
+SELLER_SHARE = 0.08
+ABANDON_SHARE = 0.3  # product views followed by a cart that is left behind (demo.generator._browse_side)
+SELLER_SALES_PER_DAY = 0.08
+SALE_MEDIAN_EUR = 30.0
+SELLER_MEAN_DAYS = 240.0
 # Product lines (the code tags name, e.g. TP2 = bought TP twice): tea & teapots, coffee
 # machines, kitchen basics, home decor, spices. SKU n belongs to line (n - 1) mod 5, so the
 # line adds no random draw and every other generated value stays what it was.
@@ -195,7 +230,7 @@ def customer_story(spec: DemoSpec, index: int) -> CustomerStory:
     persona = _pick(rng, PERSONAS, [p.weight for p in PERSONAS])
     signed_up = signup_time(spec, index, rng)
     referrer = external_id(rng.randrange(index)) if index > 0 and rng.random() < REFERRAL_PROBABILITY else None
-    channel = "referral" if referrer else _pick(rng, CHANNELS, [40, 20, 20, 10, 10])
+    channel = "referral" if referrer else _pick(rng, CHANNELS, CHANNEL_WEIGHTS[persona.name])
 
     # Activity stops at churn (if this customer churns) or at the end of the period.
     active_until = spec.end
@@ -266,6 +301,10 @@ def customer_story(spec: DemoSpec, index: int) -> CustomerStory:
         first_order = False
 
     memberships = _memberships(rng, spec, ext, persona, market, signed_up, add)
+    # Last, so that the buyer side's event ids stay what they were.
+    _browse_side(spec, index, list(events), add)
+    if _seller_side(spec, index, market, signed_up, add):
+        customer["roles"] = "buyer,seller"
     events.sort(key=lambda e: (e["occurred_at"], e["event_id"]))
     for event in events:
         event["occurred_at"] = _ts(event["occurred_at"])
@@ -286,13 +325,14 @@ def _customer_row(
         locale=market.locale,
         attributes=json.dumps(
             {
-                "city_tier": _pick(rng, (1, 2, 3, 4), [25, 35, 25, 15]),
+                "city_tier": _pick(rng, (1, 2, 3, 4), CITY_TIER_WEIGHTS[persona.name]),
                 "age_band": _pick(rng, AGE_BANDS, [15, 32, 25, 16, 12]),
                 "channel": channel,
                 "persona": persona.name,
             },
             separators=(",", ":"),
         ),
+        roles="buyer",  # everyone can buy; customer_story adds "seller" for sellers
     )
     if rng.random() < 0.92:
         row["email"] = f"{ext}@example.com"
@@ -317,6 +357,48 @@ def _customer_row(
         if rng.random() < 0.8:
             row["push_consent_at"] = _ts(later(signed_up, 1))
     return row
+
+
+def _browse_side(spec: DemoSpec, index: int, drawn: list[dict[str, Any]], add: Callable[..., None]) -> None:
+    """The path to a purchase, so that the five-step funnel (channel → scene → product →
+    decision → done) reads as a shop's does: a product page view 55-120 minutes before each
+    order (before its cart), and carts left behind after some product views (30%), so that not
+    every cart becomes an order. Own random stream, after every other draw: the events drawn
+    before keep their values and ids; a last-seen time moves by at most 15 minutes (an
+    abandoned cart after the last product view)."""
+    rng = random.Random(f"{spec.seed}:{index}:browse")
+    for event in drawn:
+        if event["type"] == "order":
+            sku, product = event["properties"]["sku"], event["properties"]["product"]
+            at = event["occurred_at"] - dt.timedelta(minutes=rng.uniform(55, 120))
+            add("visit", at, properties={"page": "product", "sku": sku, "product": product})
+        elif event["type"] == "visit" and event["properties"]["page"] == "product" and rng.random() < ABANDON_SHARE:
+            number = rng.randrange(1, 60)
+            at = min(
+                spec.end - dt.timedelta(seconds=1), event["occurred_at"] + dt.timedelta(minutes=rng.uniform(1, 15))
+            )
+            add("add_to_cart", at, properties={"sku": f"SKU{number:03d}", "product": product_line(number)})
+
+
+def _seller_side(spec: DemoSpec, index: int, market: Market, signed_up: dt.datetime, add: Callable[..., None]) -> bool:
+    """Whether the customer also sells; if so, add their ``sale`` events (own random stream)."""
+    rng = random.Random(f"{spec.seed}:{index}:seller")
+    if rng.random() >= SELLER_SHARE:
+        return False
+    started = signed_up + dt.timedelta(days=rng.uniform(0, 60))
+    stops = min(spec.end, started + dt.timedelta(days=rng.expovariate(1 / SELLER_MEAN_DAYS)))
+    rate = min(2.0, rng.lognormvariate(math.log(SELLER_SALES_PER_DAY), 1.0))
+    for moment in _poisson_times(rng, rate, started, stops):
+        eur = rng.lognormvariate(math.log(SALE_MEDIAN_EUR), 0.8)
+        number = rng.randrange(1, 60)
+        add(
+            "sale",
+            moment,
+            amount=f"{round(eur * market.price_scale, 2 if market.currency != 'JPY' else 0):.2f}",
+            currency=market.currency,
+            properties={"sku": f"SKU{number:03d}", "product": product_line(number)},
+        )
+    return True
 
 
 def _memberships(

@@ -171,6 +171,8 @@ class Pipeline:
                 note.append("already imported")
                 return False
             d = self.o.data_dir
+            if configure.marketplace_event_types_ensure():
+                note.append(f"added event type '{configure.SALE_EVENT}' (the sellers' sales)")
             self._command("import_customers", str(d / "customers.csv"))
             self._command("import_memberships", str(d / "memberships.jsonl"))
             self._command("import_events", str(d / "events.jsonl"))
@@ -201,9 +203,9 @@ class Pipeline:
         note.append(f"recomputed {len(outcomes)} dimensions, tag rules and segments")
 
     def segments(self, *, data_changed: bool) -> None:
-        with self.step("segments: the value pyramid and a year of monthly tier history") as note:
-            if configure.value_pyramid_ensure():
-                note.append(f"created dimension '{configure.VALUE_PYRAMID_KEY}'")
+        with self.step("segments: the buyer and seller value pyramids and a year of monthly tier history") as note:
+            for key in configure.value_pyramid_ensure():
+                note.append(f"created dimension '{key}'")
             runs = configure.tier_history_backfill(now=timezone.now())
             history = ", ".join(configure.HISTORY_DIMENSIONS)
             note.append(f"{runs} monthly recomputes of {history}" if runs else "up to date")
@@ -394,7 +396,9 @@ class Pipeline:
         findings = self.analyse()
         raw_key = self.api_key()
         with self.step("analytics: retention, funnel and flows by tier") as note:
-            analytics = tuple(summary.analytics_text(pyramid_key=configure.VALUE_PYRAMID_KEY))
+            analytics = tuple(
+                summary.analytics_text(pyramid_keys=(configure.VALUE_PYRAMID_KEY, configure.SELLER_PYRAMID_KEY))
+            )
             note.append("see the summary")
         counts = summary.demo_counts(campaigns=self.o.campaigns, segments=self.o.segments)
         return DemoResult(

@@ -367,7 +367,7 @@ def _rate(rate: float | None, reason: str | None) -> str:
     return f"{100 * rate:.1f}%" if rate is not None else f"n/a ({reason or 'no customers'})"
 
 
-def analytics_text(*, pyramid_key: str) -> list[str]:
+def analytics_text(*, pyramid_keys: Sequence[str]) -> list[str]:
     """The analytics pages' headline numbers per tier, each line pointing at its page (the
     same numbers as the pages and /api/v1/analytics/*, computed by the same selectors)."""
     from dataclasses import replace
@@ -375,28 +375,27 @@ def analytics_text(*, pyramid_key: str) -> list[str]:
     from segments.analytics.flows import layer_flows, lifecycle_counts
     from segments.analytics.funnels import PRESETS, funnel
     from segments.analytics.retention import RetentionSpec, retention_table
-    from segments.models import Dimension
+    from segments.models import Dimension, Role
     from segments.selectors import dimension_layer_sizes
 
     lines = ["", "Growth analytics by tier (admin > Growth analytics; the same numbers at /api/v1/analytics/):"]
-    table = retention_table(spec=RetentionSpec(cohort_grain="week", periods=30, breakdown=TIER_DIMENSION))
-    heads = " · ".join(f"D{h.day} {_rate(h.rate, h.reason)}" for h in table.headlines)
-    lines += [
-        f"  retention, sign-up weeks {table.cohort_from} .. {table.cohort_to} (a day is the customer's local day): "
-        + heads,
-        f"    by RFM tier at sign-up: /admin/analytics/retention/?breakdown={TIER_DIMENSION}",
-    ]
-    for layer in table.by_layer:
-        size = sum(c.size for c in layer.cohorts)
-        per = " · ".join(f"D{h.day} {_rate(h.rate, h.reason)}" for h in layer.headlines)
-        lines.append(f"      {layer.layer or '(never layered)'} ({size:,} customers): {per}")
-    if len(table.by_layer) == 1:
-        # Tiers come from purchases, so a sign-up cohort starts in one tier: say so rather
-        # than let a single row look like a broken breakdown.
-        lines.append(
-            "      (every customer of these cohorts was in that tier when they signed up; the tiers they move to "
-            "are in the funnel and flows below)"
-        )
+    # Sign-up cohorts split by what customers carry from day 0: tiers computed from purchases
+    # would put every sign-up in "no_purchase" (nobody has bought at sign-up).
+    heads = ""
+    for label, attribute in (("acquisition channel", "channel"), ("city tier", "city_tier")):
+        table = retention_table(spec=RetentionSpec(cohort_grain="week", periods=30, breakdown=f"attribute:{attribute}"))
+        if not heads:
+            heads = " · ".join(f"D{h.day} {_rate(h.rate, h.reason)}" for h in table.headlines)
+            lines.append(
+                f"  retention, sign-up weeks {table.cohort_from} .. {table.cohort_to} (a day is the customer's local "
+                f"day): {heads}"
+            )
+        lines.append(f"    by {label}: /admin/analytics/retention/?breakdown=attribute:{attribute}")
+        for layer in table.by_layer:
+            size = sum(c.size for c in layer.cohorts)
+            per = " · ".join(f"D{h.day} {_rate(h.rate, h.reason)}" for h in layer.headlines)
+            name = f"tier {layer.layer}" if attribute == "city_tier" and layer.layer else layer.layer or "(none)"
+            lines.append(f"      {name} ({size:,} customers): {per}")
     five = funnel(spec=replace(PRESETS["five_step"], breakdown=f"layer:{TIER_DIMENSION}"))
     steps = " -> ".join(f"{s.label} {s.reached:,}" for s in five.steps)
     lines += [
@@ -427,11 +426,22 @@ def analytics_text(*, pyramid_key: str) -> list[str]:
             f"  lifecycle, month of {p.period}: new {p.new:,}, returning {p.returning:,}, "
             f"resurrecting {p.resurrecting:,}, dormant {p.dormant:,} (same page)"
         )
-    pyramid = Dimension.objects.filter(key=pyramid_key).first()
-    if pyramid is not None:
+    roles = dict(
+        Role.objects.annotate(n=Count("customer_roles")).values_list("key", "n")
+    )  # a GROUP BY over customer roles
+    if any(roles.values()):
+        lines.append(
+            "  roles (two-sided: each side layered separately; admin > Roles, and each customer's page): "
+            + ", ".join(f"{key} {n:,}" for key, n in sorted(roles.items()))
+        )
+    for key in pyramid_keys:
+        pyramid = Dimension.objects.filter(key=key).select_related("role").first()
+        if pyramid is None:
+            continue
         sizes = dimension_layer_sizes(dimension_id=pyramid.pk)
+        scope = f", the {pyramid.role.key}s only" if pyramid.role else ""
         lines += [
-            f"  value pyramid ({pyramid.name}): " + ", ".join(f"{s.name} {s.size:,}" for s in sizes),
-            f"    flows between its layers: /admin/analytics/flows/?dimension={pyramid_key}&grain=month",
+            f"  value pyramid ({pyramid.name}{scope}): " + ", ".join(f"{s.name} {s.size:,}" for s in sizes),
+            f"    flows between its layers: /admin/analytics/flows/?dimension={key}&grain=month",
         ]
     return lines

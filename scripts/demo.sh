@@ -86,7 +86,11 @@ fi
 
 .venv/bin/celery -A config beat --loglevel INFO >>"$VAR/beat.log" 2>&1 &
 pids+=($!)
-.venv/bin/gunicorn config.wsgi --bind "127.0.0.1:$PORT" --workers 2 --access-logfile - >>"$VAR/web.log" 2>&1 &
+# The analytics pages compute their tables on each request (SQL on SQLite here): at 50,000
+# customers on a busy 2-core machine a retention table by layer or the lifecycle counts can
+# take longer than gunicorn's default 30 s worker timeout, which killed the worker mid-query
+# (a 500). Give them 5 minutes.
+.venv/bin/gunicorn config.wsgi --bind "127.0.0.1:$PORT" --workers 2 --timeout 300 --access-logfile - >>"$VAR/web.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
 if ! curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then

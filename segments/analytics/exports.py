@@ -47,7 +47,8 @@ def retention_csv(table: RetentionTable) -> str:
         "rate_on_or_after",
         "reason",
     ]
-    groups = [("", table.cohorts), *((g.layer or "(not layered)", g.cohorts) for g in table.by_layer)]
+    missing = "(none)" if (table.breakdown or "").startswith("attribute:") else "(not layered)"
+    groups = [("", table.cohorts), *((g.layer or missing, g.cohorts) for g in table.by_layer)]
     rows = [
         [
             layer,

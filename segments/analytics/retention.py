@@ -21,7 +21,13 @@ Definitions (docs/domain.md, README "Growth analytics"):
   retained on (or on or after) day N / those customers.
 - **Breakdown by layer**: the layer of a dimension the customer held *at the anchor instant*
   (layer history; the first layer entered afterwards when not yet layered then; ``''`` when
-  never layered). Not today's layer.
+  never layered). Not today's layer. ``breakdown=<dimension>`` or ``layer:<dimension>``.
+- **Breakdown by attribute** (``attribute:<name>``, e.g. ``attribute:channel``, the acquisition
+  channel, or ``attribute:city_tier``): the customer attribute's value as text, ``''`` when
+  missing. Attributes have no history: this is the value stored now, meant for what a
+  customer has from sign-up on (acquisition channel, city tier), so that sign-up cohorts
+  split by something they carried on day 0 (a tier computed from purchases is the same
+  "no purchase" for everyone at sign-up).
 
 Every count comes out of one SQL statement per table; Python only shapes the result rows.
 """
@@ -38,6 +44,7 @@ from django.utils import timezone
 from config.replica import reading_connection
 from segments.analytics import sql
 from segments.analytics.errors import AnalyticsInputError
+from segments.analytics.funnels import ATTRIBUTE_KEY
 from segments.models import Dimension, EventType
 
 Anchor = Literal["signup", "first_purchase"]
@@ -61,7 +68,7 @@ class RetentionSpec:
     cohort_from: dt.date | None = None
     cohort_to: dt.date | None = None
     as_of: dt.datetime | None = None
-    breakdown: str | None = None  # a dimension key
+    breakdown: str | None = None  # a dimension key, layer:<dimension key> or attribute:<name>
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ class _Resolved:
     return_type_ids: tuple[int, ...]
     purchase_type_id: int | None
     dimension_id: int | None
+    attribute: str | None = None  # breakdown by this customer attribute (then dimension_id is None)
 
 
 def _resolve(spec: RetentionSpec) -> _Resolved:
@@ -161,12 +169,22 @@ def _resolve(spec: RetentionSpec) -> _Resolved:
         if spec.purchase_event not in codes:
             raise AnalyticsInputError("purchase_event", f"Unknown event type '{spec.purchase_event}'.")
         purchase_id = codes[spec.purchase_event]
-    dimension_id = None
+    dimension_id, attribute = None, None
     if spec.breakdown:
-        dimension_id = Dimension.objects.filter(key=spec.breakdown).values_list("id", flat=True).first()
-        if dimension_id is None:
-            raise AnalyticsInputError("breakdown", f"Unknown dimension '{spec.breakdown}'.")
-    return _Resolved(spec, as_of, cohort_from, cohort_to, return_ids, purchase_id, dimension_id)
+        kind, colon, name = spec.breakdown.partition(":")
+        if not colon:  # a bare dimension key, as before the prefixes
+            kind, name = "layer", spec.breakdown
+        if kind == "layer":
+            dimension_id = Dimension.objects.filter(key=name).values_list("id", flat=True).first()
+            if dimension_id is None:
+                raise AnalyticsInputError("breakdown", f"Unknown dimension '{name}'.")
+        elif kind == "attribute" and ATTRIBUTE_KEY.match(name):
+            attribute = name
+        else:
+            raise AnalyticsInputError(
+                "breakdown", "Use a dimension key, 'layer:<dimension key>' or 'attribute:<name>'."
+            )
+    return _Resolved(spec, as_of, cohort_from, cohort_to, return_ids, purchase_id, dimension_id, attribute)
 
 
 def _cohort_ctes(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
@@ -193,6 +211,9 @@ def _cohort_ctes(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
     layer = "''"
     if r.dimension_id is not None:
         layer = sql.layer_at("x.customer_id", "x.t0")
+    elif r.attribute is not None:
+        value = sql.json_text("cu.attributes", "%s", v)
+        layer = f"COALESCE((SELECT {value} FROM segments_customer cu WHERE cu.id = x.customer_id), '')"
     local = (
         f"SELECT a.customer_id, a.tz, a.t0, {sql.local_date('a.t0', 'a.tz', v)} AS d0, "
         f"{sql.local_date('%s', 'a.tz', v)} AS today FROM anchor a"
@@ -206,6 +227,8 @@ def _cohort_ctes(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
     params.append(as_of)  # local today
     if r.dimension_id is not None:
         params += [r.dimension_id, r.dimension_id]
+    elif r.attribute is not None:
+        params += [r.attribute] if v == "postgresql" else [r.attribute, r.attribute]
     params += [r.cohort_from.isoformat(), r.cohort_to.isoformat()]
     placeholders = ", ".join(["%s"] * len(r.return_type_ids)) or "NULL"
     # One row per (cohort customer, return event): d = the event's local day - d0, NULL for a
@@ -272,7 +295,7 @@ def table_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
             f"SUM(CASE WHEN pc.age > {n} THEN pc.on{n} ELSE 0 END) AS ho{n}",
             f"SUM(CASE WHEN pc.age > {n} THEN pc.af{n} ELSE 0 END) AS ha{n}",
         ]
-    if r.dimension_id is None:
+    if r.dimension_id is None and r.attribute is None:
         buckets = (
             f"SELECT {dp} AS b UNION ALL SELECT {sql.next_bucket('b', r.spec.cohort_grain, v)} FROM buckets "
             f"WHERE {sql.next_bucket('b', r.spec.cohort_grain, v)} <= {dp}"
@@ -357,7 +380,7 @@ def retention_table(*, spec: RetentionSpec) -> RetentionTable:
     if not headlines:
         headlines = tuple(Headline(n, 0, None, None, None, None, _unreached(n)) for n in HEADLINE_DAYS)
     by_layer: tuple[LayerRetention, ...] = ()
-    if r.dimension_id is not None:
+    if r.dimension_id is not None or r.attribute is not None:
         rows = _run(*table_sql(r, v))
         layered = _cohorts(rows, n_max, length)
         layer_heads = _headlines(rows, n_max)

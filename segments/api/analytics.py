@@ -45,7 +45,12 @@ RETENTION_PARAMETERS = [
     OpenApiParameter("cohort_from", OpenApiTypes.DATE, description="First local anchor day (default: a span back)."),
     OpenApiParameter("cohort_to", OpenApiTypes.DATE, description="Last local anchor day (default: as_of's UTC day)."),
     OpenApiParameter("as_of", OpenApiTypes.DATETIME, description="The instant the table is computed at (now)."),
-    OpenApiParameter("breakdown", OpenApiTypes.STR, description="A dimension key: layer held at the anchor."),
+    OpenApiParameter(
+        "breakdown",
+        OpenApiTypes.STR,
+        description="A dimension key or layer:<dimension> (layer held at the anchor), or attribute:<name> "
+        "(a customer attribute such as the acquisition channel: its stored value, no history).",
+    ),
 ]
 FUNNEL_PARAMETERS = [
     OpenApiParameter("preset", OpenApiTypes.STR, enum=list(PRESETS), description="Or give steps."),

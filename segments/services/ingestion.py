@@ -42,7 +42,7 @@ from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -659,3 +659,18 @@ def memberships_upsert(*, memberships: Sequence[MembershipInput]) -> IngestResul
             update_fields=["level", "expires_at", "updated_at"],
         )
     return IngestResult(tuple(outcomes[i] for i in range(len(memberships))))
+
+
+def event_type_ensure(*, code: str, name: str, is_monetary: bool) -> tuple[EventType, bool]:
+    """The event type ``code``, created (not built in) when missing; True when created.
+
+    For setup code (the demo's marketplace adds ``sale``) that must add to the vocabulary
+    before importing events of the type; growth users add types in admin › Event types. An
+    existing type whose ``is_monetary`` differs is refused rather than silently changed:
+    events already stored were validated against it."""
+    event_type, created = EventType.objects.get_or_create(
+        code=code, defaults={"name": name, "is_monetary": is_monetary, "is_builtin": False}
+    )
+    if not created and event_type.is_monetary != is_monetary:
+        raise ValidationError({"is_monetary": f"Event type '{code}' exists with is_monetary={event_type.is_monetary}."})
+    return event_type, created

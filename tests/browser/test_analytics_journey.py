@@ -26,10 +26,10 @@ FLOWS = "/admin/analytics/flows/?dimension=rfm&grain=week&start=2026-01-01&end=2
 
 def _business() -> None:
     # Two sign-ups on Jan 1; one comes back on day 1 (login, then a visit an hour later).
-    a = CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 10, tzinfo=UTC))
+    a = CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 10, tzinfo=UTC), attributes={"channel": "social"})
     EventFactory(customer=a, event_type=event_type("login"), occurred_at=dt.datetime(2026, 1, 2, 10, tzinfo=UTC))
     EventFactory(customer=a, event_type=event_type("visit"), occurred_at=dt.datetime(2026, 1, 2, 11, tzinfo=UTC))
-    CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 11, tzinfo=UTC))
+    CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 11, tzinfo=UTC), attributes={"channel": "organic"})
     # One RFM move: important value (Jan 5) -> important retention (Jan 12).
     rfm = Dimension.objects.get(key="rfm")
     value = Layer.objects.get(dimension=rfm, key="important_value")
@@ -71,6 +71,14 @@ def test_analytics_pages__growth_and_marketer__charts_drawn_numbers_shown_csv_do
         ("2", "0", "0.0"),
     ]
     screenshot(f"retention-{group}")
+    # ... split by acquisition channel, chosen in the form: the social sign-up came back on
+    # day 1, the organic one did not
+    page.select_option("#breakdown", "attribute:channel")
+    page.click("#retention-form input[type=submit]")
+    page.wait_for_selector("#layer-table")
+    assert page.locator("#layer-heading").inner_text() == "By channel (customer attribute)"
+    per_channel = page.locator("#layer-table tbody").inner_text()
+    assert "social\t1\t100.0%" in per_channel and "organic\t1\t0.0%" in per_channel, per_channel
 
     # --- Funnel: login -> visit, one customer, one hour apart ---------------------------------
     page.click(".breadcrumbs >> text=Funnels")

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from demo.generator import EXPIRY_WINDOWS, DemoSpec, customer_story, generate
-from segments.models import Customer, Event, Membership
+from demo import configure
+from demo.generator import CHANNELS, EXPIRY_WINDOWS, SELLER_SHARE, DemoSpec, customer_story, generate
+from segments.models import Customer, CustomerRole, Event, Membership
 
 END = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
 SPEC = DemoSpec(customers=400, seed=11, months=18, end=END)
@@ -104,10 +105,83 @@ def test_generate__memberships__every_expiry_window_populated(generated: Path) -
         assert any(low <= d <= high + 1 for d in days), (low, high)
 
 
+@pytest.mark.pure
+def test_generate__roles__everyone_buys_a_share_also_sells_and_only_sellers_have_sales(generated: Path) -> None:
+    rows = list(csv.DictReader((generated / "customers.csv").open()))
+    roles = {r["external_id"]: r["roles"].split(",") for r in rows}
+    assert all(r[0] == "buyer" and set(r) <= {"buyer", "seller"} for r in roles.values())
+    sellers = {ext for ext, r in roles.items() if "seller" in r}
+    # 8% of 400 = 32 expected; binomial sd 5.4
+    assert abs(len(sellers) - SELLER_SHARE * 400) <= 16, len(sellers)
+    sales: dict[str, list[float]] = defaultdict(list)
+    for line in (generated / "events.jsonl").open():
+        event = json.loads(line)
+        if event["type"] == "sale":
+            assert float(event["amount"]) > 0 and len(event["currency"]) == 3 and event["properties"]["product"]
+            sales[event["customer_id"]].append(float(event["amount"]))
+    assert set(sales) <= sellers and len(sales) >= len(sellers) // 2
+    # ... and a few sellers make most of the sales (log-normal rates): the top fifth of sellers
+    # by count hold at least 40% of the sales
+    counts = sorted((len(v) for v in sales.values()), reverse=True)
+    assert sum(counts[: max(1, len(counts) // 5)]) >= 0.4 * sum(counts), counts
+
+
+@pytest.mark.pure
+def test_generate__path_to_purchase__product_view_before_every_order_and_some_carts_left(generated: Path) -> None:
+    by_customer: dict[str, list[dict]] = defaultdict(list)
+    for line in (generated / "events.jsonl").open():
+        event = json.loads(line)
+        by_customer[event["customer_id"]].append(event)
+    orders = carts = 0
+    for events in by_customer.values():
+        for i, event in enumerate(events):
+            if event["type"] != "order":
+                continue
+            orders += 1
+            # a product page view of the ordered product within the two hours before the order
+            at = parse(event["occurred_at"])
+            assert any(
+                e["type"] == "visit"
+                and e["properties"].get("page") == "product"
+                and e["properties"].get("sku") == event["properties"]["sku"]
+                and dt.timedelta(minutes=55) <= at - parse(e["occurred_at"]) <= dt.timedelta(minutes=120)
+                for e in events[:i]
+            ), event
+        carts += sum(e["type"] == "add_to_cart" for e in events)
+    # Then: more carts than orders (some are left behind), so "decision -> done" is below 100%
+    assert orders > 100 and 1.2 * orders < carts < 2.5 * orders, (orders, carts)
+
+
+@pytest.mark.pure
+def test_customer_story__acquisition_channel__paid_and_social_bring_more_dormant_customers() -> None:
+    # Given 4,000 customers' attributes
+    spec = DemoSpec(customers=4000, seed=3, months=18, end=END)
+    by_channel: dict[str, list[str]] = defaultdict(list)
+    tiers: dict[int, list[str]] = defaultdict(list)
+    for index in range(spec.customers):
+        attributes = json.loads(customer_story(spec, index).customer["attributes"])
+        by_channel[attributes["channel"]].append(attributes["persona"])
+        tiers[attributes["city_tier"]].append(attributes["persona"])
+
+    def dormant(personas: list[str]) -> float:
+        return personas.count("dormant") / len(personas)
+
+    # Then: every channel is used, and the dormant share (30% overall) is higher among
+    # paid-search and social sign-ups than among email and partner ones (planted: 28+28 of
+    # 100 vs 5+6; the expected shares are about 40% against 13%)
+    assert set(by_channel) == {*CHANNELS, "referral"}
+    paid = by_channel["paid_search"] + by_channel["social"]
+    owned = by_channel["email"] + by_channel["partner"]
+    assert dormant(paid) > dormant(owned) + 0.15, (dormant(paid), dormant(owned))
+    # ... and tier-1 cities hold a larger share of VIPs than tier-4 ones
+    assert tiers[1].count("vip") / len(tiers[1]) > 1.5 * tiers[4].count("vip") / len(tiers[4])
+
+
 @pytest.mark.django_db
 def test_generated_files__import_commands__load_cleanly_and_rerun_stores_nothing(tmp_path: Path) -> None:
     spec = DemoSpec(customers=60, seed=5, end=END)
     summary = generate(spec, tmp_path, progress=False)
+    configure.marketplace_event_types_ensure()  # the sellers' "sale" type, as run_demo does first
     for _ in range(2):
         for command, name in [("import_customers", "customers.csv"), ("import_memberships", "memberships.jsonl"),
                               ("import_events", "events.jsonl")]:  # fmt: skip
@@ -115,6 +189,12 @@ def test_generated_files__import_commands__load_cleanly_and_rerun_stores_nothing
     assert Customer.objects.count() == summary.customers == 60
     assert Event.objects.count() == summary.events
     assert Membership.objects.count() == summary.memberships
+    # ... with the roles of the CSV: everyone a buyer, the sellers also sellers
+    sellers = {r["external_id"] for r in csv.DictReader((tmp_path / "customers.csv").open()) if "seller" in r["roles"]}
+    assert CustomerRole.objects.filter(role__key="buyer").count() == 60
+    assert (
+        set(CustomerRole.objects.filter(role__key="seller").values_list("customer__external_id", flat=True)) == sellers
+    )
 
 
 @pytest.mark.pure

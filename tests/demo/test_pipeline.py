@@ -60,6 +60,27 @@ MAILBOX = {
 }
 
 
+def _retention_by_channel() -> dict[str, float]:
+    """Day-7 retention ("on or after", a year of sign-up months) of paid search + social and
+    of email + partner sign-ups, pooled from the per-channel headlines."""
+    from segments.analytics.retention import RetentionSpec, retention_table
+
+    table = retention_table(
+        spec=RetentionSpec(
+            cohort_grain="month",
+            periods=7,
+            cohort_from=(END - dt.timedelta(days=365)).date(),
+            breakdown="attribute:channel",
+        )
+    )
+    d7 = {g.layer: next(h for h in g.headlines if h.day == 7) for g in table.by_layer}
+
+    def pooled(channels: tuple[str, ...]) -> float:
+        return sum(d7[c].retained_on_or_after or 0 for c in channels) / sum(d7[c].eligible for c in channels)
+
+    return {"paid": pooled(("paid_search", "social")), "owned": pooled(("email", "partner"))}
+
+
 def _run(tmp_path: Path) -> tuple[DemoResult, list[str]]:
     options = DemoOptions(
         data_dir=tmp_path / "demo-data", customers=SCALE, seed=SEED, end=END, deliver="inline", progress=False
@@ -105,16 +126,33 @@ def test_run_demo__seeded_business__significant_layers_are_the_planted_ones_and_
         # ... and the analytics pages' numbers per tier, from a year of monthly tier history
         joined = "\n".join(text)
         for page in (
-            "/admin/analytics/retention/?breakdown=rfm",
+            "/admin/analytics/retention/?breakdown=attribute:channel",
+            "/admin/analytics/retention/?breakdown=attribute:city_tier",
             "/admin/analytics/funnel/?preset=five_step&breakdown=layer:rfm",
             "/admin/analytics/flows/?dimension=rfm&grain=month",
             "/admin/analytics/flows/?dimension=value_pyramid&grain=month",
+            "/admin/analytics/flows/?dimension=seller_pyramid&grain=month",
         ):
             assert page in joined, joined
         flows_line = next(line for line in first.analytics if "layer flows of RFM tiers" in line)
         assert "largest: none" not in flows_line, flows_line
         assert any("important_value" in line and "done" in line for line in first.analytics), first.analytics
-        assert any(line.startswith("  value pyramid (") and "Top 1%" in line for line in first.analytics)
+        # ... D1/D7/D30 with numbers for every acquisition channel and every city tier
+        per_group = re.compile(r"^      (\S+(?: \d)?) \([\d,]+ customers\): D1 [\d.]+% · D7 [\d.]+% · D30 [\d.]+%$")
+        groups = {m.group(1) for line in first.analytics if (m := per_group.match(line))}
+        assert {"organic", "paid_search", "social", "email", "partner", "referral"} <= groups, first.analytics
+        assert {"tier 1", "tier 2", "tier 3", "tier 4"} <= groups, first.analytics
+        # ... where the planted channel mix shows: paid search and social sign-ups come back
+        # less than email and partner ones (their dormant share is about 40% against 13%)
+        by_channel = _retention_by_channel()
+        assert by_channel["paid"] < by_channel["owned"] - 0.02, by_channel
+        # ... a two-sided business: everyone a buyer, some sellers, each side its own pyramid
+        roles = next(line for line in first.analytics if line.startswith("  roles ("))
+        sellers = int(re.search(r"seller ([\d,]+)", roles).group(1).replace(",", ""))  # type: ignore[union-attr]
+        assert f"buyer {counts['customers']:,}" in roles and 0.05 * SCALE < sellers < 0.12 * SCALE, roles
+        pyramids = [line for line in first.analytics if line.startswith("  value pyramid (")]
+        assert len(pyramids) == 2 and all("Top 1%" in line for line in pyramids), pyramids
+        assert "the buyers only" in pyramids[0] and "the sellers only" in pyramids[1], pyramids
 
         # When: the demo runs again
         second, _ = _run(tmp_path)

@@ -66,6 +66,7 @@ def test_customer_story__orders_and_carts__carry_sku_and_its_product_line() -> N
 def test_demo_tags__generated_business__every_rule_valid_and_holders_in_every_family(tmp_path: Path) -> None:
     # Given: a small generated business, imported as the demo does
     generate(DemoSpec(customers=600, seed=42, end=END), tmp_path, progress=False)
+    configure.marketplace_event_types_ensure()  # the sellers' "sale" type, as run_demo does first
     for command, name in (
         ("import_customers", "customers.csv"),
         ("import_memberships", "memberships.jsonl"),

@@ -41,6 +41,51 @@ def test_analytics_pages__roles__render_tables_chart_and_csv_link(role: str, dat
     assert "/admin/analytics/retention/" in index
 
 
+def test_retention_page__attribute_breakdown__offered_and_headlines_per_value(data: None) -> None:
+    CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 12, tzinfo=UTC), attributes={"channel": "social"})
+    client = Client()
+    client.force_login(UserFactory(groups=["marketer"]))
+    html = client.get(RETENTION.replace("breakdown=rfm", "breakdown=attribute:channel")).content.decode()
+    # the attribute is offered in the breakdown menu, selected, and the table is per value
+    assert '<option value="attribute:channel" selected>channel</option>' in html
+    assert "By channel (customer attribute)" in html
+    assert "<td>social</td>" in html and "<td>(none)</td>" in html
+
+
+def test_retention_page__one_layer_for_everyone__says_why_and_links_attribute_breakdowns(data: None) -> None:
+    # Given sign-ups none of whom is layered (one group for everyone) and a channel attribute
+    CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 12, tzinfo=UTC), attributes={"channel": "social"})
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    # When
+    html = client.get(RETENTION).content.decode()
+    # Then: the page explains the single layer and links the breakdown by the attribute
+    assert 'id="single-layer-note"' in html and "nobody has bought yet" in html
+    assert "breakdown=attribute%3Achannel" in html
+    # ... and not when the groups differ
+    split = client.get(RETENTION.replace("breakdown=rfm", "breakdown=attribute:channel")).content.decode()
+    assert 'id="single-layer-note"' not in split and "<th>channel</th>" in split
+
+
+def test_retention_page__first_purchase_anchor__explained_in_words(data: None) -> None:
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    html = client.get(RETENTION + "&anchor=first_purchase&as_of=2026-02-01T00:00:00%2B00:00").content.decode()
+    # "firstpurchase" (the anchor with its underscore cut) read as a typo; "a.m.." as one
+    assert "after their first purchase day (day 0)" in html and "firstpurchase" not in html
+    assert "As of 2026-02-01 00:00" in html
+
+
+def test_retention_page__headline_tiles__one_decimal_like_the_tables(data: None) -> None:
+    # Given three Jan 1 sign-ups of whom one came back on day 1: D1 = 1/3 = 33.3%
+    CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 12, tzinfo=UTC))
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    html = client.get(RETENTION).content.decode()
+    tiles = html[html.index('id="headlines"') : html.index('class="explain"')]
+    assert "<strong>33.3%</strong>" in tiles, tiles
+
+
 def test_analytics_pages__csv_download__the_numbers_of_the_page(data: None) -> None:
     client = Client()
     client.force_login(UserFactory(groups=["marketer"]))

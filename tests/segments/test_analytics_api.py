@@ -60,6 +60,32 @@ def test_retention_api__csv__one_line_per_cell(api_client_factory, data: None) -
     ]
 
 
+def test_retention_api__attribute_breakdown__groups_by_acquisition_channel_json_and_csv(
+    api_client_factory, data: None
+) -> None:  # type: ignore[no-untyped-def]
+    client = api_client_factory("reports:read")
+    body = client.get(RETENTION + "&breakdown=attribute:channel").json()
+    assert body["breakdown"] == "attribute:channel"
+    groups = {g["layer"]: g for g in body["by_layer"]}
+    assert set(groups) == {"social", ""}
+    assert [c["retained"] for c in groups["social"]["cohorts"][0]["cells"]] == [0, 1, 0]
+    assert [c["retained"] for c in groups[""]["cohorts"][0]["cells"]] == [0, 0, 0]
+    rows = list(
+        csv.DictReader(
+            io.StringIO(
+                client.get(
+                    RETENTION.replace("retention?", "retention.csv?") + "&breakdown=attribute:channel"
+                ).content.decode()
+            )
+        )
+    )
+    assert {(r["layer"], r["period"], r["retained"]) for r in rows if r["period"] == "1"} == {
+        ("", "1", "1"),
+        ("social", "1", "1"),
+        ("(none)", "1", "0"),
+    }
+
+
 def test_funnel_api__steps_and_breakdown__json_and_csv(api_client_factory, data: None) -> None:  # type: ignore[no-untyped-def]
     client = api_client_factory("reports:read")
     body = client.get(FUNNEL + "&breakdown=attribute:channel").json()

@@ -186,6 +186,71 @@ def test_retention_table__breakdown__layer_held_at_signup_not_todays_layer() -> 
     assert table.cohorts[0].size == 3 and c.pk
 
 
+def test_retention_table__attribute_breakdown__signup_cohort_split_by_acquisition_channel() -> None:
+    # Given four Jan 1 sign-ups: two from social (one back on day 1 and day 7, one never),
+    # one from organic (back on day 7 only), one with no channel attribute (back on day 1)
+    s1 = CustomerFactory(signed_up_at=at("2026-01-01T10:00:00"), attributes={"channel": "social", "city_tier": 1})
+    login(s1, "2026-01-02T10:00:00")
+    login(s1, "2026-01-08T10:00:00")
+    CustomerFactory(signed_up_at=at("2026-01-01T11:00:00"), attributes={"channel": "social", "city_tier": 2})
+    o = CustomerFactory(signed_up_at=at("2026-01-01T12:00:00"), attributes={"channel": "organic", "city_tier": 1})
+    login(o, "2026-01-08T09:00:00")
+    n = CustomerFactory(signed_up_at=at("2026-01-01T13:00:00"), attributes={})
+    login(n, "2026-01-02T13:00:00")
+    # When
+    table = retention_table(spec=day_spec(periods=7, breakdown="attribute:channel"))
+    # Then: one group per value ('' for the missing attribute), sizes 2 / 1 / 1, and
+    # social's D1 = 1 of 2, D7 = 1 of 2; organic's D1 = 0 of 1, D7 = 1 of 1
+    by = {x.layer: x for x in table.by_layer}
+    assert {k: x.cohorts[0].size for k, x in by.items()} == {"social": 2, "organic": 1, "": 1}
+    assert [(h.day, h.eligible, h.retained) for h in by["social"].headlines[:2]] == [(1, 2, 1), (7, 2, 1)]
+    assert [(h.day, h.eligible, h.retained) for h in by["organic"].headlines[:2]] == [(1, 1, 0), (7, 1, 1)]
+    assert by["social"].cohorts[0].cells[1].rate == 0.5 and by["organic"].cohorts[0].cells[7].rate == 1.0
+    assert by[""].cohorts[0].cells[1].retained == 1
+    # ... the overall table is unchanged by the breakdown
+    assert table.cohorts[0].size == 4 and table.breakdown == "attribute:channel"
+    # And a numeric attribute is grouped by its text: city tier 1 holds s1 and o
+    tiers = retention_table(spec=day_spec(periods=7, breakdown="attribute:city_tier"))
+    assert {x.layer: x.cohorts[0].size for x in tiers.by_layer} == {"1": 2, "2": 1, "": 1}
+    assert next(x for x in tiers.by_layer if x.layer == "1").headlines[1].retained == 2
+
+
+def test_retention_table__first_purchase_anchor_with_attribute_breakdown__cohort_by_first_order_day() -> None:
+    # Given a paid-search customer whose first order is Jan 1 (signed up in December) and who
+    # orders again on day 1, and an email customer whose first order is Jan 1 and no other
+    a = CustomerFactory(signed_up_at=at("2025-12-01T10:00:00"), attributes={"channel": "paid_search"})
+    login(a, "2026-01-01T09:00:00", code="order")
+    login(a, "2026-01-02T09:00:00", code="order")
+    b = CustomerFactory(signed_up_at=at("2025-12-20T10:00:00"), attributes={"channel": "email"})
+    login(b, "2026-01-01T15:00:00", code="order")
+    # When
+    table = retention_table(
+        spec=day_spec(anchor="first_purchase", periods=1, return_events=("order",), breakdown="attribute:channel")
+    )
+    # Then: both in the Jan 1 first-purchase cohort; day 1 retained: paid_search 1/1, email 0/1
+    by = {x.layer: x.cohorts[0] for x in table.by_layer}
+    assert {k: (c.size, c.cells[0].retained, c.cells[1].retained) for k, c in by.items()} == {
+        "paid_search": (1, 1, 1),
+        "email": (1, 1, 0),
+    }
+
+
+def test_retention_table__layer_prefix_breakdown__same_as_the_bare_dimension_key() -> None:
+    rfm = Dimension.objects.get(key="rfm")
+    a = CustomerFactory(signed_up_at=at("2026-01-01T10:00:00"))
+    LayerHistory.objects.create(
+        customer=a,
+        dimension=rfm,
+        layer=Layer.objects.get(dimension=rfm, key="general_value"),
+        entered_at=at("2025-12-01T02:30:00"),
+    )
+    login(a, "2026-01-02T10:00:00")
+    bare = retention_table(spec=day_spec(periods=1, breakdown="rfm"))
+    prefixed = retention_table(spec=day_spec(periods=1, breakdown="layer:rfm"))
+    assert [(x.layer, x.headlines) for x in prefixed.by_layer] == [(x.layer, x.headlines) for x in bare.by_layer]
+    assert [x.layer for x in prefixed.by_layer] == ["general_value"]
+
+
 def test_retention_table__bad_input__error_names_the_field() -> None:
     with pytest.raises(AnalyticsInputError) as info:
         retention_table(spec=day_spec(return_events=("nope",)))
@@ -193,6 +258,10 @@ def test_retention_table__bad_input__error_names_the_field() -> None:
     with pytest.raises(AnalyticsInputError) as info:
         retention_table(spec=day_spec(breakdown="nope"))
     assert info.value.field == "breakdown"
+    for bad in ("attribute:no spaces", "layer:nope", "tag:VIP"):
+        with pytest.raises(AnalyticsInputError) as info:
+            retention_table(spec=day_spec(breakdown=bad))
+        assert info.value.field == "breakdown", bad
 
 
 def test_retention_table__daylight_saving_change__local_days_follow_the_zone_rules() -> None:
