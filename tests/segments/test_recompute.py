@@ -16,10 +16,12 @@ from django_celery_beat.models import PeriodicTask
 
 from segments.dimensions import expiry
 from segments.models import (
+    Customer,
     CustomerLayer,
     CustomerTag,
     Dimension,
     LayerHistory,
+    Membership,
     RecomputeRun,
     Segment,
     SegmentMembership,
@@ -127,6 +129,44 @@ def test_recompute__first_run_with_history_left_open__closes_it_and_places_every
     assert layers_of("expiry") == {"a": "expired_recently", "b": "expiring_soon", "c": "none"}
     rows = LayerHistory.objects.filter(dimension__key="expiry", customer=members["c"]).order_by("entered_at")
     assert [(h.layer.key, h.entered_at, h.left_at) for h in rows] == [("none", AS_OF, T1), ("none", T1, None)]
+
+
+def _rows_read(tables: list[str]) -> dict[str, int]:
+    """Rows this transaction has read from each table (sequential and index fetches)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+            "WHERE relname = ANY(%s)",
+            [tables],
+        )
+        return dict(cursor.fetchall())
+
+
+@pytest.mark.postgres
+def test_recompute__nightly_with_few_movers__writes_probe_indexes_not_the_whole_dimension(db: None) -> None:
+    # Given 30,000 customers placed, 1% of whom will move (their membership expires): the
+    # proportions of a real night, where the planner would rather hash every row
+    Customer.objects.bulk_create(
+        Customer(external_id=f"c{i}", signed_up_at=AS_OF - 400 * DAY, attributes={}) for i in range(30000)
+    )
+    movers = Customer.objects.order_by("pk")[:300]
+    Membership.objects.bulk_create(
+        Membership(customer=c, plan="plus", level="", started_at=AS_OF - 400 * DAY, expires_at=AS_OF + 5 * DAY)
+        for c in movers
+    )
+    recompute("expiry")
+    tables = [LayerHistory._meta.db_table, CustomerTag._meta.db_table]
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {', '.join(tables)}, {CustomerLayer._meta.db_table}")
+    before = _rows_read(tables)
+
+    # When the next night moves them
+    outcome = recompute("expiry", as_of=T1)
+
+    # Then closing their history rows and swapping their tier tags read their rows, not 30,000
+    assert outcome.changed == 300
+    after = _rows_read(tables)
+    assert {t: after.get(t, 0) - before.get(t, 0) for t in tables} == {t: 300 for t in tables}
 
 
 def test_recompute__full_tags__reconciles_a_removed_tier_tag(members: dict) -> None:
