@@ -331,6 +331,9 @@ def main() -> None:
         "--dimensions", default=",".join(DIMENSIONS), help="Comma-separated dimensions (default: all; rfm is required)."
     )
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--database", default="segments", help="Database bench_<name> (another run may hold the default)."
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the bench database afterwards.")
     parser.add_argument("--sqlite-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -342,7 +345,7 @@ def main() -> None:
 
     ensure_services()
     result: dict[str, Any] = {"benchmark": "segments", "machine": machine()}
-    with bench_database("segments", keep=args.keep) as url:
+    with bench_database(args.database, keep=args.keep) as url:
         env = django_env(url)
         log("migrating")
         manage("migrate", "--no-input", env=env)
