@@ -223,10 +223,17 @@ class CustomerTag(models.Model):
         related_name="+",
         help_text="Manual tags: who set it.",
         db_constraint=False,  # a bulk-written table (see segments.models.engine)
+        # Only manual rows name a user: the partial index below, not one entry per computed row.
+        db_index=False,
     )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["customer", "tag"], name="customer_tag_unique")]
+        indexes = [
+            models.Index(
+                fields=["assigned_by"], condition=Q(assigned_by__isnull=False), name="customer_tag_assigned_by_idx"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.customer_id}:{self.tag_id}"

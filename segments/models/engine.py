@@ -152,7 +152,11 @@ class CustomerLayer(models.Model):
     dimension = models.ForeignKey(
         Dimension, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
     )
-    layer = models.ForeignKey(Layer, on_delete=models.CASCADE, related_name="members", db_constraint=False)
+    # No index of its own: every reader names the dimension too, and (dimension, layer)
+    # serves them; a fourth index would be maintained row by row on every first recompute.
+    layer = models.ForeignKey(
+        Layer, on_delete=models.CASCADE, related_name="members", db_index=False, db_constraint=False
+    )
     since = models.DateTimeField(default=timezone.now, help_text="When the customer entered this layer.")
     computed_at = models.DateTimeField(
         default=timezone.now, help_text="When this row was last written (the dimension's computed_at is the last run)."
@@ -188,10 +192,9 @@ class LayerHistory(models.Model):
 
     class Meta:
         verbose_name_plural = "layer history"
-        indexes = [
-            models.Index(fields=["customer", "dimension", "entered_at"], name="layer_hist_cust_idx"),
-            models.Index(fields=["dimension", "left_at"], name="layer_hist_dim_left_idx"),
-        ]
+        # No (dimension, left_at) index: only the recompute's rare "any row left open?" probe
+        # used it, and every first recompute paid one insertion per customer into it.
+        indexes = [models.Index(fields=["customer", "dimension", "entered_at"], name="layer_hist_cust_idx")]
         constraints = [
             models.UniqueConstraint(
                 fields=["customer", "dimension"], condition=Q(left_at__isnull=True), name="layer_history_one_open"

@@ -44,7 +44,8 @@ def _busy_layers(layers: Any) -> list[str]:
     return [
         layer.key
         for layer in layers
-        if CustomerLayer.objects.filter(layer=layer).exists() or LayerHistory.objects.filter(layer=layer).exists()
+        if CustomerLayer.objects.filter(dimension_id=layer.dimension_id, layer=layer).exists()
+        or LayerHistory.objects.filter(layer=layer).exists()
     ]
 
 

@@ -8,8 +8,14 @@
    ``INSERT … SELECT`` elsewhere (the portable path, also used on PostgreSQL when
    ``portable=True``); history rows are closed and opened, and tier tags swapped, for
    the customers who moved (computed tag rows only: a tag set by hand stays).
-4. The transition matrix comes from the changes plus the previous layer sizes; the MECE
-   check counts rows.
+4. The transition matrix comes from the changes plus the layer sizes after the write; the
+   MECE check counts rows.
+
+A *first run* of a dimension (none of its rows exists yet: a new install, a new dimension)
+skips the diff: the stage is the change set, and memberships, history and tier tags are
+each one plain ``INSERT … SELECT`` from it (no MERGE, no ON CONFLICT unless someone already
+holds one of the tier tags). The bulk tables carry only the indexes their readers need
+(migration 0011): each index costs a row-by-row insertion on every first run.
 
 A dimension scoped to a role places only the customers holding it (a *scope* table of
 their ids, filled by one ``INSERT … SELECT``); customers who no longer hold it leave the
@@ -34,6 +40,9 @@ CHANGES_TABLE = "segments_stage_changes"
 MEMBERS_TABLE = "segments_stage_members"
 SCOPE_TABLE = "segments_stage_scope"
 DROPPED_TABLE = "segments_stage_dropped"
+# Below one changed customer in PROBE_FRACTION (25%), a nightly run's writes probe indexes per
+# changed customer instead of hashing the whole dimension (see dimension_write).
+PROBE_FRACTION = 4
 
 
 @dataclass(frozen=True)
@@ -173,25 +182,24 @@ def dimension_write(
         stats = getattr(kind_module, "stage_stats", None)
         result.stats = stats(ctx, STAGE_TABLE) if stats else {}
         clock.lap("compute")
-        if _vendor() == "postgresql":
-            cursor.execute(f"ANALYZE {_temp(STAGE_TABLE)}")
-        # Hash aggregation (COUNT(DISTINCT …) would sort): rows, and rows beyond one per customer.
+        # No ANALYZE of the stage: it is only scanned (aggregates, the hash join of the
+        # diff), and the planner sizes a fresh table from its pages.
+        # One hash aggregation over the stage (COUNT(DISTINCT …) would sort): rows, rows
+        # beyond one per customer, and rows in a layer of another dimension.
+        in_layers = ", ".join(["%s"] * len(layers))
         cursor.execute(
-            f"SELECT COALESCE(SUM(n), 0), COALESCE(SUM(n - 1), 0) FROM "
-            f"(SELECT customer_id, COUNT(*) AS n FROM {STAGE_TABLE} GROUP BY customer_id) g"
+            f"SELECT COALESCE(SUM(n), 0), COALESCE(SUM(n - 1), 0), COALESCE(SUM(f), 0) FROM "
+            f"(SELECT customer_id, COUNT(*) AS n, SUM(CASE WHEN layer_id NOT IN ({in_layers}) THEN 1 ELSE 0 END) AS f "
+            f"FROM {STAGE_TABLE} GROUP BY customer_id) g",
+            list(layers.values()),
         )
-        staged, extra = (int(v) for v in cursor.fetchone())
+        staged, extra, foreign = (int(v) for v in cursor.fetchone())
         staged_distinct = staged - extra
         cursor.execute(f"SELECT COUNT(*) FROM {scope or table('Customer')}")
         customers = cursor.fetchone()[0]
         # Check the computed placement before writing anything: a customer placed twice or
         # nowhere, or a layer of another dimension, is a MECE violation (and would
         # otherwise leave a stale row behind or trip a constraint mid-write).
-        cursor.execute(
-            f"SELECT COUNT(*) FROM {STAGE_TABLE} WHERE layer_id NOT IN ({', '.join(['%s'] * len(layers))})",
-            list(layers.values()),
-        )
-        foreign = cursor.fetchone()[0]
         precheck = MeceResult(
             customers=customers,
             placed=staged_distinct,
@@ -205,31 +213,54 @@ def dimension_write(
             return result
 
         # --- 2. changes: only customers whose row differs --------------------------------
-        cursor.execute(f"SELECT layer_id, COUNT(*) FROM {cl} WHERE dimension_id = %s GROUP BY layer_id", [dimension_id])
-        old_sizes = dict(cursor.fetchall())
+        cursor.execute(f"SELECT 1 FROM {cl} WHERE dimension_id = %s LIMIT 1", [dimension_id])
+        # A first run (no row of this dimension yet: a new install, a new dimension) has
+        # nothing to diff: every staged row is new, so the stage itself becomes the change
+        # set (renamed, plus an all-NULL ``old_layer_id``: catalog-only, no row rewritten)
+        # instead of being joined against a million rows, copied and indexed. Its moves
+        # are the layer sizes, counted after the write.
+        first_run = cursor.fetchone() is None
         _drop(cursor, CHANGES_TABLE)
-        cursor.execute(
-            f"CREATE TEMP TABLE {CHANGES_TABLE}{on_commit} AS "
-            f"SELECT s.customer_id, s.layer_id, s.valid_until, c.layer_id AS old_layer_id "
-            f"FROM {STAGE_TABLE} s LEFT JOIN {cl} c ON c.customer_id = s.customer_id AND c.dimension_id = %s "
-            f"WHERE c.layer_id IS NULL OR c.layer_id <> s.layer_id OR {_distinct('c.valid_until', 's.valid_until')}",
-            [dimension_id],
-        )
-        _index_and_analyze(cursor, CHANGES_TABLE)
         moved = "(old_layer_id IS NULL OR old_layer_id <> layer_id)"
-        cursor.execute(
-            f"SELECT old_layer_id, layer_id, COUNT(*) FROM {CHANGES_TABLE} WHERE {moved} "
-            "GROUP BY old_layer_id, layer_id"
-        )
-        moves: list[tuple[int | None, int | None, int]] = [(old, new, count) for old, new, count in cursor.fetchall()]
-        if scope is not None:
-            moves += _leave_scope(cursor, dimension_id=dimension_id, tag_ids=tag_ids, as_of_p=as_of_p)
+        moves: list[tuple[int | None, int | None, int]] = []
+        if first_run:
+            cursor.execute(f"ALTER TABLE {_temp(STAGE_TABLE)} RENAME TO {CHANGES_TABLE}")
+            cursor.execute(f"ALTER TABLE {_temp(CHANGES_TABLE)} ADD COLUMN old_layer_id bigint")
+        else:
+            cursor.execute(
+                f"CREATE TEMP TABLE {CHANGES_TABLE}{on_commit} AS "
+                f"SELECT s.customer_id, s.layer_id, s.valid_until, c.layer_id AS old_layer_id "
+                f"FROM {STAGE_TABLE} s LEFT JOIN {cl} c ON c.customer_id = s.customer_id AND c.dimension_id = %s "
+                "WHERE c.layer_id IS NULL OR c.layer_id <> s.layer_id OR "
+                f"{_distinct('c.valid_until', 's.valid_until')}",
+                [dimension_id],
+            )
+            _index_and_analyze(cursor, CHANGES_TABLE)
+            cursor.execute(
+                f"SELECT old_layer_id, layer_id, COUNT(*) FROM {CHANGES_TABLE} WHERE {moved} "
+                "GROUP BY old_layer_id, layer_id"
+            )
+            moves = [(old, new, count) for old, new, count in cursor.fetchall()]
+            if scope is not None:
+                moves += _leave_scope(cursor, dimension_id=dimension_id, tag_ids=tag_ids, as_of_p=as_of_p)
+        probes = False
+        if not first_run and _vendor() == "postgresql":
+            cursor.execute(f"SELECT COUNT(*) FROM {CHANGES_TABLE}")
+            probes = cursor.fetchone()[0] * PROBE_FRACTION < customers
+        if probes:
+            # A nightly run changes a few rows. Left alone, the planner (which prices a random
+            # read at 4 sequential ones) hashes all of the dimension's rows — a million — for
+            # each of the four writes below, where one index probe per changed customer
+            # ((customer, dimension) and (customer, tag) unique indexes) costs a hundredth of
+            # that. SET LOCAL ends with the transaction: nothing outlives it behind a
+            # transaction-pooling PgBouncer.
+            cursor.execute("SET LOCAL enable_hashjoin = off")
+            cursor.execute("SET LOCAL enable_mergejoin = off")
         clock.lap("diff")
 
         # --- 3. write the changed rows ----------------------------------------------------
-        # A first run (no row of this dimension yet) only inserts: one INSERT … SELECT, not a
-        # MERGE that matches every staged customer against the other dimensions' rows.
-        first_run = not old_sizes
+        # A first run only inserts: one INSERT … SELECT, not a MERGE that matches every
+        # staged customer against the other dimensions' rows.
         if _vendor() == "postgresql" and not portable and not first_run:
             cursor.execute(
                 f"""
@@ -268,7 +299,7 @@ def dimension_write(
         clock.lap("write")
 
         # --- 4. history: close the open row, open a new one, for movers only ----------------
-        _write_history(cursor, hist, dimension_id, as_of_p, moved, first_run=first_run)
+        _write_history(cursor, hist, dimension_id, as_of_p, moved, first_run=first_run, movers=_movers(probes))
         clock.lap("history")
 
         # --- 5. tier tags -------------------------------------------------------------------
@@ -290,25 +321,40 @@ def dimension_write(
                     [now_p, dimension_id],
                 )
             else:
-                cursor.execute(
-                    f"DELETE FROM {ctag} WHERE tag_id IN ({tag_list}) AND source = 'computed' AND customer_id IN ("
-                    f"SELECT customer_id FROM {CHANGES_TABLE} WHERE old_layer_id IS NOT NULL "
-                    "AND old_layer_id <> layer_id)",
-                    tag_ids,
-                )
+                # ON CONFLICT (speculative insertion) costs about as much again as the insert
+                # itself; it is needed only where a row of these tags may already exist (a manual
+                # one, or a computed one of a mover). A first run into tags nobody holds yet (one
+                # probe of the tag index) inserts plainly. A manual tag committed meanwhile then
+                # fails the run on the unique constraint, as ON CONFLICT would in REPEATABLE READ
+                # for a row our snapshot cannot see: the next run places everyone.
+                if first_run:
+                    cursor.execute(f"SELECT 1 FROM {ctag} WHERE tag_id IN ({tag_list}) LIMIT 1", tag_ids)
+                    held = cursor.fetchone() is not None
+                else:
+                    held = True
+                    cursor.execute(
+                        f"DELETE FROM {ctag} WHERE tag_id IN ({tag_list}) AND source = 'computed' "
+                        f"AND customer_id {_movers(probes)}",
+                        tag_ids,
+                    )
                 cursor.execute(
                     f"INSERT INTO {ctag} (customer_id, tag_id, assigned_at, source) "
                     f"SELECT c.customer_id, l.tag_id, %s, 'computed' "
                     f"FROM {CHANGES_TABLE} c JOIN {layer_t} l ON l.id = c.layer_id "
-                    "WHERE l.tag_id IS NOT NULL AND (c.old_layer_id IS NULL OR c.old_layer_id <> c.layer_id) "
-                    "ON CONFLICT (customer_id, tag_id) DO NOTHING",
+                    "WHERE l.tag_id IS NOT NULL AND (c.old_layer_id IS NULL OR c.old_layer_id <> c.layer_id)"
+                    + (" ON CONFLICT (customer_id, tag_id) DO NOTHING" if held else ""),
                     [now_p],
                 )
+        if probes:
+            cursor.execute("SET LOCAL enable_hashjoin TO DEFAULT")
+            cursor.execute("SET LOCAL enable_mergejoin TO DEFAULT")
         clock.lap("tags")
 
         # --- 6. sizes, transitions, MECE ------------------------------------------------------
         cursor.execute(f"SELECT layer_id, COUNT(*) FROM {cl} WHERE dimension_id = %s GROUP BY layer_id", [dimension_id])
         sizes = dict(cursor.fetchall())
+        if first_run:
+            moves = [(None, layer_id, count) for layer_id, count in sizes.items()]
         layer_ids = set(layers.values())
         placed = sum(count for layer_id, count in sizes.items() if layer_id in layer_ids)
         rows = sum(sizes.values())
@@ -320,11 +366,13 @@ def dimension_write(
             unplaced=customers - placed,
             foreign=rows - placed,
         )
-        moved_out: dict[int, int] = {}
-        for old, _, count in moves:
-            if old is not None:
-                moved_out[old] = moved_out.get(old, 0) + count
-        stayed = [(layer_id, layer_id, size - moved_out.get(layer_id, 0)) for layer_id, size in old_sizes.items()]
+        # Who stayed in a layer is who is in it now minus who moved in (no count of the
+        # previous sizes needed).
+        moved_in: dict[int, int] = {}
+        for _, new, count in moves:
+            if new is not None:
+                moved_in[new] = moved_in.get(new, 0) + count
+        stayed = [(layer_id, layer_id, size - moved_in.get(layer_id, 0)) for layer_id, size in sizes.items()]
         result.transitions = [t for t in moves + stayed if t[2] > 0]
         result.layer_sizes = sizes
         result.customers = customers
@@ -371,21 +419,34 @@ def _leave_scope(cursor: Any, *, dimension_id: int, tag_ids: list[int], as_of_p:
     return moves
 
 
-def _write_history(cursor: Any, hist: str, dimension_id: int, as_of_p: Any, moved: str, *, first_run: bool) -> None:
+def _movers(probes: bool) -> str:
+    """``customer_id <this>``: the customers who left a layer for another. With ``probes``
+    (PostgreSQL, few changes) an array, so the statement probes the (customer, …) unique
+    index once per mover; a semi-join would read every row of the dimension."""
+    select = f"SELECT customer_id FROM {CHANGES_TABLE} WHERE old_layer_id IS NOT NULL AND old_layer_id <> layer_id"
+    return f"= ANY(ARRAY({select}))" if probes else f"IN ({select})"
+
+
+def _write_history(
+    cursor: Any, hist: str, dimension_id: int, as_of_p: Any, moved: str, *, first_run: bool, movers: str
+) -> None:
     if first_run:
-        # Nothing to close unless rows were left open (layers deleted by hand): one index probe.
+        # No customer has a row of this dimension, so no history row of it may stay open:
+        # close any left open (one index probe finds none in the usual case), then open one
+        # row per customer, straight from the change set.
         cursor.execute(f"SELECT 1 FROM {hist} WHERE dimension_id = %s AND left_at IS NULL LIMIT 1", [dimension_id])
-        if cursor.fetchone() is None:
+        if cursor.fetchone() is not None:
             cursor.execute(
-                f"INSERT INTO {hist} (customer_id, dimension_id, layer_id, entered_at, left_at) "
-                f"SELECT customer_id, %s, layer_id, %s, NULL FROM {CHANGES_TABLE}",
-                [dimension_id, as_of_p],
+                f"UPDATE {hist} SET left_at = %s WHERE dimension_id = %s AND left_at IS NULL", [as_of_p, dimension_id]
             )
-            return
+        cursor.execute(
+            f"INSERT INTO {hist} (customer_id, dimension_id, layer_id, entered_at, left_at) "
+            f"SELECT customer_id, %s, layer_id, %s, NULL FROM {CHANGES_TABLE}",
+            [dimension_id, as_of_p],
+        )
+        return
     cursor.execute(
-        f"UPDATE {hist} AS h SET left_at = %s FROM {CHANGES_TABLE} AS c "
-        "WHERE c.customer_id = h.customer_id AND h.dimension_id = %s AND h.left_at IS NULL "
-        "AND c.old_layer_id IS NOT NULL AND c.old_layer_id <> c.layer_id",
+        f"UPDATE {hist} SET left_at = %s WHERE dimension_id = %s AND left_at IS NULL AND customer_id {movers}",
         [as_of_p, dimension_id],
     )
     cursor.execute(

@@ -11,18 +11,21 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
-from django.test.utils import override_settings
+from django.test.utils import CaptureQueriesContext, override_settings
 from django_celery_beat.models import PeriodicTask
 
 from segments.dimensions import expiry
 from segments.models import (
+    Customer,
     CustomerLayer,
     CustomerTag,
     Dimension,
     LayerHistory,
+    Membership,
     RecomputeRun,
     Segment,
     SegmentMembership,
+    Tag,
 )
 from segments.services import materialize
 from segments.services.recompute import dimension_recompute, recompute_all, segment_recompute
@@ -90,6 +93,80 @@ def test_recompute__tier_tags__written_back_and_swapped(members: dict) -> None:
     recompute("expiry", as_of=T1)
     tags = sorted(CustomerTag.objects.filter(tag__family="tier").values_list("customer__external_id", "tag__code"))
     assert tags == [("a", "expiry.expired_recently"), ("b", "expiry.expiring_soon"), ("c", "expiry.none")]
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["no-tier-tag-held", "a-manual-tier-tag-held"])
+def test_recompute__first_run__one_insert_per_table_and_no_diff(members: dict, growth_user: Any, held: bool) -> None:
+    # A first run has no previous rows: no join against the memberships, no MERGE, and no
+    # speculative insertion (ON CONFLICT) unless someone already holds one of the tier tags.
+    if held:
+        tag = Tag.objects.get(code="expiry.valid")
+        CustomerTag.objects.create(customer=members["b"], tag=tag, source="manual", assigned_by=growth_user)
+    with CaptureQueriesContext(connection) as queries:
+        recompute("expiry")
+    statements = [q["sql"] for q in queries.captured_queries]
+    writes = [s for s in statements if s.lstrip().startswith(("INSERT", "MERGE", "UPDATE", "DELETE"))]
+    bulk = [s for s in writes if any(t in s for t in ("customerlayer", "layerhistory", "customertag"))]
+    assert [s.split("(")[0].split()[-1] for s in bulk] == [
+        "segments_customerlayer",
+        "segments_layerhistory",
+        "segments_customertag",
+    ]
+    assert ["ON CONFLICT" in s for s in bulk] == [False, False, held]
+    assert not any("JOIN segments_customerlayer" in s for s in statements)
+    assert layers_of("expiry") == {"a": "expiring_soon", "b": "valid", "c": "none"}
+    rows = sorted(CustomerTag.objects.filter(tag__family="tier").values_list("customer__external_id", "source"))
+    assert rows == [("a", "computed"), ("b", "manual" if held else "computed"), ("c", "computed")]
+
+
+def test_recompute__first_run_with_history_left_open__closes_it_and_places_everyone(members: dict) -> None:
+    # Memberships removed behind the engine's back (raw SQL) leave open history rows: the
+    # next run is a first run again, and must not open a second row for the same customer.
+    recompute("expiry")
+    CustomerLayer.objects.filter(dimension__key="expiry").delete()
+    outcome = recompute("expiry", as_of=T1)
+    assert outcome.changed == 3
+    assert layers_of("expiry") == {"a": "expired_recently", "b": "expiring_soon", "c": "none"}
+    rows = LayerHistory.objects.filter(dimension__key="expiry", customer=members["c"]).order_by("entered_at")
+    assert [(h.layer.key, h.entered_at, h.left_at) for h in rows] == [("none", AS_OF, T1), ("none", T1, None)]
+
+
+def _rows_read(tables: list[str]) -> dict[str, int]:
+    """Rows this transaction has read from each table (sequential and index fetches)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+            "WHERE relname = ANY(%s)",
+            [tables],
+        )
+        return dict(cursor.fetchall())
+
+
+@pytest.mark.postgres
+def test_recompute__nightly_with_few_movers__writes_probe_indexes_not_the_whole_dimension(db: None) -> None:
+    # Given 30,000 customers placed, 1% of whom will move (their membership expires): the
+    # proportions of a real night, where the planner would rather hash every row
+    Customer.objects.bulk_create(
+        Customer(external_id=f"c{i}", signed_up_at=AS_OF - 400 * DAY, attributes={}) for i in range(30000)
+    )
+    movers = Customer.objects.order_by("pk")[:300]
+    Membership.objects.bulk_create(
+        Membership(customer=c, plan="plus", level="", started_at=AS_OF - 400 * DAY, expires_at=AS_OF + 5 * DAY)
+        for c in movers
+    )
+    recompute("expiry")
+    tables = [LayerHistory._meta.db_table, CustomerTag._meta.db_table]
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {', '.join(tables)}, {CustomerLayer._meta.db_table}")
+    before = _rows_read(tables)
+
+    # When the next night moves them
+    outcome = recompute("expiry", as_of=T1)
+
+    # Then closing their history rows and swapping their tier tags read their rows, not 30,000
+    assert outcome.changed == 300
+    after = _rows_read(tables)
+    assert {t: after.get(t, 0) - before.get(t, 0) for t in tables} == {t: 300 for t in tables}
 
 
 def test_recompute__full_tags__reconciles_a_removed_tier_tag(members: dict) -> None:
