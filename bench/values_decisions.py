@@ -23,8 +23,8 @@ Three readings, both arms drawn from the same distribution (``--n`` customers pe
   customer (Welch t), orders per customer (Welch t), average order value (ratio revenue /
   orders, delta method, t with the denominator's units as the report), each without and
   with CUPED (theta pooled across arms), and the sequential (always-valid) revenue test
-  read once. Capped: revenue (and its pre-period twin) at the nearest-rank 99th percentile of both arms' customers, as
-  ``value_moments`` does in the database.
+  read once. Capped: revenue (and its pre-period twin) at the nearest-rank 99th
+  percentile of both arms' customers, as ``value_moments`` does in the database.
 * ``conversion_cuped``: a CONVERSION metric with CUPED at a 10/90 split and a 2% rate
   (``conversion_aa``): the pooled z, CUPED + Welch, and CUPED as OLS with one pooled
   residual variance (what the report uses for conversions).
