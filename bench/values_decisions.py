@@ -21,10 +21,10 @@ Three readings, both arms drawn from the same distribution (``--n`` customers pe
 
 * ``uncapped`` / ``capped_p99``: one test per metric read once at the end: revenue per
   customer (Welch t), orders per customer (Welch t), average order value (ratio revenue /
-  orders, delta method, normal), each without and with CUPED (theta pooled across arms),
-  and the sequential (always-valid) revenue test read once. Capped: revenue (and its
-  pre-period twin) at the nearest-rank 99th percentile of both arms' customers, as
-  ``value_moments`` does in the database.
+  orders, delta method, t with the denominator's units as the report), each without and
+  with CUPED (theta pooled across arms), and the sequential (always-valid) revenue test
+  read once. Capped: revenue (and its pre-period twin) at the nearest-rank 99th
+  percentile of both arms' customers, as ``value_moments`` does in the database.
 * ``conversion_cuped``: a CONVERSION metric with CUPED at a 10/90 split and a 2% rate
   (``conversion_aa``): the pooled z, CUPED + Welch, and CUPED as OLS with one pooled
   residual variance (what the report uses for conversions).
@@ -93,7 +93,7 @@ PAIRS = [(i, j) for i in range(K) for j in range(i, K)]
 TESTS = {
     "revenue_per_customer": (MeanOf(0), MeanOf(2), "t"),
     "orders_per_customer": (MeanOf(1), MeanOf(3), "t"),
-    "average_order_value": (RatioOf(0, 1), RatioOf(2, 3), "normal"),
+    "average_order_value": (RatioOf(0, 1), RatioOf(2, 3), "t"),
 }
 FAMILY_METRICS = ("revenue_per_customer", "average_order_value")
 
@@ -383,6 +383,70 @@ def above_five_percent(result: dict[str, Any], family_level: float = 0.95) -> li
     ]
 
 
+def ratio_aa(sims: int, n: int, seed: int = 20240504) -> dict[str, dict[str, Any]]:
+    """A/A rates of the average-order-value test alone (plain and CUPED, uncapped and capped
+    at p99), each experiment reduced to its two arms' moments only (no layer x day cells, so
+    ~5x cheaper than ``simulate``); what the small-arm ``slow`` test runs."""
+    tally = Tally()
+    post, pre, distribution = TESTS["average_order_value"]
+    for x, _layer, _day in batches(sims, n, seed):
+        count = x.shape[0]
+        group = np.repeat(np.arange(count * 2), n)
+        for config, values in (("uncapped", x), ("capped_p99", capped(x, 0.99))):
+            flat = group_moments(values.reshape(-1, K), group, count * 2).reshape(count, 2, -1)
+            for s in range(count):
+                arms = _arms(flat[s])
+                plain = compare_values(estimate(arms[0], post), estimate(arms[1], post), distribution=distribution)
+                tally.add(f"{config}.average_order_value", _p(plain))
+                adjusted = cuped(arms, post, pre).estimates
+                tally.add(
+                    f"{config}.average_order_value_cuped", _p(compare_values(*adjusted, distribution=distribution))
+                )
+    return tally.summary()
+
+
+def aov_power(sims: int, n: int, lift: float, seed: int = 20240503) -> dict[str, Any]:
+    """Power of the average-order-value test (plain and CUPED, capped at p99 as the report)
+    when the treatment's revenue is ``1 + lift`` times the control's distribution: the
+    report's t with the denominator's units (``distribution="t"``) against the plain delta
+    method with a normal reference (``"normal"``, before the small-arm correction)."""
+    tally = Tally()
+    post, pre = TESTS["average_order_value"][:2]
+    for x, _layer, _day in batches(sims, n, seed):
+        x = x.copy()
+        x[:, 1, :, 0] = np.round(x[:, 1, :, 0] * (1.0 + lift)).astype(np.int64)
+        x = capped(x, 0.99)
+        count = x.shape[0]
+        group = np.repeat(np.arange(count * 2), n)
+        flat = group_moments(x.reshape(-1, K), group, count * 2).reshape(count, 2, -1)
+        for s in range(count):
+            arms = _arms(flat[s])
+            adjusted = cuped(arms, post, pre).estimates
+            for distribution in ("t", "normal"):
+                plain = compare_values(estimate(arms[0], post), estimate(arms[1], post), distribution=distribution)
+                tally.add(f"{distribution}", _p(plain))
+                tally.add(f"{distribution}_cuped", _p(compare_values(*adjusted, distribution=distribution)))
+    return {"n_per_arm": n, "revenue_lift": lift, "capped": "p99", "power": tally.summary()}
+
+
+def small_arms(sims: int, sizes: list[int], power_sims: int, power_n: int, lift: float) -> dict[str, Any]:
+    """The single-test A/A rates (``uncapped`` / ``capped_p99`` of ``simulate``, no report
+    reading) at each arm size, and the AOV test's power at ``power_n`` per arm."""
+    out: dict[str, Any] = {"benchmark": "values_decisions_small_arms", "sims": sims, "by_n_per_arm": {}}
+    for n in sizes:
+        result = simulate(sims, n, family_sims=0)
+        result.pop("report_reading")
+        result["intervals_above_5pct"] = [
+            f"{section}.{label}"
+            for section in ("uncapped", "capped_p99")
+            for label, row in result[section]["false_positive_rate"].items()
+            if scipy_stats.binomtest(row["hits"], row["runs"]).proportion_ci(0.95, method="exact").low > 0.05
+        ]
+        out["by_n_per_arm"][str(n)] = result
+    out["aov_power"] = aov_power(power_sims, power_n, lift)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sims", type=int, default=20000)
@@ -391,8 +455,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20240501)
     parser.add_argument("--conversion-sims", type=int, default=20000, help="A/A runs of conversion CUPED")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--small-arms",
+        default=None,
+        help="comma-separated customers per arm (e.g. 500,1000,2000): single-test A/A rates at each size and "
+        "the AOV power at the largest; saved as values_decisions_small_arms.json",
+    )
+    parser.add_argument("--power-lift", type=float, default=0.05, help="revenue lift for --small-arms' power")
     args = parser.parse_args()
     started = time.perf_counter()
+    if args.small_arms:
+        sizes = [int(v) for v in args.small_arms.split(",")]
+        small = small_arms(args.sims, sizes, args.sims, max(sizes), args.power_lift)
+        small["seconds"] = round(time.perf_counter() - started, 1)
+        small["cpu_seconds"] = round(time.process_time(), 1)
+        small["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+        text = json.dumps(small, indent=2)
+        print(text)
+        if not args.no_save:
+            (ROOT / "bench" / "results" / "values_decisions_small_arms.json").write_text(text + "\n")
+        return
     output: dict[str, Any] = {
         "benchmark": "values_decisions",
         "sims": args.sims,

@@ -31,7 +31,11 @@ Per arm the adjusted value and its per-customer variance are::
     v_cv,a = v_f,a - 2 theta c_fg,a + theta^2 v_g,a
 
 (theta is treated as known, as in Deng et al.; its estimation error is O(1/n)), and the
-arms are compared by ``experiments.stats.means.compare_values`` as any value metric.
+arms are compared by ``experiments.stats.means.compare_values`` as any value metric.  The
+adjusted estimates carry ``covariates = 1``: for a ratio, whose small-sample t counts the
+customers with a denominator, the estimated theta costs one more degree of freedom per arm
+(ddof 2, as a regression with one covariate; conservative, the pooled theta costs one in
+all), which with ~60 buyers per arm is not negligible (``experiments.stats.means``).
 
 Variance reduction reported = 1 - sum_a (n_a-1) v_cv,a / sum_a (n_a-1) v_f,a (= pooled
 within-arm rho^2 for mean metrics).  Fallback (no adjustment, with a reason): no pre-period
@@ -125,7 +129,16 @@ def cuped(arms: Sequence[Moments], post: Statistic, pre: Statistic) -> CupedResu
         assert plain_estimate.value is not None
         v_cv = max(v_f - 2.0 * theta * c_fg + theta * theta * v_g, 0.0)
         var_cv_sum += (m.n - 1) * v_cv
-        adjusted.append(Estimate(m.n, plain_estimate.value - theta * (g_a - g_all), v_cv, {}))
+        adjusted.append(
+            Estimate(
+                m.n,
+                plain_estimate.value - theta * (g_a - g_all),
+                v_cv,
+                {},
+                plain_estimate.units,
+                plain_estimate.covariates + 1,
+            )
+        )
     reduction = 1.0 - var_cv_sum / var_f_sum if var_f_sum > 0.0 else None
     undefined = {} if reduction is not None else {"variance_reduction": NO_PRE_DATA}
     return CupedResult(True, theta, reduction, tuple(adjusted), undefined)

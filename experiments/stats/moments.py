@@ -241,12 +241,22 @@ class Estimate:
 
     ``variance / n`` is the estimator's variance (delta method).  ``None`` fields are
     explained in ``undefined``.
+
+    ``units`` (ratios only, else None): the effective number of customers with a
+    denominator, Kish's n_eff = (sum x)^2 / sum x^2 over the denominator x (Kish 1965,
+    Survey Sampling, 8.2; = the number of customers with x > 0 when every such x is 1).
+    A ratio is a weighted mean of y/x over those customers only (the others' linearised
+    value is 0), so its small-sample degrees of freedom come from ``units``, not ``n``
+    (``experiments.stats.means``). ``covariates``: regression adjustments estimated from
+    the data (1 after CUPED's theta), each costing one degree of freedom there.
     """
 
     n: int
     value: float | None
     variance: float | None
     undefined: dict[str, Reason]
+    units: float | None = None
+    covariates: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(self)
@@ -264,4 +274,16 @@ def estimate(moments: Moments, statistic: Statistic) -> Estimate:
     if cov is None:
         return Estimate(moments.n, value, None, {"variance": TOO_FEW})
     grad = statistic.gradient(means)
-    return Estimate(moments.n, value, max(quad(grad, cov, grad), 0.0), {})
+    units = denominator_units(moments, statistic.denominator) if isinstance(statistic, RatioOf) else None
+    return Estimate(moments.n, value, max(quad(grad, cov, grad), 0.0), {}, units)
+
+
+def denominator_units(moments: Moments, index: int) -> float:
+    """Kish's effective number of units of the weights x = variable ``index``:
+    (sum x)^2 / sum x^2 (0 when every x is 0); see ``Estimate.units``."""
+    total, squares = moments.sums[index], moments.products[index][index]
+    if not squares:
+        return 0.0
+    if isinstance(total, int) and isinstance(squares, int):
+        return total * total / squares  # int / int: correctly rounded
+    return float(Fraction(total) ** 2 / Fraction(squares))

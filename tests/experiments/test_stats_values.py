@@ -377,3 +377,75 @@ def test_value_sample_size__hand_worked__sixteen_sigma_squared_rule_and_cuped() 
 def test_value_sample_size__flat_metric_or_zero_effect__null_with_reason() -> None:
     assert value_sample_size(10.0, 0.0, 0.1).undefined["required_control"].code == "zero_variance"
     assert value_sample_size(0.0, 5.0, 0.1).undefined["required_control"].code == "mde_zero"
+
+
+# --------------------------------------------------------------------------
+# Ratio metrics at small arms: t with the denominator's units (Cochran 6.13, Satterthwaite)
+# --------------------------------------------------------------------------
+
+
+def _buyers_arm(rng: np.random.Generator, n: int, buyers: int) -> tuple[Moments, np.ndarray]:
+    """n customers, ``buyers`` of them with one order (revenue log-normal), the rest 0/0."""
+    revenue = np.zeros(n)
+    revenue[:buyers] = np.round(rng.lognormal(np.log(45.0), 0.8, buyers) * 100)
+    orders = (np.arange(n) < buyers).astype(int)
+    return Moments.of_values([[int(r), int(o)] for r, o in zip(revenue, orders, strict=True)]), revenue[:buyers]
+
+
+def test_compare_values_ratio__one_order_per_buyer__welch_t_on_the_buyers_order_values() -> None:
+    # Every denominator 0 or 1: average order value = the buyers' mean order value, so the
+    # corrected ratio test must be exactly Welch's t test on the buyers' values (scipy).
+    rng = np.random.default_rng(7)
+    control, control_values = _buyers_arm(rng, 500, 60)
+    treatment, treatment_values = _buyers_arm(rng, 480, 75)
+    result = compare_values(estimate(control, RatioOf(0, 1)), estimate(treatment, RatioOf(0, 1)), distribution="t")
+    reference = sps.ttest_ind(treatment_values, control_values, equal_var=False)
+    assert result.statistic == pytest.approx(reference.statistic, rel=TOL)
+    assert result.df == pytest.approx(reference.df, rel=TOL)
+    assert result.p_value == pytest.approx(reference.pvalue, rel=TOL)
+    low, high = CompareMeans(DescrStatsW(treatment_values), DescrStatsW(control_values)).tconfint_diff(usevar="unequal")
+    assert result.absolute_lift_ci.low == pytest.approx(low, rel=TOL)
+    assert result.absolute_lift_ci.high == pytest.approx(high, rel=TOL)
+
+
+def test_estimate_ratio__orders_1_2_3__kish_units_hand_worked() -> None:
+    # Denominators 1, 2, 3 and two zeros: (1 + 2 + 3)^2 / (1 + 4 + 9) = 36 / 14 units.
+    moments = Moments.of_values([[10, 1], [30, 2], [50, 3], [0, 0], [0, 0]])
+    assert estimate(moments, RatioOf(0, 1)).units == pytest.approx(36 / 14, rel=TOL)
+    assert estimate(moments, MeanOf(0)).units is None
+
+
+def test_compare_values_ratio_cuped__theta_estimated__one_degree_of_freedom_less_per_arm() -> None:
+    # After CUPED each arm's df is m - 2 and its variance v (n-1)/n m/(m-2) (hand-worked from
+    # the adjusted estimates' delta variances).
+    rng = np.random.default_rng(11)
+    arms = []
+    for n, buyers in ((400, 40), (400, 50)):
+        rows = []
+        for i in range(n):
+            pre_orders = int(rng.integers(0, 3))
+            pre_revenue = int(rng.integers(1000, 9000)) * pre_orders
+            orders = 1 if i < buyers else 0
+            rows.append(
+                [int(rng.integers(1000, 9000)) * orders + pre_revenue // 10 * orders, orders, pre_revenue, pre_orders]
+            )
+        arms.append(Moments.of_values(rows))
+    adjusted = cuped(arms, RatioOf(0, 1), RatioOf(2, 3))
+    assert adjusted.applied
+    c, t = adjusted.estimates
+    assert (c.units, t.units, c.covariates, t.covariates) == (40, 50, 1, 1)
+    a = t.variance * 399 / 400 * 50 / 48 / 400
+    b = c.variance * 399 / 400 * 40 / 38 / 400
+    result = compare_values(c, t, distribution="t")
+    assert result.se == pytest.approx(math.sqrt(a + b), rel=TOL)
+    assert result.df == pytest.approx((a + b) ** 2 / (a * a / 48 + b * b / 38), rel=TOL)
+
+
+def test_compare_values_ratio__one_buyer_in_an_arm__null_with_too_few_denominator_units() -> None:
+    rng = np.random.default_rng(3)
+    control, _ = _buyers_arm(rng, 200, 1)
+    treatment, _ = _buyers_arm(rng, 200, 30)
+    result = compare_values(estimate(control, RatioOf(0, 1)), estimate(treatment, RatioOf(0, 1)), distribution="t")
+    assert result.p_value is None
+    assert result.undefined["p_value"].code == "too_few_denominator_units"
+    assert result.absolute_lift is not None

@@ -8,8 +8,9 @@ The check is the issue's "A/A false-positive rate <= 5%", decided by the exact b
 (Clopper-Pearson) interval: the test fails when a rate's interval lies wholly above 5%, the
 intervals at the Bonferroni level for the ~20 rates checked together (``above_five_percent``:
 at 95% each, a true 5% would fail one of them about a third of the time). At
-1,000 and 500 customers per arm the ratio (average order value) is liberal (5.5-5.8%, README,
-not fixed), which is why this runs at 2,000 per arm, the size where the issue's check is met."""
+1,000 and 500 customers per arm the ratio (average order value) read against a normal
+reference was liberal (5.5-5.8%); it is now read with a t on the denominator's units
+(``test_stats_ratio_small_arms.py`` checks 250 per arm; README, ``values_decisions``)."""
 
 from __future__ import annotations
 
