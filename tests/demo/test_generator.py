@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from demo import configure
-from demo import generator
+from demo import configure, generator
 from demo.generator import (
     CHANNELS,
     EXPIRY_WINDOWS,
