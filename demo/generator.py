@@ -20,14 +20,17 @@
   them: the amount is the seller's revenue, log-normal, a few sellers make most of it) from
   the day they started selling until they stop; a product page view before each order and
   carts left behind after some product views (the five-step funnel's path);
+  ``referral_invite_sent`` on the inviter after some orders (they shared their personal
+  referral code: the AARRR funnel's Referral step);
 - ``memberships.jsonl``: terms on ``plus`` / ``premium`` plans whose latest expiry is
   spread over four windows relative to ``spec.end`` (expired over 3 months ago, expired
   within 3 months, expiring within 3 months, valid for more than 3 months), so every
   expiry window has members.
 
 Each customer is generated from its own random stream (seeded with ``(seed, index)``; the
-seller side from a second stream ``(seed, index, "seller")``, so adding it changed no other
-draw: the buyer-side events, and with them the experiments' findings, are what they were),
+seller side from a second stream ``(seed, index, "seller")`` and the inviter's invitations
+from a third, ``(seed, index, "referral")``, so adding them changed no other draw: the
+buyer-side events, and with them the experiments' findings, are what they were),
 so the output is a pure function of the spec, any customer can be generated alone
 (``customer_story``), and one customer is in memory at a time. No Django import: the
 command and the benchmarks call it directly.
@@ -151,6 +154,13 @@ PLANS = (("plus", 365, ("silver", "gold")), ("premium", 365, ("gold", "platinum"
 # Latest-expiry windows relative to spec.end, in days: the four renewal windows.
 EXPIRY_WINDOWS = ((-270, -91), (-90, -1), (1, 90), (91, 360))
 REFERRAL_PROBABILITY = 0.12
+# The inviter's side of referrals (demo.generator._referral_side): after an order the shop
+# offers "invite a friend" with the customer's personal code; INVITE_AFTER_ORDER_SHARE of
+# orders are followed, within INVITE_DELAY_HOURS, by a ``referral_invite_sent`` on the
+# customer who invites (the AARRR funnel's Referral step).
+INVITE_AFTER_ORDER_SHARE = 0.15
+INVITE_DELAY_HOURS = (0.25, 48.0)
+INVITE_VIA = ("link", "email", "sms")
 
 
 def product_line(sku_number: int) -> str:
@@ -305,6 +315,7 @@ def customer_story(spec: DemoSpec, index: int) -> CustomerStory:
     _browse_side(spec, index, list(events), add)
     if _seller_side(spec, index, market, signed_up, add):
         customer["roles"] = "buyer,seller"
+    _referral_side(spec, index, list(events), add)
     events.sort(key=lambda e: (e["occurred_at"], e["event_id"]))
     for event in events:
         event["occurred_at"] = _ts(event["occurred_at"])
@@ -399,6 +410,25 @@ def _seller_side(spec: DemoSpec, index: int, market: Market, signed_up: dt.datet
             properties={"sku": f"SKU{number:03d}", "product": product_line(number)},
         )
     return True
+
+
+def _referral_side(spec: DemoSpec, index: int, drawn: list[dict[str, Any]], add: Callable[..., None]) -> None:
+    """Invitations sent by this customer as an *inviter*: after some of their orders
+    (INVITE_AFTER_ORDER_SHARE), a ``referral_invite_sent`` 15 minutes to 2 days later (before
+    ``spec.end``), with how it was shared in ``properties.via``. Own random stream, drawn
+    last: every event drawn before keeps its values and ids, so the planted effects are what
+    they were. The invitation is the inviter's act; the friends' ``referral_signup`` (with
+    ``referrer_id``) stay drawn on the friends' side as before, so not every invitation is
+    answered by a sign-up, as in a real referral programme."""
+    rng = random.Random(f"{spec.seed}:{index}:referral")
+    low, high = INVITE_DELAY_HOURS
+    for event in drawn:
+        if event["type"] != "order" or rng.random() >= INVITE_AFTER_ORDER_SHARE:
+            continue
+        at = event["occurred_at"] + dt.timedelta(hours=rng.uniform(low, high))
+        via = _pick(rng, INVITE_VIA, [5, 3, 2])
+        if at < spec.end:
+            add("referral_invite_sent", at, properties={"via": via})
 
 
 def _memberships(

@@ -11,10 +11,12 @@ is "significant win"; any other significant cell of that family is a *false posi
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.db.models import Count
+from django.utils import timezone
 
 from campaigns.models import Campaign, Coupon, Delivery, MailboxMessage, Recipient, Referral, ReferralAudit
 from demo.plan import CampaignPlan, SegmentPlan
@@ -407,6 +409,24 @@ def analytics_text(*, pyramid_keys: Sequence[str]) -> list[str]:
         lines.append(
             f"      {group.group or '(never layered)'}: {group.steps[0].reached:,} entered, "
             f"{_rate(last.conversion_overall, last.reason)} done"
+        )
+    # AARRR over a year of sign-ups (a month of them holds too few inviters at the test sizes);
+    # Referral = the customer sent an invitation with their code (referral_invite_sent) after
+    # the revenue step, inside the 30-day window from sign-up.
+    since = (timezone.now() - dt.timedelta(days=365)).replace(hour=0, minute=0, second=0, microsecond=0)
+    aarrr = funnel(spec=replace(PRESETS["aarrr"], start=since, breakdown="attribute:channel"))
+    since_param = since.strftime("%Y-%m-%dT%H:%M:%S%%2B00:00")
+    lines += [
+        "  AARRR, sign-ups of the last 12 months, 30-day window: "
+        + " -> ".join(f"{s.label} {s.reached:,}" for s in aarrr.steps)
+        + " (Referral: sent an invitation after ordering)",
+        "    by acquisition channel: "
+        f"/admin/analytics/funnel/?preset=aarrr&breakdown=attribute:channel&start={since_param}",
+    ]
+    for group in aarrr.groups:
+        lines.append(
+            f"      {group.group or '(none)'}: {group.steps[0].reached:,} signed up, "
+            f"{group.steps[-1].reached:,} referred"
         )
     flows = layer_flows(dimension=TIER_DIMENSION, grain="month")
     moved = [m for m in flows.moves if m.from_layer and m.from_layer != m.to_layer]

@@ -81,14 +81,17 @@ PRESETS: dict[str, FunnelSpec] = {
         window_seconds=3 * 86400,
     ),
     # AARRR: acquisition (sign-up), activation (first add to cart), retention (came back:
-    # a login), revenue (an order), referral (a referral sign-up recorded on the customer).
+    # a login), revenue (an order), referral (the customer brought someone: an invitation
+    # sent with their personal code, ``referral_invite_sent``, recorded on the *inviter*;
+    # not ``referral_signup``, which is recorded on the invited friend at their own sign-up,
+    # so could never follow that friend's first order).
     "aarrr": FunnelSpec(
         steps=(
             FunnelStep("signup", label="Acquisition"),
             FunnelStep("add_to_cart", label="Activation"),
             FunnelStep("login", label="Retention"),
             FunnelStep("order", label="Revenue"),
-            FunnelStep("referral_signup", label="Referral"),
+            FunnelStep("referral_invite_sent", label="Referral"),
         ),
         window_seconds=30 * 86400,
     ),

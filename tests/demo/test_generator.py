@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from demo import configure
-from demo.generator import CHANNELS, EXPIRY_WINDOWS, SELLER_SHARE, DemoSpec, customer_story, generate
+from demo import configure, generator
+from demo.generator import (
+    CHANNELS,
+    EXPIRY_WINDOWS,
+    INVITE_AFTER_ORDER_SHARE,
+    SELLER_SHARE,
+    DemoSpec,
+    customer_story,
+    generate,
+)
 from segments.models import Customer, CustomerRole, Event, Membership
 
 END = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
@@ -150,6 +158,48 @@ def test_generate__path_to_purchase__product_view_before_every_order_and_some_ca
         carts += sum(e["type"] == "add_to_cart" for e in events)
     # Then: more carts than orders (some are left behind), so "decision -> done" is below 100%
     assert orders > 100 and 1.2 * orders < carts < 2.5 * orders, (orders, carts)
+
+
+@pytest.mark.pure
+def test_generate__referral_invites__sent_by_inviters_after_their_orders(generated: Path) -> None:
+    # Given: the events per customer, in time order
+    by_customer: dict[str, list[dict]] = defaultdict(list)
+    for line in (generated / "events.jsonl").open():
+        event = json.loads(line)
+        by_customer[event["customer_id"]].append(event)
+    orders = invites = 0
+    for events in by_customer.values():
+        order_times = [parse(e["occurred_at"]) for e in events if e["type"] == "order"]
+        orders += len(order_times)
+        for event in (e for e in events if e["type"] == "referral_invite_sent"):
+            invites += 1
+            # Then: every invitation is the inviter's, 15 minutes to 2 days after one of their orders
+            at = parse(event["occurred_at"])
+            assert any(dt.timedelta(minutes=15) <= at - o <= dt.timedelta(hours=48) for o in order_times), event
+            assert event["properties"]["via"] in {"link", "email", "sms"} and at < END
+    # ... after about INVITE_AFTER_ORDER_SHARE of the orders (15% of several thousand: +-4 SE)
+    assert orders > 1000, orders
+    se = (INVITE_AFTER_ORDER_SHARE * (1 - INVITE_AFTER_ORDER_SHARE) / orders) ** 0.5
+    assert abs(invites / orders - INVITE_AFTER_ORDER_SHARE) < 4 * se + 0.01, (invites, orders)
+
+
+@pytest.mark.pure
+def test_customer_story__referral_stream__adds_invites_and_changes_no_other_draw(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given: the stories with the inviter's stream, then without it
+    with_invites = [customer_story(SPEC, i) for i in range(0, 400, 7)]
+    monkeypatch.setattr(generator, "_referral_side", lambda *args, **kwargs: None)
+    without = [customer_story(SPEC, i) for i in range(0, 400, 7)]
+
+    # Then: the invitations are the only difference (own random stream, drawn last: every
+    # other event keeps its values and ids, so the demo's planted effects are unchanged)
+    invites = 0
+    for a, b in zip(with_invites, without, strict=True):
+        kept = [e for e in a.events if e["type"] != "referral_invite_sent"]
+        invites += len(a.events) - len(kept)
+        assert kept == b.events and a.customer == b.customer and a.memberships == b.memberships
+    assert invites > 0
 
 
 @pytest.mark.pure

@@ -134,6 +134,11 @@ def test_run_demo__seeded_business__significant_layers_are_the_planted_ones_and_
             "/admin/analytics/flows/?dimension=seller_pyramid&grain=month",
         ):
             assert page in joined, joined
+        # ... and the AARRR funnel reaches its Referral step: customers who went through
+        # acquisition -> activation -> retention -> revenue then invited a friend
+        aarrr = next(line for line in first.analytics if line.startswith("  AARRR"))
+        referred = re.search(r"Revenue ([\d,]+) -> Referral ([\d,]+)", aarrr)
+        assert referred and 0 < int(referred.group(2).replace(",", "")) < int(referred.group(1).replace(",", "")), aarrr
         flows_line = next(line for line in first.analytics if "layer flows of RFM tiers" in line)
         assert "largest: none" not in flows_line, flows_line
         assert any("important_value" in line and "done" in line for line in first.analytics), first.analytics
@@ -217,6 +222,9 @@ def test_demo_script__tiny_business__a_real_worker_delivers_and_a_rerun_creates_
     sent = re.search(r"deliver: through the Celery worker\n\s+[\d.]+ s\s+([\d,]+) sent", out)
     assert sent and int(sent.group(1).replace(",", "")) > 0, out
     assert "NOT SETTLED" not in out
+    # ... and the AARRR funnel's Referral step is reached (inviters after their orders)
+    referred = re.search(r"AARRR, .*-> Referral ([\d,]+)", out)
+    assert referred and int(referred.group(1).replace(",", "")) > 0, out
     worker_log = (var / "worker.log").read_text()
     assert "campaigns.deliveries_send" in worker_log and "succeeded" in worker_log
     before = _table_counts(var / "db.sqlite3")

@@ -177,6 +177,39 @@ def test_funnel__presets__five_steps_and_aarrr_run() -> None:
     ]
 
 
+def test_funnel__aarrr_preset__referral_step_counts_the_inviter_not_the_invited_friend() -> None:
+    # Given: four sign-ups that each went acquisition -> activation -> retention -> revenue
+    inviter = CustomerFactory()  # invites a friend after ordering, on day 3
+    friend = CustomerFactory()  # signed up through a referral (recorded on the friend), then bought
+    early = CustomerFactory()  # invited before ordering: the referral step must follow revenue
+    late = CustomerFactory()  # invited 31 days after sign-up: outside the 30-day window
+    for c, day in ((inviter, 10), (friend, 11), (early, 12), (late, 13)):
+        ev(c, "signup", f"2026-01-{day}T08:00:00")
+        if c is friend:
+            ev(c, "referral_signup", f"2026-01-{day}T08:00:05")
+        ev(c, "add_to_cart", f"2026-01-{day}T09:00:00")
+        ev(c, "login", f"2026-01-{day + 1}T09:00:00")
+        if c is early:
+            ev(c, "referral_invite_sent", f"2026-01-{day + 1}T09:30:00")
+        ev(c, "order", f"2026-01-{day + 2}T09:00:00")
+    ev(inviter, "referral_invite_sent", "2026-01-13T10:00:00")
+    ev(late, "referral_invite_sent", "2026-02-13T08:00:01")  # sign-up + 31 days
+
+    # When: the AARRR preset runs over January's sign-ups
+    aarrr = PRESETS["aarrr"]
+    result = funnel(
+        spec=FunnelSpec(**{**aarrr.__dict__, "start": at("2026-01-01T00:00:00"), "end": at("2026-02-01T00:00:00")})
+    )
+
+    # Then: four reach revenue, and only the inviter reaches referral: 1 of 4, 25%, 25 hours
+    # after their order (2026-01-12T09:00 -> 2026-01-13T10:00 = 25 h = 90,000 s)
+    assert reached(result) == [4, 4, 4, 4, 1]
+    referral = result.steps[-1]
+    assert referral.event == "referral_invite_sent" and referral.label == "Referral"
+    assert referral.conversion_from_previous == 0.25 and referral.conversion_overall == 0.25
+    assert referral.median_seconds_from_previous == 90000
+
+
 def test_funnel__bad_input__error_names_the_field() -> None:
     with pytest.raises(AnalyticsInputError) as info:
         funnel(spec=spec("visit", "nope"))
