@@ -19,5 +19,5 @@ def create(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("segments", "0010_bulk_tag_tables_without_fk_constraints")]
+    dependencies = [("segments", "0011_bulk_rows_fewer_indexes")]
     operations = [migrations.RunPython(create, migrations.RunPython.noop)]
