@@ -842,16 +842,7 @@ def _heterogeneity(
         for layer, by_variant in cells.items()
         for key, cell in by_variant.items()
     ]
-    result = stats.heterogeneity(stats_cells, ctx.control.key)
-    undefined = dict(result.undefined)
-    differs = None
-    if result.p_value is None:
-        undefined["differs"] = undefined.get("p_value") or Reason("test_undefined", "The test is not available.")
-    else:
-        differs = result.p_value < HEADLINE_HETEROGENEITY_ALPHA
-    return HeterogeneityView(
-        result.statistic, result.df, result.p_value, differs, result.message, result.notes, undefined
-    )
+    return _heterogeneity_view(stats.heterogeneity(stats_cells, ctx.control.key))
 
 
 def _value_heterogeneity(ctx: _Context, rows: Sequence[_Raw], no_layer_key: str) -> HeterogeneityView:
@@ -868,6 +859,12 @@ def _value_heterogeneity(ctx: _Context, rows: Sequence[_Raw], no_layer_key: str)
             cells[(layer, ctx.control.key)] = comparison.control
             cells[(layer, treatment.key)] = comparison.treatment
     result = stats.value_heterogeneity(cells, ctx.control.key, alpha=HEADLINE_HETEROGENEITY_ALPHA)
+    return _heterogeneity_view(result, scale="difference")
+
+
+def _heterogeneity_view(result: stats.HeterogeneityResult, *, scale: str = "log_odds") -> HeterogeneityView:
+    """The page's view of a heterogeneity test (log-odds for conversions, differences for
+    value metrics): "differs" at the headline level, or why the test is undefined."""
     undefined = dict(result.undefined)
     differs = None
     if result.p_value is None:
@@ -875,14 +872,7 @@ def _value_heterogeneity(ctx: _Context, rows: Sequence[_Raw], no_layer_key: str)
     else:
         differs = result.p_value < HEADLINE_HETEROGENEITY_ALPHA
     return HeterogeneityView(
-        result.statistic,
-        result.df,
-        result.p_value,
-        differs,
-        result.message,
-        result.notes,
-        undefined,
-        scale="difference",
+        result.statistic, result.df, result.p_value, differs, result.message, result.notes, undefined, scale=scale
     )
 
 
