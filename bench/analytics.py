@@ -322,6 +322,21 @@ def _strip(timing: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in timing.items() if not k.startswith("_")}
 
 
+def _retention_spec() -> Any:
+    """The measured retention table: monthly sign-up cohorts of 2025 x days 0..30."""
+    from segments.analytics.retention import RetentionSpec
+
+    return RetentionSpec(
+        anchor="signup",
+        cohort_grain="month",
+        period="day",
+        periods=30,
+        cohort_from=dt.date(2025, 1, 1),
+        cohort_to=dt.date(2025, 12, 31),
+        as_of=AS_OF,
+    )
+
+
 def _five_step_spec() -> Any:
     from segments.analytics.funnels import PRESETS, FunnelSpec
 
@@ -362,7 +377,7 @@ def _measure(repeats: int, *, anchors: bool = True) -> dict[str, Any]:
     from django.db import connection
 
     from segments.analytics.funnels import PRESETS, FunnelSpec, funnel
-    from segments.analytics.retention import RetentionSpec, retention_table
+    from segments.analytics.retention import retention_table
     from segments.models import Dimension, EventType
 
     types = dict(EventType.objects.values_list("code", "id"))
@@ -373,15 +388,7 @@ def _measure(repeats: int, *, anchors: bool = True) -> dict[str, Any]:
             return list(cursor.fetchall())
 
     # --- retention: monthly cohorts over 12 months x days 0..30 ---------------------------
-    spec = RetentionSpec(
-        anchor="signup",
-        cohort_grain="month",
-        period="day",
-        periods=30,
-        cohort_from=dt.date(2025, 1, 1),
-        cohort_to=dt.date(2025, 12, 31),
-        as_of=AS_OF,
-    )
+    spec = _retention_spec()
     from segments.analytics import retention as retention_module
 
     resolved = retention_module._resolve(spec)

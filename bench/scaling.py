@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import math
 import os
@@ -269,29 +268,13 @@ def child_analytics(customers: int, repeats: int) -> dict[str, Any]:
         from django.core.management import call_command
         from django.db import connections
 
-        from segments.analytics.funnels import PRESETS, FunnelSpec, funnel
-        from segments.analytics.retention import RetentionSpec, retention_table
+        from segments.analytics.funnels import funnel
+        from segments.analytics.retention import retention_table
 
         call_command("migrate", verbosity=0)
         generated = analytics._generate(customers, EVENTS_PER_CUSTOMER)
-        spec = RetentionSpec(
-            anchor="signup",
-            cohort_grain="month",
-            period="day",
-            periods=30,
-            cohort_from=dt.date(2025, 1, 1),
-            cohort_to=dt.date(2025, 12, 31),
-            as_of=analytics.AS_OF,
-        )
-        five = PRESETS["five_step"]
-        fspec = FunnelSpec(
-            steps=five.steps,
-            window_seconds=five.window_seconds,
-            order="strict",
-            start=analytics.START,
-            end=analytics.AS_OF,
-            breakdown="layer:rfm",
-        )
+        spec = analytics._retention_spec()
+        fspec = analytics._five_step_spec()
         retention = analytics._time(lambda: retention_table(spec=spec), max(1, repeats))
         funnel_t = analytics._time(lambda: funnel(spec=fspec), max(1, repeats))
         reached = [s.reached for s in funnel_t["_result"].steps]
