@@ -376,7 +376,7 @@ def _measure(repeats: int, *, anchors: bool = True) -> dict[str, Any]:
     """Product and (on PostgreSQL) anchor timings; without anchors only the product's."""
     from django.db import connection
 
-    from segments.analytics.funnels import PRESETS, FunnelSpec, funnel
+    from segments.analytics.funnels import funnel
     from segments.analytics.retention import retention_table
     from segments.models import Dimension, EventType
 
@@ -427,15 +427,7 @@ def _measure(repeats: int, *, anchors: bool = True) -> dict[str, Any]:
     }
 
     # --- five-step funnel by tier ---------------------------------------------------------
-    five = PRESETS["five_step"]
-    fspec = FunnelSpec(
-        steps=five.steps,
-        window_seconds=five.window_seconds,
-        order="strict",
-        start=START,
-        end=AS_OF,
-        breakdown="layer:rfm",
-    )
+    fspec = _five_step_spec()
     product_f = _time(lambda: funnel(spec=fspec), repeats)
     params = {
         "login": types["login"],
@@ -444,7 +436,7 @@ def _measure(repeats: int, *, anchors: bool = True) -> dict[str, Any]:
         "order": types["order"],
         "start": START,
         "end": AS_OF,
-        "w": dt.timedelta(seconds=five.window_seconds),
+        "w": dt.timedelta(seconds=fspec.window_seconds),
         "rfm": Dimension.objects.get(key="rfm").pk,
     }
     anchor_f = _time(lambda: fetch(FUNNEL_ANCHOR, params), repeats)

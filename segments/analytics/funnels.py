@@ -160,18 +160,26 @@ def _resolve(spec: FunnelSpec) -> _Resolved:
             raise AnalyticsInputError(name, "Give a time zone offset.")
     if start >= end:
         raise AnalyticsInputError("start", "Must be before end.")
-    kind, arg = None, None
-    if spec.breakdown:
-        kind, _, name = spec.breakdown.partition(":")
-        if kind == "layer":
-            arg = Dimension.objects.filter(key=name).values_list("id", flat=True).first()
-            if arg is None:
-                raise AnalyticsInputError("breakdown", f"Unknown dimension '{name}'.")
-        elif kind == "attribute" and ATTRIBUTE_KEY.match(name):
-            arg = name
-        else:
-            raise AnalyticsInputError("breakdown", "Use 'layer:<dimension key>' or 'attribute:<name>'.")
+    kind, arg = breakdown_resolve(spec.breakdown) if spec.breakdown else (None, None)
     return _Resolved(spec, start, end, tuple(codes[s.event] for s in spec.steps), kind, arg)
+
+
+def breakdown_resolve(breakdown: str, *, bare_is_layer: bool = False) -> tuple[str, int | str]:
+    """``layer:<dimension key>`` -> ("layer", the dimension's id); ``attribute:<name>`` ->
+    ("attribute", name); with ``bare_is_layer`` a bare dimension key is a layer breakdown
+    (retention's form before the prefixes). Anything else: a 400 naming ``breakdown``."""
+    kind, colon, name = breakdown.partition(":")
+    if bare_is_layer and not colon:
+        kind, name = "layer", breakdown
+    if kind == "layer":
+        dimension_id = Dimension.objects.filter(key=name).values_list("id", flat=True).first()
+        if dimension_id is None:
+            raise AnalyticsInputError("breakdown", f"Unknown dimension '{name}'.")
+        return kind, dimension_id
+    if kind == "attribute" and ATTRIBUTE_KEY.match(name):
+        return kind, name
+    forms = "'layer:<dimension key>' or 'attribute:<name>'"
+    raise AnalyticsInputError("breakdown", f"Use a dimension key, {forms}." if bare_is_layer else f"Use {forms}.")
 
 
 def _ms(value: dt.datetime) -> int:

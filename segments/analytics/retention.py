@@ -44,8 +44,8 @@ from django.utils import timezone
 from config.replica import reading_connection
 from segments.analytics import sql
 from segments.analytics.errors import AnalyticsInputError
-from segments.analytics.funnels import ATTRIBUTE_KEY
-from segments.models import Dimension, EventType
+from segments.analytics.funnels import breakdown_resolve
+from segments.models import EventType
 
 Anchor = Literal["signup", "first_purchase"]
 Period = Literal["day", "week"]
@@ -171,19 +171,11 @@ def _resolve(spec: RetentionSpec) -> _Resolved:
         purchase_id = codes[spec.purchase_event]
     dimension_id, attribute = None, None
     if spec.breakdown:
-        kind, colon, name = spec.breakdown.partition(":")
-        if not colon:  # a bare dimension key, as before the prefixes
-            kind, name = "layer", spec.breakdown
+        kind, arg = breakdown_resolve(spec.breakdown, bare_is_layer=True)
         if kind == "layer":
-            dimension_id = Dimension.objects.filter(key=name).values_list("id", flat=True).first()
-            if dimension_id is None:
-                raise AnalyticsInputError("breakdown", f"Unknown dimension '{name}'.")
-        elif kind == "attribute" and ATTRIBUTE_KEY.match(name):
-            attribute = name
+            dimension_id = int(arg)
         else:
-            raise AnalyticsInputError(
-                "breakdown", "Use a dimension key, 'layer:<dimension key>' or 'attribute:<name>'."
-            )
+            attribute = str(arg)
     return _Resolved(spec, as_of, cohort_from, cohort_to, return_ids, purchase_id, dimension_id, attribute)
 
 
