@@ -6,6 +6,11 @@ codes): the same inputs give the same rows with the same event ids, so ingesting
 twice stores nothing new. Rows have the import files' shape (customers as CSV-like dicts,
 events as JSON-like dicts) and go through the same parsers as the import commands.
 
+Each inviter whose friends sign up in the wave first sends an invitation
+(``referral_invite_sent``, one per inviter, at the launch instant: before any friend's
+sign-up), as in the generated history: AARRR's Referral step counts the inviter's act, not
+the friend's sign-up.
+
 Referred friends also emit a ``signup`` event (a referral sign-up is a sign-up); the
 new-user campaign excludes them through the "referred customers" rule segment, so each
 newcomer is in exactly one of the two triggered campaigns.
@@ -19,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from demo.generator import MARKETS, PERSONAS, DemoSpec, _customer_row, _pick, _ts
+from demo.generator import INVITE_VIA, MARKETS, PERSONAS, DemoSpec, _customer_row, _pick, _ts
 
 # Shows a refused attribution in the referral audit.
 UNKNOWN_CODE = "RNOSUCHCODE"
@@ -88,7 +93,20 @@ def wave_build(
     if inviters:
         referrers = [inviters[0]] * super_referrer_invitees
         referrers += [inviters[i % len(inviters)] for i in range(invitees)]
+    invited: set[str] = set()
     for j, inviter in enumerate(referrers):
+        if inviter.external_id not in invited:
+            invited.add(inviter.external_id)
+            via = _pick(random.Random(f"{seed}:invite:{inviter.external_id}"), INVITE_VIA, [5, 3, 2])
+            events.append(
+                {
+                    "event_id": f"demo-wave-invite-{inviter.external_id}",
+                    "customer_id": inviter.external_id,
+                    "type": "referral_invite_sent",
+                    "occurred_at": anchor.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    "properties": {"via": via},
+                }
+            )
         ext = f"friend-{j:06d}"
         rng = random.Random(f"{seed}:friend:{j}")
         customers.append(_newcomer(spec, ext, rng, signed_up, "referral"))
