@@ -13,7 +13,8 @@ INVITERS = (Inviter("c-000001", "RAAA"), Inviter("c-000002", "RBBB"), Inviter("c
 
 
 def build(**overrides):
-    args = {"seed": 7, "signups": 4, "invitees": 5, "inviters": INVITERS, "anchor": ANCHOR, "super_referrer_invitees": 2}
+    args = {"seed": 7, "signups": 4, "invitees": 5, "inviters": INVITERS, "anchor": ANCHOR}
+    args["super_referrer_invitees"] = 2
     return wave_build(**{**args, **overrides})
 
 
