@@ -173,7 +173,12 @@ def child_import(size: int) -> dict[str, Any]:
         raise RuntimeError(f"import stored {stored} of {events} events")
     return {
         "times": {"import": imported["seconds"]},
-        "detail": {"events": events, "customers": customers, "file_writing_s": round(written_s, 1), "peak_rss_mb": imported["peak_rss_mb"]},
+        "detail": {
+            "events": events,
+            "customers": customers,
+            "file_writing_s": round(written_s, 1),
+            "peak_rss_mb": imported["peak_rss_mb"],
+        },
     }
 
 
@@ -352,10 +357,19 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS), help="run only these groups")
     parser.add_argument("--repeats", type=int, default=2, help="report/analytics: best of this many runs")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="JSON",
+        help="merge the JSON of runs of different --only groups at the same sizes into one result (then saved)",
+    )
     parser.add_argument("--child", choices=("import", "experiments", "analytics"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args.child, args.sizes[0], args.repeats)
+        return
+    if args.combine:
+        emit("scaling", combine([json.loads(Path(p).read_text()) for p in args.combine]), save=not args.no_save)
         return
     if len(set(args.sizes)) < 2:
         parser.error("--sizes needs at least two distinct sizes to fit an exponent")
@@ -392,7 +406,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     # before the next starts; the disk holds one group's largest database at a time.
     for group in args.only:
         for size in sorted(set(args.sizes)):
-            log(f"scaling: {group} at {size:,} customers ({size * EVENTS_PER_CUSTOMER:,} events)")
+            what = (
+                f"{size:,} events"
+                if group == "import"
+                else f"{size:,} customers ({size * EVENTS_PER_CUSTOMER:,} events)"
+            )
+            log(f"scaling: {group} at {what}")
             t = time.perf_counter()
             out = RUNNERS[group](size, args.repeats)
             seconds_per_group.setdefault(group, {})[str(size)] = round(time.perf_counter() - t, 1)
@@ -417,6 +436,38 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "(Django start-up in import, per-statement planning), which lowers k."
         ),
     }
+    return result
+
+
+def combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of different groups at the same sizes (each group taken under
+    the heavy-benchmark lock when it was free): paths, details and per-group wall times
+    merged, k and the floor recomputed, each run's machine state kept under ``runs``."""
+    sizes = parts[0]["sizes_customers"]
+    if any(part["sizes_customers"] != sizes for part in parts):
+        raise SystemExit("--combine: the runs were made at different sizes")
+    by_size: dict[int, dict[str, float]] = {size: {} for size in sizes}
+    result: dict[str, Any] = {**parts[0], "groups_run": [], "wall_seconds_per_group_and_size": {}, "details": {}}
+    result["runs"] = []
+    for part in parts:
+        for path, measured in part["paths"].items():
+            for size in sizes:
+                by_size[size][path] = measured["seconds"][str(size)]
+        result["groups_run"] += part["groups_run"]
+        result["wall_seconds_per_group_and_size"].update(part["wall_seconds_per_group_and_size"])
+        result["details"].update(part["details"])
+        result["import_sizes"] = result.get("import_sizes") or part.get("import_sizes")
+        result["runs"].append(
+            {
+                "groups": part["groups_run"],
+                "machine_at_start": part["machine_at_start"],
+                "machine_at_end": part["machine_at_end"],
+            }
+        )
+    result["paths"] = summarize(by_size)
+    result["floor"] = floor(result["paths"])
+    result.pop("machine_at_start", None)
+    result.pop("machine_at_end", None)
     return result
 
 
