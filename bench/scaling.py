@@ -30,12 +30,15 @@ hand-written RFM statement of ``bench/segments.py``.
 Then fits ``time = c · N^k`` by least squares on ``log time`` against ``log N``
 (:func:`growth_exponent`) for every path. Floor (issue 20): k ≤ 1.15 on every hot path.
 
-Run: ``python bench/scaling.py`` (default sizes 100k / 200k / 400k customers, about 30
-minutes on a quiet 2-core machine; the issue's 250k / 500k / 1M take well over an hour, see
-``sizes_note``) or ``--sizes 1000 2000 --no-save`` for a check (what ``make bench``'s
-quick mode runs). The last reported run: ``--sizes 24000 48000 96000``. ``--only import
-analytics`` runs some groups (import, segments, assignment, experiments, analytics). Prints
-JSON and saves bench/results/scaling.json (``--no-save`` to skip).
+The import path is sized in events (:data:`IMPORT_NOTE`): at size N it imports N events.
+
+Run: ``python bench/scaling.py`` (default: the issue's 250k / 500k / 1M customers, about 35
+minutes on a quiet 2-core machine, two thirds of it generating data) or ``--sizes 1000 2000
+--no-save`` for a check (what ``make bench``'s quick mode runs). ``--only import
+analytics`` runs some groups (import, segments, assignment, experiments, analytics);
+``--combine a.json b.json`` merges runs of different groups at the same sizes (the last
+reported result: two locked sessions, see ``runs``). Prints JSON and saves
+bench/results/scaling.json (``--no-save`` to skip).
 """
 
 from __future__ import annotations
@@ -60,12 +63,9 @@ from bench.common import PYTHON, emit, log, machine  # noqa: E402
 
 EXPONENT_FLOOR = 1.15
 EVENTS_PER_CUSTOMER = 10
-DEFAULT_SIZES = [100_000, 200_000, 400_000]
-SIZES_NOTE = (
-    "The issue suggests 250k / 500k / 1M customers: on the shared 2-core machine that whole run (import "
-    "alone of 17.5M events at ~20k rows/s is ~15 minutes, the first 1M recompute 5 minutes) takes well over "
-    "an hour, so smaller sizes were used."
-)
+ISSUE_SIZES = [250_000, 500_000, 1_000_000]
+DEFAULT_SIZES = ISSUE_SIZES
+SIZES_NOTE = "Not the issue's 250k / 500k / 1M customers: read k with the sizes it was fitted on."
 REFERENCES = {"anchor_rfm_statement"}
 # The import path is sized in events, not customers: at size N it imports N events for
 # N/10 customers (250k / 500k / 1M events for the issue's 250k / 500k / 1M), the same 4x
@@ -423,7 +423,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "benchmark": "scaling",
         "sizes_customers": sorted(set(args.sizes)),
-        "sizes_note": SIZES_NOTE if sorted(set(args.sizes)) != [250_000, 500_000, 1_000_000] else None,
+        "sizes_note": SIZES_NOTE if sorted(set(args.sizes)) != ISSUE_SIZES else None,
         "events_per_customer": EVENTS_PER_CUSTOMER,
         "import_sizes": {"unit": "events", "note": IMPORT_NOTE} if "import" in args.only else None,
         "paths": paths,
