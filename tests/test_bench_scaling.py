@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 
-from bench.scaling import floor, growth_exponent, summarize
+from bench.scaling import combine, floor, growth_exponent, summarize
 
 pytestmark = pytest.mark.pure
 
@@ -54,3 +55,41 @@ def test_scaling_floor__hot_path_superlinear_or_undefined__not_met_and_named() -
     paths = summarize(by_size)
     assert paths["lift_report"]["k"] is None
     assert floor(paths) == {"k_at_most": 1.15, "met": False, "not_met": ["funnel", "lift_report"]}
+
+
+def _run(groups: list[str], times: dict[str, list[float]], load: float) -> dict[str, Any]:
+    sizes = [1000, 2000, 4000]
+    by_size = {n: {path: t[i] for path, t in times.items()} for i, n in enumerate(sizes)}
+    machine = {"load_average": [load, load, load]}
+    return {
+        "sizes_customers": sizes,
+        "paths": summarize(by_size),
+        "groups_run": groups,
+        "wall_seconds_per_group_and_size": {g: {"1000": 1.0} for g in groups},
+        "details": {g: {"1000": {"x": g}} for g in groups},
+        "machine_at_start": machine,
+        "machine_at_end": machine,
+    }
+
+
+def test_scaling_combine__two_runs_of_different_groups__one_result_judged_on_every_path() -> None:
+    # Given the import measured in one locked run and a superlinear recompute in another
+    first = _run(["import"], {"import": [1.0, 2.0, 4.0]}, load=1.0)
+    second = _run(["segments"], {"segment_first": [1.0, 4.0, 16.0]}, load=2.0)
+    # When they are combined
+    result = combine([first, second])
+    # Then both paths are there with their k, the floor names the superlinear one, and each
+    # run's machine state is kept
+    assert result["paths"]["import"]["k"] == pytest.approx(1.0)
+    assert result["paths"]["segment_first"]["k"] == pytest.approx(2.0)
+    assert result["floor"] == {"k_at_most": 1.15, "met": False, "not_met": ["segment_first"]}
+    assert result["groups_run"] == ["import", "segments"]
+    assert set(result["details"]) == {"import", "segments"}
+    assert [r["machine_at_start"]["load_average"][0] for r in result["runs"]] == [1.0, 2.0]
+
+
+def test_scaling_combine__different_sizes__refused() -> None:
+    first = _run(["import"], {"import": [1.0, 2.0, 4.0]}, load=1.0)
+    second = {**_run(["segments"], {"segment_first": [1.0, 2.0, 4.0]}, load=1.0), "sizes_customers": [1, 2, 4]}
+    with pytest.raises(SystemExit):
+        combine([first, second])

@@ -464,33 +464,60 @@ class SegmentWrite:
     timings_ms: dict[str, int]
 
 
+# The segment's members before the write: its rows read once (by the unique index's
+# segment_id prefix) into a temp table, so the diff never reads the table being written.
+CURRENT_MEMBERS_TABLE = "segments_stage_current_members"
+
+
 def segment_write(*, segment_id: int, members_sql: str, params: list[Any], as_of: dt.datetime) -> SegmentWrite:
     """Replace a segment's members by the rows of ``members_sql`` (customer ids), writing
-    only additions and removals so ``since`` keeps when each member joined."""
+    only additions and removals so ``since`` keeps when each member joined.
+
+    Both sides of the diff are ANALYZEd temp tables, so PostgreSQL hash-joins them; the
+    membership table is only written. An anti-join *against the table being filled*
+    (``INSERT INTO m … WHERE NOT EXISTS (SELECT … FROM m …)``) was planned as a nested
+    loop over a seq scan of ``m`` whenever the segment had no rows yet (its statistics
+    said empty): every probe re-read the pages inserted so far by the statement, O(n²)
+    (385 s for a 243k-member first fill at 1M customers). A first fill (no row yet) is one
+    plain ``INSERT … SELECT`` without any diff.
+    """
     clock = _Clock()
     sm = table("SegmentMembership")
     as_of_p = connection.ops.adapt_datetimefield_value(as_of)
     on_commit = " ON COMMIT DROP" if _vendor() == "postgresql" else ""
+    members, current = MEMBERS_TABLE, CURRENT_MEMBERS_TABLE
     with connection.cursor() as cursor:
-        _drop(cursor, MEMBERS_TABLE)
-        cursor.execute(f"CREATE TEMP TABLE {MEMBERS_TABLE} (customer_id bigint NOT NULL){on_commit}")
-        cursor.execute(f"INSERT INTO {MEMBERS_TABLE} (customer_id) {members_sql}", params)
+        _drop(cursor, members)
+        cursor.execute(f"CREATE TEMP TABLE {members} (customer_id bigint NOT NULL){on_commit}")
+        cursor.execute(f"INSERT INTO {members} (customer_id) {members_sql}", params)
         size = cursor.rowcount
-        _index_and_analyze(cursor, MEMBERS_TABLE)
+        _index_and_analyze(cursor, members)
         clock.lap("compute")
+        _drop(cursor, current)
+        cursor.execute(f"CREATE TEMP TABLE {current} (customer_id bigint NOT NULL){on_commit}")
         cursor.execute(
-            f"DELETE FROM {sm} WHERE segment_id = %s AND NOT EXISTS "
-            f"(SELECT 1 FROM {MEMBERS_TABLE} s WHERE s.customer_id = {sm}.customer_id)",
-            [segment_id],
+            f"INSERT INTO {current} (customer_id) SELECT customer_id FROM {sm} WHERE segment_id = %s", [segment_id]
         )
-        removed = cursor.rowcount
-        cursor.execute(
-            f"INSERT INTO {sm} (segment_id, customer_id, since) SELECT %s, s.customer_id, %s FROM {MEMBERS_TABLE} s "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {sm} m WHERE m.segment_id = %s AND m.customer_id = s.customer_id)",
-            [segment_id, as_of_p, segment_id],
-        )
+        existing = cursor.rowcount
+        insert = f"INSERT INTO {sm} (segment_id, customer_id, since) SELECT %s, s.customer_id, %s FROM {members} s"
+        if existing == 0:
+            removed = 0
+            cursor.execute(insert, [segment_id, as_of_p])
+        else:
+            _index_and_analyze(cursor, current)
+            cursor.execute(
+                f"DELETE FROM {sm} WHERE segment_id = %s AND customer_id IN (SELECT c.customer_id FROM {current} c "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {members} s WHERE s.customer_id = c.customer_id))",
+                [segment_id],
+            )
+            removed = cursor.rowcount
+            cursor.execute(
+                f"{insert} WHERE NOT EXISTS (SELECT 1 FROM {current} c WHERE c.customer_id = s.customer_id)",
+                [segment_id, as_of_p],
+            )
         added = cursor.rowcount
-        _drop(cursor, MEMBERS_TABLE)
+        _drop(cursor, members)
+        _drop(cursor, current)
         clock.lap("write")
     return SegmentWrite(size=size, added=added, removed=removed, timings_ms=clock.timings)
 
