@@ -526,7 +526,9 @@ class RoundTrips:
             "per_message_or_more": [
                 {"calls": c, "exec_ms": float(t), "query": q} for c, t, q in rows if c >= messages * 0.5
             ],
-            "per_batch_or_less": [{"calls": c, "exec_ms": float(t), "query": q} for c, t, q in rows[:40] if c < messages * 0.5],
+            "per_batch_or_less": [
+                {"calls": c, "exec_ms": float(t), "query": q} for c, t, q in rows[:40] if c < messages * 0.5
+            ],
         }
         after = self._bouncer_stats()
         if after:

@@ -98,7 +98,7 @@ def test_deliveries_send__behind_transaction_pooling__marks_through_the_plan_cac
     # connections opened afresh (they take the setting)
     db = dict(connection.settings_dict)
     with connection.cursor() as cursor:
-        cursor.execute(f'ALTER DATABASE "{db["NAME"]}" SET track_functions = \'pl\'')
+        cursor.execute(f"ALTER DATABASE \"{db['NAME']}\" SET track_functions = 'pl'")
     try:
         pgbouncer_release(db, port=bouncer)
         before = _mark_function_calls()
