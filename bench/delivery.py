@@ -279,7 +279,10 @@ def main() -> None:
             counter = RoundTrips(database, bouncer_port) if args.statements else None
             if counter is not None:
                 counter.reset()
+            bouncer_cpu = _pgbouncer_cpu_seconds() if bouncer_port is not None else None
             send = run_send(campaign, args.customers, timeout=args.timeout)
+            if bouncer_cpu is not None:
+                send["pgbouncer_cpu_seconds"] = round(_pgbouncer_cpu_seconds() - bouncer_cpu, 2)
             round_trips = counter.collect(args.customers) if counter is not None else None
             keys = set(Delivery.objects.filter(campaign=campaign, status="sent").values_list("key", flat=True))
             received = smtp.unique
@@ -361,6 +364,9 @@ def compare_pgbouncer(args: argparse.Namespace) -> None:
             "sent": result["send"]["counts"].get("sent", 0), "duplicates": result["smtp_peer"]["duplicates"],
             "lost": result["smtp_peer"]["lost"], "floor_met": result["floor"]["met"],
             "load_average": result["machine"]["load_average"], "when": result["machine"]["when"],
+            "phases_seconds_after_launch": result["send"]["phases_seconds_after_launch"],
+            **({"pgbouncer_cpu_seconds": result["send"]["pgbouncer_cpu_seconds"]}
+               if "pgbouncer_cpu_seconds" in result["send"] else {}),
         })  # fmt: skip
         log(f"run {number}: {via} {result['send']['seconds']} s")
     ratios = []
@@ -539,6 +545,16 @@ class RoundTrips:
 
 def _via(bouncer_port: int | None) -> str:
     return f", the worker through PgBouncer on :{bouncer_port} (transaction pooling)" if bouncer_port else ""
+
+
+def _pgbouncer_cpu_seconds() -> float:
+    """PgBouncer's own CPU time so far (user + system, /proc): what its hop costs the machine."""
+    env = {**os.environ, "PG_PORT": str(PG_PORT)}
+    script = str(ROOT / "scripts" / "services.sh")
+    datadir = subprocess.run([script, "pg-datadir"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    pid = (Path(datadir.stdout.strip()).parent / "pgbouncer" / "pgbouncer.pid").read_text().strip()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pgbouncer_start() -> int:
