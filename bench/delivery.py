@@ -215,6 +215,13 @@ def main() -> None:
         help="Only time the 'sent' mark's round trip: named prepared direct, unnamed direct, unnamed through "
         "PgBouncer (prints JSON; what a message pays per statement behind PgBouncer).",
     )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="Count the database round trips of the send (launch to last message): pg_stat_statements' calls "
+        "per statement when the server preloads it, and PgBouncer's own query and transaction counts with "
+        "--pgbouncer; added to the JSON as 'round_trips'.",
+    )
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
 
@@ -269,7 +276,14 @@ def main() -> None:
             log(f"anchor: {args.noop:,} no-op tasks")
             anchor = noop_anchor(redis, args.noop)
             log(f"anchor: {anchor['tasks_per_second']} tasks/s; launching the campaign")
+            counter = RoundTrips(database, bouncer_port) if args.statements else None
+            if counter is not None:
+                counter.reset()
+            bouncer_cpu = _pgbouncer_cpu_seconds() if bouncer_port is not None else None
             send = run_send(campaign, args.customers, timeout=args.timeout)
+            if bouncer_cpu is not None:
+                send["pgbouncer_cpu_seconds"] = round(_pgbouncer_cpu_seconds() - bouncer_cpu, 2)
+            round_trips = counter.collect(args.customers) if counter is not None else None
             keys = set(Delivery.objects.filter(campaign=campaign, status="sent").values_list("key", flat=True))
             received = smtp.unique
             sent = send["counts"].get("sent", 0)
@@ -291,6 +305,7 @@ def main() -> None:
                 },
                 "anchor_noop_tasks": anchor,
                 "send": send,
+                **({"round_trips": round_trips} if round_trips is not None else {}),
                 "messages_per_second": round(sent / send["seconds"], 1) if send["seconds"] else None,
                 "smtp_peer": {
                     "messages_received": smtp.total,
@@ -349,6 +364,9 @@ def compare_pgbouncer(args: argparse.Namespace) -> None:
             "sent": result["send"]["counts"].get("sent", 0), "duplicates": result["smtp_peer"]["duplicates"],
             "lost": result["smtp_peer"]["lost"], "floor_met": result["floor"]["met"],
             "load_average": result["machine"]["load_average"], "when": result["machine"]["when"],
+            "phases_seconds_after_launch": result["send"]["phases_seconds_after_launch"],
+            **({"pgbouncer_cpu_seconds": result["send"]["pgbouncer_cpu_seconds"]}
+               if "pgbouncer_cpu_seconds" in result["send"] else {}),
         })  # fmt: skip
         log(f"run {number}: {via} {result['send']['seconds']} s")
     ratios = []
@@ -384,8 +402,10 @@ def mark_round_trips(statements: int = 2000, rounds: int = 3) -> dict[str, Any]:
     """Where PgBouncer's cost per message comes from: the round trip of one statement shaped
     like the worker's "sent" mark (an UPDATE by primary key, 6 parameters, autocommit), sent
     as the worker sends it directly (a named prepared statement) and behind PgBouncer (the
-    extended protocol's unnamed statement, parsed and planned every time: PgBouncer 1.18
-    cannot carry named ones), and the unnamed statement directly (the parse/plan cost alone).
+    call of a PL/pgSQL function whose UPDATE plan each server backend caches, as the worker
+    sends it; before, the extended protocol's unnamed UPDATE, parsed and planned every time:
+    PgBouncer 1.18 cannot carry named statements), and the unnamed statement and the function
+    directly (the parse/plan cost alone, the function's own cost).
     A scratch table in its own database; latency per statement from the client's side."""
     import statistics
 
@@ -403,27 +423,59 @@ def mark_round_trips(statements: int = 2000, rounds: int = 3) -> dict[str, Any]:
                          "claimed_by text)")  # fmt: skip
             conn.execute(
                 "INSERT INTO bench_mark SELECT g, 'sending', NULL, '', 'w' FROM generate_series(1, %s) g",
-                [statements * rounds * 3],
+                [statements * rounds * 5],
             )
-        ids = iter(range(1, statements * rounds * 3 + 1))
+            # The planner considers every index of the table (and proves partial indexes'
+            # predicates): the indexes and the check constraint of campaigns_delivery.
+            conn.execute("ALTER TABLE bench_mark ADD COLUMN key text, ADD COLUMN campaign_id bigint, "
+                         "ADD COLUMN customer_id bigint, ADD COLUMN channel text, ADD COLUMN reason text DEFAULT '', "
+                         "ADD COLUMN not_before timestamptz, ADD CONSTRAINT bench_mark_reason CHECK "
+                         "(NOT (status IN ('failed', 'suppressed', 'held')) OR reason <> '')")  # fmt: skip
+            conn.execute("UPDATE bench_mark SET key = 'k' || id, campaign_id = 1, customer_id = id, channel = 'email'")
+            for index in (
+                "UNIQUE INDEX ON bench_mark (key)",
+                "UNIQUE INDEX ON bench_mark (campaign_id, customer_id, channel)",
+                "INDEX ON bench_mark (campaign_id, status)",
+                "INDEX ON bench_mark (customer_id, channel)",
+                "INDEX ON bench_mark (status, not_before) WHERE status IN ('pending', 'held', 'sending')",
+            ):
+                conn.execute(f"CREATE {index}")
+            conn.execute("VACUUM ANALYZE bench_mark")
+            # As migration campaigns 0008's campaigns_delivery_mark_sent: the plan of the
+            # UPDATE is cached by PL/pgSQL in each server backend.
+            conn.execute(
+                "CREATE FUNCTION bench_mark_sent(p1 text, p2 timestamptz, p3 text, p4 bigint, p5 text, p6 text) "
+                "RETURNS integer LANGUAGE plpgsql AS $$ DECLARE n integer; BEGIN "
+                "UPDATE bench_mark SET status = p1, sent_at = p2, ref = p3 WHERE id = p4 AND status = p5 "
+                "AND claimed_by = p6; GET DIAGNOSTICS n = ROW_COUNT; RETURN n; END $$"
+            )
+        call = b"SELECT bench_mark_sent($1, $2, $3, $4, $5, $6)"
+        ids = iter(range(1, statements * rounds * 5 + 1))
         for _ in range(rounds):
             for name, url, named in (
                 ("direct_named", direct, True),
                 ("direct_unnamed", direct, False),
                 ("pgbouncer_unnamed", bouncer, False),
+                ("pgbouncer_function", bouncer, "function"),
+                ("direct_function", direct, "function"),
             ):
                 with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
                     pgconn = conn.pgconn
-                    if named:
+                    if named is True:
                         pgconn.prepare(b"mark", sql)
                     latencies = []
                     for _ in range(statements):
                         values = [b"sent", b"2026-01-01T00:00:00+00:00", b"ref", str(next(ids)).encode(), b"sending",
                                   b"w"]  # fmt: skip
                         started = time.perf_counter()
-                        result = pgconn.exec_prepared(b"mark", values) if named else pgconn.exec_params(sql, values)
+                        if named == "function":
+                            result = pgconn.exec_params(call, values)
+                        elif named:
+                            result = pgconn.exec_prepared(b"mark", values)
+                        else:
+                            result = pgconn.exec_params(sql, values)
                         latencies.append(time.perf_counter() - started)
-                        if result.status != pq.ExecStatus.COMMAND_OK:
+                        if result.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
                             raise RuntimeError(result.error_message.decode(errors="replace"))
                 latencies.sort()
                 results.setdefault(name, []).append(
@@ -442,8 +494,83 @@ def mark_round_trips(statements: int = 2000, rounds: int = 3) -> dict[str, Any]:
     }
 
 
+class RoundTrips:
+    """The statements the send costs: pg_stat_statements' calls (every statement of the
+    bench database, the benchmark's own once-a-second polls included: they are listed, and
+    few) and, through PgBouncer, its SHOW STATS counters for the database (queries and
+    transactions it carried: each one crossed PgBouncer twice)."""
+
+    def __init__(self, database: str, bouncer_port: int | None) -> None:
+        self.database = database.replace("postgres://", "postgresql://")
+        self.dbname = self.database.rsplit("/", 1)[1]
+        self.bouncer_port = bouncer_port
+        self.bouncer_before: dict[str, int] = {}
+
+    def _bouncer_stats(self) -> dict[str, int]:
+        import psycopg
+
+        if self.bouncer_port is None:
+            return {}
+        admin = self.database.replace(f":{PG_PORT}/", f":{self.bouncer_port}/").rsplit("/", 1)[0] + "/pgbouncer"
+        with psycopg.connect(admin, autocommit=True, prepare_threshold=None) as conn:
+            cursor = conn.cursor()
+            cursor.execute("SHOW STATS")
+            names = [c.name for c in cursor.description]
+            for row in cursor.fetchall():
+                stats = dict(zip(names, row, strict=True))
+                if stats["database"] == self.dbname:
+                    return {k: int(v) for k, v in stats.items() if k in ("total_xact_count", "total_query_count")}
+        return {}
+
+    def reset(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.database, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+        self.bouncer_before = self._bouncer_stats()
+
+    def collect(self, messages: int) -> dict[str, Any]:
+        import psycopg
+
+        with psycopg.connect(self.database, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT calls, round(total_exec_time::numeric, 1), left(regexp_replace(query, '\\s+', ' ', 'g'), 160) "
+                "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s "
+                "ORDER BY calls DESC",
+                [self.dbname],
+            ).fetchall()
+        calls = sum(r[0] for r in rows)
+        result: dict[str, Any] = {
+            "messages": messages,
+            "statements": calls,
+            "statements_per_message": round(calls / messages, 3),
+            "per_message_or_more": [
+                {"calls": c, "exec_ms": float(t), "query": q} for c, t, q in rows if c >= messages * 0.5
+            ],
+            "per_batch_or_less": [
+                {"calls": c, "exec_ms": float(t), "query": q} for c, t, q in rows[:40] if c < messages * 0.5
+            ],
+        }
+        after = self._bouncer_stats()
+        if after:
+            result["pgbouncer"] = {k: after[k] - self.bouncer_before.get(k, 0) for k in after}
+            result["pgbouncer"]["queries_per_message"] = round(result["pgbouncer"]["total_query_count"] / messages, 3)
+        return result
+
+
 def _via(bouncer_port: int | None) -> str:
     return f", the worker through PgBouncer on :{bouncer_port} (transaction pooling)" if bouncer_port else ""
+
+
+def _pgbouncer_cpu_seconds() -> float:
+    """PgBouncer's own CPU time so far (user + system, /proc): what its hop costs the machine."""
+    env = {**os.environ, "PG_PORT": str(PG_PORT)}
+    script = str(ROOT / "scripts" / "services.sh")
+    datadir = subprocess.run([script, "pg-datadir"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    pid = (Path(datadir.stdout.strip()).parent / "pgbouncer" / "pgbouncer.pid").read_text().strip()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pgbouncer_start() -> int:

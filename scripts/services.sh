@@ -118,24 +118,47 @@ replica_stop() {
 # --- PgBouncer ----------------------------------------------------------------------------
 # Debian's pgbouncer in front of the cluster, transaction pooling: a server connection is
 # lent to a client for one transaction. It runs as the cluster's user (it refuses root).
+#
+# Laid out as production runs it: on the database host, clients (gunicorn, the workers on
+# other hosts) reach it over TCP and it reaches PostgreSQL over the server's unix socket
+# (no TCP stack on its half of the hop; scram-sha-256 for 'growth' on that socket, a
+# pg_hba.conf line added once), with PgBouncer's defaults otherwise: LIFO server connections
+# (the most recently used one is lent first: warm caches), pkt_buf 4096 (a mark is ~200
+# bytes), server_check_delay 30 s (a busy connection is never checked). server_reset_query
+# is not used in transaction pooling. Per-connection log lines are off (log_connections,
+# log_disconnections: a fleet of workers reconnecting is noise; errors are still logged).
+# PGBOUNCER_ROUND_ROBIN=1 (tests/pgservers.py) lends idle server connections in turn
+# instead, so that a client leaning on session state (prepared statements, advisory locks)
+# fails at once in the tests. Starting it again rewrites the configuration and RELOADs it.
 BOUNCER_DIR=$(dirname "$PG_DATA")/pgbouncer
 
 pgbouncer_bin() { command -v pgbouncer 2>/dev/null || ls /usr/sbin/pgbouncer 2>/dev/null; }
+
+pgbouncer_server() {
+  # The cluster's unix socket when it has one (its path fits in sun_path: 107 bytes), else TCP.
+  local socket="$PG_DATA/.s.PGSQL.$PG_PORT"
+  if [ ${#socket} -le 107 ] && as_pg test -S "$socket"; then
+    if ! grep -q '^local all growth scram-sha-256' "$PG_DATA/pg_hba.conf"; then
+      # First match wins: before the 'local all all peer' line (peer would need an OS user 'growth').
+      as_pg sed -i '0,/^local/s//local all growth scram-sha-256\n&/' "$PG_DATA/pg_hba.conf"
+      as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" reload >/dev/null
+    fi
+    echo "host=$PG_DATA port=$PG_PORT"
+  else
+    echo "host=127.0.0.1 port=$PG_PORT"
+  fi
+}
 
 pgbouncer_start() {
   local bin; bin=$(pgbouncer_bin) || { echo "PgBouncer is not installed (scripts/system-deps.sh)" >&2; exit 1; }
   "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" || { echo "no PostgreSQL on 127.0.0.1:$PG_PORT (start it first)" >&2; exit 1; }
   mkdir -p "$BOUNCER_DIR"
   [ "$(id -u)" = 0 ] && chown postgres:postgres "$BOUNCER_DIR"
-  if PGPASSWORD=growth "$PG_BIN/psql" -h 127.0.0.1 -p "$PGBOUNCER_PORT" -U growth -d growth -tAc "SELECT 1" \
-      >/dev/null 2>&1; then
-    echo "PgBouncer on 127.0.0.1:$PGBOUNCER_PORT"; return
-  fi
   # The password in the clear: pgbouncer then answers SCRAM itself and logs in to the server.
   echo '"growth" "growth"' > "$BOUNCER_DIR/userlist.txt"
   cat > "$BOUNCER_DIR/pgbouncer.ini" <<INI
 [databases]
-* = host=127.0.0.1 port=$PG_PORT
+* = $(pgbouncer_server)
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -151,13 +174,17 @@ max_client_conn = 1000
 default_pool_size = 40
 max_db_connections = 100
 server_reset_query =
-# Hand out idle server connections in turn (FIFO), not the most recent one first: a client
-# that leans on session state (prepared statements, advisory locks) then fails at once.
-server_round_robin = 1
+server_round_robin = ${PGBOUNCER_ROUND_ROBIN:-0}
+log_connections = 0
+log_disconnections = 0
 ignore_startup_parameters = extra_float_digits
 INI
   [ "$(id -u)" = 0 ] && chown postgres:postgres "$BOUNCER_DIR"/*
   chmod 600 "$BOUNCER_DIR/userlist.txt"
+  if PGPASSWORD=growth "$PG_BIN/psql" -h 127.0.0.1 -p "$PGBOUNCER_PORT" -U growth -d pgbouncer -tAc "RELOAD" \
+      >/dev/null 2>&1; then
+    echo "PgBouncer on 127.0.0.1:$PGBOUNCER_PORT"; return
+  fi
   as_pg "$bin" -d -q "$BOUNCER_DIR/pgbouncer.ini"
   for _ in $(seq 50); do
     PGPASSWORD=growth "$PG_BIN/psql" -h 127.0.0.1 -p "$PGBOUNCER_PORT" -U growth -d growth -tAc "SELECT 1" \

@@ -17,7 +17,9 @@ from bench.common import ROOT
 def _script_env(settings_db: dict[str, Any]) -> dict[str, str]:
     # The server the tests use; GROWTH_SERVICES_DIR (exported by scripts/test.sh) says where
     # scripts/services.sh keeps its files.
-    return {**os.environ, "PG_PORT": str(int(settings_db["PORT"] or 5432))}
+    # PGBOUNCER_ROUND_ROBIN: idle server connections lent in turn, not the most recent one
+    # first (production's default), so a test leaning on session state fails at once.
+    return {**os.environ, "PG_PORT": str(int(settings_db["PORT"] or 5432)), "PGBOUNCER_ROUND_ROBIN": "1"}
 
 
 def _services(command: str, settings_db: dict[str, Any]) -> str:

@@ -81,3 +81,74 @@ def test_worker__database_behind_pgbouncer__campaign_sent_once(  # type: ignore[
     assert statuses == {"sent": 200}, statuses
     assert smtp_sink.total == 200 and len(smtp_sink.unique) == 200
     assert "asynchronously failed" not in worker.log()
+
+
+def _mark_function_calls() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = 'campaigns_delivery_mark_sent'"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def test_deliveries_send__behind_transaction_pooling__marks_through_the_plan_cached_function(  # type: ignore[no-untyped-def]
+    bouncer, no_caps, smtp_sink
+) -> None:
+    # Given the server counting PL/pgSQL calls in new sessions, and PgBouncer's server
+    # connections opened afresh (they take the setting)
+    db = dict(connection.settings_dict)
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER DATABASE \"{db['NAME']}\" SET track_functions = 'pl'")
+    try:
+        pgbouncer_release(db, port=bouncer)
+        before = _mark_function_calls()
+        with default_connection_on(bouncer):
+            customers(12)
+            row = campaign(key="pooled-function")
+            run_broadcast(row)
+            # When they are sent through PgBouncer
+            report = send_pending(row)
+        # Then each acceptance was recorded by the function (counted once its sessions end)
+        pgbouncer_release(db, port=bouncer)
+        deadline = time.monotonic() + 10
+        while _mark_function_calls() - before < 12 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f'ALTER DATABASE "{db["NAME"]}" RESET track_functions')
+    assert report.sent == 12 and len(smtp_sink.unique) == 12
+    assert Delivery.objects.filter(campaign=row, status="sent").count() == 12
+    assert _mark_function_calls() - before == 12
+
+
+def test_mark_sent_function__claims_of_this_worker_or_pending__marked_others_untouched(  # type: ignore[no-untyped-def]
+    no_caps,
+) -> None:
+    # Given four deliveries: claimed by this worker, by another, pending, already failed
+    customers(4)
+    row = campaign(key="mark-function")
+    run_broadcast(row)
+    ids = list(Delivery.objects.filter(campaign=row).order_by("pk").values_list("pk", flat=True))
+    Delivery.objects.filter(pk=ids[0]).update(status="sending", claimed_by="w:1")
+    Delivery.objects.filter(pk=ids[1]).update(status="sending", claimed_by="w:2")
+    Delivery.objects.filter(pk=ids[3]).update(status="failed", reason="permanent_error", claimed_by="w:1")
+    # When the mark function records each as sent by w:1
+    updated = []
+    with connection.cursor() as cursor:
+        for pk in ids:
+            cursor.execute(
+                "SELECT campaigns_delivery_mark_sent('sent', now(), 'ref', %s, 'sending', 'w:1', 'pending')", [pk]
+            )
+            updated.append(cursor.fetchone()[0])
+    # Then only w:1's claim and the pending row are marked, and it says so
+    assert updated == [1, 0, 1, 0]
+    statuses = dict(Delivery.objects.filter(pk__in=ids).values_list("pk", "status"))
+    assert [statuses[pk] for pk in ids] == ["sent", "sending", "sent", "failed"]
+    assert Delivery.objects.get(pk=ids[0]).provider_ref == "ref"
+
+
+def test_pgbouncer__started_by_services_script__reaches_postgresql_over_its_unix_socket(bouncer) -> None:  # type: ignore[no-untyped-def]
+    # PgBouncer runs on the database host in production: its half of the hop is the socket.
+    with default_connection_on(bouncer), connection.cursor() as cursor:
+        cursor.execute("SELECT inet_server_addr() IS NULL")
+        assert cursor.fetchone()[0] is True
