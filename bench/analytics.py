@@ -395,7 +395,8 @@ def _measure(repeats: int, *, anchors: bool = True) -> dict[str, Any]:
     from segments.analytics import sql as sql_module
 
     statement, statement_params = retention_module.table_sql(resolved, sql_module.vendor())
-    product = _time(lambda: fetch(statement, statement_params), repeats)
+    # through the module's runner: it scopes the statement's planner setting (retention._run)
+    product = _time(lambda: retention_module._run(statement, statement_params), repeats)
     full = _time(lambda: retention_table(spec=spec), repeats)
     table = full["_result"]
     d1_d7_d30 = [None if h.rate is None else round(h.rate, 4) for h in table.headlines]
