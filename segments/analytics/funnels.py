@@ -38,7 +38,6 @@ from typing import Any, Literal
 
 from django.utils import timezone
 
-from config.replica import reading_connection
 from segments.analytics import sql
 from segments.analytics.errors import AnalyticsInputError
 from segments.models import Dimension, EventType
@@ -461,10 +460,12 @@ def _steps(spec: FunnelSpec, counts: dict[int, int], medians: dict[int, float]) 
 def funnel(*, spec: FunnelSpec) -> FunnelResult:
     """Reached, conversion and median time per step, overall and per breakdown group."""
     r = _resolve(spec)
-    statement, params = funnel_sql(r, sql.vendor())
-    with reading_connection().cursor() as cursor:  # the replica when fresh (config/replica.py)
-        cursor.execute(statement, params)
-        rows = cursor.fetchall()
+    v = sql.vendor()
+    statement, params = funnel_sql(r, v)
+    # The strict statement without hash joins (sql.run): its entries and step-2 join read the
+    # (customer, type, time) index in customer order and group as they stream; serial CPU
+    # at 150,000 customers 0.97 s against 1.66 s with the hash joins the planner picks.
+    rows = sql.run(statement, params, hash_joins=not (v == "postgresql" and spec.order == "strict"))
     counts: dict[str | None, dict[int, int]] = defaultdict(dict)
     medians: dict[str | None, dict[int, float]] = defaultdict(dict)
     for kind, group, step, value in rows:

@@ -294,3 +294,19 @@ def test_retention_table__headlines__come_out_of_the_table_statement_not_a_secon
     # on PostgreSQL, the savepoint and the statement's planner setting around it
     assert sum("segments_event " in q["sql"] for q in queries.captured_queries) == 1
     assert table.headlines[0].day == 1 and table.headlines[0].retained == 1
+
+
+@pytest.mark.postgres
+def test_sql_run__without_hash_joins__scoped_to_the_statement_and_put_back() -> None:
+    from django.db import connection
+
+    from segments.analytics import sql
+
+    # Given a test inside a transaction with the default planner settings
+    # When a statement runs without hash joins
+    inside = sql.run("SELECT current_setting('enable_hashjoin')", [], hash_joins=False)
+    # Then it saw them off, and the same transaction has them on again afterwards
+    assert inside == [("off",)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('enable_hashjoin')")
+        assert cursor.fetchone() == ("on",)
