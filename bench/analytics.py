@@ -8,6 +8,8 @@ anchor), in the same run, and their numbers are compared. Floors (issue 19): eac
     .venv/bin/python bench/analytics.py --quick         # 50,000 customers: a check, not a measurement
     scripts/bench.sh analytics                          # full size, services started if needed
     .venv/bin/python bench/analytics.py --sqlite        # SQLite, 100,000 customers (the embedded default)
+    .venv/bin/python bench/analytics.py --reuse         # keep bench_analytics; measure again on it if
+                                                        # it holds exactly this size (no 6-12 min generation)
 
 The data is generated set-based inside PostgreSQL (``generate_series`` + ``random()`` with
 a fixed seed): customers signed up over 12 months in four time zones with an acquisition
