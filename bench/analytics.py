@@ -8,6 +8,8 @@ anchor), in the same run, and their numbers are compared. Floors (issue 19): eac
     .venv/bin/python bench/analytics.py --quick         # 50,000 customers: a check, not a measurement
     scripts/bench.sh analytics                          # full size, services started if needed
     .venv/bin/python bench/analytics.py --sqlite        # SQLite, 100,000 customers (the embedded default)
+    .venv/bin/python bench/analytics.py --reuse         # keep bench_analytics; measure again on it if
+                                                        # it holds exactly this size (no 6-12 min generation)
 
 The data is generated set-based inside PostgreSQL (``generate_series`` + ``random()`` with
 a fixed seed): customers signed up over 12 months in four time zones with an acquisition
@@ -395,7 +397,8 @@ def _measure(repeats: int, *, anchors: bool = True) -> dict[str, Any]:
     from segments.analytics import sql as sql_module
 
     statement, statement_params = retention_module.table_sql(resolved, sql_module.vendor())
-    product = _time(lambda: fetch(statement, statement_params), repeats)
+    # through the module's runner: it scopes the statement's planner setting (retention._run)
+    product = _time(lambda: retention_module._run(statement, statement_params), repeats)
     full = _time(lambda: retention_table(spec=spec), repeats)
     table = full["_result"]
     d1_d7_d30 = [None if h.rate is None else round(h.rate, 4) for h in table.headlines]
@@ -495,6 +498,21 @@ def _run_sqlite(args: argparse.Namespace) -> dict[str, Any]:
     return {"generation": generated, **measured}
 
 
+def _reusable(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The kept database's counts when it holds the requested size (else None: regenerate)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(common.database_url(f"bench_{args.database}"), connect_timeout=10) as conn:
+            customers = conn.execute("SELECT COUNT(*) FROM segments_customer").fetchone()[0]
+            events = conn.execute("SELECT COUNT(*) FROM segments_event").fetchone()[0]
+    except psycopg.Error:
+        return None
+    if customers != args.customers or events != args.customers * args.events_per_customer:
+        return None
+    return {"customers": customers, "events": events, "reused": True}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--customers", type=int, default=None, help="default 1,000,000 (SQLite: 100,000)")
@@ -504,6 +522,14 @@ def main() -> None:
     parser.add_argument("--sqlite", action="store_true", help="SQLite (the embedded default), product only")
     parser.add_argument("--keep", action="store_true", help="keep the bench database afterwards")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the generated database and, when it already holds exactly --customers customers and "
+        "--events-per-customer events each, measure on it without regenerating (the 1M / 10M generation "
+        "takes 6-12 min; the measurement under the lock takes about two)",
+    )
+    parser.add_argument("--database", default="analytics", help="bench database name suffix: bench_<this>")
     args = parser.parse_args()
     if args.customers is None:
         args.customers = 100_000 if args.sqlite else 1_000_000
@@ -514,19 +540,29 @@ def main() -> None:
         measured = _run_sqlite(args)
     else:
         _use_database_url()
-        with common.bench_database("analytics", keep=args.keep) as url:
-            _setup_django(url)
-            from django.core.management import call_command
-
-            common.log("migrating")
-            call_command("migrate", verbosity=0)
-            common.log(f"generating {args.customers:,} customers x {args.events_per_customer} events")
-            generated = _generate(args.customers, args.events_per_customer)
-            common.log("measuring")
-            measured = {"generation": generated, **_measure(args.repeats)}
+        reused = _reusable(args) if args.reuse else None
+        if reused is not None:
+            sizes = f"{reused['customers']:,} customers, {reused['events']:,} events"
+            common.log(f"reusing bench_{args.database} ({sizes})")
+            _setup_django(common.database_url(f"bench_{args.database}"))
+            measured = {"generation": reused, **_measure(args.repeats)}
             from django.db import connections
 
             connections.close_all()
+        else:
+            with common.bench_database(args.database, keep=args.keep or args.reuse) as url:
+                _setup_django(url)
+                from django.core.management import call_command
+
+                common.log("migrating")
+                call_command("migrate", verbosity=0)
+                common.log(f"generating {args.customers:,} customers x {args.events_per_customer} events")
+                generated = _generate(args.customers, args.events_per_customer)
+                common.log("measuring")
+                measured = {"generation": generated, **_measure(args.repeats)}
+                from django.db import connections
+
+                connections.close_all()
     result = {
         "benchmark": "analytics",
         "database": "sqlite" if args.sqlite else "postgresql",

@@ -245,5 +245,8 @@ def test_funnel_sql__strict_on_postgresql__no_per_step_copies_of_the_attempts() 
         cursor.execute("EXPLAIN " + statement, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     # Then: no materialized CTE re-read per step (at 1M customers each copy of the 3M
-    # attempts cost seconds); the steps are index probes joined laterally
-    assert "CTE Scan" not in plan
+    # attempts cost seconds); the steps are index probes joined laterally. The one
+    # materialized set is ``tried`` (one row per customer: the attempt counted), read again
+    # by the layer join.
+    scanned = {line.split("CTE Scan on ", 1)[1].split()[0] for line in plan.splitlines() if "CTE Scan on " in line}
+    assert scanned <= {"tried"}

@@ -279,14 +279,34 @@ def test_retention_table__daylight_saving_change__local_days_follow_the_zone_rul
     assert (got[1].retained, got[2].retained) == (0, 1)
 
 
-def test_retention_table__headlines__come_out_of_the_table_statement_not_a_second_pass(
-    django_assert_num_queries,  # type: ignore[no-untyped-def]
-) -> None:
+def test_retention_table__headlines__come_out_of_the_table_statement_not_a_second_pass() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
     # Given a cohort with a D1 return
     a = CustomerFactory(signed_up_at=at("2026-01-01T10:00:00"))
     login(a, "2026-01-02T10:00:00")
-    # When / Then: one query for the event types, one statement for the table and its
-    # headlines (a second statement re-read every event of the range)
-    with django_assert_num_queries(2):
+    # When
+    with CaptureQueriesContext(connection) as queries:
         table = retention_table(spec=day_spec())
+    # Then: one statement reads the events, for the table and its headlines (a second
+    # statement re-read every event of the range); the others are the event types and,
+    # on PostgreSQL, the savepoint and the statement's planner setting around it
+    assert sum("segments_event " in q["sql"] for q in queries.captured_queries) == 1
     assert table.headlines[0].day == 1 and table.headlines[0].retained == 1
+
+
+@pytest.mark.postgres
+def test_sql_run__without_hash_joins__scoped_to_the_statement_and_put_back() -> None:
+    from django.db import connection
+
+    from segments.analytics import sql
+
+    # Given a test inside a transaction with the default planner settings
+    # When a statement runs without hash joins
+    inside = sql.run("SELECT current_setting('enable_hashjoin')", [], hash_joins=False)
+    # Then it saw them off, and the same transaction has them on again afterwards
+    assert inside == [("off",)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('enable_hashjoin')")
+        assert cursor.fetchone() == ("on",)
