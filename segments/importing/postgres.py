@@ -35,7 +35,7 @@ from segments.models import Customer, Event, EventType
 from segments.services.ingestion import EventInput, customers_create_missing, unknown_customer_message
 from segments.services.partitions import EVENT_KEYS, KEYS_CLAIMED_SQL, KEYS_UNCLAIMED_SQL
 
-COPY_CHUNK = 50_000  # rows per staging round trip (and per transaction)
+COPY_CHUNK = 50_000  # rows per staging round trip (and per transaction), after the first few
 COPY_BLOCK = 5_000  # rows per buffer handed to the writer
 # Connections loading chunks at once. Of a chunk's time in PostgreSQL about a third is the
 # commit (the deferred foreign-key checks, per row) and a little the staging COPY and the
@@ -352,6 +352,10 @@ def copy_events(
                 blocks: list[bytes] = []
                 block: list[str] = []
                 block_rows = min(COPY_BLOCK, chunk_size)
+                # The first chunks are small and grow to chunk_size (one block, then
+                # doubling): PostgreSQL starts loading after the first block is parsed
+                # instead of idling while the parser fills a whole first chunk.
+                target = block_rows
                 staged = 0
                 for number, record, error in lines:
                     stats.lines += 1
@@ -369,9 +373,10 @@ def copy_events(
                     if len(block) >= block_rows:
                         blocks.append("".join(block).encode())
                         block = []
-                        if staged >= chunk_size:
+                        if staged >= target:
                             flush(blocks, staged)
                             blocks, staged = [], 0
+                            target = min(target * 2, chunk_size)
                 if block:
                     blocks.append("".join(block).encode())
                 if staged:

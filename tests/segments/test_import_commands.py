@@ -397,3 +397,27 @@ def test_import_events__postgres_chunk_held_at_commit__next_chunk_loads_meanwhil
     assert seen == [(0, 10)]  # chunk 2 committed while chunk 1 was held
     assert code == 0 and "20 created" in out
     assert Event.objects.count() == 20
+
+
+@pytest.mark.postgres
+def test_import_events__postgres_big_file__first_chunks_small_then_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL starts loading once the first block is parsed, not a whole chunk: the
+    # chunks start at one block and double up to the chunk size.
+    from segments.importing import postgres
+
+    monkeypatch.setattr(postgres, "COPY_BLOCK", 100)
+    monkeypatch.setattr(postgres, "COPY_CHUNK", 1000)
+    staged: list[int] = []
+    write_chunk = postgres._EventCopyWriter.write_chunk
+
+    def recording(self: object, blocks: list[bytes], size: int, **kwargs: object) -> object:
+        staged.append(size)
+        return write_chunk(self, blocks, size, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(postgres._EventCopyWriter, "write_chunk", recording)
+    CustomerFactory(external_id="c-1")
+    out, _, code = run("import_events", jsonl(tmp_path / "events.jsonl", [event(f"e-{i}") for i in range(2000)]))
+    assert code == 0 and "2000 created" in out
+    assert staged == [100, 200, 400, 800, 500]
