@@ -32,7 +32,6 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Aggregate, QuerySet, TextField
 from django.utils import timezone
@@ -333,6 +332,10 @@ class _SnapshotIds:
         self.by_raw: dict[str, int] = {}
 
     def ids(self, raws: list[str]) -> np.ndarray:
+        # Imported here, not at module level: pandas costs ~0.35 s at Django setup, which
+        # every manage.py command and worker paid (experiments.stats._lazy says more).
+        import pandas as pd
+
         codes, uniques = pd.factorize(pd.Series(raws, dtype=object), sort=False)
         new = [raw for raw in uniques if raw not in self.by_raw]
         if new:

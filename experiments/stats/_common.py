@@ -11,7 +11,11 @@ from functools import lru_cache
 from numbers import Integral, Real
 from typing import Any, Final, Literal
 
-from scipy import special
+from experiments.stats._lazy import lazy_module
+
+# Loaded on first use: see experiments.stats._lazy (not at Django setup).
+special = lazy_module("scipy.special")
+
 
 SRM_THRESHOLD: Final[float] = 0.001
 

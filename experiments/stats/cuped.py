@@ -50,10 +50,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scipy import stats
-
 from experiments.stats._common import Reason, _jsonable
+from experiments.stats._lazy import lazy_module
 from experiments.stats.moments import Estimate, Moments, Statistic, estimate, quad
+
+# Loaded on first use: see experiments.stats._lazy (not at Django setup).
+stats = lazy_module("scipy.stats")
 
 NO_PRE_DATA = Reason(
     "no_pre_period_data",

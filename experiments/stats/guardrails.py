@@ -28,11 +28,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from scipy import optimize, special
-
 from experiments.stats._common import Arm, Reason, _check_probability, _jsonable
+from experiments.stats._lazy import lazy_module
 from experiments.stats.proportions import _mn_score_parts
 from experiments.stats.sequential import always_valid_p_one_sided, cs_halfwidth_one_sided, mixture_rho
+
+# Loaded on first use: see experiments.stats._lazy (not at Django setup).
+optimize = lazy_module("scipy.optimize")
+special = lazy_module("scipy.special")
 
 __all__ = ["HarmTest", "harm_test"]
 

@@ -9,16 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special, stats
-from statsmodels.genmod import families
-from statsmodels.genmod.generalized_linear_model import GLM
-from statsmodels.tools.sm_exceptions import (
-    ConvergenceWarning,
-    IterationLimitWarning,
-    PerfectSeparationWarning,
-)
 
 from experiments.stats._common import _NUMERICAL_FAILURE, Arm, Reason, _jsonable
+from experiments.stats._lazy import lazy_module
+
+# Loaded on first use: see experiments.stats._lazy (not at Django setup).
+optimize = lazy_module("scipy.optimize")
+special = lazy_module("scipy.special")
+stats = lazy_module("scipy.stats")
+families = lazy_module("statsmodels.genmod.families")
+glm = lazy_module("statsmodels.genmod.generalized_linear_model")
+sm_exceptions = lazy_module("statsmodels.tools.sm_exceptions")
 
 # --------------------------------------------------------------------------
 # heterogeneity(): does the lift differ between layers?
@@ -230,7 +231,7 @@ def heterogeneity(cells: Sequence[Cell], control_variant: str) -> HeterogeneityR
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            fit = GLM(endog, design, family=families.Binomial()).fit(maxiter=100)
+            fit = glm.GLM(endog, design, family=families.Binomial()).fit(maxiter=100)
         except (ValueError, np.linalg.LinAlgError) as exc:  # pragma: no cover - defensive
             reason = Reason("did_not_converge", f"The model could not be fitted ({exc}).")
             return _undefined_heterogeneity(reason, layers, variants, notes)
@@ -238,7 +239,7 @@ def heterogeneity(cells: Sequence[Cell], control_variant: str) -> HeterogeneityR
     categories = {type(w.message) for w in caught}
     if (
         not fit.converged
-        or categories & {ConvergenceWarning, IterationLimitWarning}
+        or categories & {sm_exceptions.ConvergenceWarning, sm_exceptions.IterationLimitWarning}
         or not np.all((fitted > 0.0) & (fitted < 1.0))
     ):
         reason = Reason("did_not_converge", "The model fit did not converge.")
@@ -246,7 +247,7 @@ def heterogeneity(cells: Sequence[Cell], control_variant: str) -> HeterogeneityR
     # statsmodels raises PerfectSeparationWarning whenever fitted == observed
     # rates, i.e. also for a perfect but finite fit; real separation was ruled
     # out above, so this only means the main-effects model fits exactly.
-    if PerfectSeparationWarning in categories:
+    if sm_exceptions.PerfectSeparationWarning in categories:
         notes.append(Reason("perfect_fit", "The lift (as an odds ratio) is exactly the same in every layer."))
 
     llf_full = _binomial_loglik(x, n, x / n)

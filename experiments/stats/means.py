@@ -60,8 +60,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from scipy import special, stats
-
 from experiments.stats._common import (
     Interval,
     Reason,
@@ -70,8 +68,13 @@ from experiments.stats._common import (
     _two_sided_p,
     _z_crit,
 )
+from experiments.stats._lazy import lazy_module
 from experiments.stats.guardrails import HarmTest
 from experiments.stats.moments import NO_TRAFFIC, TOO_FEW, Estimate
+
+# Loaded on first use: see experiments.stats._lazy (not at Django setup).
+special = lazy_module("scipy.special")
+stats = lazy_module("scipy.stats")
 
 Distribution = Literal["t", "normal"]
 DISTRIBUTIONS: Final[tuple[str, ...]] = ("t", "normal")

@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
-from scipy import optimize, special
-
 from experiments.stats._common import Reason, _check_count, _check_probability, _jsonable, _z_crit
+from experiments.stats._lazy import lazy_module
+
+# Loaded on first use: see experiments.stats._lazy (not at Django setup).
+optimize = lazy_module("scipy.optimize")
+special = lazy_module("scipy.special")
 
 # --------------------------------------------------------------------------
 # Power: sample_size(), days_needed(), power_status()

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from scipy import optimize, stats
-
 from experiments.stats._common import (
     Arm,
     Interval,
@@ -25,6 +23,11 @@ from experiments.stats._common import (
     _two_sided_p,
     _z_crit,
 )
+from experiments.stats._lazy import lazy_module
+
+# Loaded on first use: see experiments.stats._lazy (not at Django setup).
+optimize = lazy_module("scipy.optimize")
+stats = lazy_module("scipy.stats")
 
 # The decision test of the lift reports (issue 14, bullet 4).  Pooled z for the p-value:
 # under "no difference" both arms share one rate, so the null variance is estimated from

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scipy import special
-
 from experiments.stats._common import SRM_THRESHOLD, Reason, _check_count, _check_probability, _jsonable
+from experiments.stats._lazy import lazy_module
+
+# Loaded on first use: see experiments.stats._lazy (not at Django setup).
+special = lazy_module("scipy.special")
 
 # --------------------------------------------------------------------------
 # srm(): sample ratio mismatch

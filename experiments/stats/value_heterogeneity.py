@@ -38,11 +38,14 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from scipy import stats
 
 from experiments.stats._common import _NUMERICAL_FAILURE, Reason
+from experiments.stats._lazy import lazy_module
 from experiments.stats.interaction import HeterogeneityResult, _undefined_heterogeneity
 from experiments.stats.moments import Estimate
+
+# Loaded on first use: see experiments.stats._lazy (not at Django setup).
+stats = lazy_module("scipy.stats")
 
 __all__ = ["value_heterogeneity"]
 

@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
-from scipy import optimize, special
-
 from experiments.stats._common import Reason, _check_probability, _jsonable
+from experiments.stats._lazy import lazy_module
 from experiments.stats.power import _sequential_boundary_factor, _sequential_rho, _solve_nobs1
+
+# Loaded on first use: see experiments.stats._lazy (not at Django setup).
+optimize = lazy_module("scipy.optimize")
+special = lazy_module("scipy.special")
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,10 +3,12 @@
 Validated rows stream with ``COPY`` into a temporary staging table (text columns: nothing
 is parsed twice). Per chunk, in one transaction, one statement joins them to customers,
 claims their event ids in the events' key table (an id stored already, or claimed first
-by a concurrent writer, is not) and inserts the rows it claimed. A writer thread holds
-the connection, so PostgreSQL loads one chunk while this process parses the next. Lines
-that did not land are explained set-wise afterwards: unknown customer, or an
-``event_id`` stored with a different body.
+by a concurrent writer, is not) and inserts the rows it claimed. Writer threads, each
+holding its own connection, load chunks side by side while this process parses the next
+ones; chunks claim their ids in file order (see ``_ClaimOrder``), so a file that repeats an
+``event_id`` keeps its first line as it does loaded chunk by chunk. Lines that did not land
+are explained set-wise afterwards: unknown customer, or an ``event_id`` stored with a
+different body.
 
 No chunk reads the events table to find stored ids: the claim probes the key table's
 primary key, the only unique index on ``event_id`` (the partitioned events table cannot
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,13 @@ from segments.models import Customer, Event, EventType
 from segments.services.ingestion import EventInput, customers_create_missing, unknown_customer_message
 from segments.services.partitions import EVENT_KEYS, KEYS_CLAIMED_SQL, KEYS_UNCLAIMED_SQL
 
-COPY_CHUNK = 50_000  # rows per staging round trip (and per transaction)
+COPY_CHUNK = 50_000  # rows per staging round trip (and per transaction), after the first few
 COPY_BLOCK = 5_000  # rows per buffer handed to the writer
+# Connections loading chunks at once. Of a chunk's time in PostgreSQL about a third is the
+# commit (the deferred foreign-key checks, per row) and a little the staging COPY and the
+# explanations: with two writers one chunk's commit runs while the next chunk claims and
+# inserts, on a second core, where one writer left that core to the parser alone.
+WRITERS = 2
 STAGE = "ingest_event_stage_v2"  # bump when its columns change (it lives per connection)
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -135,7 +142,16 @@ class _EventCopyWriter:
         cursor.execute(KEYS_UNCLAIMED_SQL)
         return inserted
 
-    def write_chunk(self, blocks: Iterable[bytes], staged: int) -> _ChunkOutcome:
+    def write_chunk(
+        self,
+        blocks: Iterable[bytes],
+        staged: int,
+        *,
+        claim_turn: Callable[[], None] | None = None,
+        claimed: Callable[[], None] | None = None,
+    ) -> _ChunkOutcome:
+        """``claim_turn`` blocks until this chunk may claim its ids; ``claimed`` tells the
+        next chunk that it may (the parallel writers' file order, ``_ClaimOrder``)."""
         conn = connections[self.alias]
         # Inside a caller's transaction (a savepoint here) nothing commits between chunks,
         # so ON COMMIT DELETE ROWS does not empty the staging table: empty it, or every
@@ -154,12 +170,20 @@ class _EventCopyWriter:
                 ) as copy:
                     for block in blocks:
                         copy.write(block)
-                if self.rule == "create":
-                    cursor.execute(self.missing_customers_sql)
-                    missing = [row[0] for row in cursor.fetchall()]
-                    if missing:
-                        customers_create_missing(external_ids=missing)
-                inserted = self._insert_new_rows(cursor)
+                # Customers are created in the claim's turn too: a chunk creating one that
+                # an earlier, waiting chunk also needs would hold up that chunk's turn.
+                if claim_turn is not None:
+                    claim_turn()
+                try:
+                    if self.rule == "create":
+                        cursor.execute(self.missing_customers_sql)
+                        missing = [row[0] for row in cursor.fetchall()]
+                        if missing:
+                            customers_create_missing(external_ids=missing)
+                    inserted = self._insert_new_rows(cursor)
+                finally:
+                    if claimed is not None:
+                        claimed()
                 unknown: list[tuple[int, str]] = []
                 conflicts: list[tuple[int, list[str]]] = []
                 if inserted < staged:
@@ -172,31 +196,91 @@ class _EventCopyWriter:
         return _ChunkOutcome(staged, inserted, unknown, conflicts)
 
 
-class _ThreadedWriter:
-    """Runs the writer on its own thread and connection, so PostgreSQL loads one chunk
-    while this process parses the next. Bounded queue: at most two chunks in memory."""
+class _ClaimOrder:
+    """Chunks claim their event ids one after the other, in file order, while everything
+    else (staging COPY, explanations, the commit and its foreign-key checks) overlaps.
 
-    def __init__(self, writer: _EventCopyWriter) -> None:
+    Chunk k+1's claim starts once chunk k's claim statement has returned: an id both hold
+    is then claimed by chunk k, uncommitted or not (chunk k+1 waits on its speculative
+    insertion, then finds it stored), so the first line of a repeated id wins as it does
+    when chunks load one by one. Chunk k never waits on a later chunk: no deadlock. A
+    failed writer stops the chunks after it (``RuntimeError`` at their turn), as the one
+    writer stopped before."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0  # the chunk whose turn it is
+        self._finished: set[int] = set()
+        self._failed = False
+
+    def wait(self, seq: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._failed or self._next >= seq)
+            if self._failed:
+                raise RuntimeError("An earlier chunk failed; this one is not loaded.")
+
+    def done(self, seq: int) -> None:
+        with self._cond:
+            if seq >= self._next:
+                self._finished.add(seq)
+            while self._next in self._finished:
+                self._finished.discard(self._next)
+                self._next += 1
+            self._cond.notify_all()
+
+    def fail(self) -> None:
+        with self._cond:
+            self._failed = True
+            self._cond.notify_all()
+
+
+class _ThreadedWriter:
+    """Runs ``WRITERS`` writers on their own threads and connections, so PostgreSQL loads
+    chunks while this process parses the next. Bounded: at most one chunk waits in the
+    queue besides those being loaded. Outcomes come back in chunk order."""
+
+    def __init__(self, writer: _EventCopyWriter, *, writers: int = WRITERS) -> None:
         self.writer = writer
-        self.inbox: queue.Queue[tuple[list[bytes], int] | None] = queue.Queue(maxsize=1)
-        self.outbox: queue.Queue[_ChunkOutcome] = queue.Queue()
+        self.inbox: queue.Queue[tuple[int, list[bytes], int] | None] = queue.Queue(maxsize=1)
+        self.outbox: queue.Queue[tuple[int, _ChunkOutcome]] = queue.Queue()
+        self.order = _ClaimOrder()
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="import-events-copy", daemon=True)
-        self.thread.start()
+        self.lock = threading.Lock()
+        self.submitted = 0
+        self.delivered = 0
+        self.arrived: dict[int, _ChunkOutcome] = {}
+        self.threads = [
+            threading.Thread(target=self._run, name=f"import-events-copy-{n}", daemon=True) for n in range(writers)
+        ]
+        for thread in self.threads:
+            thread.start()
 
     def _run(self) -> None:
         try:
             while (item := self.inbox.get()) is not None:
-                self.outbox.put(self.writer.write_chunk(*item))
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
-            self.error = exc
+                seq, blocks, staged = item
+                try:
+                    outcome = self.writer.write_chunk(
+                        blocks, staged, claim_turn=lambda seq=seq: self.order.wait(seq),
+                        claimed=lambda seq=seq: self.order.done(seq),
+                    )  # fmt: skip
+                except BaseException as exc:
+                    with self.lock:  # the first failure is the one to report, not the stops it caused
+                        self.error = self.error or exc
+                    self.order.fail()
+                    raise
+                finally:
+                    self.order.done(seq)  # also when it failed before its turn
+                self.outbox.put((seq, outcome))
+        except BaseException:  # noqa: BLE001 - kept in self.error, which the main thread re-raises
             while self.inbox.get() is not None:  # let the producer finish without blocking
                 pass
         finally:
             connections[self.writer.alias].close()
 
     def submit(self, blocks: list[bytes], staged: int) -> Iterator[_ChunkOutcome]:
-        self.inbox.put((blocks, staged))
+        self.inbox.put((self.submitted, blocks, staged))
+        self.submitted += 1
         if self.error is not None:
             raise self.error
         yield from self.done()
@@ -204,13 +288,19 @@ class _ThreadedWriter:
     def done(self) -> Iterator[_ChunkOutcome]:
         while True:
             try:
-                yield self.outbox.get_nowait()
+                seq, outcome = self.outbox.get_nowait()
             except queue.Empty:
-                return
+                break
+            self.arrived[seq] = outcome
+        while self.delivered in self.arrived:
+            yield self.arrived.pop(self.delivered)
+            self.delivered += 1
 
     def close(self) -> Iterator[_ChunkOutcome]:
-        self.inbox.put(None)
-        self.thread.join()
+        for _ in self.threads:
+            self.inbox.put(None)
+        for thread in self.threads:
+            thread.join()
         if self.error is not None:
             raise self.error
         yield from self.done()
@@ -262,6 +352,10 @@ def copy_events(
                 blocks: list[bytes] = []
                 block: list[str] = []
                 block_rows = min(COPY_BLOCK, chunk_size)
+                # The first chunks are small and grow to chunk_size (one block, then
+                # doubling): PostgreSQL starts loading after the first block is parsed
+                # instead of idling while the parser fills a whole first chunk.
+                target = block_rows
                 staged = 0
                 for number, record, error in lines:
                     stats.lines += 1
@@ -279,9 +373,10 @@ def copy_events(
                     if len(block) >= block_rows:
                         blocks.append("".join(block).encode())
                         block = []
-                        if staged >= chunk_size:
+                        if staged >= target:
                             flush(blocks, staged)
                             blocks, staged = [], 0
+                            target = min(target * 2, chunk_size)
                 if block:
                     blocks.append("".join(block).encode())
                 if staged:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -351,3 +352,72 @@ def test_import_events__postgres_inside_a_transaction__each_chunk_staged_once(tm
     assert "18 created" in out and "0 already stored" in out and "2 rejected" in out
     assert err.count("line 5: customer_id") == 1 and err.count("line 15: customer_id") == 1
     assert Event.objects.count() == 18
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_import_events__postgres_chunk_held_at_commit__next_chunk_loads_meanwhile(tmp_path: Path) -> None:
+    # Two writers load chunks side by side: while chunk 1 waits at its commit (its deferred
+    # foreign-key check needs a customer row another transaction holds FOR UPDATE), chunk 2
+    # claims, inserts and commits on the other connection. One writer at a time would hold
+    # chunk 2 back until chunk 1 commits.
+    from django.db import connection
+
+    CustomerFactory(external_id="c-1")
+    CustomerFactory(external_id="c-2")
+    rows: list[object] = [event(f"a-{i}", customer_id="c-1") for i in range(10)]
+    rows += [event(f"b-{i}", customer_id="c-2") for i in range(10)]
+    path = jsonl(tmp_path / "events.jsonl", rows)
+    locked, seen = threading.Event(), []
+
+    def holder() -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SELECT id FROM segments_customer WHERE external_id = 'c-1' FOR UPDATE")
+                locked.set()
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    cursor.execute(
+                        "SELECT count(*) FILTER (WHERE event_id LIKE 'a-%%'), count(*) FILTER (WHERE event_id LIKE "
+                        "'b-%%') FROM segments_event"
+                    )
+                    counts = cursor.fetchone()
+                    if counts[1] == 10:
+                        seen.append(counts)
+                        break
+                    time.sleep(0.05)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert locked.wait(timeout=20)
+    out, _, code = run("import_events", path, "--batch-size", "10")
+    thread.join(timeout=20)
+    assert seen == [(0, 10)]  # chunk 2 committed while chunk 1 was held
+    assert code == 0 and "20 created" in out
+    assert Event.objects.count() == 20
+
+
+@pytest.mark.postgres
+def test_import_events__postgres_big_file__first_chunks_small_then_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL starts loading once the first block is parsed, not a whole chunk: the
+    # chunks start at one block and double up to the chunk size.
+    from segments.importing import postgres
+
+    monkeypatch.setattr(postgres, "COPY_BLOCK", 100)
+    monkeypatch.setattr(postgres, "COPY_CHUNK", 1000)
+    staged: list[int] = []
+    write_chunk = postgres._EventCopyWriter.write_chunk
+
+    def recording(self: object, blocks: list[bytes], size: int, **kwargs: object) -> object:
+        staged.append(size)
+        return write_chunk(self, blocks, size, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(postgres._EventCopyWriter, "write_chunk", recording)
+    CustomerFactory(external_id="c-1")
+    out, _, code = run("import_events", jsonl(tmp_path / "events.jsonl", [event(f"e-{i}") for i in range(2000)]))
+    assert code == 0 and "2000 created" in out
+    assert staged == [100, 200, 400, 800, 500]
