@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 
 from segments.dimensions.base import STAGE_TABLE, StageContext, table
 
@@ -184,35 +184,8 @@ def dimension_write(
         clock.lap("compute")
         # No ANALYZE of the stage: it is only scanned (aggregates, the hash join of the
         # diff), and the planner sizes a fresh table from its pages.
-        # One hash aggregation over the stage (COUNT(DISTINCT …) would sort): rows, rows
-        # beyond one per customer, and rows in a layer of another dimension.
-        in_layers = ", ".join(["%s"] * len(layers))
-        cursor.execute(
-            f"SELECT COALESCE(SUM(n), 0), COALESCE(SUM(n - 1), 0), COALESCE(SUM(f), 0) FROM "
-            f"(SELECT customer_id, COUNT(*) AS n, SUM(CASE WHEN layer_id NOT IN ({in_layers}) THEN 1 ELSE 0 END) AS f "
-            f"FROM {STAGE_TABLE} GROUP BY customer_id) g",
-            list(layers.values()),
-        )
-        staged, extra, foreign = (int(v) for v in cursor.fetchone())
-        staged_distinct = staged - extra
         cursor.execute(f"SELECT COUNT(*) FROM {scope or table('Customer')}")
         customers = cursor.fetchone()[0]
-        # Check the computed placement before writing anything: a customer placed twice or
-        # nowhere, or a layer of another dimension, is a MECE violation (and would
-        # otherwise leave a stale row behind or trip a constraint mid-write).
-        precheck = MeceResult(
-            customers=customers,
-            placed=staged_distinct,
-            rows=staged,
-            duplicates=staged - staged_distinct,
-            unplaced=customers - staged_distinct,
-            foreign=foreign,
-        )
-        if not precheck.ok:
-            result.mece = precheck
-            return result
-
-        # --- 2. changes: only customers whose row differs --------------------------------
         cursor.execute(f"SELECT 1 FROM {cl} WHERE dimension_id = %s LIMIT 1", [dimension_id])
         # A first run (no row of this dimension yet: a new install, a new dimension) has
         # nothing to diff: every staged row is new, so the stage itself becomes the change
@@ -220,6 +193,21 @@ def dimension_write(
         # instead of being joined against a million rows, copied and indexed. Its moves
         # are the layer sizes, counted after the write.
         first_run = cursor.fetchone() is None
+        if first_run:
+            # No pre-check pass over the stage either: the insert into CustomerLayer is the
+            # check. Its unique (customer, dimension) index refuses a customer staged twice
+            # (and NOT NULL a missing layer) — then the pre-check runs, to report it — and
+            # the count after the write finds customers placed nowhere or in another
+            # dimension's layer.
+            staged = staged_distinct = -1
+        else:
+            precheck = _precheck(cursor, layers, customers)
+            if not precheck.ok:
+                result.mece = precheck
+                return result
+            staged, staged_distinct = precheck.rows, precheck.placed
+
+        # --- 2. changes: only customers whose row differs --------------------------------
         _drop(cursor, CHANGES_TABLE)
         moved = "(old_layer_id IS NULL OR old_layer_id <> layer_id)"
         moves: list[tuple[int | None, int | None, int]] = []
@@ -289,13 +277,24 @@ def dimension_write(
                 """,
                 [as_of_p, now_p, dimension_id],
             )
-        if first_run or _vendor() != "postgresql" or portable:
-            cursor.execute(
-                f"INSERT INTO {cl} (customer_id, dimension_id, layer_id, since, computed_at, valid_until) "
-                f"SELECT customer_id, %s, layer_id, %s, %s, valid_until FROM {CHANGES_TABLE} "
-                "WHERE old_layer_id IS NULL",
-                [dimension_id, as_of_p, now_p],
-            )
+        insert_sql = (
+            f"INSERT INTO {cl} (customer_id, dimension_id, layer_id, since, computed_at, valid_until) "
+            f"SELECT customer_id, %s, layer_id, %s, %s, valid_until FROM {CHANGES_TABLE} "
+            "WHERE old_layer_id IS NULL"
+        )
+        if first_run:
+            try:
+                with transaction.atomic():  # a savepoint: the pre-check must run after a refused insert
+                    cursor.execute(insert_sql, [dimension_id, as_of_p, now_p])
+            except IntegrityError:
+                precheck = _precheck(cursor, layers, customers, stage=CHANGES_TABLE)
+                if precheck.ok:
+                    raise  # not the placement (a concurrent write): the run fails and is retried
+                result.mece = precheck
+                return result
+            staged = staged_distinct = cursor.rowcount
+        elif _vendor() != "postgresql" or portable:
+            cursor.execute(insert_sql, [dimension_id, as_of_p, now_p])
         clock.lap("write")
 
         # --- 4. history: close the open row, open a new one, for movers only ----------------
@@ -384,6 +383,30 @@ def dimension_write(
         clock.lap("check")
     result.timings_ms = clock.timings
     return result
+
+
+def _precheck(cursor: Any, layers: dict[str, int], customers: int, *, stage: str = STAGE_TABLE) -> MeceResult:
+    """Check the computed placement before writing anything: a customer placed twice or
+    nowhere, or a layer of another dimension, is a MECE violation (and would otherwise leave
+    a stale row behind or trip a constraint mid-write). One hash aggregation over the stage
+    (COUNT(DISTINCT …) would sort): rows, rows beyond one per customer, rows in a layer of
+    another dimension."""
+    in_layers = ", ".join(["%s"] * len(layers))
+    cursor.execute(
+        f"SELECT COALESCE(SUM(n), 0), COALESCE(SUM(n - 1), 0), COALESCE(SUM(f), 0) FROM "
+        f"(SELECT customer_id, COUNT(*) AS n, SUM(CASE WHEN layer_id NOT IN ({in_layers}) THEN 1 ELSE 0 END) AS f "
+        f"FROM {stage} GROUP BY customer_id) g",
+        list(layers.values()),
+    )
+    staged, extra, foreign = (int(v) for v in cursor.fetchone())
+    return MeceResult(
+        customers=customers,
+        placed=staged - extra,
+        rows=staged,
+        duplicates=extra,
+        unplaced=customers - (staged - extra),
+        foreign=foreign,
+    )
 
 
 def _leave_scope(cursor: Any, *, dimension_id: int, tag_ids: list[int], as_of_p: Any) -> list[tuple[int, None, int]]:

@@ -119,6 +119,43 @@ def test_recompute__first_run__one_insert_per_table_and_no_diff(members: dict, g
     assert rows == [("a", "computed"), ("b", "manual" if held else "computed"), ("c", "computed")]
 
 
+@pytest.mark.parametrize("fault", [None, "duplicate", "missing"])
+def test_recompute__first_run__no_precheck_pass_and_a_violation_still_caught(
+    members: dict, monkeypatch: pytest.MonkeyPatch, fault: str | None
+) -> None:
+    # A first run does not aggregate the stage before writing (the unique index of the
+    # insert refuses a customer placed twice, the count after it finds one placed nowhere);
+    # only a refused insert pays the pre-check, to say what was wrong.
+    real_select = expiry.stage_select
+
+    def faulty_select(ctx: Any) -> tuple[str, list]:
+        sql, params = real_select(ctx)
+        if fault == "duplicate":
+            return (
+                f"SELECT * FROM ({sql}) x UNION ALL SELECT * FROM ({sql}) y WHERE y.customer_id = %s",
+                [*params, *params, members["a"].pk],
+            )
+        if fault == "missing":
+            return f"SELECT * FROM ({sql}) x WHERE x.customer_id <> %s", [*params, members["c"].pk]
+        return sql, params
+
+    monkeypatch.setattr(expiry, "stage_select", faulty_select)
+    with CaptureQueriesContext(connection) as queries:
+        outcome = dimension_recompute(dimension_id=Dimension.objects.get(key="expiry").pk, as_of=AS_OF)
+    prechecks = [q["sql"] for q in queries.captured_queries if "COUNT(*) AS n" in q["sql"]]
+    if fault is None:
+        assert outcome.status == "succeeded" and prechecks == []
+        assert layers_of("expiry") == {"a": "expiring_soon", "b": "valid", "c": "none"}
+        return
+    assert outcome.status == "failed" and "MECE violation" in outcome.error
+    mece = RecomputeRun.objects.get(pk=outcome.run_id).details["mece"]
+    assert mece["ok"] is False and mece["duplicates" if fault == "duplicate" else "unplaced"] == 1
+    assert len(prechecks) == (1 if fault == "duplicate" else 0)
+    assert not CustomerLayer.objects.filter(dimension__key="expiry").exists()
+    assert not LayerHistory.objects.filter(dimension__key="expiry").exists()
+    assert not CustomerTag.objects.filter(tag__family="tier").exists()
+
+
 def test_recompute__first_run_with_history_left_open__closes_it_and_places_everyone(members: dict) -> None:
     # Memberships removed behind the engine's back (raw SQL) leave open history rows: the
     # next run is a first run again, and must not open a second row for the same customer.
