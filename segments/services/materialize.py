@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from segments.dimensions.base import STAGE_TABLE, StageContext, table
 
@@ -200,7 +200,18 @@ def dimension_write(
             # the count after the write finds customers placed nowhere or in another
             # dimension's layer.
             staged = staged_distinct = -1
-        else:
+        # A nightly run on PostgreSQL (unscoped) folds the pre-check into the diff: the diff
+        # is a FULL JOIN, so a row of the dimension whose customer the stage lost shows up in
+        # it (NULL customer), and the stage's row count is one cheap scan; a stage with one
+        # row per customer and no lost row, followed by a write that leaves exactly one row
+        # per customer (unique index + the count after the write), is MECE. Elsewhere the
+        # pre-check aggregates the stage by customer first (SQLite, the portable path, a
+        # scoped dimension whose lost rows are customers leaving the scope).
+        fused = not first_run and scope is None and _vendor() == "postgresql" and not portable
+        if fused:
+            cursor.execute(f"SELECT COUNT(*) FROM {STAGE_TABLE}")
+            staged = staged_distinct = cursor.fetchone()[0]
+        elif not first_run:
             precheck = _precheck(cursor, layers, customers)
             if not precheck.ok:
                 result.mece = precheck
@@ -215,14 +226,28 @@ def dimension_write(
             cursor.execute(f"ALTER TABLE {_temp(STAGE_TABLE)} RENAME TO {CHANGES_TABLE}")
             cursor.execute(f"ALTER TABLE {_temp(CHANGES_TABLE)} ADD COLUMN old_layer_id bigint")
         else:
+            join = (
+                f"FULL JOIN (SELECT customer_id, layer_id, valid_until FROM {cl} WHERE dimension_id = %s) c "
+                "ON c.customer_id = s.customer_id WHERE s.customer_id IS NULL OR "
+                if fused
+                else f"LEFT JOIN {cl} c ON c.customer_id = s.customer_id AND c.dimension_id = %s WHERE "
+            )
             cursor.execute(
                 f"CREATE TEMP TABLE {CHANGES_TABLE}{on_commit} AS "
-                f"SELECT s.customer_id, s.layer_id, s.valid_until, c.layer_id AS old_layer_id "
-                f"FROM {STAGE_TABLE} s LEFT JOIN {cl} c ON c.customer_id = s.customer_id AND c.dimension_id = %s "
-                "WHERE c.layer_id IS NULL OR c.layer_id <> s.layer_id OR "
+                f"SELECT s.customer_id, s.layer_id, s.valid_until, c.layer_id AS old_layer_id FROM {STAGE_TABLE} s "
+                f"{join}c.layer_id IS NULL OR c.layer_id <> s.layer_id OR "
                 f"{_distinct('c.valid_until', 's.valid_until')}",
                 [dimension_id],
             )
+            if fused:
+                cursor.execute(f"SELECT COUNT(*) FROM {CHANGES_TABLE} WHERE customer_id IS NULL")
+                if cursor.fetchone()[0] or staged != customers:
+                    precheck = _precheck(cursor, layers, customers)
+                    if not precheck.ok:
+                        result.mece = precheck
+                        return result
+                    # Rows of customers gone without their cascade: the count after the write says so.
+                    cursor.execute(f"DELETE FROM {CHANGES_TABLE} WHERE customer_id IS NULL")
             _index_and_analyze(cursor, CHANGES_TABLE)
             cursor.execute(
                 f"SELECT old_layer_id, layer_id, COUNT(*) FROM {CHANGES_TABLE} WHERE {moved} "
@@ -250,8 +275,7 @@ def dimension_write(
         # A first run only inserts: one INSERT … SELECT, not a MERGE that matches every
         # staged customer against the other dimensions' rows.
         if _vendor() == "postgresql" and not portable and not first_run:
-            cursor.execute(
-                f"""
+            merge_sql = f"""
                 MERGE INTO {cl} AS t
                 USING {CHANGES_TABLE} AS c ON t.customer_id = c.customer_id AND t.dimension_id = %s
                 WHEN MATCHED THEN UPDATE SET
@@ -261,9 +285,18 @@ def dimension_write(
                     since = CASE WHEN t.layer_id <> c.layer_id THEN %s ELSE t.since END
                 WHEN NOT MATCHED THEN INSERT (customer_id, dimension_id, layer_id, since, computed_at, valid_until)
                     VALUES (c.customer_id, %s, c.layer_id, %s, %s, c.valid_until)
-                """,
-                [dimension_id, now_p, as_of_p, dimension_id, as_of_p, now_p],
-            )
+                """
+            try:
+                # A savepoint: a customer staged twice makes MERGE refuse to write a row twice
+                # (or the unique index refuse the insert); the pre-check then says why.
+                with transaction.atomic():
+                    cursor.execute(merge_sql, [dimension_id, now_p, as_of_p, dimension_id, as_of_p, now_p])
+            except DatabaseError:
+                precheck = _precheck(cursor, layers, customers)
+                if precheck.ok:
+                    raise
+                result.mece = precheck
+                return result
         elif not first_run:
             cursor.execute(
                 f"""
@@ -365,6 +398,11 @@ def dimension_write(
             unplaced=customers - placed,
             foreign=rows - placed,
         )
+        if not result.mece.ok and (first_run or fused):
+            # Not pre-checked: say whether the stage itself placed someone twice or nowhere.
+            precheck = _precheck(cursor, layers, customers, stage=CHANGES_TABLE if first_run else STAGE_TABLE)
+            if not precheck.ok:
+                result.mece = precheck
         # Who stayed in a layer is who is in it now minus who moved in (no count of the
         # previous sizes needed).
         moved_in: dict[int, int] = {}
