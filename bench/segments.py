@@ -450,6 +450,9 @@ def main() -> None:
         with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
             log(f"generating {args.customers:,} customers, {args.events:,} events")
             result["postgres"] = {"customers": args.customers, "events": args.events}
+            # What the WAL-writing engine pays depends on these (the anchor writes no WAL).
+            settings = ("server_version", "fsync", "synchronous_commit", "full_page_writes", "shared_buffers")
+            result["postgres"]["server"] = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in settings}
             result["postgres"]["generate"] = generate_postgres(conn, args.customers, args.events)
             log("anchor")
             result["postgres"]["anchor"] = anchor(conn)
