@@ -14,7 +14,9 @@
 A *first run* of a dimension (none of its rows exists yet: a new install, a new dimension)
 skips the diff: the stage is the change set, and memberships, history and tier tags are
 each one plain ``INSERT … SELECT`` from it (no MERGE, no ON CONFLICT unless someone already
-holds one of the tier tags). The bulk tables carry only the indexes their readers need
+holds one of the tier tags). It skips the MECE pre-check too (the memberships insert's unique
+index and the count after the write are the check), and a nightly run on PostgreSQL folds
+it into the diff (see ``dimension_write``): only a violation pays it, to report it. The bulk tables carry only the indexes their readers need
 (migration 0011): each index costs a row-by-row insertion on every first run.
 
 A dimension scoped to a role places only the customers holding it (a *scope* table of
