@@ -16,8 +16,9 @@ skips the diff: the stage is the change set, and memberships, history and tier t
 each one plain ``INSERT … SELECT`` from it (no MERGE, no ON CONFLICT unless someone already
 holds one of the tier tags). It skips the MECE pre-check too (the memberships insert's unique
 index and the count after the write are the check), and a nightly run on PostgreSQL folds
-it into the diff (see ``dimension_write``): only a violation pays it, to report it. The bulk tables carry only the indexes their readers need
-(migration 0011): each index costs a row-by-row insertion on every first run.
+it into the diff (see ``dimension_write``): only a violation pays it, to report it. The
+bulk tables carry only the indexes their readers need (migration 0011): each index costs a
+row-by-row insertion on every first run.
 
 A dimension scoped to a role places only the customers holding it (a *scope* table of
 their ids, filled by one ``INSERT … SELECT``); customers who no longer hold it leave the
@@ -181,6 +182,7 @@ def dimension_write(
             # a population restricted it themselves (ctx.scope_filter).
             select_sql = f"SELECT k.* FROM ({select_sql}) k WHERE k.customer_id IN (SELECT customer_id FROM {scope})"
         cursor.execute(f"CREATE TEMP TABLE {STAGE_TABLE}{on_commit} AS {select_sql}", select_params)
+        stage_rows = cursor.rowcount  # PostgreSQL's "SELECT n" command tag; -1 on SQLite
         stats = getattr(kind_module, "stage_stats", None)
         result.stats = stats(ctx, STAGE_TABLE) if stats else {}
         clock.lap("compute")
@@ -204,15 +206,14 @@ def dimension_write(
             staged = staged_distinct = -1
         # A nightly run on PostgreSQL (unscoped) folds the pre-check into the diff: the diff
         # is a FULL JOIN, so a row of the dimension whose customer the stage lost shows up in
-        # it (NULL customer), and the stage's row count is one cheap scan; a stage with one
+        # it (NULL customer), and the stage's row count comes with its creation; a stage with one
         # row per customer and no lost row, followed by a write that leaves exactly one row
         # per customer (unique index + the count after the write), is MECE. Elsewhere the
         # pre-check aggregates the stage by customer first (SQLite, the portable path, a
         # scoped dimension whose lost rows are customers leaving the scope).
         fused = not first_run and scope is None and _vendor() == "postgresql" and not portable
         if fused:
-            cursor.execute(f"SELECT COUNT(*) FROM {STAGE_TABLE}")
-            staged = staged_distinct = cursor.fetchone()[0]
+            staged = staged_distinct = stage_rows
         elif not first_run:
             precheck = _precheck(cursor, layers, customers)
             if not precheck.ok:
