@@ -33,6 +33,7 @@ Prints JSON on stdout and saves bench/results/segments.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -49,6 +50,7 @@ if str(ROOT) not in sys.path:
 from bench.common import (  # noqa: E402
     PYTHON,
     bench_database,
+    database_url,
     django_env,
     emit,
     ensure_services,
@@ -415,6 +417,17 @@ def summarize(anchor_result: dict[str, Any], engine: dict[str, Any]) -> dict[str
     }
 
 
+def _reusable(name: str, customers: int) -> bool:
+    """``bench_<name>`` exists (kept by ``--keep``) and holds ``customers`` customers."""
+    import psycopg
+
+    try:
+        with psycopg.connect(database_url(f"bench_{name}").replace("postgres://", "postgresql://")) as conn:
+            return conn.execute("SELECT COUNT(*) FROM segments_customer").fetchone()[0] == customers
+    except psycopg.Error:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=1_000_000)
@@ -433,6 +446,12 @@ def main() -> None:
         "--database", default="segments", help="Database bench_<name> (another run may hold the default)."
     )
     parser.add_argument("--keep", action="store_true", help="Keep the bench database afterwards.")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="Reuse bench_<name> kept by --keep when it holds --customers customers (its events as they were): "
+        "skip migrating and generating, reset what the engine wrote.",
+    )
     parser.add_argument("--sqlite-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sqlite_child:
@@ -443,17 +462,32 @@ def main() -> None:
 
     ensure_services()
     result: dict[str, Any] = {"benchmark": "segments", "machine": machine()}
-    with bench_database(args.database, keep=args.keep) as url:
+    reuse = args.reuse and _reusable(args.database, args.customers)
+    database = contextlib.nullcontext(database_url(f"bench_{args.database}")) if reuse else None
+    with database or bench_database(args.database, keep=args.keep) as url:
         env = django_env(url)
-        log("migrating")
-        manage("migrate", "--no-input", env=env)
+        if not reuse:
+            log("migrating")
+            manage("migrate", "--no-input", env=env)
         with psycopg.connect(url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-            log(f"generating {args.customers:,} customers, {args.events:,} events")
             result["postgres"] = {"customers": args.customers, "events": args.events}
             # What the WAL-writing engine pays depends on these (the anchor writes no WAL).
             settings = ("server_version", "fsync", "synchronous_commit", "full_page_writes", "shared_buffers")
             result["postgres"]["server"] = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in settings}
-            result["postgres"]["generate"] = generate_postgres(conn, args.customers, args.events)
+            if reuse:
+                log(f"reusing bench_{args.database}: resetting what the engine wrote")
+                conn.execute(
+                    "TRUNCATE segments_customerlayer, segments_layerhistory, segments_customertag, "
+                    "segments_segmentmembership"
+                )
+                conn.execute("DELETE FROM segments_recomputerun")
+                conn.execute("DELETE FROM segments_segment WHERE key = 'bench'")
+                conn.execute("VACUUM ANALYZE")
+                result["postgres"]["generate"] = "reused"
+                result["postgres"]["events"] = conn.execute("SELECT COUNT(*) FROM segments_event").fetchone()[0]
+            else:
+                log(f"generating {args.customers:,} customers, {args.events:,} events")
+                result["postgres"]["generate"] = generate_postgres(conn, args.customers, args.events)
             log("anchor")
             result["postgres"]["anchor"] = anchor(conn)
             os.environ.update(env)
