@@ -5,7 +5,8 @@ on 1,000,000 customers and 10,000,000 events, against a hand-written RFM stateme
    with SQL ``generate_series``: ``--customers`` customers (sign-ups over two years, a
    ``tier`` attribute), ``--events`` events over two years skewed towards recent days and
    towards some customers (40% orders with amounts, 60% logins), memberships for ~30%.
-   ``VACUUM ANALYZE`` afterwards, as autovacuum would have done in production.
+   ``VACUUM ANALYZE`` afterwards, as autovacuum would have done in production. ``--keep``
+   keeps it, ``--reuse`` measures again on it (resetting what the engine wrote).
 2. Anchor: one hand-written statement computing every customer's RFM tier with the same
    rule (quintile scores by RANK with ties together, high = above the mean, 8 tiers +
    no purchase), materialized as ``CREATE TEMP TABLE … AS``; best of 3. Its tier counts
@@ -19,6 +20,13 @@ on 1,000,000 customers and 10,000,000 events, against a hand-written RFM stateme
    segment. ``--dimensions rfm`` recomputes RFM only (the floors are on RFM).
 4. SQLite (the embedded default), in a subprocess: ``--sqlite-customers`` customers and
    ``--sqlite-events`` events generated with a recursive CTE, same recomputes.
+
+On PostgreSQL, RFM's cold and nightly runs alternate with the anchor (anchor, engine, anchor,
+engine …; ``--pairs``, default 3; the cold run is undone between pairs by TRUNCATE): each
+ratio divides an engine run by the anchor run just before it, so both ran under the same
+load; the floors are judged on the median of those ratios (``floors.cold`` /
+``floors.nightly``: pairs, median, spread, best-of). ``floors.anchor_does`` /
+``engine_does`` say what each one computes and writes.
 
 Floors (issue 3), on the nightly RFM run: the computation (stage statement) ≤ 2× the
 anchor; the whole recompute (diff, writes, history, tags, MECE check) ≤ 3× the anchor.
