@@ -14,8 +14,11 @@
 A *first run* of a dimension (none of its rows exists yet: a new install, a new dimension)
 skips the diff: the stage is the change set, and memberships, history and tier tags are
 each one plain ``INSERT … SELECT`` from it (no MERGE, no ON CONFLICT unless someone already
-holds one of the tier tags). The bulk tables carry only the indexes their readers need
-(migration 0011): each index costs a row-by-row insertion on every first run.
+holds one of the tier tags). It skips the MECE pre-check too (the memberships insert's unique
+index and the count after the write are the check), and a nightly run on PostgreSQL folds
+it into the diff (see ``dimension_write``): only a violation pays it, to report it. The
+bulk tables carry only the indexes their readers need (migration 0011): each index costs a
+row-by-row insertion on every first run.
 
 A dimension scoped to a role places only the customers holding it (a *scope* table of
 their ids, filled by one ``INSERT … SELECT``); customers who no longer hold it leave the
@@ -32,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection
+from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from segments.dimensions.base import STAGE_TABLE, StageContext, table
 
@@ -179,40 +182,14 @@ def dimension_write(
             # a population restricted it themselves (ctx.scope_filter).
             select_sql = f"SELECT k.* FROM ({select_sql}) k WHERE k.customer_id IN (SELECT customer_id FROM {scope})"
         cursor.execute(f"CREATE TEMP TABLE {STAGE_TABLE}{on_commit} AS {select_sql}", select_params)
+        stage_rows = cursor.rowcount  # PostgreSQL's "SELECT n" command tag; -1 on SQLite
         stats = getattr(kind_module, "stage_stats", None)
         result.stats = stats(ctx, STAGE_TABLE) if stats else {}
         clock.lap("compute")
         # No ANALYZE of the stage: it is only scanned (aggregates, the hash join of the
         # diff), and the planner sizes a fresh table from its pages.
-        # One hash aggregation over the stage (COUNT(DISTINCT …) would sort): rows, rows
-        # beyond one per customer, and rows in a layer of another dimension.
-        in_layers = ", ".join(["%s"] * len(layers))
-        cursor.execute(
-            f"SELECT COALESCE(SUM(n), 0), COALESCE(SUM(n - 1), 0), COALESCE(SUM(f), 0) FROM "
-            f"(SELECT customer_id, COUNT(*) AS n, SUM(CASE WHEN layer_id NOT IN ({in_layers}) THEN 1 ELSE 0 END) AS f "
-            f"FROM {STAGE_TABLE} GROUP BY customer_id) g",
-            list(layers.values()),
-        )
-        staged, extra, foreign = (int(v) for v in cursor.fetchone())
-        staged_distinct = staged - extra
         cursor.execute(f"SELECT COUNT(*) FROM {scope or table('Customer')}")
         customers = cursor.fetchone()[0]
-        # Check the computed placement before writing anything: a customer placed twice or
-        # nowhere, or a layer of another dimension, is a MECE violation (and would
-        # otherwise leave a stale row behind or trip a constraint mid-write).
-        precheck = MeceResult(
-            customers=customers,
-            placed=staged_distinct,
-            rows=staged,
-            duplicates=staged - staged_distinct,
-            unplaced=customers - staged_distinct,
-            foreign=foreign,
-        )
-        if not precheck.ok:
-            result.mece = precheck
-            return result
-
-        # --- 2. changes: only customers whose row differs --------------------------------
         cursor.execute(f"SELECT 1 FROM {cl} WHERE dimension_id = %s LIMIT 1", [dimension_id])
         # A first run (no row of this dimension yet: a new install, a new dimension) has
         # nothing to diff: every staged row is new, so the stage itself becomes the change
@@ -220,6 +197,31 @@ def dimension_write(
         # instead of being joined against a million rows, copied and indexed. Its moves
         # are the layer sizes, counted after the write.
         first_run = cursor.fetchone() is None
+        if first_run:
+            # No pre-check pass over the stage either: the insert into CustomerLayer is the
+            # check. Its unique (customer, dimension) index refuses a customer staged twice
+            # (and NOT NULL a missing layer) — then the pre-check runs, to report it — and
+            # the count after the write finds customers placed nowhere or in another
+            # dimension's layer.
+            staged = staged_distinct = -1
+        # A nightly run on PostgreSQL (unscoped) folds the pre-check into the diff: the diff
+        # is a FULL JOIN, so a row of the dimension whose customer the stage lost shows up in
+        # it (NULL customer), and the stage's row count comes with its creation; a stage with one
+        # row per customer and no lost row, followed by a write that leaves exactly one row
+        # per customer (unique index + the count after the write), is MECE. Elsewhere the
+        # pre-check aggregates the stage by customer first (SQLite, the portable path, a
+        # scoped dimension whose lost rows are customers leaving the scope).
+        fused = not first_run and scope is None and _vendor() == "postgresql" and not portable
+        if fused:
+            staged = staged_distinct = stage_rows
+        elif not first_run:
+            precheck = _precheck(cursor, layers, customers)
+            if not precheck.ok:
+                result.mece = precheck
+                return result
+            staged, staged_distinct = precheck.rows, precheck.placed
+
+        # --- 2. changes: only customers whose row differs --------------------------------
         _drop(cursor, CHANGES_TABLE)
         moved = "(old_layer_id IS NULL OR old_layer_id <> layer_id)"
         moves: list[tuple[int | None, int | None, int]] = []
@@ -227,14 +229,28 @@ def dimension_write(
             cursor.execute(f"ALTER TABLE {_temp(STAGE_TABLE)} RENAME TO {CHANGES_TABLE}")
             cursor.execute(f"ALTER TABLE {_temp(CHANGES_TABLE)} ADD COLUMN old_layer_id bigint")
         else:
+            join = (
+                f"FULL JOIN (SELECT customer_id, layer_id, valid_until FROM {cl} WHERE dimension_id = %s) c "
+                "ON c.customer_id = s.customer_id WHERE s.customer_id IS NULL OR "
+                if fused
+                else f"LEFT JOIN {cl} c ON c.customer_id = s.customer_id AND c.dimension_id = %s WHERE "
+            )
             cursor.execute(
                 f"CREATE TEMP TABLE {CHANGES_TABLE}{on_commit} AS "
-                f"SELECT s.customer_id, s.layer_id, s.valid_until, c.layer_id AS old_layer_id "
-                f"FROM {STAGE_TABLE} s LEFT JOIN {cl} c ON c.customer_id = s.customer_id AND c.dimension_id = %s "
-                "WHERE c.layer_id IS NULL OR c.layer_id <> s.layer_id OR "
+                f"SELECT s.customer_id, s.layer_id, s.valid_until, c.layer_id AS old_layer_id FROM {STAGE_TABLE} s "
+                f"{join}c.layer_id IS NULL OR c.layer_id <> s.layer_id OR "
                 f"{_distinct('c.valid_until', 's.valid_until')}",
                 [dimension_id],
             )
+            if fused:
+                cursor.execute(f"SELECT COUNT(*) FROM {CHANGES_TABLE} WHERE customer_id IS NULL")
+                if cursor.fetchone()[0] or staged != customers:
+                    precheck = _precheck(cursor, layers, customers)
+                    if not precheck.ok:
+                        result.mece = precheck
+                        return result
+                    # Rows of customers gone without their cascade: the count after the write says so.
+                    cursor.execute(f"DELETE FROM {CHANGES_TABLE} WHERE customer_id IS NULL")
             _index_and_analyze(cursor, CHANGES_TABLE)
             cursor.execute(
                 f"SELECT old_layer_id, layer_id, COUNT(*) FROM {CHANGES_TABLE} WHERE {moved} "
@@ -262,8 +278,7 @@ def dimension_write(
         # A first run only inserts: one INSERT … SELECT, not a MERGE that matches every
         # staged customer against the other dimensions' rows.
         if _vendor() == "postgresql" and not portable and not first_run:
-            cursor.execute(
-                f"""
+            merge_sql = f"""
                 MERGE INTO {cl} AS t
                 USING {CHANGES_TABLE} AS c ON t.customer_id = c.customer_id AND t.dimension_id = %s
                 WHEN MATCHED THEN UPDATE SET
@@ -273,9 +288,18 @@ def dimension_write(
                     since = CASE WHEN t.layer_id <> c.layer_id THEN %s ELSE t.since END
                 WHEN NOT MATCHED THEN INSERT (customer_id, dimension_id, layer_id, since, computed_at, valid_until)
                     VALUES (c.customer_id, %s, c.layer_id, %s, %s, c.valid_until)
-                """,
-                [dimension_id, now_p, as_of_p, dimension_id, as_of_p, now_p],
-            )
+                """
+            try:
+                # A savepoint: a customer staged twice makes MERGE refuse to write a row twice
+                # (or the unique index refuse the insert); the pre-check then says why.
+                with transaction.atomic():
+                    cursor.execute(merge_sql, [dimension_id, now_p, as_of_p, dimension_id, as_of_p, now_p])
+            except DatabaseError:
+                precheck = _precheck(cursor, layers, customers)
+                if precheck.ok:
+                    raise
+                result.mece = precheck
+                return result
         elif not first_run:
             cursor.execute(
                 f"""
@@ -289,13 +313,24 @@ def dimension_write(
                 """,
                 [as_of_p, now_p, dimension_id],
             )
-        if first_run or _vendor() != "postgresql" or portable:
-            cursor.execute(
-                f"INSERT INTO {cl} (customer_id, dimension_id, layer_id, since, computed_at, valid_until) "
-                f"SELECT customer_id, %s, layer_id, %s, %s, valid_until FROM {CHANGES_TABLE} "
-                "WHERE old_layer_id IS NULL",
-                [dimension_id, as_of_p, now_p],
-            )
+        insert_sql = (
+            f"INSERT INTO {cl} (customer_id, dimension_id, layer_id, since, computed_at, valid_until) "
+            f"SELECT customer_id, %s, layer_id, %s, %s, valid_until FROM {CHANGES_TABLE} "
+            "WHERE old_layer_id IS NULL"
+        )
+        if first_run:
+            try:
+                with transaction.atomic():  # a savepoint: the pre-check must run after a refused insert
+                    cursor.execute(insert_sql, [dimension_id, as_of_p, now_p])
+            except IntegrityError:
+                precheck = _precheck(cursor, layers, customers, stage=CHANGES_TABLE)
+                if precheck.ok:
+                    raise  # not the placement (a concurrent write): the run fails and is retried
+                result.mece = precheck
+                return result
+            staged = staged_distinct = cursor.rowcount
+        elif _vendor() != "postgresql" or portable:
+            cursor.execute(insert_sql, [dimension_id, as_of_p, now_p])
         clock.lap("write")
 
         # --- 4. history: close the open row, open a new one, for movers only ----------------
@@ -366,6 +401,11 @@ def dimension_write(
             unplaced=customers - placed,
             foreign=rows - placed,
         )
+        if not result.mece.ok and (first_run or fused):
+            # Not pre-checked: say whether the stage itself placed someone twice or nowhere.
+            precheck = _precheck(cursor, layers, customers, stage=CHANGES_TABLE if first_run else STAGE_TABLE)
+            if not precheck.ok:
+                result.mece = precheck
         # Who stayed in a layer is who is in it now minus who moved in (no count of the
         # previous sizes needed).
         moved_in: dict[int, int] = {}
@@ -384,6 +424,30 @@ def dimension_write(
         clock.lap("check")
     result.timings_ms = clock.timings
     return result
+
+
+def _precheck(cursor: Any, layers: dict[str, int], customers: int, *, stage: str = STAGE_TABLE) -> MeceResult:
+    """Check the computed placement before writing anything: a customer placed twice or
+    nowhere, or a layer of another dimension, is a MECE violation (and would otherwise leave
+    a stale row behind or trip a constraint mid-write). One hash aggregation over the stage
+    (COUNT(DISTINCT …) would sort): rows, rows beyond one per customer, rows in a layer of
+    another dimension."""
+    in_layers = ", ".join(["%s"] * len(layers))
+    cursor.execute(
+        f"SELECT COALESCE(SUM(n), 0), COALESCE(SUM(n - 1), 0), COALESCE(SUM(f), 0) FROM "
+        f"(SELECT customer_id, COUNT(*) AS n, SUM(CASE WHEN layer_id NOT IN ({in_layers}) THEN 1 ELSE 0 END) AS f "
+        f"FROM {stage} GROUP BY customer_id) g",
+        list(layers.values()),
+    )
+    staged, extra, foreign = (int(v) for v in cursor.fetchone())
+    return MeceResult(
+        customers=customers,
+        placed=staged - extra,
+        rows=staged,
+        duplicates=extra,
+        unplaced=customers - (staged - extra),
+        foreign=foreign,
+    )
 
 
 def _leave_scope(cursor: Any, *, dimension_id: int, tag_ids: list[int], as_of_p: Any) -> list[tuple[int, None, int]]:

@@ -119,6 +119,83 @@ def test_recompute__first_run__one_insert_per_table_and_no_diff(members: dict, g
     assert rows == [("a", "computed"), ("b", "manual" if held else "computed"), ("c", "computed")]
 
 
+@pytest.mark.parametrize("fault", [None, "duplicate", "missing"])
+def test_recompute__first_run__no_precheck_pass_and_a_violation_still_caught(
+    members: dict, monkeypatch: pytest.MonkeyPatch, fault: str | None
+) -> None:
+    # A first run does not aggregate the stage before writing (the unique index of the
+    # insert refuses a customer placed twice, the count after it finds one placed nowhere);
+    # only a violation pays the pre-check, to say what was wrong.
+    real_select = expiry.stage_select
+
+    def faulty_select(ctx: Any) -> tuple[str, list]:
+        sql, params = real_select(ctx)
+        if fault == "duplicate":
+            return (
+                f"SELECT * FROM ({sql}) x UNION ALL SELECT * FROM ({sql}) y WHERE y.customer_id = %s",
+                [*params, *params, members["a"].pk],
+            )
+        if fault == "missing":
+            return f"SELECT * FROM ({sql}) x WHERE x.customer_id <> %s", [*params, members["c"].pk]
+        return sql, params
+
+    monkeypatch.setattr(expiry, "stage_select", faulty_select)
+    with CaptureQueriesContext(connection) as queries:
+        outcome = dimension_recompute(dimension_id=Dimension.objects.get(key="expiry").pk, as_of=AS_OF)
+    prechecks = [q["sql"] for q in queries.captured_queries if "COUNT(*) AS n" in q["sql"]]
+    if fault is None:
+        assert outcome.status == "succeeded" and prechecks == []
+        assert layers_of("expiry") == {"a": "expiring_soon", "b": "valid", "c": "none"}
+        return
+    assert outcome.status == "failed" and "MECE violation" in outcome.error
+    mece = RecomputeRun.objects.get(pk=outcome.run_id).details["mece"]
+    assert mece["ok"] is False and mece["duplicates" if fault == "duplicate" else "unplaced"] == 1
+    assert not CustomerLayer.objects.filter(dimension__key="expiry").exists()
+    assert not LayerHistory.objects.filter(dimension__key="expiry").exists()
+    assert not CustomerTag.objects.filter(tag__family="tier").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("fault", [None, "twice-and-one-lost", "twice-and-a-new-one-missing"])
+def test_recompute__nightly_postgres__check_folded_into_the_diff_and_a_violation_still_caught(
+    members: dict, world: World, monkeypatch: pytest.MonkeyPatch, fault: str | None
+) -> None:
+    # Given a first run, then (for the new-customer case) a customer who has no row yet
+    recompute("expiry")
+    before = layers_of("expiry")
+    new = world.customer("d") if fault == "twice-and-a-new-one-missing" else None
+    real_select = expiry.stage_select
+
+    def faulty_select(ctx: Any) -> tuple[str, list]:
+        # As many rows as customers, but 'a' twice and someone missing: only the diff's lost
+        # row (an existing customer) or the count after the write (a new one) can tell.
+        sql, params = real_select(ctx)
+        if fault is None:
+            return sql, params
+        missing = members["c"].pk if new is None else new.pk
+        return (
+            f"SELECT * FROM ({sql}) x WHERE x.customer_id <> %s UNION ALL SELECT * FROM ({sql}) y "
+            "WHERE y.customer_id = %s",
+            [*params, missing, *params, members["a"].pk],
+        )
+
+    monkeypatch.setattr(expiry, "stage_select", faulty_select)
+    # When the next night runs
+    with CaptureQueriesContext(connection) as queries:
+        outcome = dimension_recompute(dimension_id=Dimension.objects.get(key="expiry").pk, as_of=T1)
+    prechecks = [q["sql"] for q in queries.captured_queries if "COUNT(*) AS n" in q["sql"]]
+    if fault is None:
+        # Then no aggregation of the stage by customer ran, and the movers moved
+        assert outcome.status == "succeeded" and outcome.changed == 2 and prechecks == []
+        return
+    # Then the violation is reported as one, and nothing changed
+    assert outcome.status == "failed" and "MECE violation" in outcome.error
+    mece = RecomputeRun.objects.get(pk=outcome.run_id).details["mece"]
+    assert (mece["ok"], mece["duplicates"], mece["unplaced"]) == (False, 1, 1)
+    assert {k: v for k, v in layers_of("expiry").items() if k != "d"} == before
+    assert not CustomerLayer.objects.filter(customer__external_id="d").exists()
+
+
 def test_recompute__first_run_with_history_left_open__closes_it_and_places_everyone(members: dict) -> None:
     # Memberships removed behind the engine's back (raw SQL) leave open history rows: the
     # next run is a first run again, and must not open a second row for the same customer.
