@@ -10,6 +10,8 @@ anchor), in the same run, and their numbers are compared. Floors (issue 19): eac
     .venv/bin/python bench/analytics.py --sqlite        # SQLite, 100,000 customers (the embedded default)
     .venv/bin/python bench/analytics.py --reuse         # keep bench_analytics; measure again on it if
                                                         # it holds exactly this size (no 6-12 min generation)
+    .venv/bin/python bench/analytics.py --monthly-partitions   # events in monthly partitions, as a
+                                                        # database that has run a year holds them
 
 The data is generated set-based inside PostgreSQL (``generate_series`` + ``random()`` with
 a fixed seed): customers signed up over 12 months in four time zones with an acquisition
@@ -17,6 +19,18 @@ channel; ten events each (login, visit with a page, add_to_cart, order) spread o
 90 days after sign-up; one RFM layer-history row per customer from before the data starts
 (30% move to another layer half-way). The database is ``bench_analytics`` on the server of
 ``DATABASE_URL`` (as ``scripts/bench.sh`` exports it) or of ``PG_PORT``.
+
+``--monthly-partitions``: the generator writes every event into ``segments_event``'s DEFAULT
+partition (the product creates monthly partitions from the current month ahead, and the data
+is dated 2025-2026). A production database that has run a year holds its events in one
+partition per month instead, which changes the plans (an ordered read of the events in
+customer order becomes a Merge Append over the partitions). With this option the generated
+events move into monthly partitions by the product's own code,
+``segments.services.partitions.event_partitions_ensure(today=<first month>, ahead=<months>)``
+(what the daily beat task does: build each month's table, move the rows the default partition
+caught for it, attach), then ``VACUUM ANALYZE``. The database is ``bench_analytics_monthly``
+and the result ``bench/results/analytics_partitioned.json``, so both layouts can be kept and
+measured side by side (``--reuse``).
 
 ``--sqlite`` runs the same two product computations on SQLite (the embedded default) at
 100,000 customers; the data has the same distributions, generated in Python with a seeded
@@ -141,6 +155,49 @@ def _generate(customers: int, events_per_customer: int) -> dict[str, Any]:
         cursor.execute("SELECT COUNT(*) FROM segments_event")
         events = cursor.fetchone()[0]
     return {"customers": customers, "events": events, "timings": {k: round(v, 2) for k, v in timings.items()}}
+
+
+def _partition_monthly() -> dict[str, Any]:
+    """Move the generated events from the default partition into monthly partitions with the
+    product's own partition code (module docstring), then VACUUM ANALYZE. Idempotent."""
+    from django.db import connection
+
+    from segments.services import partitions
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT MIN(occurred_at), MAX(occurred_at) FROM segments_event")
+        first, last = cursor.fetchone()
+    first_month = partitions.month_start(first.astimezone(dt.UTC).date())
+    last_month = partitions.month_start(last.astimezone(dt.UTC).date())
+    ahead = (last_month.year - first_month.year) * 12 + last_month.month - first_month.month
+    t = time.perf_counter()
+    created = partitions.event_partitions_ensure(today=first_month, ahead=ahead)
+    moved_s = time.perf_counter() - t
+    t = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE segments_event")
+    vacuum_s = time.perf_counter() - t
+    layout = _layout()
+    if layout["default_rows"]:
+        raise RuntimeError(f"{layout['default_rows']} events left in the default partition")
+    return {**layout, "created": len(created), "move_s": round(moved_s, 2), "vacuum_analyze_s": round(vacuum_s, 2)}
+
+
+def _layout() -> dict[str, Any]:
+    """Where the events are: rows in the default partition and the monthly partitions holding rows."""
+    from django.db import connection
+
+    from segments.services import partitions
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {partitions.DEFAULT}")
+        default_rows = cursor.fetchone()[0]
+    monthly = [p for p in partitions.event_partitions() if p.rows_estimate > 0]
+    return {
+        "layout": "monthly" if monthly and not default_rows else "default",
+        "default_rows": default_rows,
+        "monthly_partitions_with_rows": len(monthly),
+    }
 
 
 def _generate_sqlite(customers: int, events_per_customer: int) -> dict[str, Any]:
@@ -513,6 +570,20 @@ def _reusable(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"customers": customers, "events": events, "reused": True}
 
 
+def _reused_layout(args: argparse.Namespace) -> dict[str, Any]:
+    """On a reused database: move its events into monthly partitions if asked and not done
+    yet; refuse to measure the default layout on a database whose events were moved."""
+    layout = _layout()
+    if args.monthly_partitions and layout["layout"] != "monthly":
+        common.log("moving the events into monthly partitions")
+        return _partition_monthly()
+    if not args.monthly_partitions and layout["layout"] != "default":
+        raise SystemExit(
+            f"bench_{args.database} holds its events in monthly partitions: drop it or add --monthly-partitions"
+        )
+    return layout
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--customers", type=int, default=None, help="default 1,000,000 (SQLite: 100,000)")
@@ -529,8 +600,19 @@ def main() -> None:
         "--events-per-customer events each, measure on it without regenerating (the 1M / 10M generation "
         "takes 6-12 min; the measurement under the lock takes about two)",
     )
-    parser.add_argument("--database", default="analytics", help="bench database name suffix: bench_<this>")
+    parser.add_argument(
+        "--monthly-partitions",
+        action="store_true",
+        help="after generation, move the events from the default partition into one partition per month "
+        "(the product's event_partitions_ensure), as a database that has run a year holds them; database "
+        "bench_analytics_monthly, result analytics_partitioned.json",
+    )
+    parser.add_argument("--database", default=None, help="bench database name suffix: bench_<this>")
     args = parser.parse_args()
+    if args.database is None:
+        args.database = "analytics_monthly" if args.monthly_partitions else "analytics"
+    if args.monthly_partitions and args.sqlite:
+        parser.error("--monthly-partitions is for PostgreSQL (SQLite's events table has no partitions)")
     if args.customers is None:
         args.customers = 100_000 if args.sqlite else 1_000_000
     if args.quick:
@@ -545,6 +627,7 @@ def main() -> None:
             sizes = f"{reused['customers']:,} customers, {reused['events']:,} events"
             common.log(f"reusing bench_{args.database} ({sizes})")
             _setup_django(common.database_url(f"bench_{args.database}"))
+            reused["partitions"] = _reused_layout(args)
             measured = {"generation": reused, **_measure(args.repeats)}
             from django.db import connections
 
@@ -558,6 +641,11 @@ def main() -> None:
                 call_command("migrate", verbosity=0)
                 common.log(f"generating {args.customers:,} customers x {args.events_per_customer} events")
                 generated = _generate(args.customers, args.events_per_customer)
+                if args.monthly_partitions:
+                    common.log("moving the events into monthly partitions")
+                    generated["partitions"] = _partition_monthly()
+                else:
+                    generated["partitions"] = _layout()
                 common.log("measuring")
                 measured = {"generation": generated, **_measure(args.repeats)}
                 from django.db import connections
@@ -571,7 +659,8 @@ def main() -> None:
         **measured,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
-    common.emit("analytics_sqlite" if args.sqlite else "analytics", result, save=not args.no_save)
+    name = "analytics_sqlite" if args.sqlite else "analytics_partitioned" if args.monthly_partitions else "analytics"
+    common.emit(name, result, save=not args.no_save)
 
 
 if __name__ == "__main__":
