@@ -240,6 +240,16 @@ def _cohort_ctes(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
 MASK_BITS = 62  # periods per bigint word: 1 << 62 is the highest power of two both vendors keep positive
 
 
+def _buckets(r: _Resolved, v: sql.Vendor) -> tuple[str, dt.date]:
+    """The recursive ``buckets(b)`` CTE's body listing every cohort bucket from the first
+    one's start (its parameter, returned second) to ``cohort_to`` (the second parameter), so
+    buckets without customers are listed with size 0."""
+    dp = sql.date_param(v)
+    step = sql.next_bucket("b", r.spec.cohort_grain, v)
+    body = f"SELECT {dp} AS b UNION ALL SELECT {step} FROM buckets WHERE {step} <= {dp}"
+    return body, sql.bucket_of(r.cohort_from, r.spec.cohort_grain)
+
+
 def table_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
     """One wide row per (cohort bucket, layer): size, min age, then for n = 0..periods the
     customers retained on n (``o<n>``) and on or after n (``a<n>``), then for each headline
@@ -260,7 +270,6 @@ def table_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
     ctes, params = _cohort_ctes(r, v)
     n_max = int(r.spec.periods)
     length = PERIOD_DAYS[r.spec.period]
-    dp = sql.date_param(v)
     words = n_max // MASK_BITS + 1
     period = f"(x.d / {length})"
     bit = f"{sql.one_bigint(v)} << ({period} %% {MASK_BITS})"
@@ -289,11 +298,7 @@ def table_sql(r: _Resolved, v: sql.Vendor) -> tuple[str, list[object]]:
             f"SUM(CASE WHEN pc.age > {n} THEN pc.af{n} ELSE 0 END) AS ha{n}",
         ]
     if r.dimension_id is None and r.attribute is None:
-        buckets = (
-            f"SELECT {dp} AS b UNION ALL SELECT {sql.next_bucket('b', r.spec.cohort_grain, v)} FROM buckets "
-            f"WHERE {sql.next_bucket('b', r.spec.cohort_grain, v)} <= {dp}"
-        )
-        first = sql.bucket_of(r.cohort_from, r.spec.cohort_grain)
+        buckets, first = _buckets(r, v)
         statement = (
             f"WITH RECURSIVE buckets(b) AS ({buckets}), {ctes}, per AS ({per}) "
             f"SELECT bk.b AS cohort, '' AS layer, {', '.join(columns)} "
@@ -466,11 +471,7 @@ def _table_postgresql(r: _Resolved) -> tuple[str, list[object]]:
         ]
     )
     if r.dimension_id is None and r.attribute is None:
-        buckets = (
-            f"SELECT {dp} AS b UNION ALL SELECT {sql.next_bucket('b', r.spec.cohort_grain, v)} FROM buckets "
-            f"WHERE {sql.next_bucket('b', r.spec.cohort_grain, v)} <= {dp}"
-        )
-        first = sql.bucket_of(r.cohort_from, r.spec.cohort_grain)
+        buckets, first = _buckets(r, v)
         statement = (
             f"WITH RECURSIVE buckets(b) AS ({buckets}), cells AS (SELECT ch.cohort, {', '.join(columns)} "
             f"FROM {joined} GROUP BY ch.cohort) "
