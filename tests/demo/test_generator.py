@@ -37,6 +37,15 @@ def parse(ts: str) -> dt.datetime:
     return dt.datetime.fromisoformat(ts)
 
 
+def events_by_customer(folder: Path) -> dict[str, list[dict]]:
+    """The generated events per customer, in file (= time) order."""
+    by_customer: dict[str, list[dict]] = defaultdict(list)
+    for line in (folder / "events.jsonl").open():
+        event = json.loads(line)
+        by_customer[event["customer_id"]].append(event)
+    return by_customer
+
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
@@ -136,10 +145,7 @@ def test_generate__roles__everyone_buys_a_share_also_sells_and_only_sellers_have
 
 @pytest.mark.pure
 def test_generate__path_to_purchase__product_view_before_every_order_and_some_carts_left(generated: Path) -> None:
-    by_customer: dict[str, list[dict]] = defaultdict(list)
-    for line in (generated / "events.jsonl").open():
-        event = json.loads(line)
-        by_customer[event["customer_id"]].append(event)
+    by_customer = events_by_customer(generated)
     orders = carts = 0
     for events in by_customer.values():
         for i, event in enumerate(events):
@@ -163,10 +169,7 @@ def test_generate__path_to_purchase__product_view_before_every_order_and_some_ca
 @pytest.mark.pure
 def test_generate__referral_invites__sent_by_inviters_after_their_orders(generated: Path) -> None:
     # Given: the events per customer, in time order
-    by_customer: dict[str, list[dict]] = defaultdict(list)
-    for line in (generated / "events.jsonl").open():
-        event = json.loads(line)
-        by_customer[event["customer_id"]].append(event)
+    by_customer = events_by_customer(generated)
     orders = invites = 0
     for events in by_customer.values():
         order_times = [parse(e["occurred_at"]) for e in events if e["type"] == "order"]
