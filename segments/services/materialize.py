@@ -528,8 +528,8 @@ class SegmentWrite:
     timings_ms: dict[str, int]
 
 
-# The segment's members before the write: its rows read once (by the unique index's
-# segment_id prefix) into a temp table, so the diff never reads the table being written.
+# A segment's members (or a tag's holders) before the write: its rows read once into a temp
+# table, so the diff never reads the table being written (segment_write, tag_write).
 CURRENT_MEMBERS_TABLE = "segments_stage_current_members"
 
 
@@ -605,6 +605,11 @@ def tag_write(*, tag_id: int, members_sql: str, params: list[Any], as_of: dt.dat
     Manual rows are never touched: a customer holding the tag by hand is neither given a
     computed row (the insert skips any existing row) nor loses it (only ``source =
     'computed'`` rows are removed). Call inside a transaction.
+
+    The gains are found against a temp copy of the tag's holders (after the losses), not
+    by anti-joining ``CustomerTag`` while inserting into it: as in ``segment_write``, that
+    anti-join was planned as a nested loop over a seq scan of the table being filled when
+    its statistics said empty, re-reading every inserted page per row (quadratic).
     """
     clock = _Clock()
     ctag, hist = table("CustomerTag"), table("TagHistory")
@@ -613,7 +618,8 @@ def tag_write(*, tag_id: int, members_sql: str, params: list[Any], as_of: dt.dat
     members = TAG_MEMBERS_TABLE
     not_member = f"NOT EXISTS (SELECT 1 FROM {members} m WHERE m.customer_id = {ctag}.customer_id)"
     computed_lost = f"tag_id = %s AND source = 'computed' AND {not_member}"
-    no_row = f"NOT EXISTS (SELECT 1 FROM {ctag} t WHERE t.tag_id = %s AND t.customer_id = m.customer_id)"
+    holders_now = CURRENT_MEMBERS_TABLE
+    no_row = f"NOT EXISTS (SELECT 1 FROM {holders_now} t WHERE t.customer_id = m.customer_id)"
     with connection.cursor() as cursor:
         _drop(cursor, members)
         cursor.execute(f"CREATE TEMP TABLE {members} (customer_id bigint NOT NULL){on_commit}")
@@ -629,18 +635,26 @@ def tag_write(*, tag_id: int, members_sql: str, params: list[Any], as_of: dt.dat
         )
         cursor.execute(f"DELETE FROM {ctag} WHERE {computed_lost}", [tag_id])
         lost = cursor.rowcount
-        # Gains: open a history row, then insert the computed row, for members without any row.
+        # Gains: open a history row, then insert the computed row, for members without any row
+        # (computed or manual) among the holders left after the losses.
+        _drop(cursor, holders_now)
+        cursor.execute(f"CREATE TEMP TABLE {holders_now} (customer_id bigint NOT NULL){on_commit}")
+        cursor.execute(
+            f"INSERT INTO {holders_now} (customer_id) SELECT customer_id FROM {ctag} WHERE tag_id = %s", [tag_id]
+        )
+        _index_and_analyze(cursor, holders_now)
         cursor.execute(
             f"INSERT INTO {hist} (customer_id, tag_id, source, gained_at, lost_at, changed_by_id) "
             f"SELECT m.customer_id, %s, 'computed', %s, NULL, NULL FROM {members} m WHERE {no_row}",
-            [tag_id, as_of_p, tag_id],
+            [tag_id, as_of_p],
         )
         cursor.execute(
             f"INSERT INTO {ctag} (customer_id, tag_id, assigned_at, source, assigned_by_id) "
             f"SELECT m.customer_id, %s, %s, 'computed', NULL FROM {members} m WHERE {no_row}",
-            [tag_id, as_of_p, tag_id],
+            [tag_id, as_of_p],
         )
         gained = cursor.rowcount
+        _drop(cursor, holders_now)
         cursor.execute(f"SELECT COUNT(*) FROM {ctag} WHERE tag_id = %s", [tag_id])
         holders = cursor.fetchone()[0]
         _drop(cursor, members)
