@@ -460,6 +460,11 @@ def main() -> None:
         help="Reuse bench_<name> kept by --keep when it holds --customers customers (its events as they were): "
         "skip migrating and generating, reset what the engine wrote.",
     )
+    parser.add_argument(
+        "--generate-only",
+        action="store_true",
+        help="Migrate and generate bench_<name> (with --keep), measure nothing: later runs use --reuse.",
+    )
     parser.add_argument("--sqlite-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sqlite_child:
@@ -496,6 +501,9 @@ def main() -> None:
             else:
                 log(f"generating {args.customers:,} customers, {args.events:,} events")
                 result["postgres"]["generate"] = generate_postgres(conn, args.customers, args.events)
+            if args.generate_only:
+                log(f"generated bench_{args.database}: {result['postgres']['generate']}")
+                return
             log("anchor")
             result["postgres"]["anchor"] = anchor(conn)
             os.environ.update(env)

@@ -177,10 +177,24 @@ def dimension_write(
             dimension_id=dimension_id, config=config, layers=layers, as_of=as_of, cursor=cursor, scope_table=scope
         )
         select_sql, select_params = kind_module.stage_select(ctx)
+        # A first run (no row of this dimension yet: a new install, a new dimension) has
+        # nothing to diff: every staged row is new (see below).
+        cursor.execute(f"SELECT 1 FROM {cl} WHERE dimension_id = %s LIMIT 1", [dimension_id])
+        first_run = cursor.fetchone() is None
         if scope is not None:
             # Every kind's rows are kept for the customers in scope only; kinds that rank
             # a population restricted it themselves (ctx.scope_filter).
             select_sql = f"SELECT k.* FROM ({select_sql}) k WHERE k.customer_id IN (SELECT customer_id FROM {scope})"
+        if first_run:
+            # The first run's stage is what it inserts into the three tables, and each of their
+            # (customer, …) B-tree indexes takes the rows in the order they come: the kinds'
+            # statements hand them out in hash-join order (RFM: 103k descents in 200k rows),
+            # so every insert lands on a random leaf page, splits it half full and misses the
+            # cache. Sorted, each index grows at its right edge (nbtree's rightmost-leaf fast
+            # path, 90% full pages): backend CPU for the three inserts 2.58 s -> 1.74 s at
+            # 200k customers, plus 0.09 s for the sort; the (customer, dimension) index 1069 ->
+            # 772 pages. ORDER BY inside each INSERT instead costs three sorts (1.91 s).
+            select_sql = f"SELECT k.* FROM ({select_sql}) k ORDER BY k.customer_id"
         cursor.execute(f"CREATE TEMP TABLE {STAGE_TABLE}{on_commit} AS {select_sql}", select_params)
         stage_rows = cursor.rowcount  # PostgreSQL's "SELECT n" command tag; -1 on SQLite
         stats = getattr(kind_module, "stage_stats", None)
@@ -190,13 +204,10 @@ def dimension_write(
         # diff), and the planner sizes a fresh table from its pages.
         cursor.execute(f"SELECT COUNT(*) FROM {scope or table('Customer')}")
         customers = cursor.fetchone()[0]
-        cursor.execute(f"SELECT 1 FROM {cl} WHERE dimension_id = %s LIMIT 1", [dimension_id])
-        # A first run (no row of this dimension yet: a new install, a new dimension) has
-        # nothing to diff: every staged row is new, so the stage itself becomes the change
-        # set (renamed, plus an all-NULL ``old_layer_id``: catalog-only, no row rewritten)
-        # instead of being joined against a million rows, copied and indexed. Its moves
-        # are the layer sizes, counted after the write.
-        first_run = cursor.fetchone() is None
+        # A first run's stage itself becomes the change set (renamed, plus an all-NULL
+        # ``old_layer_id``: catalog-only, no row rewritten) instead of being joined against
+        # a million rows, copied and indexed. Its moves are the layer sizes, counted after
+        # the write.
         if first_run:
             # No pre-check pass over the stage either: the insert into CustomerLayer is the
             # check. Its unique (customer, dimension) index refuses a customer staged twice

@@ -119,6 +119,34 @@ def test_recompute__first_run__one_insert_per_table_and_no_diff(members: dict, g
     assert rows == [("a", "computed"), ("b", "manual" if held else "computed"), ("c", "computed")]
 
 
+def test_recompute__first_run_from_a_stage_in_any_order__rows_written_in_customer_order(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a kind whose statement hands its rows out in no useful order (RFM's come in
+    # hash-join order; here: customers descending) and customers in every expiry layer
+    for i in range(12):
+        customer = world.customer(f"o{i:02d}")
+        if i % 3:
+            world.membership(customer, expires_in=5 if i % 3 == 1 else 95)
+    real_select = expiry.stage_select
+
+    def descending_select(ctx: Any) -> tuple[str, list]:
+        sql, params = real_select(ctx)
+        return f"SELECT * FROM ({sql}) x ORDER BY x.customer_id DESC", params
+
+    monkeypatch.setattr(expiry, "stage_select", descending_select)
+
+    # When the dimension is computed for the first time
+    recompute("expiry")
+
+    # Then each of the three tables received its rows in customer order (ids are handed out
+    # in insertion order), which is what keeps their (customer, …) indexes growing at the
+    # right edge instead of splitting random pages
+    for model in (CustomerLayer, LayerHistory, CustomerTag):
+        customers = list(model.objects.order_by("pk").values_list("customer_id", flat=True))
+        assert len(customers) == 12 and customers == sorted(customers), model.__name__
+
+
 @pytest.mark.parametrize("fault", [None, "duplicate", "missing"])
 def test_recompute__first_run__no_precheck_pass_and_a_violation_still_caught(
     members: dict, monkeypatch: pytest.MonkeyPatch, fault: str | None
