@@ -147,6 +147,34 @@ def test_recompute__first_run_from_a_stage_in_any_order__rows_written_in_custome
         assert len(customers) == 12 and customers == sorted(customers), model.__name__
 
 
+@pytest.mark.parametrize("portable", [False, True], ids=["fast-path", "portable-path"])
+def test_recompute__nightly_movers_from_a_stage_in_any_order__rows_written_in_customer_order(
+    world: World, monkeypatch: pytest.MonkeyPatch, portable: bool
+) -> None:
+    # Given customers placed by a first run, 8 of whom move at T1 (their membership expires
+    # in 5 days), and a kind whose statement hands its rows out in descending customer order
+    for i in range(16):
+        world.membership(world.customer(f"m{i:02d}"), expires_in=5 if i % 2 else 300)
+    recompute("expiry")
+    real_select = expiry.stage_select
+
+    def descending_select(ctx: Any) -> tuple[str, list]:
+        sql, params = real_select(ctx)
+        return f"SELECT * FROM ({sql}) x ORDER BY x.customer_id DESC", params
+
+    monkeypatch.setattr(expiry, "stage_select", descending_select)
+
+    # When the next run writes the movers
+    outcome = recompute("expiry", as_of=T1, portable=portable)
+
+    # Then their new history rows and tier tags went in in customer order, as the first run's
+    assert outcome.changed == 8
+    opened = LayerHistory.objects.filter(entered_at=T1).order_by("pk").values_list("customer_id", flat=True)
+    tagged = CustomerTag.objects.filter(tag__code="expiry.expired_recently").order_by("pk")
+    for customers in (list(opened), list(tagged.values_list("customer_id", flat=True))):
+        assert len(customers) == 8 and customers == sorted(customers)
+
+
 @pytest.mark.parametrize("fault", [None, "duplicate", "missing"])
 def test_recompute__first_run__no_precheck_pass_and_a_violation_still_caught(
     members: dict, monkeypatch: pytest.MonkeyPatch, fault: str | None
