@@ -512,18 +512,25 @@ def _write_history(
 ) -> None:
     if first_run:
         # No customer has a row of this dimension, so no history row of it may stay open:
-        # close any left open (one index probe finds none in the usual case), then open one
-        # row per customer, straight from the change set.
-        cursor.execute(f"SELECT 1 FROM {hist} WHERE dimension_id = %s AND left_at IS NULL LIMIT 1", [dimension_id])
-        if cursor.fetchone() is not None:
+        # open one row per customer, straight from the change set. The insert is the check
+        # that none was left open (memberships deleted behind the engine's back): the
+        # partial unique index of open rows refuses it, in a savepoint, and only then are
+        # they closed and the insert repeated. Asking first ("any open row of this
+        # dimension?") has no index to use — both history indexes lead with the customer —
+        # so it read the whole table: 0.18 s per million history rows, paid by every new
+        # dimension on a populated install.
+        insert = (
+            f"INSERT INTO {hist} (customer_id, dimension_id, layer_id, entered_at, left_at) "
+            f"SELECT customer_id, %s, layer_id, %s, NULL FROM {CHANGES_TABLE}"
+        )
+        try:
+            with transaction.atomic():
+                cursor.execute(insert, [dimension_id, as_of_p])
+        except IntegrityError:
             cursor.execute(
                 f"UPDATE {hist} SET left_at = %s WHERE dimension_id = %s AND left_at IS NULL", [as_of_p, dimension_id]
             )
-        cursor.execute(
-            f"INSERT INTO {hist} (customer_id, dimension_id, layer_id, entered_at, left_at) "
-            f"SELECT customer_id, %s, layer_id, %s, NULL FROM {CHANGES_TABLE}",
-            [dimension_id, as_of_p],
-        )
+            cursor.execute(insert, [dimension_id, as_of_p])
         return
     cursor.execute(
         f"UPDATE {hist} SET left_at = %s WHERE dimension_id = %s AND left_at IS NULL AND customer_id {movers}",

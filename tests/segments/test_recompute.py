@@ -264,6 +264,27 @@ def test_recompute__first_run_with_history_left_open__closes_it_and_places_every
     assert [(h.layer.key, h.entered_at, h.left_at) for h in rows] == [("none", AS_OF, T1), ("none", T1, None)]
 
 
+@pytest.mark.postgres
+def test_recompute__first_run_of_a_new_dimension__reads_no_other_dimensions_history(world: World) -> None:
+    # Given an install whose history already holds other dimensions' rows
+    for i in range(50):
+        world.membership(world.customer(f"h{i:02d}"), expires_in=5 if i % 2 else 300)
+    recompute("expiry")
+    recompute("expiry", as_of=T1)
+    hist = LayerHistory._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {hist}")
+    before = _rows_read([hist])
+
+    # When a dimension is computed for the first time
+    recompute("lifecycle")
+
+    # Then its history rows are opened without reading the 75 rows of the other dimension
+    # (whether one of its own was left open is the insert's unique index to say)
+    assert _rows_read([hist]).get(hist, 0) - before.get(hist, 0) == 0
+    assert LayerHistory.objects.filter(dimension__key="lifecycle", left_at__isnull=True).count() == 50
+
+
 def _rows_read(tables: list[str]) -> dict[str, int]:
     """Rows this transaction has read from each table (sequential and index fetches)."""
     with connection.cursor() as cursor:
