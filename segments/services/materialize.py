@@ -193,7 +193,14 @@ def dimension_write(
             # cache. Sorted, each index grows at its right edge (nbtree's rightmost-leaf fast
             # path, 90% full pages): backend CPU for the three inserts 2.58 s -> 1.74 s at
             # 200k customers, plus 0.09 s for the sort; the (customer, dimension) index 1069 ->
-            # 772 pages. ORDER BY inside each INSERT instead costs three sorts (1.91 s).
+            # 772 pages. ORDER BY inside each INSERT instead costs three sorts (1.91 s); an
+            # order by (layer, customer) scatters the unique indexes again (2.35 s). At 1M
+            # customers (old and new code alternately under the benchmark lock): memberships
+            # 4.6 -> 3.1 s, history 6.8 -> 3.6 s, tier tags 4.9 -> 3.4 s, the sort +0.3 s of
+            # compute; the cold run 20.7 -> 14.3 s (median). A nightly run does not sort its
+            # stage (1M rows, 0.55 s) but only its changes (below); its diff hash-joins a stage
+            # in hash order against rows now in customer order, 0.3 s slower than when both
+            # came in the same hash order.
             select_sql = f"SELECT k.* FROM ({select_sql}) k ORDER BY k.customer_id"
         cursor.execute(f"CREATE TEMP TABLE {STAGE_TABLE}{on_commit} AS {select_sql}", select_params)
         stage_rows = cursor.rowcount  # PostgreSQL's "SELECT n" command tag; -1 on SQLite
