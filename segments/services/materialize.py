@@ -12,8 +12,9 @@
    MECE check counts rows.
 
 A *first run* of a dimension (none of its rows exists yet: a new install, a new dimension)
-skips the diff: the stage is the change set, and memberships, history and tier tags are
-each one plain ``INSERT … SELECT`` from it (no MERGE, no ON CONFLICT unless someone already
+skips the diff: the stage (sorted by customer, so every index grows at its right edge) is
+the change set, and memberships, history and tier tags are each one plain ``INSERT … SELECT``
+from it (no MERGE, no ON CONFLICT unless someone already
 holds one of the tier tags). It skips the MECE pre-check too (the memberships insert's unique
 index and the count after the write are the check), and a nightly run on PostgreSQL folds
 it into the diff (see ``dimension_write``): only a violation pays it, to report it. The
