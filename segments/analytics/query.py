@@ -109,7 +109,9 @@ def parse_steps(raw: str) -> tuple[FunnelStep, ...]:
         if not match:
             raise AnalyticsInputError("steps", f"Step {index + 1} ('{item}'): write event or event[key=value].")
         where = {k: _literal(v) for k, v in FILTER.findall(match.group("filters"))}
-        steps.append(FunnelStep(match.group("event"), where))
+        # Labelled as written: `visit,visit[page=product]` would otherwise show two steps
+        # both called "visit" on the page, in the CSV and in the JSON (which has no filters).
+        steps.append(FunnelStep(match.group("event"), where, label=item))
     return tuple(steps)
 
 

@@ -101,6 +101,15 @@ def test_funnel_api__preset__five_step_labels(api_client_factory, data: None) ->
     assert [s["label"] for s in body["steps"]] == ["Channel", "Scene", "Product", "Decision", "Done"]
 
 
+def test_funnel_api__step_with_property_filter__labelled_with_the_filter(api_client_factory, data: None) -> None:  # type: ignore[no-untyped-def]
+    client = api_client_factory("reports:read")
+    url = FUNNEL.replace("steps=login,visit", "steps=visit,visit[page=product]")
+    body = client.get(url).json()
+    assert [(s["label"], s["event"]) for s in body["steps"]] == [("visit", "visit"), ("visit[page=product]", "visit")]
+    rows = list(csv.DictReader(io.StringIO(client.get(url.replace("funnel?", "funnel.csv?")).content.decode())))
+    assert [r["label"] for r in rows] == ["visit", "visit[page=product]"]
+
+
 @pytest.mark.parametrize(
     ("url", "field"),
     [
