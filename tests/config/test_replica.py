@@ -5,6 +5,10 @@ primary when it lags beyond the bound, cannot be reached, or inside a transactio
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -15,6 +19,7 @@ from django.db import connection, connections, transaction
 from config import replica
 from config.replica import replica_reads
 from segments.models import Customer
+from tests.config.test_settings import ROOT
 from tests.pgservers import conninfo, replica_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
@@ -146,3 +151,38 @@ def test_router__replica_unreachable__reads_the_primary(settings, monkeypatch) -
 def test_router__no_replica_configured__reads_the_primary() -> None:
     with replica_reads():
         assert Customer.objects.all().db == "default"
+
+
+def test_replica_status__replica_accepts_but_never_answers__primary_read_within_seconds() -> None:
+    # Given a "replica" that accepts TCP connections (the kernel completes the handshake)
+    # but never says a word, as a hung server or a half-dead host does
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    d = connection.settings_dict
+    primary = f"postgres://{d['USER']}:{d['PASSWORD']}@{d['HOST']}:{d['PORT']}/{d['NAME']}"
+    code = (
+        "import time; from config import replica; t = time.monotonic();"
+        "s = replica.replica_status(refresh=True);"
+        "print('RESULT', s.usable, s.reason.split(':')[0], round(time.monotonic() - t))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
+    env = {
+        **clean,
+        "DATABASE_URL": primary,
+        "DATABASE_REPLICA_URL": f"postgres://growth:growth@127.0.0.1:{silent.getsockname()[1]}/growth",
+    }
+    try:
+        # When the lag is checked in a process configured by settings.py
+        result = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", code],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=40,
+        )  # fmt: skip
+    finally:
+        silent.close()
+    # Then it gives up within the connect timeout (3 s) and says the replica is unreachable
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
+    _, usable, reason, seconds = line.split()
+    assert (usable, reason) == ("False", "unreachable")
+    assert int(seconds) <= 10
