@@ -10,7 +10,8 @@ Freshness caveat: a streaming replica replays the primary's WAL a little later (
 milliseconds, seconds under load, more while a long query on the replica holds replay
 back). A report may miss the last seconds of events. Beyond
 ``DATABASE_REPLICA_MAX_LAG_SECONDS`` (5 s by default) the router reads the primary instead,
-and it does so too when the replica cannot be reached. The lag is measured at most every
+and it does so too when the replica cannot be reached (tried again after
+``DATABASE_REPLICA_RETRY_SECONDS``, 30 s). The lag is measured at most every
 ``DATABASE_REPLICA_CHECK_SECONDS`` per process:
 
 - the primary's ``pg_current_wal_lsn()`` is read first, then the replica's
@@ -90,6 +91,19 @@ def check_every_seconds() -> float:
     return float(getattr(settings, "DATABASE_REPLICA_CHECK_SECONDS", 1.0))
 
 
+def retry_unreachable_seconds() -> float:
+    return float(getattr(settings, "DATABASE_REPLICA_RETRY_SECONDS", 30.0))
+
+
+def _recheck_after(status: ReplicaStatus) -> float:
+    # An unreachable replica is tried again less often: a try against a silent one waits
+    # for the connect timeout (twice with libpq's sslmode=prefer: about 6 s at 3 s), which
+    # the report that happens to try pays; measured every second, every report would.
+    if status.lag_seconds is None and not status.usable:
+        return max(check_every_seconds(), retry_unreachable_seconds())
+    return check_every_seconds()
+
+
 def replica_lag_seconds() -> float:
     """The replica's lag behind the primary, in seconds (see the module docstring).
     Raises ``DatabaseError`` when either server cannot answer."""
@@ -115,7 +129,7 @@ def replica_status(*, refresh: bool = False) -> ReplicaStatus:
     ``DATABASE_REPLICA_CHECK_SECONDS`` in this process."""
     now = time.monotonic()
     cached = _status.get(REPLICA)
-    if cached is not None and not refresh and now - cached.checked_at < check_every_seconds():
+    if cached is not None and not refresh and now - cached.checked_at < _recheck_after(cached):
         return cached
     with _lock:
         try:

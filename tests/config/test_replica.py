@@ -148,6 +148,29 @@ def test_router__replica_unreachable__reads_the_primary(settings, monkeypatch) -
         _detach()
 
 
+def test_replica_status__unreachable__tried_again_only_after_the_retry_interval(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A try against a silent replica costs the connect timeout: not on every report.
+    settings.DATABASE_REPLICA_CHECK_SECONDS = 0
+    settings.DATABASE_REPLICA_RETRY_SECONDS = 30
+    _attach(1, monkeypatch)  # nothing listens on port 1
+    tries: list[int] = []
+    measure = replica.replica_lag_seconds
+
+    def counted() -> float:
+        tries.append(1)
+        return measure()
+
+    monkeypatch.setattr(replica, "replica_lag_seconds", counted)
+    try:
+        assert [replica.replica_status().usable for _ in range(3)] == [False, False, False]
+        assert len(tries) == 1
+        settings.DATABASE_REPLICA_RETRY_SECONDS = 0  # the interval has passed
+        assert not replica.replica_status().usable
+        assert len(tries) == 2
+    finally:
+        _detach()
+
+
 def test_router__no_replica_configured__reads_the_primary() -> None:
     with replica_reads():
         assert Customer.objects.all().db == "default"
