@@ -205,7 +205,7 @@ def flows(request: HttpRequest) -> HttpResponse:
         for source in ["", *layers]
     ]
     chart = {
-        "labels": [p.period.isoformat() for p in counts.periods],
+        "labels": [p.period.isoformat() + ("" if p.complete else " (so far)") for p in counts.periods],
         "datasets": [
             {"label": "new", "data": [p.new for p in counts.periods], "backgroundColor": COLOURS[2]},
             {"label": "returning", "data": [p.returning for p in counts.periods], "backgroundColor": COLOURS[0]},

@@ -140,4 +140,4 @@ def test_flows_page__history_and_activity__matrix_lifecycle_chart_and_csv(data: 
         ("important_value", "important_retention", "1"),
     ]
     lifecycle = client.get(url + "&download=lifecycle-csv").content.decode().splitlines()
-    assert lifecycle[0] == "period,new,returning,resurrecting,dormant" and len(lifecycle) == 1 + 5
+    assert lifecycle[0] == "period,new,returning,resurrecting,dormant,complete" and len(lifecycle) == 1 + 5

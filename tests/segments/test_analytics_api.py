@@ -149,7 +149,7 @@ def test_lifecycle_api__json_and_csv__every_period_listed(api_client_factory, da
         ("2026-01-03", 0, 1),
     ]
     text = client.get("/api/v1/analytics/lifecycle.csv?grain=day&start=2026-01-01&end=2026-01-03").content.decode()
-    assert text.splitlines()[2] == "2026-01-02,1,0,0,0"
+    assert text.splitlines()[2] == "2026-01-02,1,0,0,0,true"
 
 
 def test_layer_flows_api__unknown_dimension__400_naming_it(api_client_factory) -> None:  # type: ignore[no-untyped-def]
