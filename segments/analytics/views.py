@@ -22,6 +22,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path
+from django.views.generic import RedirectView
 
 from config.replica import replica_reads
 from segments.analytics import exports
@@ -255,6 +256,8 @@ def _with_csv(request: HttpRequest, params: Any = None) -> str:
 
 app_name = "analytics"
 urlpatterns = [
+    # README points people at /admin/analytics/ (it was a 404): it opens the first page.
+    path("", RedirectView.as_view(pattern_name="analytics:retention", query_string=True), name="index"),
     path("retention/", retention, name="retention"),
     path("funnel/", funnel_page, name="funnel"),
     path("flows/", flows, name="flows"),

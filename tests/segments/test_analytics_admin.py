@@ -107,6 +107,13 @@ def test_analytics_pages__bad_parameter__400_page_naming_it(data: None) -> None:
     assert "steps.1.event" in response.content.decode()
 
 
+def test_analytics_index__growth_user__redirected_to_retention() -> None:
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    response = client.get("/admin/analytics/?cohort=month")
+    assert response.status_code == 302 and response["Location"] == "/admin/analytics/retention/?cohort=month"
+
+
 def test_analytics_pages__staff_without_permission__403() -> None:
     client = Client()
     client.force_login(UserFactory())
