@@ -67,6 +67,23 @@ def test_retention_page__one_layer_for_everyone__says_why_and_links_attribute_br
     assert 'id="single-layer-note"' not in split and "<th>channel</th>" in split
 
 
+def test_retention_page__first_purchase_cohorts_by_purchase_tier__note_does_not_send_back_to_first_purchase(
+    data: None,
+) -> None:
+    # Given a first purchase, made while its customer was still unlayered / no_purchase
+    a = CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 10, tzinfo=UTC), attributes={"channel": "social"})
+    EventFactory(customer=a, event_type=event_type("order"), occurred_at=dt.datetime(2026, 1, 3, 10, tzinfo=UTC))
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    # When the first-purchase cohorts are split by the purchase tier
+    url = RETENTION.replace("cohort_to=2026-01-01", "cohort_to=2026-01-05") + "&anchor=first_purchase"
+    html = client.get(url).content.decode()
+    # Then the note says why everyone shares one tier, and offers the attributes, not the
+    # first-purchase cohorts the page already shows
+    assert 'id="single-layer-note"' in html and "at their first purchase" in html
+    assert "cohort by first purchase" not in html and "breakdown=attribute%3Achannel" in html
+
+
 def test_retention_page__first_purchase_anchor__explained_in_words(data: None) -> None:
     client = Client()
     client.force_login(UserFactory(groups=["growth"]))
