@@ -46,3 +46,21 @@ def test_tier_history_backfill__run_on_1_march__one_recompute_per_month(monkeypa
     monkeypatch.setattr(configure, "dimension_recompute", recompute)
     configure.tier_history_backfill(now=dt.datetime(2027, 3, 1, 0, 30, tzinfo=dt.UTC))
     assert [(a.year, a.month) for a in seen] == [(2026, m) for m in range(3, 13)] + [(2027, 1), (2027, 2)]
+
+
+@pytest.mark.django_db
+def test_analytics_text__lifecycle_line__last_month_that_is_over_not_the_current_one() -> None:
+    import time_machine
+
+    from tests.factories import CustomerFactory, EventFactory, event_type
+
+    # Given a customer active in November only, read on 5 December
+    customer = CustomerFactory(signed_up_at=dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    EventFactory(customer=customer, event_type=event_type("login"), occurred_at=dt.datetime(2026, 11, 3, tzinfo=dt.UTC))
+    with time_machine.travel(dt.datetime(2026, 12, 5, 15, tzinfo=dt.UTC), tick=False):
+        from demo.summary import analytics_text
+
+        lines = analytics_text(pyramid_keys=())
+    # Then the summary reports November (one new customer), not December's partial counts
+    (line,) = [line for line in lines if line.lstrip().startswith("lifecycle, month of")]
+    assert line.strip().startswith("lifecycle, month of 2026-11-01: new 1,")
