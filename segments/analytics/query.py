@@ -78,6 +78,15 @@ def _instant(params: Mapping[str, str], name: str) -> dt.datetime | None:
     return value
 
 
+def _not_future(params: Mapping[str, str], name: str) -> dt.datetime | None:
+    """An instant the table is computed *at*: a later one would count the days still to
+    come as over, and every customer who has not had them yet as not retained."""
+    value = _instant(params, name)
+    if value is not None and value > dt.datetime.now(dt.UTC):
+        raise AnalyticsInputError(name, "Must not be in the future: the days after now have no events yet.")
+    return value
+
+
 def _codes(raw: str | None) -> tuple[str, ...]:
     return tuple(c.strip() for c in (raw or "").split(",") if c.strip())
 
@@ -92,7 +101,7 @@ def retention_spec(params: Mapping[str, str]) -> RetentionSpec:
         purchase_event=params.get("purchase_event") or "order",
         cohort_from=_date(params, "cohort_from"),
         cohort_to=_date(params, "cohort_to"),
-        as_of=_instant(params, "as_of"),
+        as_of=_not_future(params, "as_of"),
         breakdown=params.get("breakdown") or None,
     )
 

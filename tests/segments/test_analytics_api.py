@@ -116,6 +116,7 @@ def test_funnel_api__step_with_property_filter__labelled_with_the_filter(api_cli
         ("/api/v1/analytics/retention?cohort=year", "cohort"),
         ("/api/v1/analytics/retention?periods=x", "periods"),
         ("/api/v1/analytics/retention?as_of=2026-01-01T00:00:00", "as_of"),
+        ("/api/v1/analytics/retention?as_of=2999-01-01T00:00:00%2B00:00", "as_of"),
         ("/api/v1/analytics/retention?breakdown=nope", "breakdown"),
         ("/api/v1/analytics/retention?cohort=day&cohort_from=1990-01-01&cohort_to=1992-12-31&periods=60", "periods"),
         ("/api/v1/analytics/funnel", "steps"),
