@@ -71,6 +71,11 @@ def _instant(params: Mapping[str, str], name: str) -> dt.datetime | None:
     try:
         value = dt.datetime.fromisoformat(raw)
     except ValueError:
+        if " " in raw.strip():
+            # `?start=2026-01-31T00:00:00+00:00` typed into curl: the query string's '+' is a space.
+            raise AnalyticsInputError(
+                name, f"'{raw}' has a space where the offset's '+' was: write + as %2B in a URL (or use Z)."
+            ) from None
         raise AnalyticsInputError(name, "Use ISO 8601 with an offset, e.g. 2026-01-31T00:00:00+00:00.") from None
     if value.tzinfo is None:
         raise AnalyticsInputError(name, "Give a time zone offset, e.g. +00:00.")

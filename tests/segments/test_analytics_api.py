@@ -136,6 +136,13 @@ def test_analytics_api__bad_parameter__400_naming_it(api_client_factory, url: st
     assert list(response.json()["errors"]) == [field]
 
 
+def test_funnel_api__offset_plus_not_url_encoded__400_says_to_write_2b(api_client_factory) -> None:  # type: ignore[no-untyped-def]
+    # curl -G ...?start=2026-01-01T00:00:00+00:00: the '+' arrives as a space
+    response = api_client_factory("reports:read").get(FUNNEL.replace("T00:00:00Z&end", "T00:00:00+00:00&end"))
+    assert response.status_code == 400
+    assert "%2B" in response.json()["errors"]["start"][0]
+
+
 def test_analytics_api__without_reports_scope__403(api_client_factory) -> None:  # type: ignore[no-untyped-def]
     response = api_client_factory("segments:read").get("/api/v1/analytics/funnel?preset=aarrr")
     assert response.status_code == 403
