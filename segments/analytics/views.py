@@ -34,6 +34,7 @@ from segments.analytics.retention import retention_table
 from segments.models import Customer, Dimension
 
 PERMISSION = "segments.view_customer"
+FLOW_LINES = 6  # moves drawn on the flows chart
 COLOURS = ["#417690", "#e07b39", "#4c9a2a", "#b03a48", "#6c5ba7", "#c9a227", "#2a9d8f", "#8d6e63"]
 
 
@@ -214,6 +215,23 @@ def flows(request: HttpRequest) -> HttpResponse:
             {"label": "dormant", "data": [-p.dormant for p in counts.periods], "backgroundColor": COLOURS[3]},
         ],
     }
+    # The flows drawn: the largest moves between layers (first placements left out), one
+    # line each, customers per period; the matrix and the per-period table hold every move.
+    periods = sorted({m.period for m in moves.moves})
+    largest = sorted(((n, pair) for pair, n in totals.items() if pair[0]), reverse=True)[:FLOW_LINES]
+    per_period = {(m.period, m.from_layer, m.to_layer): m.customers for m in moves.moves}
+    flows_chart = {
+        "labels": [p.isoformat() for p in periods],
+        "datasets": [
+            {
+                "label": f"{source} → {target}",
+                "data": [per_period.get((p, source, target), 0) for p in periods],
+                "borderColor": COLOURS[i % len(COLOURS)],
+                "backgroundColor": COLOURS[i % len(COLOURS)],
+            }
+            for i, (_, (source, target)) in enumerate(largest)
+        ],
+    }
     query = params.copy()
     query["download"] = "lifecycle-csv"
     context.update(
@@ -222,6 +240,7 @@ def flows(request: HttpRequest) -> HttpResponse:
         layers=layers,
         matrix=matrix,
         chart=chart,
+        flows_chart=flows_chart,
         csv_query=_with_csv(request),
         lifecycle_csv_query=query.urlencode(),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 
 import pytest
 from django.test import Client
@@ -165,3 +166,28 @@ def test_flows_page__history_and_activity__matrix_lifecycle_chart_and_csv(data: 
     ]
     lifecycle = client.get(url + "&download=lifecycle-csv").content.decode().splitlines()
     assert lifecycle[0] == "period,new,returning,resurrecting,dormant,complete" and len(lifecycle) == 1 + 5
+
+
+def test_flows_page__moves_between_layers__drawn_as_a_chart_of_the_largest_moves() -> None:
+    from segments.models import Dimension, Layer, LayerHistory
+
+    # Given two customers moving important_value -> important_retention in the week of Jan 12
+    rfm = Dimension.objects.get(key="rfm")
+    value = Layer.objects.get(dimension=rfm, key="important_value")
+    retention = Layer.objects.get(dimension=rfm, key="important_retention")
+    for _ in range(2):
+        customer = CustomerFactory()
+        jan = dt.datetime(2026, 1, 5, 2, 30, tzinfo=UTC)
+        moved = jan + dt.timedelta(days=7)
+        LayerHistory.objects.create(customer=customer, dimension=rfm, layer=value, entered_at=jan, left_at=moved)
+        LayerHistory.objects.create(customer=customer, dimension=rfm, layer=retention, entered_at=moved)
+    client = Client()
+    client.force_login(UserFactory(groups=["marketer"]))
+    # When the flows page is opened
+    html = client.get("/admin/analytics/flows/?dimension=rfm&grain=week&start=2026-01-01&end=2026-01-31").content
+    # Then the move is drawn per period (first placements are in the tables, not on the chart)
+    page = html.decode()
+    assert 'id="flows-chart"' in page
+    data = json.loads(page.split('<script id="flows-chart-data" type="application/json">')[1].split("</script>")[0])
+    assert data["labels"] == ["2026-01-05", "2026-01-12"]
+    assert [(d["label"], d["data"]) for d in data["datasets"]] == [("important_value → important_retention", [0, 2])]
