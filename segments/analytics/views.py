@@ -98,6 +98,9 @@ def retention(request: HttpRequest) -> HttpResponse:
         ],
     }
     by_attribute = (table.breakdown or "").partition("attribute:")[2]
+    # "layer:rfm" and "rfm" name the same dimension: headings show its name ("RFM value tiers").
+    dimension_key = (table.breakdown or "").removeprefix("layer:")
+    dimension_name = Dimension.objects.filter(key=dimension_key).values_list("name", flat=True).first()
     layers = [
         {
             "layer": g.layer or ("(none)" if by_attribute else "(not layered)"),
@@ -118,6 +121,7 @@ def retention(request: HttpRequest) -> HttpResponse:
         chart=chart,
         layers=layers,
         by_attribute=by_attribute,
+        dimension_name=dimension_name or dimension_key,
         # One layer for everyone (a purchase tier at sign-up): say why, and where to look instead.
         single_layer=len(layers) == 1 and not by_attribute,
         attribute_links=attribute_links,

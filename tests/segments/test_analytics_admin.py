@@ -62,6 +62,7 @@ def test_retention_page__one_layer_for_everyone__says_why_and_links_attribute_br
     html = client.get(RETENTION).content.decode()
     # Then: the page explains the single layer and links the breakdown by the attribute
     assert 'id="single-layer-note"' in html and "nobody has bought yet" in html
+    assert "By layer of RFM value tiers at the cohort's start" in html  # the dimension's name, not "rfm"
     assert "breakdown=attribute%3Achannel" in html
     # ... and not when the groups differ
     split = client.get(RETENTION.replace("breakdown=rfm", "breakdown=attribute:channel")).content.decode()
