@@ -145,7 +145,13 @@ def funnel_page(request: HttpRequest) -> HttpResponse:
         "title": "Step funnel",
         "params": params,
         "presets": list(PRESETS),
+        # A menu, as on the retention page: the text field wanted "layer:rfm" typed by hand.
+        "dimensions": list(Dimension.objects.values_list("key", flat=True)),
+        "attributes": _attribute_keys(),
     }
+    known = {f"layer:{key}" for key in context["dimensions"]} | {f"attribute:{n}" for n in context["attributes"]}
+    # A breakdown given in the URL that the menu does not list stays selectable.
+    context["other_breakdown"] = params.get("breakdown") if params.get("breakdown") not in known else ""
     try:
         result = funnel(spec=funnel_spec(params))
     except AnalyticsInputError as error:

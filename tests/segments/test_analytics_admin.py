@@ -192,3 +192,16 @@ def test_flows_page__moves_between_layers__drawn_as_a_chart_of_the_largest_moves
     data = json.loads(page.split('<script id="flows-chart-data" type="application/json">')[1].split("</script>")[0])
     assert data["labels"] == ["2026-01-05", "2026-01-12"]
     assert [(d["label"], d["data"]) for d in data["datasets"]] == [("important_value → important_retention", [0, 2])]
+
+
+def test_funnel_page__breakdown__offered_as_a_menu_of_layers_and_attributes(data: None) -> None:
+    CustomerFactory(attributes={"channel": "social"})
+    client = Client()
+    client.force_login(UserFactory(groups=["marketer"]))
+    html = client.get(FUNNEL + "&breakdown=layer:lifecycle").content.decode()
+    assert '<select name="breakdown" id="breakdown">' in html
+    assert '<option value="layer:lifecycle" selected>lifecycle</option>' in html
+    assert '<option value="attribute:channel" >channel</option>' in html
+    # a breakdown typed into the URL that the menu does not list stays selected
+    other = client.get(FUNNEL + "&breakdown=attribute:coupon_source").content.decode()
+    assert '<option value="attribute:coupon_source" selected>attribute:coupon_source</option>' in other
