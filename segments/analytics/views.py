@@ -13,6 +13,7 @@ parameter is shown on the page, next to the form, naming the parameter.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -22,6 +23,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path
+from django.utils import timezone
 from django.views.generic import RedirectView
 
 from config.replica import replica_reads
@@ -184,7 +186,16 @@ def funnel_page(request: HttpRequest) -> HttpResponse:
         }
         for name, steps in groups
     ]
-    context.update(result=result, chart=chart, tables=tables, csv_query=_with_csv(request, params))
+    # Entries less than a window ago may still complete steps: say so, or the default range
+    # (the last 30 days, with AARRR's 30-day window) reads as a low conversion.
+    open_from = timezone.now() - dt.timedelta(seconds=result.window_seconds)
+    context.update(
+        result=result,
+        chart=chart,
+        tables=tables,
+        csv_query=_with_csv(request, params),
+        open_from=open_from if result.end > open_from else None,
+    )
     return render(request, "segments/analytics/funnel.html", context)
 
 

@@ -205,3 +205,12 @@ def test_funnel_page__breakdown__offered_as_a_menu_of_layers_and_attributes(data
     # a breakdown typed into the URL that the menu does not list stays selected
     other = client.get(FUNNEL + "&breakdown=attribute:coupon_source").content.decode()
     assert '<option value="attribute:coupon_source" selected>attribute:coupon_source</option>' in other
+
+
+def test_funnel_page__entries_within_a_window_of_now__says_their_conversions_are_a_floor(data: None) -> None:
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    # entries up to now (the default range): the last window's entries are still open
+    assert 'id="open-window-note"' in client.get("/admin/analytics/funnel/?preset=aarrr").content.decode()
+    # entries that ended long ago: every window is over
+    assert 'id="open-window-note"' not in client.get(FUNNEL).content.decode()
