@@ -195,6 +195,7 @@ def funnel_page(request: HttpRequest) -> HttpResponse:
         tables=tables,
         csv_query=_with_csv(request, params),
         open_from=open_from if result.end > open_from else None,
+        window_text=_duration(result.window_seconds),  # "30.0 days", not "2592000 s"
     )
     return render(request, "segments/analytics/funnel.html", context)
 
