@@ -10,7 +10,8 @@ Freshness caveat: a streaming replica replays the primary's WAL a little later (
 milliseconds, seconds under load, more while a long query on the replica holds replay
 back). A report may miss the last seconds of events. Beyond
 ``DATABASE_REPLICA_MAX_LAG_SECONDS`` (5 s by default) the router reads the primary instead,
-and it does so too when the replica cannot be reached. The lag is measured at most every
+and it does so too when the replica cannot be reached (tried again after
+``DATABASE_REPLICA_RETRY_SECONDS``, 30 s). The lag is measured at most every
 ``DATABASE_REPLICA_CHECK_SECONDS`` per process:
 
 - the primary's ``pg_current_wal_lsn()`` is read first, then the replica's
@@ -90,19 +91,65 @@ def check_every_seconds() -> float:
     return float(getattr(settings, "DATABASE_REPLICA_CHECK_SECONDS", 1.0))
 
 
+def retry_unreachable_seconds() -> float:
+    return float(getattr(settings, "DATABASE_REPLICA_RETRY_SECONDS", 30.0))
+
+
+def _recheck_after(status: ReplicaStatus) -> float:
+    # An unreachable replica is tried again less often: a try against a silent one waits
+    # for the connect timeout (twice with libpq's sslmode=prefer: about 6 s at 3 s), which
+    # the report that happens to try pays; measured every second, every report would.
+    if status.lag_seconds is None and not status.usable:
+        return max(check_every_seconds(), retry_unreachable_seconds())
+    return check_every_seconds()
+
+
+# libpq connection parameters of the replica's settings that the probe's own connection
+# keeps (Django's OPTIONS may also hold backend options libpq does not know).
+_PROBE_OPTIONS = ("connect_timeout", "sslmode", "sslrootcert", "sslcert", "sslkey", "options", "target_session_attrs")
+
+
+def _probe_replica(primary_lsn: str) -> tuple[bool, float | None]:
+    """Ask the replica how far it has replayed, over a connection of its own opened for the
+    question. Not the pooled ``replica`` connection: on a replica that stopped answering
+    (a frozen VM or process, a network partition after connecting) a query on an open
+    connection waits forever (the kernel keeps the socket alive; no client-side timeout
+    exists), and Django's health check of a reused connection is such a query. A new
+    connection gives up after ``connect_timeout``."""
+    import psycopg  # PostgreSQL only, like the replica
+
+    settings_dict = connections[REPLICA].settings_dict
+    options = settings_dict.get("OPTIONS", {})
+    params = {key: options[key] for key in _PROBE_OPTIONS if key in options}
+    params.setdefault("connect_timeout", 3)
+    try:
+        with psycopg.connect(
+            host=settings_dict["HOST"] or None,
+            port=settings_dict["PORT"] or None,
+            dbname=settings_dict["NAME"],
+            user=settings_dict["USER"],
+            password=settings_dict["PASSWORD"],
+            autocommit=True,
+            **params,
+        ) as probe:
+            row = probe.execute(
+                "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn, "
+                "extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
+                [primary_lsn],
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise DatabaseError(str(exc)) from exc
+    assert row is not None
+    return bool(row[0]), row[1]
+
+
 def replica_lag_seconds() -> float:
     """The replica's lag behind the primary, in seconds (see the module docstring).
     Raises ``DatabaseError`` when either server cannot answer."""
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT pg_current_wal_lsn()::text")
         primary_lsn = cursor.fetchone()[0]
-    with connections[REPLICA].cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn, "
-            "extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
-            [primary_lsn],
-        )
-        caught_up, age = cursor.fetchone()
+    caught_up, age = _probe_replica(primary_lsn)
     if caught_up:
         return 0.0
     if age is None:  # nothing replayed since the replica started: no way to know
@@ -115,7 +162,7 @@ def replica_status(*, refresh: bool = False) -> ReplicaStatus:
     ``DATABASE_REPLICA_CHECK_SECONDS`` in this process."""
     now = time.monotonic()
     cached = _status.get(REPLICA)
-    if cached is not None and not refresh and now - cached.checked_at < check_every_seconds():
+    if cached is not None and not refresh and now - cached.checked_at < _recheck_after(cached):
         return cached
     with _lock:
         try:

@@ -178,9 +178,16 @@ if env.str("DATABASE_REPLICA_URL", default=""):
         # Tests read the test database through "default" instead of a second copy.
         "TEST": {"MIRROR": "default"},
     }
+    # A replica that does not answer (host down, packets dropped, a hung server) must not
+    # hang every report for the OS's TCP timeout (minutes) or forever: libpq gives up after
+    # this many seconds, and reading work reads the primary (config/replica.py).
+    DATABASES["replica"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DATABASE_REPLICA_CONNECT_TIMEOUT", default=3)
+    )
 DATABASE_ROUTERS = ["config.replica.ReplicaRouter"]
 DATABASE_REPLICA_MAX_LAG_SECONDS = env.float("DATABASE_REPLICA_MAX_LAG_SECONDS", default=5.0)
 DATABASE_REPLICA_CHECK_SECONDS = env.float("DATABASE_REPLICA_CHECK_SECONDS", default=1.0)
+DATABASE_REPLICA_RETRY_SECONDS = env.float("DATABASE_REPLICA_RETRY_SECONDS", default=30.0)
 
 IS_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql")
 

@@ -335,6 +335,19 @@ def value_pyramid_ensure() -> list[str]:
     return created
 
 
+def history_as_of(*, now: dt.datetime) -> list[dt.datetime]:
+    """The last instant (UTC) of each of the ``HISTORY_MONTHS`` calendar months before
+    ``now``'s, oldest first. Steps of 30.44 days, as before, put two recomputes in one month
+    and none in another on some days (run on 1 March: 30 January, then 1 March), leaving a
+    month without moves on the flows page."""
+    month = now.astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    ends = []
+    for _ in range(HISTORY_MONTHS):
+        ends.append(month - dt.timedelta(microseconds=1))
+        month = (month - dt.timedelta(days=1)).replace(day=1)
+    return ends[::-1]
+
+
 def tier_history_backfill(*, now: dt.datetime) -> int:
     """Recompute the tier dimensions as of each month-end of the last ``HISTORY_MONTHS``
     months, oldest first, so the layer history holds a year of moves: the flows page and the
@@ -347,8 +360,7 @@ def tier_history_backfill(*, now: dt.datetime) -> int:
         if not RecomputeRun.objects.filter(target=f"dimension:{key}", status=RecomputeRun.Status.SUCCEEDED).exists()
     ]
     runs = 0
-    for months_back in range(HISTORY_MONTHS, 0, -1):
-        as_of = now - dt.timedelta(days=round(months_back * 30.44))
+    for as_of in history_as_of(now=now):
         for key in keys:
             outcome = dimension_recompute(
                 dimension_id=Dimension.objects.get(key=key).pk, as_of=as_of, trigger=RecomputeRun.Trigger.COMMAND

@@ -441,10 +441,13 @@ def analytics_text(*, pyramid_keys: Sequence[str]) -> list[str]:
     ]
     life = lifecycle_counts(grain="month")
     if life.periods:
-        p = life.periods[-1]
+        # The last month that is over: the current one's dormant count is everyone not back
+        # *yet* (1,705 against ~290 in earlier months on a run of 5 December).
+        over = [p for p in life.periods if p.complete]
+        p = over[-1] if over else life.periods[-1]
         lines.append(
-            f"  lifecycle, month of {p.period}: new {p.new:,}, returning {p.returning:,}, "
-            f"resurrecting {p.resurrecting:,}, dormant {p.dormant:,} (same page)"
+            f"  lifecycle, month of {p.period}{'' if p.complete else ' (so far)'}: new {p.new:,}, "
+            f"returning {p.returning:,}, resurrecting {p.resurrecting:,}, dormant {p.dormant:,} (same page)"
         )
     roles = dict(
         Role.objects.annotate(n=Count("customer_roles")).values_list("key", "n")

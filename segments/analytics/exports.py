@@ -105,8 +105,11 @@ def flows_csv(flows: LayerFlows) -> str:
 
 
 def lifecycle_csv(counts: LifecycleCounts) -> str:
-    rows = [[p.period.isoformat(), p.new, p.returning, p.resurrecting, p.dormant] for p in counts.periods]
-    return _csv(["period", "new", "returning", "resurrecting", "dormant"], rows)
+    rows = [
+        [p.period.isoformat(), p.new, p.returning, p.resurrecting, p.dormant, str(p.complete).lower()]
+        for p in counts.periods
+    ]
+    return _csv(["period", "new", "returning", "resurrecting", "dormant", "complete"], rows)
 
 
 def _type_schema(hint: Any) -> dict[str, Any]:

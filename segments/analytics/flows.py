@@ -62,6 +62,9 @@ class LifecyclePeriod:
     returning: int
     resurrecting: int
     dormant: int
+    # False while the period has not ended in every customer's time zone (the current one):
+    # its counts are so far, and "dormant" holds everyone who has not come back *yet*.
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,18 @@ def lifecycle_counts(
     with reading_connection().cursor() as cursor:  # the replica when fresh (config/replica.py)
         cursor.execute(statement, params)
         rows = cursor.fetchall()
+    now = timezone.now()
     periods = tuple(
-        LifecyclePeriod(sql.as_date(b), int(n or 0), int(r or 0), int(s or 0), int(d or 0)) for b, n, r, s, d in rows
+        LifecyclePeriod(
+            sql.as_date(b), int(n or 0), int(r or 0), int(s or 0), int(d or 0), _period_over(sql.as_date(b), grain, now)
+        )
+        for b, n, r, s, d in rows
     )
     return LifecycleCounts(grain, first, last, tuple(events), periods)
+
+
+def _period_over(period: dt.date, grain: FlowGrain, now: dt.datetime) -> bool:
+    """Whether ``period`` (of local days) has ended in every time zone at ``now``: its next
+    period's first day has begun at UTC-12, the last zone to reach a date (12:00 UTC)."""
+    following = sql.bucket_of(period + dt.timedelta(days={"day": 1, "week": 7, "month": 31}[grain]), grain)
+    return now >= dt.datetime.combine(following, dt.time(12), tzinfo=dt.UTC)

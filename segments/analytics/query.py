@@ -71,10 +71,24 @@ def _instant(params: Mapping[str, str], name: str) -> dt.datetime | None:
     try:
         value = dt.datetime.fromisoformat(raw)
     except ValueError:
+        if " " in raw.strip():
+            # `?start=2026-01-31T00:00:00+00:00` typed into curl: the query string's '+' is a space.
+            raise AnalyticsInputError(
+                name, f"'{raw}' has a space where the offset's '+' was: write + as %2B in a URL (or use Z)."
+            ) from None
         raise AnalyticsInputError(name, "Use ISO 8601 with an offset, e.g. 2026-01-31T00:00:00+00:00.") from None
     if value.tzinfo is None:
         raise AnalyticsInputError(name, "Give a time zone offset, e.g. +00:00.")
     _in_range(name, value.astimezone(dt.UTC).date())
+    return value
+
+
+def _not_future(params: Mapping[str, str], name: str) -> dt.datetime | None:
+    """An instant the table is computed *at*: a later one would count the days still to
+    come as over, and every customer who has not had them yet as not retained."""
+    value = _instant(params, name)
+    if value is not None and value > dt.datetime.now(dt.UTC):
+        raise AnalyticsInputError(name, "Must not be in the future: the days after now have no events yet.")
     return value
 
 
@@ -92,7 +106,7 @@ def retention_spec(params: Mapping[str, str]) -> RetentionSpec:
         purchase_event=params.get("purchase_event") or "order",
         cohort_from=_date(params, "cohort_from"),
         cohort_to=_date(params, "cohort_to"),
-        as_of=_instant(params, "as_of"),
+        as_of=_not_future(params, "as_of"),
         breakdown=params.get("breakdown") or None,
     )
 
@@ -109,7 +123,9 @@ def parse_steps(raw: str) -> tuple[FunnelStep, ...]:
         if not match:
             raise AnalyticsInputError("steps", f"Step {index + 1} ('{item}'): write event or event[key=value].")
         where = {k: _literal(v) for k, v in FILTER.findall(match.group("filters"))}
-        steps.append(FunnelStep(match.group("event"), where))
+        # Labelled as written: `visit,visit[page=product]` would otherwise show two steps
+        # both called "visit" on the page, in the CSV and in the JSON (which has no filters).
+        steps.append(FunnelStep(match.group("event"), where, label=item))
     return tuple(steps)
 
 

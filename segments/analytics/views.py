@@ -13,6 +13,7 @@ parameter is shown on the page, next to the form, naming the parameter.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -22,6 +23,8 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path
+from django.utils import timezone
+from django.views.generic import RedirectView
 
 from config.replica import replica_reads
 from segments.analytics import exports
@@ -33,6 +36,7 @@ from segments.analytics.retention import retention_table
 from segments.models import Customer, Dimension
 
 PERMISSION = "segments.view_customer"
+FLOW_LINES = 6  # moves drawn on the flows chart
 COLOURS = ["#417690", "#e07b39", "#4c9a2a", "#b03a48", "#6c5ba7", "#c9a227", "#2a9d8f", "#8d6e63"]
 
 
@@ -96,6 +100,9 @@ def retention(request: HttpRequest) -> HttpResponse:
         ],
     }
     by_attribute = (table.breakdown or "").partition("attribute:")[2]
+    # "layer:rfm" and "rfm" name the same dimension: headings show its name ("RFM value tiers").
+    dimension_key = (table.breakdown or "").removeprefix("layer:")
+    dimension_name = Dimension.objects.filter(key=dimension_key).values_list("name", flat=True).first()
     layers = [
         {
             "layer": g.layer or ("(none)" if by_attribute else "(not layered)"),
@@ -116,6 +123,7 @@ def retention(request: HttpRequest) -> HttpResponse:
         chart=chart,
         layers=layers,
         by_attribute=by_attribute,
+        dimension_name=dimension_name or dimension_key,
         # One layer for everyone (a purchase tier at sign-up): say why, and where to look instead.
         single_layer=len(layers) == 1 and not by_attribute,
         attribute_links=attribute_links,
@@ -139,7 +147,13 @@ def funnel_page(request: HttpRequest) -> HttpResponse:
         "title": "Step funnel",
         "params": params,
         "presets": list(PRESETS),
+        # A menu, as on the retention page: the text field wanted "layer:rfm" typed by hand.
+        "dimensions": list(Dimension.objects.values_list("key", flat=True)),
+        "attributes": _attribute_keys(),
     }
+    known = {f"layer:{key}" for key in context["dimensions"]} | {f"attribute:{n}" for n in context["attributes"]}
+    # A breakdown given in the URL that the menu does not list stays selectable.
+    context["other_breakdown"] = params.get("breakdown") if params.get("breakdown") not in known else ""
     try:
         result = funnel(spec=funnel_spec(params))
     except AnalyticsInputError as error:
@@ -172,7 +186,17 @@ def funnel_page(request: HttpRequest) -> HttpResponse:
         }
         for name, steps in groups
     ]
-    context.update(result=result, chart=chart, tables=tables, csv_query=_with_csv(request, params))
+    # Entries less than a window ago may still complete steps: say so, or the default range
+    # (the last 30 days, with AARRR's 30-day window) reads as a low conversion.
+    open_from = timezone.now() - dt.timedelta(seconds=result.window_seconds)
+    context.update(
+        result=result,
+        chart=chart,
+        tables=tables,
+        csv_query=_with_csv(request, params),
+        open_from=open_from if result.end > open_from else None,
+        window_text=_duration(result.window_seconds),  # "30.0 days", not "2592000 s"
+    )
     return render(request, "segments/analytics/funnel.html", context)
 
 
@@ -205,12 +229,29 @@ def flows(request: HttpRequest) -> HttpResponse:
         for source in ["", *layers]
     ]
     chart = {
-        "labels": [p.period.isoformat() for p in counts.periods],
+        "labels": [p.period.isoformat() + ("" if p.complete else " (so far)") for p in counts.periods],
         "datasets": [
             {"label": "new", "data": [p.new for p in counts.periods], "backgroundColor": COLOURS[2]},
             {"label": "returning", "data": [p.returning for p in counts.periods], "backgroundColor": COLOURS[0]},
             {"label": "resurrecting", "data": [p.resurrecting for p in counts.periods], "backgroundColor": COLOURS[1]},
             {"label": "dormant", "data": [-p.dormant for p in counts.periods], "backgroundColor": COLOURS[3]},
+        ],
+    }
+    # The flows drawn: the largest moves between layers (first placements left out), one
+    # line each, customers per period; the matrix and the per-period table hold every move.
+    periods = sorted({m.period for m in moves.moves})
+    largest = sorted(((n, pair) for pair, n in totals.items() if pair[0]), reverse=True)[:FLOW_LINES]
+    per_period = {(m.period, m.from_layer, m.to_layer): m.customers for m in moves.moves}
+    flows_chart = {
+        "labels": [p.isoformat() for p in periods],
+        "datasets": [
+            {
+                "label": f"{source} → {target}",
+                "data": [per_period.get((p, source, target), 0) for p in periods],
+                "borderColor": COLOURS[i % len(COLOURS)],
+                "backgroundColor": COLOURS[i % len(COLOURS)],
+            }
+            for i, (_, (source, target)) in enumerate(largest)
         ],
     }
     query = params.copy()
@@ -221,6 +262,7 @@ def flows(request: HttpRequest) -> HttpResponse:
         layers=layers,
         matrix=matrix,
         chart=chart,
+        flows_chart=flows_chart,
         csv_query=_with_csv(request),
         lifecycle_csv_query=query.urlencode(),
     )
@@ -255,6 +297,8 @@ def _with_csv(request: HttpRequest, params: Any = None) -> str:
 
 app_name = "analytics"
 urlpatterns = [
+    # README points people at /admin/analytics/ (it was a 404): it opens the first page.
+    path("", RedirectView.as_view(pattern_name="analytics:retention", query_string=True), name="index"),
     path("retention/", retention, name="retention"),
     path("funnel/", funnel_page, name="funnel"),
     path("flows/", flows, name="flows"),

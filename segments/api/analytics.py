@@ -44,7 +44,9 @@ RETENTION_PARAMETERS = [
     OpenApiParameter("purchase_event", OpenApiTypes.STR, default="order", description="For anchor=first_purchase."),
     OpenApiParameter("cohort_from", OpenApiTypes.DATE, description="First local anchor day (default: a span back)."),
     OpenApiParameter("cohort_to", OpenApiTypes.DATE, description="Last local anchor day (default: as_of's UTC day)."),
-    OpenApiParameter("as_of", OpenApiTypes.DATETIME, description="The instant the table is computed at (now)."),
+    OpenApiParameter(
+        "as_of", OpenApiTypes.DATETIME, description="The instant the table is computed at (now; not in the future)."
+    ),
     OpenApiParameter(
         "breakdown",
         OpenApiTypes.STR,
@@ -229,7 +231,8 @@ class LifecycleView(APIView):
         description=(
             "Scope `reports:read`. Per period of the customers' local days: active for the first time (new), "
             "active in the period before too (returning), active again after a gap (resurrecting), active in the "
-            "period before but not in this one (dormant)."
+            "period before but not in this one (dormant). A period not over yet in every time zone has "
+            "`complete: false`: its counts are partial (dormant: not back *yet*)."
         ),
         parameters=[
             *PERIOD_PARAMETERS,

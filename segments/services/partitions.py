@@ -6,7 +6,8 @@ managed hosts do not all offer the extension, and the test suite's throwaway Pos
 would need it installed as root. These functions are a no-op on SQLite (one table).
 
 - :func:`event_partitions_ensure` (daily beat task) creates the monthly partitions from
-  this month to ``ahead`` months on. A new month is built as a plain table and attached
+  this month to ``ahead`` months on, and those of past months the default partition holds
+  rows of (an import of history). A new month is built as a plain table and attached
   (``ATTACH PARTITION`` takes a SHARE UPDATE EXCLUSIVE lock on the parent, so ingestion
   keeps running, where ``CREATE TABLE … PARTITION OF`` would block it); rows the default
   partition caught for that month move into it first.
@@ -83,6 +84,16 @@ def is_partitioned() -> bool:
     return row is not None and row[0] == "p"
 
 
+def default_partition_rows() -> int:
+    """Events no monthly partition holds (exact count: normally a handful of far-future
+    events; imported history until the daily task splits it into months)."""
+    if not is_partitioned():
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {DEFAULT}")
+        return int(cursor.fetchone()[0])
+
+
 def event_partitions() -> list[EventPartition]:
     """The attached monthly partitions, oldest first (the default partition is not listed)."""
     if not is_partitioned():
@@ -105,7 +116,8 @@ def event_partitions() -> list[EventPartition]:
 @transaction.atomic
 def event_partitions_ensure(*, ahead: int = AHEAD_MONTHS, today: dt.date | None = None) -> list[str]:
     """Create the monthly partitions from this month to ``ahead`` months on that do not
-    exist yet; return the names created. Idempotent; a no-op on SQLite."""
+    exist yet, and one for every earlier month the default partition holds events of
+    (moved in); return the names created. Idempotent; a no-op on SQLite."""
     if not is_partitioned():
         return []
     today = today or timezone.now().astimezone(dt.UTC).date()
@@ -117,6 +129,16 @@ def event_partitions_ensure(*, ahead: int = AHEAD_MONTHS, today: dt.date | None 
     created = []
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+        # Past months the default partition caught get their partitions too: the migration
+        # made partitions only from the oldest event then (none on a fresh install), so an
+        # import of history (the demo's 18 months) landed wholly in the default partition,
+        # where the month bounds prune nothing and archive_events could not reach it.
+        cursor.execute(
+            f"SELECT DISTINCT date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date FROM {DEFAULT} "
+            "WHERE occurred_at < %s",
+            [_bound(months[0])],
+        )
+        months = sorted({row[0] for row in cursor.fetchall()}) + months
         for month in months:
             if month in existing:
                 continue
@@ -148,6 +170,9 @@ def event_partitions_archive(*, before: dt.date, directory: Path, drop: bool = T
     if before > this_month:
         raise ValueError(f"Refusing to archive this month or later: {before:%Y-%m} is after {this_month:%Y-%m}.")
     directory.mkdir(parents=True, exist_ok=True)
+    # Old months still in the default partition (imported history the daily task has not
+    # split out yet) get their own partitions first, or they would silently stay behind.
+    event_partitions_ensure()
     archived = []
     for partition in event_partitions():
         if partition.month >= before:

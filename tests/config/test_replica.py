@@ -5,6 +5,11 @@ primary when it lags beyond the bound, cannot be reached, or inside a transactio
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -15,6 +20,7 @@ from django.db import connection, connections, transaction
 from config import replica
 from config.replica import replica_reads
 from segments.models import Customer
+from tests.config.test_settings import ROOT
 from tests.pgservers import conninfo, replica_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
@@ -143,6 +149,138 @@ def test_router__replica_unreachable__reads_the_primary(settings, monkeypatch) -
         _detach()
 
 
+def test_replica_status__unreachable__tried_again_only_after_the_retry_interval(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A try against a silent replica costs the connect timeout: not on every report.
+    settings.DATABASE_REPLICA_CHECK_SECONDS = 0
+    settings.DATABASE_REPLICA_RETRY_SECONDS = 30
+    _attach(1, monkeypatch)  # nothing listens on port 1
+    tries: list[int] = []
+    measure = replica.replica_lag_seconds
+
+    def counted() -> float:
+        tries.append(1)
+        return measure()
+
+    monkeypatch.setattr(replica, "replica_lag_seconds", counted)
+    try:
+        assert [replica.replica_status().usable for _ in range(3)] == [False, False, False]
+        assert len(tries) == 1
+        settings.DATABASE_REPLICA_RETRY_SECONDS = 0  # the interval has passed
+        assert not replica.replica_status().usable
+        assert len(tries) == 2
+    finally:
+        _detach()
+
+
 def test_router__no_replica_configured__reads_the_primary() -> None:
     with replica_reads():
         assert Customer.objects.all().db == "default"
+
+
+def test_replica_status__replica_accepts_but_never_answers__primary_read_within_seconds() -> None:
+    # Given a "replica" that accepts TCP connections (the kernel completes the handshake)
+    # but never says a word, as a hung server or a half-dead host does
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    d = connection.settings_dict
+    primary = f"postgres://{d['USER']}:{d['PASSWORD']}@{d['HOST']}:{d['PORT']}/{d['NAME']}"
+    code = (
+        "import time; from config import replica; t = time.monotonic();"
+        "s = replica.replica_status(refresh=True);"
+        "print('RESULT', s.usable, s.reason.split(':')[0], round(time.monotonic() - t))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
+    env = {
+        **clean,
+        "DATABASE_URL": primary,
+        "DATABASE_REPLICA_URL": f"postgres://growth:growth@127.0.0.1:{silent.getsockname()[1]}/growth",
+    }
+    try:
+        # When the lag is checked in a process configured by settings.py
+        result = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", code],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=40,
+        )  # fmt: skip
+    finally:
+        silent.close()
+    # Then it gives up within the connect timeout (3 s) and says the replica is unreachable
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
+    _, usable, reason, seconds = line.split()
+    assert (usable, reason) == ("False", "unreachable")
+    assert int(seconds) <= 10
+
+
+class _FreezableProxy:
+    """A TCP relay on loopback to the replica that can stop relaying while keeping every
+    socket open: what a frozen server or a partitioned network looks like to a client."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.frozen = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                while self.frozen.is_set():
+                    time.sleep(0.05)  # hold the bytes: nobody answers
+                sink.sendall(data)
+
+    def close(self) -> None:
+        self.frozen.clear()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def test_replica_status__replica_freezes_with_a_pooled_connection_open__primary_read_within_seconds(
+    settings, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    settings.DATABASE_REPLICA_CHECK_SECONDS = 0
+    settings.DATABASE_REPLICA_MAX_LAG_SECONDS = 3600
+    proxy = _FreezableProxy(replica_port(connection.settings_dict))
+    options = {**connection.settings_dict.get("OPTIONS", {}), "connect_timeout": 2}
+    replica_settings = {**connection.settings_dict, "HOST": "127.0.0.1", "PORT": proxy.port, "OPTIONS": options}
+    connections[replica.REPLICA] = DatabaseWrapper(replica_settings, replica.REPLICA)
+    monkeypatch.setattr(replica, "replica_configured", lambda: True)
+    replica.replica_status_forget()
+    # Unfreezes the relay after 20 s, so a check that waits on it fails the test, not hangs it.
+    watchdog = threading.Timer(20, proxy.frozen.clear)
+    try:
+        # Given a read served by the replica, whose connection stays open for the next ones
+        with replica_reads():
+            assert Customer.objects.all().db == replica.REPLICA
+            list(Customer.objects.all()[:1])
+        # When the replica stops answering, and the next reading work checks it
+        proxy.frozen.set()
+        watchdog.start()
+        started = time.monotonic()
+        status = replica.replica_status()
+        elapsed = time.monotonic() - started
+        # Then the check gives up within seconds and reading work goes to the primary
+        assert elapsed < 10, f"the lag check waited {elapsed:.0f} s on the frozen replica"
+        assert not status.usable and status.reason.startswith("unreachable")
+        with replica_reads():
+            assert Customer.objects.all().db == "default"
+    finally:
+        watchdog.cancel()
+        proxy.close()
+        _detach()

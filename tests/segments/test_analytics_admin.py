@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 
 import pytest
 from django.test import Client
@@ -61,10 +62,28 @@ def test_retention_page__one_layer_for_everyone__says_why_and_links_attribute_br
     html = client.get(RETENTION).content.decode()
     # Then: the page explains the single layer and links the breakdown by the attribute
     assert 'id="single-layer-note"' in html and "nobody has bought yet" in html
+    assert "By layer of RFM value tiers at the cohort's start" in html  # the dimension's name, not "rfm"
     assert "breakdown=attribute%3Achannel" in html
     # ... and not when the groups differ
     split = client.get(RETENTION.replace("breakdown=rfm", "breakdown=attribute:channel")).content.decode()
     assert 'id="single-layer-note"' not in split and "<th>channel</th>" in split
+
+
+def test_retention_page__first_purchase_cohorts_by_purchase_tier__note_does_not_send_back_to_first_purchase(
+    data: None,
+) -> None:
+    # Given a first purchase, made while its customer was still unlayered / no_purchase
+    a = CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 10, tzinfo=UTC), attributes={"channel": "social"})
+    EventFactory(customer=a, event_type=event_type("order"), occurred_at=dt.datetime(2026, 1, 3, 10, tzinfo=UTC))
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    # When the first-purchase cohorts are split by the purchase tier
+    url = RETENTION.replace("cohort_to=2026-01-01", "cohort_to=2026-01-05") + "&anchor=first_purchase"
+    html = client.get(url).content.decode()
+    # Then the note says why everyone shares one tier, and offers the attributes, not the
+    # first-purchase cohorts the page already shows
+    assert 'id="single-layer-note"' in html and "at their first purchase" in html
+    assert "cohort by first purchase" not in html and "breakdown=attribute%3Achannel" in html
 
 
 def test_retention_page__first_purchase_anchor__explained_in_words(data: None) -> None:
@@ -107,6 +126,13 @@ def test_analytics_pages__bad_parameter__400_page_naming_it(data: None) -> None:
     assert "steps.1.event" in response.content.decode()
 
 
+def test_analytics_index__growth_user__redirected_to_retention() -> None:
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    response = client.get("/admin/analytics/?cohort=month")
+    assert response.status_code == 302 and response["Location"] == "/admin/analytics/retention/?cohort=month"
+
+
 def test_analytics_pages__staff_without_permission__403() -> None:
     client = Client()
     client.force_login(UserFactory())
@@ -140,4 +166,52 @@ def test_flows_page__history_and_activity__matrix_lifecycle_chart_and_csv(data: 
         ("important_value", "important_retention", "1"),
     ]
     lifecycle = client.get(url + "&download=lifecycle-csv").content.decode().splitlines()
-    assert lifecycle[0] == "period,new,returning,resurrecting,dormant" and len(lifecycle) == 1 + 5
+    assert lifecycle[0] == "period,new,returning,resurrecting,dormant,complete" and len(lifecycle) == 1 + 5
+
+
+def test_flows_page__moves_between_layers__drawn_as_a_chart_of_the_largest_moves() -> None:
+    from segments.models import Dimension, Layer, LayerHistory
+
+    # Given two customers moving important_value -> important_retention in the week of Jan 12
+    rfm = Dimension.objects.get(key="rfm")
+    value = Layer.objects.get(dimension=rfm, key="important_value")
+    retention = Layer.objects.get(dimension=rfm, key="important_retention")
+    for _ in range(2):
+        customer = CustomerFactory()
+        jan = dt.datetime(2026, 1, 5, 2, 30, tzinfo=UTC)
+        moved = jan + dt.timedelta(days=7)
+        LayerHistory.objects.create(customer=customer, dimension=rfm, layer=value, entered_at=jan, left_at=moved)
+        LayerHistory.objects.create(customer=customer, dimension=rfm, layer=retention, entered_at=moved)
+    client = Client()
+    client.force_login(UserFactory(groups=["marketer"]))
+    # When the flows page is opened
+    html = client.get("/admin/analytics/flows/?dimension=rfm&grain=week&start=2026-01-01&end=2026-01-31").content
+    # Then the move is drawn per period (first placements are in the tables, not on the chart)
+    page = html.decode()
+    assert 'id="flows-chart"' in page
+    data = json.loads(page.split('<script id="flows-chart-data" type="application/json">')[1].split("</script>")[0])
+    assert data["labels"] == ["2026-01-05", "2026-01-12"]
+    assert [(d["label"], d["data"]) for d in data["datasets"]] == [("important_value → important_retention", [0, 2])]
+
+
+def test_funnel_page__breakdown__offered_as_a_menu_of_layers_and_attributes(data: None) -> None:
+    CustomerFactory(attributes={"channel": "social"})
+    client = Client()
+    client.force_login(UserFactory(groups=["marketer"]))
+    html = client.get(FUNNEL + "&breakdown=layer:lifecycle").content.decode()
+    assert '<select name="breakdown" id="breakdown">' in html
+    assert '<option value="layer:lifecycle" selected>lifecycle</option>' in html
+    assert '<option value="attribute:channel" >channel</option>' in html
+    # a breakdown typed into the URL that the menu does not list stays selected
+    other = client.get(FUNNEL + "&breakdown=attribute:coupon_source").content.decode()
+    assert '<option value="attribute:coupon_source" selected>attribute:coupon_source</option>' in other
+
+
+def test_funnel_page__entries_within_a_window_of_now__says_their_conversions_are_a_floor(data: None) -> None:
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    # entries up to now (the default range): the last window's entries are still open
+    aarrr = client.get("/admin/analytics/funnel/?preset=aarrr").content.decode()
+    assert 'id="open-window-note"' in aarrr and "30.0 days of the entry" in aarrr
+    # entries that ended long ago: every window is over
+    assert 'id="open-window-note"' not in client.get(FUNNEL).content.decode()

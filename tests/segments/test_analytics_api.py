@@ -101,12 +101,22 @@ def test_funnel_api__preset__five_step_labels(api_client_factory, data: None) ->
     assert [s["label"] for s in body["steps"]] == ["Channel", "Scene", "Product", "Decision", "Done"]
 
 
+def test_funnel_api__step_with_property_filter__labelled_with_the_filter(api_client_factory, data: None) -> None:  # type: ignore[no-untyped-def]
+    client = api_client_factory("reports:read")
+    url = FUNNEL.replace("steps=login,visit", "steps=visit,visit[page=product]")
+    body = client.get(url).json()
+    assert [(s["label"], s["event"]) for s in body["steps"]] == [("visit", "visit"), ("visit[page=product]", "visit")]
+    rows = list(csv.DictReader(io.StringIO(client.get(url.replace("funnel?", "funnel.csv?")).content.decode())))
+    assert [r["label"] for r in rows] == ["visit", "visit[page=product]"]
+
+
 @pytest.mark.parametrize(
     ("url", "field"),
     [
         ("/api/v1/analytics/retention?cohort=year", "cohort"),
         ("/api/v1/analytics/retention?periods=x", "periods"),
         ("/api/v1/analytics/retention?as_of=2026-01-01T00:00:00", "as_of"),
+        ("/api/v1/analytics/retention?as_of=2999-01-01T00:00:00%2B00:00", "as_of"),
         ("/api/v1/analytics/retention?breakdown=nope", "breakdown"),
         ("/api/v1/analytics/retention?cohort=day&cohort_from=1990-01-01&cohort_to=1992-12-31&periods=60", "periods"),
         ("/api/v1/analytics/funnel", "steps"),
@@ -126,6 +136,13 @@ def test_analytics_api__bad_parameter__400_naming_it(api_client_factory, url: st
     assert list(response.json()["errors"]) == [field]
 
 
+def test_funnel_api__offset_plus_not_url_encoded__400_says_to_write_2b(api_client_factory) -> None:  # type: ignore[no-untyped-def]
+    # curl -G ...?start=2026-01-01T00:00:00+00:00: the '+' arrives as a space
+    response = api_client_factory("reports:read").get(FUNNEL.replace("T00:00:00Z&end", "T00:00:00+00:00&end"))
+    assert response.status_code == 400
+    assert "%2B" in response.json()["errors"]["start"][0]
+
+
 def test_analytics_api__without_reports_scope__403(api_client_factory) -> None:  # type: ignore[no-untyped-def]
     response = api_client_factory("segments:read").get("/api/v1/analytics/funnel?preset=aarrr")
     assert response.status_code == 403
@@ -140,7 +157,7 @@ def test_lifecycle_api__json_and_csv__every_period_listed(api_client_factory, da
         ("2026-01-03", 0, 1),
     ]
     text = client.get("/api/v1/analytics/lifecycle.csv?grain=day&start=2026-01-01&end=2026-01-03").content.decode()
-    assert text.splitlines()[2] == "2026-01-02,1,0,0,0"
+    assert text.splitlines()[2] == "2026-01-02,1,0,0,0,true"
 
 
 def test_layer_flows_api__unknown_dimension__400_naming_it(api_client_factory) -> None:  # type: ignore[no-untyped-def]

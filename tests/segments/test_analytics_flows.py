@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+import time_machine
 
 from segments.analytics.errors import AnalyticsInputError
 from segments.analytics.flows import layer_flows, lifecycle_counts
@@ -62,6 +63,23 @@ def test_lifecycle_counts__daily__new_returning_resurrecting_dormant_in_local_da
     ]
     only_visits = lifecycle_counts(grain="day", start=dt.date(2026, 1, 1), end=dt.date(2026, 1, 2), events=("visit",))
     assert [(p.new, p.returning) for p in only_visits.periods] == [(0, 0), (1, 0)]
+
+
+def test_lifecycle_counts__period_not_over_in_every_zone__marked_not_complete() -> None:
+    # Given a customer active in January and not (yet) in February
+    EventFactory(customer=CustomerFactory(), event_type=event_type("login"), occurred_at=at("2026-01-10T10:00:00"))
+
+    # When the months are counted on Feb 10, then on Mar 1 11:59 UTC (Feb 28 still runs at
+    # UTC-12) and at 12:00 UTC (February is over everywhere)
+    def complete(now: str) -> list[tuple[int, int, bool]]:
+        with time_machine.travel(at(now), tick=False):
+            counts = lifecycle_counts(grain="month", start=dt.date(2026, 1, 1), end=dt.date(2026, 2, 1))
+        return [(p.period.month, p.dormant, p.complete) for p in counts.periods]
+
+    # Then February's dormant customer is flagged as "not back yet" until February is over
+    assert complete("2026-02-10T00:00:00") == [(1, 0, True), (2, 1, False)]
+    assert complete("2026-03-01T11:59:00") == [(1, 0, True), (2, 1, False)]
+    assert complete("2026-03-01T12:00:00") == [(1, 0, True), (2, 1, True)]
 
 
 def test_flows__bad_input__error_names_the_field() -> None:

@@ -132,6 +132,45 @@ def test_partitions_ensure__months_ahead_missing__created_and_default_rows_moved
 
 
 @pytest.mark.django_db
+def test_partitions_ensure__past_months_in_default__their_partitions_created_and_rows_moved_in() -> None:
+    # Given history imported on a fresh install (partitions exist only from "today" on):
+    # it all lands in the default partition, where no month bound prunes it.
+    CustomerFactory(external_id="c-1")
+    record("old-jan", at(2031, 1))
+    record("old-mar", at(2031, 3, 31))
+    record("far", at(2121, 1))
+    assert partition_of("old-jan") == partition_of("old-mar") == "segments_event_default"
+    # When the daily task runs in May
+    created = event_partitions_ensure(today=dt.date(2031, 5, 2), ahead=0)
+    # Then the months the default held get their partitions (none for the empty February)
+    assert created == [partition_name(dt.date(2031, m, 1)) for m in (1, 3, 5)]
+    assert partition_of("old-jan") == "segments_event_p203101"
+    assert partition_of("old-mar") == "segments_event_p203103"
+    assert partition_of("far") == "segments_event_default"  # the future stays until its month nears
+    assert record("old-jan", at(2031, 1)) == Outcome.DUPLICATE
+
+
+@pytest.mark.django_db
+def test_archive_events__old_months_only_in_default_partition__split_out_and_archived(tmp_path: Path) -> None:
+    # Given events of January and February 2020 imported with no partition for them
+    CustomerFactory(external_id="c-1")
+    record("jan-0", at(2020, 1, 10))
+    record("feb-0", at(2020, 2))
+    listing = io.StringIO()
+    call_command("archive_events", "--list", stdout=listing)
+    assert "segments_event_default\tno month\t2 rows" in listing.getvalue()
+    # When January is archived
+    out = io.StringIO()
+    call_command("archive_events", "--before", "2020-02", "--to", str(tmp_path), stdout=out)
+    # Then it was split out of the default partition, written and dropped; February stays
+    assert "Archived 1 partition(s)" in out.getvalue()
+    with gzip.open(tmp_path / "segments_event_p202001.csv.gz", "rt") as archive:
+        assert [row["event_id"] for row in csv.DictReader(archive)] == ["jan-0"]
+    assert set(Event.objects.values_list("event_id", flat=True)) == {"feb-0"}
+    assert partition_of("feb-0") == "segments_event_p202002"
+
+
+@pytest.mark.django_db
 def test_partitions_ensure__beat_task__scheduled_daily() -> None:
     from django_celery_beat.models import PeriodicTask
 

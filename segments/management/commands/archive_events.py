@@ -5,7 +5,9 @@ month, ``YYYY-MM``, not later than the current month), writes each to
 ``<to>/segments_event_pYYYYMM.csv.gz`` (``COPY`` CSV with a header; load it back with
 ``\\copy … FROM PROGRAM 'zcat …' CSV HEADER`` into a table of the same shape) and drops it
 (``--keep-tables`` leaves the detached tables instead). Event ids of archived events stay
-claimed, so a client re-sending one gets "duplicate". ``--list`` shows the partitions.
+claimed, so a client re-sending one gets "duplicate". ``--list`` shows the partitions and
+how many events the default partition holds; months of imported history still there get
+their own partitions before archiving.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from segments.services.partitions import event_partitions, event_partitions_archive, is_partitioned
+from segments.services.partitions import (
+    DEFAULT,
+    default_partition_rows,
+    event_partitions,
+    event_partitions_archive,
+    is_partitioned,
+)
 
 
 def _month(value: str) -> dt.date:
@@ -41,6 +49,8 @@ class Command(BaseCommand):
         if options["list"]:
             for partition in event_partitions():
                 self.stdout.write(f"{partition.name}\t{partition.month:%Y-%m}\t~{partition.rows_estimate} rows")
+            # Old months found here are split out by the daily task or by --before first.
+            self.stdout.write(f"{DEFAULT}\tno month\t{default_partition_rows()} rows")
             return
         if not options["before"] or not options["directory"]:
             raise CommandError("--before YYYY-MM and --to DIRECTORY are required (or --list).")
