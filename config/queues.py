@@ -2,7 +2,7 @@
 
 A fleet binds workers to queues (README, "Production layout"): sending workers take only
 ``send.*`` (and the 10-second tick on the default queue), deciding workers take ``decide``,
-batch workers take ``recompute``, ``conversions`` and ``imports``. A long recompute then
+batch workers take ``recompute``, ``conversions``, ``imports`` and ``reports``. A long recompute then
 occupies a batch worker and never a sending one. A worker started without ``-Q`` (the
 demo's single worker, the embedded default) consumes every queue listed here, because
 ``task_queues`` lists them all.
@@ -20,6 +20,7 @@ DECIDE = "decide"  # audiences resolved, batches decided, triggers, experiment a
 RECOMPUTE = "recompute"  # segment and dimension recomputes (minutes at a million customers)
 CONVERSIONS = "conversions"  # experiments' conversion refreshes
 IMPORTS = "imports"  # bulk imports run as tasks (``<app>.import_*``)
+REPORTS = "reports"  # analytics runs: retention tables and funnels asked for as a task (seconds each)
 # Sending, one queue per channel (segments.models.Channel's values): a slow SMS provider
 # backs up its own queue, not email's.
 CHANNELS = ("email", "sms", "push", "in_app")
@@ -32,7 +33,7 @@ def send_queue(channel: str) -> str:
 
 
 SEND_QUEUES = tuple(send_queue(channel) for channel in CHANNELS)
-ALL = (DEFAULT, *SEND_QUEUES, DECIDE, RECOMPUTE, CONVERSIONS, IMPORTS)
+ALL = (DEFAULT, *SEND_QUEUES, DECIDE, RECOMPUTE, CONVERSIONS, IMPORTS, REPORTS)
 
 # Task name (glob) -> queue. ``campaigns.deliveries_send`` is published with the queue of
 # its deliveries' channel (``campaigns.services.outbox.deliveries_enqueue``); the route
@@ -43,6 +44,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "campaigns.audience_batch_decide": {"queue": DECIDE},
     "campaigns.triggers_process": {"queue": DECIDE},
     "experiments.audience_assign": {"queue": DECIDE},
+    "segments.analytics_run": {"queue": REPORTS},
     "segments.tasks.*": {"queue": RECOMPUTE},
     "experiments.conversions_refresh": {"queue": CONVERSIONS},
     "experiments.conversions_refresh_due": {"queue": CONVERSIONS},

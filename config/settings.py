@@ -435,4 +435,13 @@ GROWTH = {
     # Lift-report verdicts count only customers whose metric window has closed (first exposure
     # + window <= now); a report view can turn it off (?exclude_open_windows=false).
     "REPORT_EXCLUDE_OPEN_WINDOWS": env.bool("GROWTH_REPORT_EXCLUDE_OPEN_WINDOWS", default=True),
+    # Analytics runs (segments.analytics.runs): the same question asked again by the same owner
+    # within this many seconds of a finished run gets that run back instead of a new one.
+    "ANALYTICS_RUN_FRESH_SECONDS": env.int("GROWTH_ANALYTICS_RUN_FRESH_SECONDS", default=300),
+    # A run queued or running longer than this is reported failed when read (a worker killed
+    # mid-run, a lost message); asking again then starts a new one.
+    "ANALYTICS_RUN_STUCK_SECONDS": env.int("GROWTH_ANALYTICS_RUN_STUCK_SECONDS", default=1800),
+    # The retention and funnel admin pages compute as a task (with a "computing since" page)
+    # above this many customers; at or below it, on the request as before.
+    "ANALYTICS_ASYNC_CUSTOMERS": env.int("GROWTH_ANALYTICS_ASYNC_CUSTOMERS", default=200_000),
 }

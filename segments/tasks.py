@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import shared_task
 
+from segments.analytics.runs import analytics_run_execute
 from segments.models import RecomputeRun
 from segments.services.partitions import event_partitions_ensure as partitions_ensure
 from segments.services.recompute import dimension_recompute, segment_recompute, tag_rule_recompute
@@ -51,3 +52,11 @@ def recompute_all() -> list[dict[str, Any]]:
 def event_partitions_ensure() -> list[str]:
     """Daily: the monthly event partitions for this month and the next three (PostgreSQL)."""
     return partitions_ensure()
+
+
+@shared_task(name="segments.analytics_run")
+def analytics_run(run_id: str) -> str:
+    """A retention table or funnel asked for as a run (``segments.analytics.runs``): on the
+    ``reports`` queue, so a long one waits behind reports only. Not retried: a failure is
+    recorded on the run for its caller, who may ask again."""
+    return analytics_run_execute(run_id=run_id)

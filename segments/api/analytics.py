@@ -9,6 +9,12 @@ analytics" section.
 - ``GET /api/v1/analytics/funnel`` and ``.../funnel.csv``
 - ``GET /api/v1/analytics/layer-flows`` and ``.../layer-flows.csv``
 - ``GET /api/v1/analytics/lifecycle`` and ``.../lifecycle.csv``
+
+Retention and funnels can also be asked as a run (``?async=true`` on the JSON endpoint):
+202 with the run's id and ``status_url``, computed by a task on the ``reports`` queue
+(``segments.analytics.runs``); ``GET /api/v1/analytics/runs/<id>`` answers its status,
+timings and, once done, the same JSON the synchronous endpoint returns. A key sees only its
+own runs. Parameters are validated before anything is queued.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpResponse
-from django.urls import path
+from django.urls import path, reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.exceptions import ValidationError
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.models import Scope
@@ -32,6 +40,8 @@ from segments.analytics.flows import LayerFlows, LifecycleCounts, layer_flows, l
 from segments.analytics.funnels import PRESETS, FunnelResult, funnel
 from segments.analytics.query import flows_args, funnel_spec, lifecycle_args, retention_spec
 from segments.analytics.retention import RetentionTable, retention_table
+from segments.analytics.runs import analytics_run_get, analytics_run_request, run_as_dict
+from segments.models import AnalyticsRun
 
 RETENTION_PARAMETERS = [
     OpenApiParameter("anchor", OpenApiTypes.STR, enum=["signup", "first_purchase"], default="signup"),
@@ -68,6 +78,65 @@ FUNNEL_PARAMETERS = [
     ),
 ]
 ERRORS = {400: OpenApiResponse(description="A bad parameter; `errors` names it.")}
+ASYNC = OpenApiParameter(
+    "async",
+    OpenApiTypes.BOOL,
+    default=False,
+    description="true: answer 202 with a run to poll (`status_url`) instead of computing on this request.",
+)
+
+
+class AnalyticsRunSerializer(serializers.Serializer):
+    """A run's status (documentation only: ``segments.analytics.runs.run_as_dict`` builds it)."""
+
+    id = serializers.UUIDField()
+    kind = serializers.ChoiceField(choices=AnalyticsRun.Kind.choices)
+    status = serializers.ChoiceField(choices=AnalyticsRun.Status.choices)
+    status_url = serializers.CharField()
+    created = serializers.BooleanField(required=False, help_text="On the 202: whether this call queued the run.")
+    spec = serializers.JSONField(help_text="The validated spec, defaults filled in.")
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    queued_seconds = serializers.FloatField(allow_null=True)
+    run_seconds = serializers.FloatField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    result = serializers.JSONField(allow_null=True, help_text="When done: the synchronous endpoint's JSON.")
+
+
+RUN_ACCEPTED = {202: OpenApiResponse(response=AnalyticsRunSerializer, description="Asked with async=true: the run.")}
+
+
+def _owner(request: Request) -> str:
+    return f"key:{request.auth.pk}"
+
+
+def _run_url(request: Request, run: AnalyticsRun) -> str:
+    return request.build_absolute_uri(reverse("v1:segments:analytics-run", kwargs={"run_id": run.pk}))
+
+
+def _wants_run(request: Request, csv: bool) -> bool:
+    raw = request.query_params.get("async")
+    if raw is None:
+        return False
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise ValidationError({"async": ["Give true or false."]})
+    wanted = raw.lower() in ("true", "1")
+    if wanted and csv:
+        raise ValidationError({"async": ["Runs answer JSON: ask the JSON endpoint (without .csv)."]})
+    return wanted
+
+
+def _run_response(request: Request, kind: str) -> Response:
+    """Validate (a 400 naming the parameter, nothing queued), then the run: 202 either way,
+    ``created`` true for exactly the call that queued it."""
+    run, created = _computed(
+        lambda: analytics_run_request(kind=kind, params=_params(request), owner=_owner(request), api_key=request.auth)
+    )
+    url = _run_url(request, run)
+    return Response(
+        {**run_as_dict(run, url), "created": created}, status=status.HTTP_202_ACCEPTED, headers={"Location": url}
+    )
 
 
 def _computed(build: Callable[[], Any]) -> Any:
@@ -113,12 +182,18 @@ class RetentionView(APIView):
             "rates; D1/D7/D30 headlines; with `breakdown`, the same per layer held at the anchor. A period not "
             "over yet for every customer of a cohort, or an empty cohort, is null with a `reason`."
         ),
-        parameters=RETENTION_PARAMETERS,
-        responses={200: OpenApiResponse(response=exports.dataclass_schema(RetentionTable)), **ERRORS},
+        parameters=[*RETENTION_PARAMETERS, ASYNC],
+        responses={
+            200: OpenApiResponse(response=exports.dataclass_schema(RetentionTable)),
+            **RUN_ACCEPTED,
+            **ERRORS,
+        },
         tags=["analytics"],
     )
     @replica_reads()  # reading work: the replica when fresh (config/replica.py)
     def get(self, request: Request) -> HttpResponse:
+        if _wants_run(request, self.csv):
+            return _run_response(request, AnalyticsRun.Kind.RETENTION)
         table = _computed(lambda: retention_table(spec=retention_spec(_params(request))))
         if self.csv:
             return _csv_response(exports.retention_csv(table), "retention.csv")
@@ -139,12 +214,14 @@ class FunnelView(APIView):
             + ", ".join(f"`{k}`" for k in PRESETS)
             + "."
         ),
-        parameters=FUNNEL_PARAMETERS,
-        responses={200: OpenApiResponse(response=exports.dataclass_schema(FunnelResult)), **ERRORS},
+        parameters=[*FUNNEL_PARAMETERS, ASYNC],
+        responses={200: OpenApiResponse(response=exports.dataclass_schema(FunnelResult)), **RUN_ACCEPTED, **ERRORS},
         tags=["analytics"],
     )
     @replica_reads()  # reading work: the replica when fresh (config/replica.py)
     def get(self, request: Request) -> HttpResponse:
+        if _wants_run(request, self.csv):
+            return _run_response(request, AnalyticsRun.Kind.FUNNEL)
         result = _computed(lambda: funnel(spec=funnel_spec(_params(request))))
         if self.csv:
             return _csv_response(exports.funnel_csv(result), "funnel.csv")
@@ -281,7 +358,32 @@ class LifecycleCsvView(LifecycleView):
         return super().get(request)
 
 
+class AnalyticsRunView(APIView):
+    required_scope = Scope.REPORTS_READ
+
+    @extend_schema(
+        operation_id="analytics_run",
+        summary="An analytics run's status and, when done, its result",
+        description=(
+            "Scope `reports:read`. A run asked with `async=true` on the retention or funnel endpoint: `queued`, "
+            "`running`, `done` (with `result`, exactly the synchronous endpoint's JSON) or `failed` (with `error`; "
+            "a run queued or running past the configured bound is reported failed). Only the key that asked sees it."
+        ),
+        responses={
+            200: OpenApiResponse(response=AnalyticsRunSerializer),
+            404: OpenApiResponse(description="No such run for this key."),
+        },
+        tags=["analytics"],
+    )
+    def get(self, request: Request, run_id: str) -> Response:
+        run = analytics_run_get(run_id=run_id, owner=_owner(request))
+        if run is None:
+            raise NotFound("No such run for this key.")
+        return Response(run_as_dict(run, _run_url(request, run)))
+
+
 urlpatterns = [
+    path("analytics/runs/<uuid:run_id>", AnalyticsRunView.as_view(), name="analytics-run"),
     path("analytics/layer-flows", LayerFlowsView.as_view(), name="analytics-layer-flows"),
     path("analytics/layer-flows.csv", LayerFlowsCsvView.as_view(), name="analytics-layer-flows-csv"),
     path("analytics/lifecycle", LifecycleView.as_view(), name="analytics-lifecycle"),

@@ -1,3 +1,4 @@
+from segments.models.analytics import AnalyticsRun
 from segments.models.customers import (
     CONTACT_FIELDS,
     Channel,
@@ -25,6 +26,7 @@ from segments.models.engine import (
 
 __all__ = [
     "CONTACT_FIELDS",
+    "AnalyticsRun",
     "Channel",
     "Customer",
     "CustomerLayer",

@@ -34,6 +34,7 @@ def test_task_routes__each_kind_of_work__its_own_queue() -> None:
     assert _queue("segments.tasks.recompute_segment") == _queue("segments.tasks.recompute_all") == "recompute"
     assert _queue("experiments.conversions_refresh") == "conversions"
     assert _queue("segments.import_events") == "imports"
+    assert _queue("segments.analytics_run") == "reports"
     assert _queue("campaigns.tick") == _queue("campaigns.noop") == "celery"
 
 
