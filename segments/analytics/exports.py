@@ -144,3 +144,33 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
     hints = get_type_hints(cls)
     properties = {f.name: _type_schema(hints[f.name]) for f in dataclasses.fields(cls)}
     return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+def from_json(cls: type[Any], data: Any) -> Any:
+    """A result dataclass back from its JSON (``to_json``'s inverse, by the type hints): the
+    admin pages render a run's stored result with the same code as a table computed on the
+    request. Instants come back at the millisecond the JSON keeps."""
+    return _from_json(cls, data)
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _from_json(next(a for a in get_args(hint) if a is not type(None)), value)
+    if origin in (tuple, list):
+        item = get_args(hint)[0]
+        return origin(_from_json(item, v) for v in value)
+    if origin is typing.Literal or hint in (str, int, bool, Any) or origin is dict or hint is dict:
+        return value
+    if hint is float:
+        return float(value)
+    if hint is dt.datetime:
+        return dt.datetime.fromisoformat(value)
+    if hint is dt.date:
+        return dt.date.fromisoformat(value)
+    if dataclasses.is_dataclass(hint):
+        hints = get_type_hints(hint)
+        return hint(**{f.name: _from_json(hints[f.name], value[f.name]) for f in dataclasses.fields(hint) if f.init})
+    return value

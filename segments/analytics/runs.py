@@ -108,15 +108,26 @@ def _expire_stuck(runs: QuerySet[AnalyticsRun]) -> None:
 
 
 def analytics_run_request(
-    *, kind: str, params: Mapping[str, str], owner: str, api_key: Any = None, user: Any = None
+    *,
+    kind: str,
+    params: Mapping[str, str],
+    owner: str,
+    api_key: Any = None,
+    user: Any = None,
+    reuse_failed: bool = False,
 ) -> tuple[AnalyticsRun, bool]:
     """The run answering ``params`` for ``owner``: a fresh or in-flight one, or a new one
-    queued after commit. Returns ``(run, created)``. Bad input raises before anything is written."""
+    queued after commit. Returns ``(run, created)``. Bad input raises before anything is written.
+
+    ``reuse_failed``: a run that failed within the freshness bound counts as the answer too
+    (the admin page shows its error until asked to retry); an API caller asking again after
+    a failure gets a new run."""
     spec, spec_hash = canonical_spec(kind, params)
     same = _runs().filter(owner=owner, kind=kind, spec_hash=spec_hash)
     _expire_stuck(same)
     fresh_from = timezone.now() - dt.timedelta(seconds=fresh_seconds())
-    reusable = Q(status__in=AnalyticsRun.IN_FLIGHT) | Q(status=AnalyticsRun.Status.DONE, finished_at__gte=fresh_from)
+    finished = [AnalyticsRun.Status.DONE, *([AnalyticsRun.Status.FAILED] if reuse_failed else [])]
+    reusable = Q(status__in=AnalyticsRun.IN_FLIGHT) | Q(status__in=finished, finished_at__gte=fresh_from)
     existing = same.filter(reusable).order_by("-created_at").first()
     if existing is not None:
         return existing, False

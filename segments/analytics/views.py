@@ -9,6 +9,12 @@
 Same query string as the API (``segments.analytics.query``); admin-styled (``base_site``),
 wrapped in ``admin.site.admin_view`` (staff login), 403 without the permission. A bad
 parameter is shown on the page, next to the form, naming the parameter.
+
+Above ``GROWTH["ANALYTICS_ASYNC_CUSTOMERS"]`` customers (200,000) the retention and funnel
+pages do not compute on the request: they ask for an analytics run (``segments.analytics.runs``,
+owner ``admin``, shared by the staff) and show "computing since ..." reloading itself every
+few seconds; the same URL then finds the run done and renders its stored result with the same
+table and chart (or the run's error). Below it, the pages compute on the request as before.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
@@ -30,10 +37,11 @@ from config.replica import replica_reads
 from segments.analytics import exports
 from segments.analytics.errors import AnalyticsInputError
 from segments.analytics.flows import layer_flows, lifecycle_counts
-from segments.analytics.funnels import ATTRIBUTE_KEY, PRESETS, funnel
+from segments.analytics.funnels import ATTRIBUTE_KEY, PRESETS, FunnelResult, funnel
 from segments.analytics.query import flows_args, funnel_spec, lifecycle_args, retention_spec
-from segments.analytics.retention import retention_table
-from segments.models import Customer, Dimension
+from segments.analytics.retention import RetentionTable, retention_table
+from segments.analytics.runs import analytics_run_request
+from segments.models import AnalyticsRun, Customer, Dimension
 
 PERMISSION = "segments.view_customer"
 FLOW_LINES = 6  # moves drawn on the flows chart
@@ -57,6 +65,28 @@ def _csv(body: str, name: str) -> HttpResponse:
     return response
 
 
+def _as_run() -> bool:
+    """Whether the pages compute as a task: a count, not an estimate (tens of milliseconds on
+    PostgreSQL at a million customers, an index-only scan), against the setting."""
+    return Customer.objects.count() > int(settings.GROWTH.get("ANALYTICS_ASYNC_CUSTOMERS", 200_000))
+
+
+def _result_or_pending(
+    request: HttpRequest, params: Any, kind: str, result_type: type, template: str, context: dict[str, Any]
+) -> tuple[Any, HttpResponse | None]:
+    """Large databases: the admin run's result when done, else the page saying it is computing
+    (or why it failed). Raises ``AnalyticsInputError`` before asking, like the request path."""
+    # A failed run's error stays on the page (it does not reload) until "try again" (?retry=1).
+    retry = bool(params.get("retry"))
+    run, _ = analytics_run_request(kind=kind, params=params, owner="admin", user=request.user, reuse_failed=not retry)
+    if run.status == AnalyticsRun.Status.DONE:
+        return exports.from_json(result_type, run.result), None
+    query = params.copy()
+    query["retry"] = "1"
+    context.update(run=run, retry_query=query.urlencode())
+    return None, render(request, template, context)
+
+
 def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}%"
 
@@ -72,7 +102,19 @@ def retention(request: HttpRequest) -> HttpResponse:
         "attributes": _attribute_keys(),
     }
     try:
-        table = retention_table(spec=retention_spec(params))
+        if _as_run():
+            table, pending = _result_or_pending(
+                request,
+                params,
+                AnalyticsRun.Kind.RETENTION,
+                RetentionTable,
+                "segments/analytics/retention.html",
+                context,
+            )
+            if pending is not None:
+                return pending
+        else:
+            table = retention_table(spec=retention_spec(params))
     except AnalyticsInputError as error:
         context["error"] = error
         return render(request, "segments/analytics/retention.html", context, status=400)
@@ -155,7 +197,14 @@ def funnel_page(request: HttpRequest) -> HttpResponse:
     # A breakdown given in the URL that the menu does not list stays selectable.
     context["other_breakdown"] = params.get("breakdown") if params.get("breakdown") not in known else ""
     try:
-        result = funnel(spec=funnel_spec(params))
+        if _as_run():
+            result, pending = _result_or_pending(
+                request, params, AnalyticsRun.Kind.FUNNEL, FunnelResult, "segments/analytics/funnel.html", context
+            )
+            if pending is not None:
+                return pending
+        else:
+            result = funnel(spec=funnel_spec(params))
     except AnalyticsInputError as error:
         context["error"] = error
         return render(request, "segments/analytics/funnel.html", context, status=400)

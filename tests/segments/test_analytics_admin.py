@@ -215,3 +215,65 @@ def test_funnel_page__entries_within_a_window_of_now__says_their_conversions_are
     assert 'id="open-window-note"' in aarrr and "30.0 days of the entry" in aarrr
     # entries that ended long ago: every window is over
     assert 'id="open-window-note"' not in client.get(FUNNEL).content.decode()
+
+
+def _section(html: str, start: str, end: str = "</table>") -> str:
+    begin = html.index(start)
+    return html[begin : html.index(end, begin)]
+
+
+def test_analytics_pages__more_customers_than_the_setting__computing_page_then_the_same_table(  # type: ignore[no-untyped-def]
+    data: None, settings, django_capture_on_commit_callbacks
+) -> None:
+    from segments import tasks
+    from segments.models import AnalyticsRun
+
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    retention = RETENTION + "&as_of=2026-02-01T00:00:00%2B00:00"
+    pages = {"retention": (retention, 'id="retention-table"'), "funnel": (FUNNEL, 'class="funnel-table"')}
+    synchronous = {kind: client.get(url).content.decode() for kind, (url, _) in pages.items()}
+    settings.GROWTH = {**settings.GROWTH, "ANALYTICS_ASYNC_CUSTOMERS": 1}  # the fixture has 2
+
+    for kind, (url, table) in pages.items():
+        with django_capture_on_commit_callbacks() as queued:
+            pending = client.get(url)
+        html = pending.content.decode()
+        assert pending.status_code == 200 and "Computing since" in html and "window.location.replace" in html
+        assert table not in html and len(queued) == 1
+        assert client.get(url).content.decode().count("Computing since") == 1  # the same run, not a second
+        run = AnalyticsRun.objects.get(kind=kind)
+        assert run.owner == "admin" and run.status == "queued"
+
+        assert tasks.analytics_run.apply(args=[str(run.pk)]).get() == "done"
+
+        done = client.get(url).content.decode()
+        assert "Computing since" not in done
+        assert _section(done, table) == _section(synchronous[kind], table)
+    assert AnalyticsRun.objects.count() == 2
+    csv_rows = client.get(retention + "&download=csv").content.decode()
+    settings.GROWTH = {**settings.GROWTH, "ANALYTICS_ASYNC_CUSTOMERS": 200_000}
+    assert csv_rows == client.get(retention + "&download=csv").content.decode()
+
+
+def test_analytics_pages__run_failed__page_shows_the_error(data: None, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from segments import tasks
+    from segments.analytics import runs
+    from segments.models import AnalyticsRun
+
+    settings.GROWTH = {**settings.GROWTH, "ANALYTICS_ASYNC_CUSTOMERS": 1}
+    client = Client()
+    client.force_login(UserFactory(groups=["growth"]))
+    client.get(FUNNEL)
+
+    def broken(**_: object) -> None:
+        raise RuntimeError("canceling statement due to statement timeout")
+
+    monkeypatch.setattr(runs, "funnel", broken)
+    tasks.analytics_run.apply(args=[str(AnalyticsRun.objects.get().pk)])
+    html = client.get(FUNNEL).content.decode()
+
+    assert 'id="analytics-run-error"' in html and "statement timeout" in html and "window.location" not in html
+    assert AnalyticsRun.objects.count() == 1  # shown, not asked again by itself
+    again = client.get(FUNNEL + "&retry=1").content.decode()
+    assert "Computing since" in again and AnalyticsRun.objects.filter(status="queued").count() == 1
