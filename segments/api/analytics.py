@@ -19,6 +19,7 @@ own runs. Parameters are validated before anything is queued.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -369,6 +370,7 @@ class AnalyticsRunView(APIView):
             "`running`, `done` (with `result`, exactly the synchronous endpoint's JSON) or `failed` (with `error`; "
             "a run queued or running past the configured bound is reported failed). Only the key that asked sees it."
         ),
+        parameters=[OpenApiParameter("run_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
         responses={
             200: OpenApiResponse(response=AnalyticsRunSerializer),
             404: OpenApiResponse(description="No such run for this key."),
@@ -376,14 +378,20 @@ class AnalyticsRunView(APIView):
         tags=["analytics"],
     )
     def get(self, request: Request, run_id: str) -> Response:
-        run = analytics_run_get(run_id=run_id, owner=_owner(request))
+        # A str route, not <uuid:>: an unauthenticated caller gets 401 whatever the id, like
+        # every route, and an id that is no UUID is simply no run of this key.
+        try:
+            run_uuid = uuid.UUID(run_id)
+        except ValueError:
+            raise NotFound("No such run for this key.") from None
+        run = analytics_run_get(run_id=run_uuid, owner=_owner(request))
         if run is None:
             raise NotFound("No such run for this key.")
         return Response(run_as_dict(run, _run_url(request, run)))
 
 
 urlpatterns = [
-    path("analytics/runs/<uuid:run_id>", AnalyticsRunView.as_view(), name="analytics-run"),
+    path("analytics/runs/<str:run_id>", AnalyticsRunView.as_view(), name="analytics-run"),
     path("analytics/layer-flows", LayerFlowsView.as_view(), name="analytics-layer-flows"),
     path("analytics/layer-flows.csv", LayerFlowsCsvView.as_view(), name="analytics-layer-flows-csv"),
     path("analytics/lifecycle", LifecycleView.as_view(), name="analytics-lifecycle"),

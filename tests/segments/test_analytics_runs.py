@@ -89,6 +89,7 @@ def test_analytics_run_api__another_keys_run__404(  # type: ignore[no-untyped-de
     assert other.get(body["status_url"]).status_code == 404
     assert owner.get(body["status_url"]).status_code == 200
     assert other.get("/api/v1/analytics/runs/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert other.get("/api/v1/analytics/runs/not-a-uuid").status_code == 404
 
 
 @pytest.mark.django_db
