@@ -221,3 +221,33 @@ def test_analytics_run_api__real_worker__done_with_the_synchronous_json(  # type
     wait_until(lambda: client.get(body["status_url"]).json()["status"] == "done", timeout=60, message="the run")
 
     assert client.get(body["status_url"]).json()["result"] == client.get(FUNNEL).json()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_analytics_run_request__eight_concurrent_connections__exactly_one_created(data: None) -> None:
+    import threading
+
+    from django.db import connection
+
+    barrier = threading.Barrier(8)
+    outcomes: list[tuple[str, bool]] = []
+
+    def ask() -> None:
+        try:
+            barrier.wait(timeout=30)
+            run, created = runs.analytics_run_request(
+                kind="funnel", params={"steps": "login,visit"}, owner="key:concurrent"
+            )
+            outcomes.append((str(run.pk), created))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert len(outcomes) == 8 and sum(created for _, created in outcomes) == 1
+    assert len({run_id for run_id, _ in outcomes}) == 1 and AnalyticsRun.objects.count() == 1
