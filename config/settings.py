@@ -375,7 +375,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # CONN_HEALTH_CHECKS, so a broken connection is still replaced.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 # Queues by kind of work (config/queues.py): sending per channel, deciding, recomputes,
-# conversion refreshes, imports. A worker without -Q consumes them all (the embedded
+# conversion refreshes, imports, reports. A worker without -Q consumes them all (the embedded
 # default, the demo); a fleet binds each worker to some (README, "Production layout").
 CELERY_TASK_DEFAULT_QUEUE = queues.DEFAULT
 CELERY_TASK_QUEUES = queues.queues()
