@@ -45,6 +45,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "campaigns.triggers_process": {"queue": DECIDE},
     "experiments.audience_assign": {"queue": DECIDE},
     "segments.analytics_run": {"queue": REPORTS},
+    "segments.analytics_runs_purge": {"queue": REPORTS},
     "segments.tasks.*": {"queue": RECOMPUTE},
     "experiments.conversions_refresh": {"queue": CONVERSIONS},
     "experiments.conversions_refresh_due": {"queue": CONVERSIONS},

@@ -441,6 +441,9 @@ GROWTH = {
     # A run queued or running longer than this is reported failed when read (a worker killed
     # mid-run, a lost message); asking again then starts a new one.
     "ANALYTICS_RUN_STUCK_SECONDS": env.int("GROWTH_ANALYTICS_RUN_STUCK_SECONDS", default=1800),
+    # Runs asked longer ago than this are deleted by the daily purge (their results can be
+    # large: a retention table of every cohort x period x layer).
+    "ANALYTICS_RUN_KEEP_DAYS": env.int("GROWTH_ANALYTICS_RUN_KEEP_DAYS", default=7),
     # The retention and funnel admin pages compute as a task (with a "computing since" page)
     # above this many customers; at or below it, on the request as before.
     "ANALYTICS_ASYNC_CUSTOMERS": env.int("GROWTH_ANALYTICS_ASYNC_CUSTOMERS", default=200_000),

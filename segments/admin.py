@@ -18,6 +18,7 @@ from django.utils.html import format_html
 
 from segments.forms import DimensionForm, SegmentForm, TagForm, TagRuleForm
 from segments.models import (
+    AnalyticsRun,
     Customer,
     CustomerLayer,
     CustomerRole,
@@ -557,3 +558,53 @@ class TagHistoryAdmin(ReadOnlyAdmin):
     list_select_related = ["customer", "tag", "changed_by"]
     list_per_page = 50
     show_full_result_count = False
+
+
+@admin.register(AnalyticsRun)
+class AnalyticsRunAdmin(ReadOnlyAdmin):
+    """Retention tables and funnels asked as a task (API ``?async=true``, the large-database
+    admin pages): who asked, how long each waited and ran, failures visible. The stored
+    result is not shown here (it can be large); the status URL or the page returns it."""
+
+    list_display = ["kind", "status_badge", "owner", "created_at", "queued_seconds", "run_seconds", "short_error"]
+    list_filter = ["status", "kind", "owner"]
+    date_hierarchy = "created_at"
+    list_per_page = 50
+    fields = [
+        "id",
+        "kind",
+        "status",
+        "owner",
+        "api_key",
+        "requested_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "params",
+        "spec",
+        "error",
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AnalyticsRun]:
+        return super().get_queryset(request).defer("result")
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: AnalyticsRun) -> str:
+        colour = {"done": "#2e7d32", "failed": "#c62828", "running": "#1565c0"}.get(obj.status, "#555")
+        return format_html('<strong style="color: {}">{}</strong>', colour, obj.status)
+
+    @admin.display(description="Queued (s)")
+    def queued_seconds(self, obj: AnalyticsRun) -> str:
+        return _seconds(obj.created_at, obj.started_at)
+
+    @admin.display(description="Ran (s)")
+    def run_seconds(self, obj: AnalyticsRun) -> str:
+        return _seconds(obj.started_at, obj.finished_at)
+
+    @admin.display(description="Error")
+    def short_error(self, obj: AnalyticsRun) -> str:
+        return obj.error[:120]
+
+
+def _seconds(start: Any, end: Any) -> str:
+    return "—" if start is None or end is None else f"{(end - start).total_seconds():.1f}"

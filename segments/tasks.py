@@ -12,6 +12,7 @@ from typing import Any
 from celery import shared_task
 
 from segments.analytics.runs import analytics_run_execute
+from segments.analytics.runs import analytics_runs_purge as analytics_runs_purge_service
 from segments.models import RecomputeRun
 from segments.services.partitions import event_partitions_ensure as partitions_ensure
 from segments.services.recompute import dimension_recompute, segment_recompute, tag_rule_recompute
@@ -60,3 +61,9 @@ def analytics_run(run_id: str) -> str:
     ``reports`` queue, so a long one waits behind reports only. Not retried: a failure is
     recorded on the run for its caller, who may ask again."""
     return analytics_run_execute(run_id=run_id)
+
+
+@shared_task(name="segments.analytics_runs_purge")
+def analytics_runs_purge() -> int:
+    """Daily: delete analytics runs asked more than GROWTH_ANALYTICS_RUN_KEEP_DAYS ago."""
+    return analytics_runs_purge_service()

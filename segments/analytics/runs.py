@@ -21,6 +21,8 @@ synchronous endpoint would and stores that JSON on the run.
   (1800 s) is marked failed when read (a worker killed mid-run: with ``acks_late`` the
   message comes back, but the run is no longer ``queued`` and is not claimed twice); asking
   again then starts a new run.
+- Purge: runs asked more than ``GROWTH["ANALYTICS_RUN_KEEP_DAYS"]`` (7) days ago are deleted
+  by a daily beat task (``analytics_runs_purge``); a result is kept in full on its run.
 - Owners: ``key:<id>`` for an API key (a key sees only its own runs), ``admin`` for the
   staff pages.
 """
@@ -72,6 +74,10 @@ PARSERS = {AnalyticsRun.Kind.RETENTION: retention_spec, AnalyticsRun.Kind.FUNNEL
 
 def fresh_seconds() -> int:
     return int(settings.GROWTH.get("ANALYTICS_RUN_FRESH_SECONDS", 300))
+
+
+def keep_days() -> int:
+    return int(settings.GROWTH.get("ANALYTICS_RUN_KEEP_DAYS", 7))
 
 
 def stuck_seconds() -> int:
@@ -151,6 +157,15 @@ def analytics_run_request(
 
     transaction.on_commit(lambda: tasks.analytics_run.delay(str(run.pk)), using=same.db)
     return run, True
+
+
+def analytics_runs_purge(*, now: dt.datetime | None = None) -> int:
+    """Delete the runs asked more than ``keep_days()`` ago, whatever their status (one still
+    in flight after days was lost long ago: the stuck bound is half an hour); returns how
+    many. Asking the same question again computes it afresh."""
+    cutoff = (now or timezone.now()) - dt.timedelta(days=keep_days())
+    deleted, _ = _runs().filter(created_at__lt=cutoff).delete()
+    return deleted
 
 
 def analytics_run_get(*, run_id: Any, owner: str) -> AnalyticsRun | None:

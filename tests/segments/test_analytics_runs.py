@@ -251,3 +251,66 @@ def test_analytics_run_request__eight_concurrent_connections__exactly_one_create
 
     assert len(outcomes) == 8 and sum(created for _, created in outcomes) == 1
     assert len({run_id for run_id, _ in outcomes}) == 1 and AnalyticsRun.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_analytics_runs_purge__runs_older_than_keep_days__deleted_recent_kept(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.GROWTH = {**settings.GROWTH, "ANALYTICS_RUN_KEEP_DAYS": 7}
+    now = timezone.now()
+
+    def run(age: dt.timedelta, status: str) -> AnalyticsRun:
+        return AnalyticsRun.objects.create(
+            kind="funnel",
+            params={},
+            spec={},
+            spec_hash=f"h{age}{status}",
+            owner="admin",
+            status=status,
+            created_at=now - age,
+            result={"big": list(range(100))} if status == "done" else None,
+        )
+
+    old_done, old_lost = run(dt.timedelta(days=8), "done"), run(dt.timedelta(days=30), "running")
+    recent = run(dt.timedelta(days=6, hours=23), "done")
+
+    assert tasks.analytics_runs_purge.apply().get() == 2
+
+    assert list(AnalyticsRun.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert not AnalyticsRun.objects.filter(pk__in=[old_done.pk, old_lost.pk]).exists()
+
+
+@pytest.mark.django_db
+def test_analytics_runs_purge__data_migration__scheduled_daily_on_the_reports_queue() -> None:
+    from django_celery_beat.models import PeriodicTask
+
+    from config import queues
+
+    task = PeriodicTask.objects.get(name="segments: analytics runs purge")
+    assert task.task == "segments.analytics_runs_purge" and task.enabled
+    assert (task.crontab.hour, task.crontab.minute) == ("1", "45")
+    assert task.task in app.tasks
+    assert queues.ROUTES[task.task]["queue"] == queues.REPORTS
+
+
+@pytest.mark.django_db
+def test_analytics_run_admin__growth_and_marketer__listed_read_only_without_the_result(  # type: ignore[no-untyped-def]
+    client, growth_user, marketer_user
+) -> None:
+    run = AnalyticsRun.objects.create(
+        kind="retention",
+        params={},
+        spec={},
+        spec_hash="h",
+        owner="admin",
+        status="failed",
+        error="RuntimeError: boom",
+        result={"marker": "result-not-shown"},
+    )
+    for user in (growth_user, marketer_user):
+        client.force_login(user)
+        listing = client.get("/admin/segments/analyticsrun/?status__exact=failed")
+        assert listing.status_code == 200 and "RuntimeError: boom" in listing.content.decode()
+        detail = client.get(f"/admin/segments/analyticsrun/{run.pk}/change/")
+        assert detail.status_code == 200 and "result-not-shown" not in detail.content.decode()
+        assert client.post(f"/admin/segments/analyticsrun/{run.pk}/delete/").status_code == 403
+    assert client.get("/admin/segments/analyticsrun/add/").status_code == 403
