@@ -157,7 +157,8 @@ def test_retention_table__events_in_monthly_partitions_split_by_customer_id_rang
     monkeypatch.setattr(retention, "ID_RANGE_MIN", 0)
     monkeypatch.setattr(retention, "ID_RANGES", 4)
     assert len(retention._id_ranges()) == 4
-    # When the table is computed overall and per (attribute) layer, one branch per range
+    # When the table is computed, overall one branch per range (and per attribute layer,
+    # which is not split, as the reference to compare with)
     spec = RetentionSpec(
         cohort_grain="month",
         period="day",
