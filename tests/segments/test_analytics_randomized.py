@@ -13,6 +13,7 @@ import datetime as dt
 import random
 import statistics
 from collections import defaultdict
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -138,8 +139,9 @@ def test_retention_table__random_customers_in_four_zones__equals_the_python_refe
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("anchor", ["signup", "first_purchase"])
 def test_retention_table__events_in_monthly_partitions_split_by_customer_id_ranges__equals_the_python_reference(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, anchor: str
 ) -> None:
     from django.db import connection
 
@@ -150,7 +152,19 @@ def test_retention_table__events_in_monthly_partitions_split_by_customer_id_rang
     # run for months holds them: moved out of the default partition, then analyzed), and
     # ranges small enough to split 60 customers into four
     world = _world(6)
-    sizes, expected = _reference_retention(world, "month", "day", 40)
+    anchored = world
+    if anchor == "first_purchase":
+        # the reference's anchor is signed_up_at: give it each buyer's first order in range
+        anchored = []
+        for c, evs in world:
+            orders = [w for code, w in evs if code == "order" and w <= AS_OF]
+            t0 = min(orders) if orders else None
+            if t0 is not None and dt.date(2026, 1, 1) <= t0.astimezone(ZoneInfo(c.timezone)).date() <= dt.date(
+                2026, 5, 31
+            ):
+                anchored.append((SimpleNamespace(timezone=c.timezone, signed_up_at=t0), evs))
+    sizes, expected = _reference_retention(anchored, "month", "day", 40)
+    assert sum(sizes.values()) >= 10  # enough customers for four ranges to mean something
     partitions.event_partitions_ensure(today=dt.date(2025, 12, 1), ahead=10)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE segments_event")
@@ -160,6 +174,7 @@ def test_retention_table__events_in_monthly_partitions_split_by_customer_id_rang
     # When the table is computed, overall one branch per range (and per attribute layer,
     # which is not split, as the reference to compare with)
     spec = RetentionSpec(
+        anchor=anchor,  # type: ignore[arg-type]
         cohort_grain="month",
         period="day",
         periods=40,
