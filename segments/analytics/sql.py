@@ -167,7 +167,14 @@ def bit_or_agg(expression: str, v: Vendor) -> str:
     return f"SUM(DISTINCT {expression})"
 
 
-def run(statement: str, params: list[object], *, hash_joins: bool = True) -> list[tuple]:
+def run(
+    statement: str,
+    params: list[object],
+    *,
+    hash_joins: bool = True,
+    hash_aggregates: bool = True,
+    work_mem: str | None = None,
+) -> list[tuple]:
     """Run an analytics statement on the reading connection (the replica when fresh,
     config/replica.py) and return its rows.
 
@@ -175,19 +182,36 @@ def run(statement: str, params: list[object], *, hash_joins: bool = True) -> lis
     statement's big inputs can be read in customer order from the events' (customer, type,
     time) index, a merge join grouped as it streams costs about half the CPU of the hash
     joins the planner picks (measured per statement with ``log_statement_stats``, README
-    "Growth analytics"). PostgreSQL has no per-query plan hints: ``set_config(...,
-    is_local => true)`` inside a transaction (a savepoint inside an outer one) scopes the
-    setting to it, and the previous value is put back right after the statement.
+    "Growth analytics"). ``hash_aggregates=False``: without hash aggregates, so a GROUP BY
+    customer over that ordered read groups as it streams instead of hashing every row and
+    sorting the groups again for the next merge join. ``work_mem``: the sort / hash memory
+    of this statement (e.g. ``'256MB'``: the funnel sorts ~1M chosen attempts several times,
+    which spill to disk at the server's 64 MB). PostgreSQL has no per-query plan hints:
+    ``set_config(..., is_local => true)`` inside a transaction (a savepoint inside an outer
+    one) scopes each setting to it, which is also what keeps them from leaking to the next
+    client through a transaction-mode pooler (PgBouncer), and the previous values are put
+    back right after the statement.
     """
     conn = reading_connection()
-    if hash_joins or conn.vendor != "postgresql":
+    settings = {}
+    if not hash_joins:
+        settings["enable_hashjoin"] = "off"
+    if not hash_aggregates:
+        settings["enable_hashagg"] = "off"
+    if work_mem:
+        settings["work_mem"] = work_mem
+    if not settings or conn.vendor != "postgresql":
         with conn.cursor() as cursor:
             cursor.execute(statement, params)
             return list(cursor.fetchall())
     with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
-        cursor.execute("SELECT current_setting('enable_hashjoin'), set_config('enable_hashjoin', 'off', true)")
-        previous = cursor.fetchone()[0]
+        names = list(settings)
+        # current_setting is read before set_config in the same row (left to right)
+        swap = ", ".join("current_setting(%s), set_config(%s, %s, true)" for _ in names)
+        cursor.execute(f"SELECT {swap}", [x for n in names for x in (n, n, settings[n])])
+        previous = cursor.fetchone()[0::2]
         cursor.execute(statement, params)
         rows = list(cursor.fetchall())
-        cursor.execute("SELECT set_config('enable_hashjoin', %s, true)", [previous])
+        back = ", ".join("set_config(%s, %s, true)" for _ in names)
+        cursor.execute(f"SELECT {back}", [x for n, old in zip(names, previous, strict=True) for x in (n, old)])
         return rows

@@ -13,6 +13,7 @@ import datetime as dt
 import random
 import statistics
 from collections import defaultdict
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -135,6 +136,67 @@ def test_retention_table__random_customers_in_four_zones__equals_the_python_refe
             on if eligible else None,
             later if eligible else None,
         )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("anchor", ["signup", "first_purchase"])
+def test_retention_table__events_in_monthly_partitions_split_by_customer_id_ranges__equals_the_python_reference(
+    monkeypatch: pytest.MonkeyPatch, anchor: str
+) -> None:
+    from django.db import connection
+
+    from segments.analytics import retention
+    from segments.services import partitions
+
+    # Given random customers whose events are in monthly partitions (as a database that has
+    # run for months holds them: moved out of the default partition, then analyzed), and
+    # ranges small enough to split 60 customers into four
+    world = _world(6)
+    anchored = world
+    if anchor == "first_purchase":
+        # the reference's anchor is signed_up_at: give it each buyer's first order in range
+        anchored = []
+        for c, evs in world:
+            orders = [w for code, w in evs if code == "order" and w <= AS_OF]
+            t0 = min(orders) if orders else None
+            if t0 is not None and dt.date(2026, 1, 1) <= t0.astimezone(ZoneInfo(c.timezone)).date() <= dt.date(
+                2026, 5, 31
+            ):
+                anchored.append((SimpleNamespace(timezone=c.timezone, signed_up_at=t0), evs))
+    sizes, expected = _reference_retention(anchored, "month", "day", 40)
+    assert sum(sizes.values()) >= 10  # enough customers for four ranges to mean something
+    partitions.event_partitions_ensure(today=dt.date(2025, 12, 1), ahead=10)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE segments_event")
+    monkeypatch.setattr(retention, "ID_RANGE_MIN", 0)
+    monkeypatch.setattr(retention, "ID_RANGES", 4)
+    assert len(retention._id_ranges()) == 4
+    # When the table is computed, overall one branch per range (and per attribute layer,
+    # which is not split, as the reference to compare with)
+    spec = RetentionSpec(
+        anchor=anchor,  # type: ignore[arg-type]
+        cohort_grain="month",
+        period="day",
+        periods=40,
+        cohort_from=dt.date(2026, 1, 1),
+        cohort_to=dt.date(2026, 5, 31),
+        as_of=AS_OF,
+        return_events=("login", "visit", "add_to_cart", "order"),
+        breakdown="attribute:channel",
+    )
+    table = retention_table(spec=spec)
+    # Then every customer is counted once, in the numbers of the definitions
+    for cohorts in (table.cohorts, table.by_layer[0].cohorts):
+        assert {c.cohort: c.size for c in cohorts if c.size} == dict(sizes)
+        got = {
+            (c.cohort, cell.period): (cell.retained, cell.retained_on_or_after)
+            for c in cohorts
+            if c.size
+            for cell in c.cells
+        }
+        assert got == expected
+    assert [h.eligible for h in table.headlines] == [h.eligible for h in table.by_layer[0].headlines]
+    assert table.headlines[0].eligible == sum(sizes.values())
 
 
 def _reference_funnel(world, steps: tuple[str, ...], window: dt.timedelta):  # type: ignore[no-untyped-def]

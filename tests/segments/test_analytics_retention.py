@@ -297,6 +297,33 @@ def test_retention_table__headlines__come_out_of_the_table_statement_not_a_secon
 
 
 @pytest.mark.postgres
+def test_sql_run__without_hash_aggregates_and_with_work_mem__scoped_to_the_statement_and_put_back() -> None:
+    from django.db import connection
+
+    from segments.analytics import sql
+
+    # Given a test inside a transaction with the default planner settings
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('work_mem')")
+        work_mem = cursor.fetchone()[0]
+    # When a statement runs without hash joins and hash aggregates, with its own work_mem
+    inside = sql.run(
+        "SELECT current_setting('enable_hashjoin'), current_setting('enable_hashagg'), current_setting('work_mem')",
+        [],
+        hash_joins=False,
+        hash_aggregates=False,
+        work_mem="77MB",
+    )
+    # Then it saw all three, and the same transaction has the previous values afterwards
+    assert inside == [("off", "off", "77MB")]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('enable_hashjoin'), current_setting('enable_hashagg'), current_setting('work_mem')"
+        )
+        assert cursor.fetchone() == ("on", "on", work_mem)
+
+
+@pytest.mark.postgres
 def test_sql_run__without_hash_joins__scoped_to_the_statement_and_put_back() -> None:
     from django.db import connection
 
