@@ -8,7 +8,8 @@ Definitions (docs/domain.md, README "Growth analytics"):
   (``Customer.timezone``); **day N** is the local day N days later; **week N** is days
   7N … 7N+6 (counted from the anchor's day, not calendar weeks).
 - **Cohort**: customers whose anchor day falls in the same day / ISO week (Monday) / month;
-  the table covers the buckets from ``cohort_from`` to ``cohort_to`` (local anchor days).
+  the table covers the buckets from ``cohort_from``'s to ``cohort_to``'s (local anchor days),
+  each whole: the range is widened to the first bucket's first day and the last one's last.
 - **Retained on period N**: did at least one *return event* (any event type but ``signup``
   unless chosen) on a day of period N. **On or after period N** ("unbounded"): on any day of
   period N or later, up to ``as_of``. Events before day 0 are ignored; period 0 counts the
@@ -153,6 +154,13 @@ def _resolve(spec: RetentionSpec) -> _Resolved:
     cohort_from = spec.cohort_from or cohort_to - default_span[spec.cohort_grain]
     if cohort_from > cohort_to:
         raise AnalyticsInputError("cohort_from", "Must be on or before cohort_to.")
+    # Whole buckets: a cohort is every customer whose anchor day falls in its week or month,
+    # so the range is widened to the first bucket's first day and the last bucket's last
+    # day. Cut at a day inside a bucket, that cohort would hold only the customers of some of
+    # its days under the whole bucket's label (the default range, today minus a span, began
+    # on a Wednesday: a "week" of two days, a quarter the size of its neighbours).
+    cohort_from = sql.bucket_of(cohort_from, spec.cohort_grain)
+    cohort_to = sql.bucket_last_day(cohort_to, spec.cohort_grain)
     if (cohort_to - cohort_from).days > 3 * 366:
         raise AnalyticsInputError("cohort_from", "At most three years of cohorts.")
     buckets = (cohort_to - cohort_from).days // {"day": 1, "week": 7, "month": 28}[spec.cohort_grain] + 2

@@ -124,6 +124,15 @@ def bucket_of(day: dt.date, grain: Grain) -> dt.date:
     return day
 
 
+def bucket_last_day(day: dt.date, grain: Grain) -> dt.date:
+    """The last day of ``day``'s bucket."""
+    if grain == "week":
+        return bucket_of(day, grain) + dt.timedelta(days=6)
+    if grain == "month":
+        return (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
+    return day
+
+
 def previous_bucket(day: str, grain: Grain, v: Vendor) -> str:
     step = {"day": "1 day", "week": "7 days", "month": "1 month"}[grain]
     if v == "postgresql":

@@ -139,6 +139,49 @@ def test_retention_table__weekly_cohorts_and_week_periods__weeks_counted_from_th
     assert (got[0].retained_on_or_after, got[1].retained_on_or_after) == (2, 1)
 
 
+@pytest.mark.parametrize(
+    ("grain", "cohort_from", "cohort_to", "first", "last"),
+    [
+        # Wednesday Jan 7 .. Tuesday Jan 13: whole ISO weeks of Monday Jan 5 and Monday Jan 12
+        ("week", dt.date(2026, 1, 7), dt.date(2026, 1, 13), dt.date(2026, 1, 5), dt.date(2026, 1, 12)),
+        # Jan 20 .. Feb 3: whole months of January and February
+        ("month", dt.date(2026, 1, 20), dt.date(2026, 2, 3), dt.date(2026, 1, 1), dt.date(2026, 2, 1)),
+        # no range given: the default span back from as_of (Wednesday Mar 4) starts inside a bucket
+        ("week", None, None, None, dt.date(2026, 3, 2)),
+        ("month", None, None, None, dt.date(2026, 3, 1)),
+    ],
+)
+def test_retention_table__range_cut_inside_a_week_or_month__whole_buckets_counted(  # type: ignore[no-untyped-def]
+    grain, cohort_from, cohort_to, first, last
+) -> None:
+    # Given one sign-up on every day from Dec 1 to Mar 4
+    day = dt.date(2025, 12, 1)
+    while day <= dt.date(2026, 3, 4):
+        CustomerFactory(signed_up_at=dt.datetime.combine(day, dt.time(12), tzinfo=UTC))
+        day += dt.timedelta(days=1)
+    # When the range starts and ends inside a bucket
+    table = retention_table(
+        spec=RetentionSpec(
+            cohort_grain=grain,
+            period="day",
+            periods=1,
+            cohort_from=cohort_from,
+            cohort_to=cohort_to,
+            as_of=at("2026-03-04T18:00:00"),
+        )
+    )
+    # Then every cohort holds all the customers of its bucket: one per day of it (up to as_of)
+    sizes = {x.cohort: x.size for x in table.cohorts}
+    if first is not None:
+        assert min(sizes) == first
+    assert max(sizes) == last
+    for start, size in sizes.items():
+        following = start + dt.timedelta(days=7) if grain == "week" else (start + dt.timedelta(days=31)).replace(day=1)
+        end = min(following - dt.timedelta(days=1), dt.date(2026, 3, 4))
+        assert size == max((end - max(start, dt.date(2025, 12, 1))).days + 1, 0), start
+    assert table.cohort_from == min(sizes)
+
+
 def test_retention_table__first_purchase_anchor__cohort_by_first_order_day() -> None:
     c = CustomerFactory(signed_up_at=at("2025-12-01T10:00:00"))
     login(c, "2026-01-01T09:00:00", code="order")
