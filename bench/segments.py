@@ -45,6 +45,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,7 @@ COMPUTE_FLOOR, FULL_FLOOR = 2.0, 3.0
 COLD_FLOOR, NIGHTLY_FLOOR = 3.0, 2.0
 DIMENSIONS = ("rfm", "lifecycle", "expiry")
 AS_OF = dt.datetime(2025, 6, 1, 3, 0, tzinfo=dt.UTC)
+SEGMENT_FIRST_RUNS = 3
 RULE = {
     "all": [
         {"attribute": "tier", "op": "gte", "value": 3},
@@ -298,14 +300,21 @@ def run_engine(
                 }
             )
         out[key] = {"runs": runs}
-    segment = segment_create(key="bench", name="Bench rule", rule=RULE)
-    with timed() as t:
-        outcome = segment_recompute(segment_id=segment.pk, as_of=AS_OF)
+    # The first fill, three times (three segments with the same rule, each filled for the
+    # first time): one run of a ~1 s statement swung by a quarter between runs, enough to move
+    # bench/scaling.py's fitted exponent by 0.2; the median is reported, every run kept.
+    firsts = []
+    for n in range(SEGMENT_FIRST_RUNS):
+        segment = segment_create(key=f"bench{n or ''}", name=f"Bench rule {n + 1}", rule=RULE)
+        with timed() as t:
+            outcome = segment_recompute(segment_id=segment.pk, as_of=AS_OF)
+        firsts.append(round(t["seconds"], 3))
     with timed() as t2:
         again = segment_recompute(segment_id=segment.pk, as_of=AS_OF)
     out["segment"] = {
         "rule": RULE,
-        "first_seconds": round(t["seconds"], 3),
+        "first_seconds": statistics.median(firsts),
+        "first_seconds_all": firsts,
         "rerun_seconds": round(t2["seconds"], 3),
         "size": outcome.details["size"],
         "rerun_changed": again.changed,
