@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 from django.conf import settings
@@ -63,3 +63,14 @@ def marketer_user(db: None):  # type: ignore[no-untyped-def]
     from tests.factories import UserFactory
 
     return UserFactory(groups=["marketer"])
+
+
+@pytest.fixture
+def eager() -> Iterator[None]:
+    """Celery tasks run in the calling process (``.delay()`` executes at once)."""
+    from config.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous

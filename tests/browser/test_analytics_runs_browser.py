@@ -4,7 +4,6 @@ worker computes the run, and the page reloads itself into the same table and cha
 from __future__ import annotations
 
 import os
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +12,7 @@ from config.celery import app
 from segments.models import AnalyticsRun
 from tests.browser.conftest import admin_login
 from tests.browser.test_analytics_journey import PASSWORD, RETENTION, _business
-from tests.experiments.conftest import ROOT, child_env, free_port, running_process
+from tests.experiments.conftest import ROOT, child_env, gunicorn, running_process
 from tests.factories import UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
@@ -22,17 +21,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, seria
 @pytest.fixture
 def large_db_server(transactional_db: None) -> Iterator[str]:
     """gunicorn serving the test database with the async threshold at 1 customer (the data has 2)."""
-    base = f"http://127.0.0.1:{free_port()}"
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    args = [str(ROOT / ".venv/bin/gunicorn"), "config.wsgi", "--bind", base.removeprefix("http://"), "--workers", "1"]
-    with running_process(args, env=child_env(GROWTH_ANALYTICS_ASYNC_CUSTOMERS="1"), ready=up, what="gunicorn"):
+    with gunicorn("--workers", "1", GROWTH_ANALYTICS_ASYNC_CUSTOMERS="1") as base:
         yield base
 
 

@@ -163,11 +163,11 @@ def running_process(args: list[str], *, env: dict[str, str], ready: Callable[[],
         log.unlink(missing_ok=True)
 
 
-@pytest.fixture
-def app_server(transactional_db: None) -> Iterator[str]:
-    """gunicorn (2 workers x 8 threads) serving the app on the test database; its base URL."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+@contextlib.contextmanager
+def gunicorn(*options: str, **env: str) -> Iterator[str]:
+    """gunicorn serving the app on the test database on a free loopback port, ``env`` added
+    to its environment; yields its base URL once ``/healthz`` answers."""
+    base = f"http://127.0.0.1:{free_port()}"
 
     def up() -> bool:
         try:
@@ -176,21 +176,15 @@ def app_server(transactional_db: None) -> Iterator[str]:
         except OSError:
             return False
 
-    args = [
-        str(ROOT / ".venv/bin/gunicorn"),
-        "config.wsgi",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "--threads",
-        "8",
-        "--worker-class",
-        "gthread",
-        "--timeout",
-        "60",
-    ]
-    with running_process(args, env=child_env(), ready=up, what="gunicorn"):
+    args = [str(ROOT / ".venv/bin/gunicorn"), "config.wsgi", "--bind", base.removeprefix("http://"), *options]
+    with running_process(args, env=child_env(**env), ready=up, what="gunicorn"):
+        yield base
+
+
+@pytest.fixture
+def app_server(transactional_db: None) -> Iterator[str]:
+    """gunicorn (2 workers x 8 threads) serving the app on the test database; its base URL."""
+    with gunicorn("--workers", "2", "--threads", "8", "--worker-class", "gthread", "--timeout", "60") as base:
         yield base
 
 

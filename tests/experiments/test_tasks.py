@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import pytest
 from django.utils import timezone
 
-from config.celery import app
 from experiments import services, tasks
 from experiments.models import Assignment, Conversion
 from tests.experiments.conftest import wait_until
 from tests.factories import OrderFactory
-
-
-@pytest.fixture
-def eager() -> Iterator[None]:
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
 
 
 @pytest.mark.django_db

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import pytest
 from django.core.serializers.json import DjangoJSONEncoder
@@ -30,14 +29,6 @@ def data(db: None) -> None:
     EventFactory(customer=a, event_type=event_type("login"), occurred_at=dt.datetime(2026, 1, 2, 10, tzinfo=UTC))
     EventFactory(customer=a, event_type=event_type("visit"), occurred_at=dt.datetime(2026, 1, 2, 10, 5, tzinfo=UTC))
     CustomerFactory(signed_up_at=dt.datetime(2026, 1, 1, 11, tzinfo=UTC))
-
-
-@pytest.fixture
-def eager() -> Iterator[None]:
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
 
 
 def _ask(client, url: str, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
