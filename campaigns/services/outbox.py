@@ -323,6 +323,11 @@ def deliveries_release_lost_sessions() -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs. A zombie does not: a pool process
+    killed with its worker (SIGKILL to the group) is orphaned and stays a zombie until the
+    container's PID 1 reaps it, which an init that does not reap (a plain ``docker run``
+    without ``--init``) never does, and a busy one does late; ``kill(pid, 0)`` succeeds on
+    a zombie, so its claims waited for their lease instead of being put back at restart."""
     if pid == os.getpid():
         return True
     try:
@@ -331,4 +336,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        # /proc/<pid>/stat: "pid (comm) state …"; comm may hold spaces and parentheses.
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no procfs (not Linux), or the process ended meanwhile
+        return True
+    return state not in (b"Z", b"X")

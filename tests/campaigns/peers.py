@@ -322,6 +322,11 @@ class Worker:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+            # The pool processes too: SIGKILL is delivered at once, but a process on a busy
+            # machine may take a moment to exit. Zombies count as gone (nothing runs).
+            deadline = time.monotonic() + 10
+            while _group_running(self.process.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
             self.process = None
 
     def stop(self) -> None:
@@ -359,3 +364,18 @@ def celery_broker(url: str) -> Iterator[None]:
         for name, value in previous.items():
             app.conf[name] = value
         app._after_fork()
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (not a zombie), from /proc."""
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False

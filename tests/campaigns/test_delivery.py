@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import email
 import itertools
+import os
+import subprocess
 import time
 
 import pytest
@@ -192,6 +194,33 @@ def test_release_dead_claims__dead_pid__released_live_pid_kept(no_caps: None) ->
     assert outbox.deliveries_release_dead_claims(hostname="node@h") == 1
     assert Delivery.objects.get(pk=a.pk).status == "pending"
     assert Delivery.objects.get(pk=b.pk).status == "sending"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs procfs")
+def test_release_dead_claims__claimer_is_a_zombie__released(no_caps: None) -> None:
+    # Given a claim by a process that has exited but was not reaped yet (a zombie: what a
+    # worker's pool process killed with its worker is until PID 1 reaps it)
+    customers(1)
+    row = campaign()
+    run_broadcast(row)
+    delivery = Delivery.objects.get(campaign=row)
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while not _zombie(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert _zombie(child.pid)
+        deliveries_claim(delivery_ids=[delivery.pk], worker=f"node@h:{child.pid}", now=timezone.now())
+        # When the node restarts, Then the zombie's claim is put back at once
+        assert outbox.deliveries_release_dead_claims(hostname="node@h") == 1
+        assert Delivery.objects.get(pk=delivery.pk).status == "pending"
+    finally:
+        child.wait()
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
 
 
 def test_sweep__quiet_hours_over__held_row_released_then_sent(no_caps: None, smtp_sink) -> None:  # type: ignore[no-untyped-def]
