@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
+import json
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from segments.models import Customer, CustomerLayer, Dimension, Event, EventType, Layer, Membership, Tag
 from segments.services.recompute import RecomputeOutcome, dimension_recompute
@@ -103,3 +107,28 @@ def layers_of(key: str) -> dict[str, str]:
 def layer_id(qualified: str) -> int:
     dimension, key = qualified.split(":")
     return Layer.objects.get(dimension__key=dimension, key=key).pk
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of an ``EXPLAIN (FORMAT JSON)`` plan, depth first."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+@contextlib.contextmanager
+def statement_plans(matches: Callable[[str], bool]) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """The plan of every statement ``matches`` selects, taken (EXPLAIN, not executed) on
+    the same connection just before the statement runs, temp tables in place."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def explain(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if matches(sql):
+            with connection.cursor() as cursor:
+                cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+                raw = cursor.fetchone()[0]
+            seen.append((sql, (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(explain):
+        yield seen

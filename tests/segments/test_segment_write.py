@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from segments.models import Customer, SegmentMembership
 from segments.services import materialize
 from segments.services.segments import segment_create
-from tests.segments.conftest import AS_OF, DAY, World
+from tests.segments.conftest import AS_OF, DAY, World, plan_nodes, statement_plans
 
 SM = SegmentMembership._meta.db_table
 
@@ -62,12 +62,6 @@ def test_segment_write__fill_keep_change_empty_refill__only_diff_written_and_sin
 # --- the plans (PostgreSQL) -----------------------------------------------------------------
 
 
-def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node.get("Plans", []):
-        yield from _nodes(child)
-
-
 def _writes_to_sm(sql: str) -> bool:
     head = " ".join(sql.split()[:3]).lower()
     return head in (f"insert into {SM}", f"delete from {SM}")
@@ -75,19 +69,8 @@ def _writes_to_sm(sql: str) -> bool:
 
 @pytest.fixture
 def plans() -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    """The plan of every statement that writes the membership table, taken (EXPLAIN, not
-    executed) on the same connection just before the statement runs, temp tables in place."""
-    seen: list[tuple[str, dict[str, Any]]] = []
-
-    def explain(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
-        if _writes_to_sm(sql):
-            with connection.cursor() as cursor:
-                cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
-                raw = cursor.fetchone()[0]
-            seen.append((sql, (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]))
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(explain):
+    """The plan of every statement that writes the membership table (``statement_plans``)."""
+    with statement_plans(_writes_to_sm) as seen:
         yield seen
 
 
@@ -112,14 +95,14 @@ def test_segment_write__first_fill_and_diff__no_insert_reads_the_membership_tabl
     assert plans, "segment_write wrote nothing through the captured statements"
     for sql, plan in plans:
         if sql.lstrip().lower().startswith("insert"):
-            read = [n["Node Type"] for n in _nodes(plan) if n.get("Relation Name") == SM and n is not plan]
+            read = [n["Node Type"] for n in plan_nodes(plan) if n.get("Relation Name") == SM and n is not plan]
             assert read == [], f"the insert reads {SM}: {read}\n{sql}"
-        for node in _nodes(plan):
+        for node in plan_nodes(plan):
             if node["Node Type"] == "Nested Loop":
                 inner = node["Plans"][1]
-                assert not any(n.get("Relation Name") == SM and n["Node Type"] == "Seq Scan" for n in _nodes(inner)), (
-                    f"{SM} seq-scanned once per outer row\n{sql}\n{json.dumps(plan, indent=1)}"
-                )
+                assert not any(
+                    n.get("Relation Name") == SM and n["Node Type"] == "Seq Scan" for n in plan_nodes(inner)
+                ), f"{SM} seq-scanned once per outer row\n{sql}\n{json.dumps(plan, indent=1)}"
     _members_now = _members(segment.pk)
     assert set(_members_now) == set(ids[20:])
     assert all(_members_now[i] == AS_OF for i in _members_now)

@@ -3,7 +3,6 @@ filled (the same quadratic plan as ``segment_write``'s first fill: see test_segm
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,8 +11,7 @@ from django.db import connection, transaction
 
 from segments.models import Customer, CustomerTag, Tag
 from segments.services import materialize
-from tests.segments.conftest import AS_OF, DAY, World
-from tests.segments.test_segment_write import _nodes
+from tests.segments.conftest import AS_OF, DAY, World, plan_nodes, statement_plans
 
 CT = CustomerTag._meta.db_table
 
@@ -32,17 +30,7 @@ def _write(tag: Tag, customer_ids: list[int], as_of: Any = AS_OF) -> materialize
 @pytest.fixture
 def inserts() -> Iterator[list[tuple[str, dict[str, Any]]]]:
     """The plan (EXPLAIN, not executed) of every insert into the customer-tag table."""
-    seen: list[tuple[str, dict[str, Any]]] = []
-
-    def explain(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
-        if " ".join(sql.split()[:3]).lower() == f"insert into {CT}":
-            with connection.cursor() as cursor:
-                cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
-                raw = cursor.fetchone()[0]
-            seen.append((sql, (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]))
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(explain):
+    with statement_plans(lambda sql: " ".join(sql.split()[:3]).lower() == f"insert into {CT}") as seen:
         yield seen
 
 
@@ -65,7 +53,7 @@ def test_tag_write__first_fill_and_gains__no_insert_reads_the_customer_tag_table
     # Then no insert reads the table it fills, and the manual row is neither duplicated nor lost
     assert inserts, "tag_write inserted nothing through the captured statements"
     for sql, plan in inserts:
-        read = [n["Node Type"] for n in _nodes(plan) if n.get("Relation Name") == CT and n is not plan]
+        read = [n["Node Type"] for n in plan_nodes(plan) if n.get("Relation Name") == CT and n is not plan]
         assert read == [], f"the insert reads {CT}: {read}\n{sql}"
     assert (first.gained, first.lost, later.gained, later.lost) == (39, 0, 20, 19)
     holders = dict(CustomerTag.objects.filter(tag=tag).values_list("customer_id", "source"))
