@@ -48,7 +48,7 @@ from segments.analytics import exports
 from segments.analytics.funnels import funnel
 from segments.analytics.query import funnel_spec, retention_spec
 from segments.analytics.retention import retention_table
-from segments.models import AnalyticsRun
+from segments.models import AnalyticsRun, Customer
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,13 @@ def analytics_runs_purge(*, now: dt.datetime | None = None) -> int:
     cutoff = (now or timezone.now()) - dt.timedelta(days=keep_days())
     deleted, _ = _runs().filter(created_at__lt=cutoff).delete()
     return deleted
+
+
+def analytics_runs_for_pages() -> bool:
+    """Whether the admin's retention and funnel pages compute as a run: more customers than
+    ``GROWTH["ANALYTICS_ASYNC_CUSTOMERS"]`` (200,000). A count, not an estimate (tens of
+    milliseconds on PostgreSQL at a million customers, an index-only scan)."""
+    return Customer.objects.count() > int(settings.GROWTH.get("ANALYTICS_ASYNC_CUSTOMERS", 200_000))
 
 
 def analytics_run_get(*, run_id: Any, owner: str) -> AnalyticsRun | None:

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
@@ -40,7 +39,7 @@ from segments.analytics.flows import layer_flows, lifecycle_counts
 from segments.analytics.funnels import ATTRIBUTE_KEY, PRESETS, FunnelResult, funnel
 from segments.analytics.query import flows_args, funnel_spec, lifecycle_args, retention_spec
 from segments.analytics.retention import RetentionTable, retention_table
-from segments.analytics.runs import analytics_run_request
+from segments.analytics.runs import analytics_run_request, analytics_runs_for_pages
 from segments.models import AnalyticsRun, Customer, Dimension
 
 PERMISSION = "segments.view_customer"
@@ -63,12 +62,6 @@ def _csv(body: str, name: str) -> HttpResponse:
     response = HttpResponse(body, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
-
-
-def _as_run() -> bool:
-    """Whether the pages compute as a task: a count, not an estimate (tens of milliseconds on
-    PostgreSQL at a million customers, an index-only scan), against the setting."""
-    return Customer.objects.count() > int(settings.GROWTH.get("ANALYTICS_ASYNC_CUSTOMERS", 200_000))
 
 
 def _result_or_pending(
@@ -102,7 +95,7 @@ def retention(request: HttpRequest) -> HttpResponse:
         "attributes": _attribute_keys(),
     }
     try:
-        if _as_run():
+        if analytics_runs_for_pages():
             table, pending = _result_or_pending(
                 request,
                 params,
@@ -197,7 +190,7 @@ def funnel_page(request: HttpRequest) -> HttpResponse:
     # A breakdown given in the URL that the menu does not list stays selectable.
     context["other_breakdown"] = params.get("breakdown") if params.get("breakdown") not in known else ""
     try:
-        if _as_run():
+        if analytics_runs_for_pages():
             result, pending = _result_or_pending(
                 request, params, AnalyticsRun.Kind.FUNNEL, FunnelResult, "segments/analytics/funnel.html", context
             )
