@@ -104,11 +104,6 @@ def _recheck_after(status: ReplicaStatus) -> float:
     return check_every_seconds()
 
 
-# libpq connection parameters of the replica's settings that the probe's own connection
-# keeps (Django's OPTIONS may also hold backend options libpq does not know).
-_PROBE_OPTIONS = ("connect_timeout", "sslmode", "sslrootcert", "sslcert", "sslkey", "options", "target_session_attrs")
-
-
 def _probe_replica(primary_lsn: str) -> tuple[bool, float | None]:
     """Ask the replica how far it has replayed, over a connection of its own opened for the
     question. Not the pooled ``replica`` connection: on a replica that stopped answering
@@ -118,20 +113,12 @@ def _probe_replica(primary_lsn: str) -> tuple[bool, float | None]:
     connection gives up after ``connect_timeout``."""
     import psycopg  # PostgreSQL only, like the replica
 
-    settings_dict = connections[REPLICA].settings_dict
-    options = settings_dict.get("OPTIONS", {})
-    params = {key: options[key] for key in _PROBE_OPTIONS if key in options}
+    # Django's own parameters for the replica (OPTIONS with what is not libpq's removed,
+    # service files, the adapters), on a connection Django does not pool.
+    params = connections[REPLICA].get_connection_params()
     params.setdefault("connect_timeout", 3)
     try:
-        with psycopg.connect(
-            host=settings_dict["HOST"] or None,
-            port=settings_dict["PORT"] or None,
-            dbname=settings_dict["NAME"],
-            user=settings_dict["USER"],
-            password=settings_dict["PASSWORD"],
-            autocommit=True,
-            **params,
-        ) as probe:
+        with psycopg.connect(**params, autocommit=True) as probe:
             row = probe.execute(
                 "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn, "
                 "extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
