@@ -21,6 +21,11 @@ synchronous endpoint would and stores that JSON on the run.
   (1800 s) is marked failed when read (a worker killed mid-run: with ``acks_late`` the
   message comes back, but the run is no longer ``queued`` and is not claimed twice); asking
   again then starts a new run.
+- Bounded: the task is queued with Celery's time limits (``soft_time_limit`` =
+  ``ANALYTICS_RUN_STUCK_SECONDS``, ``time_limit`` a minute more), so a run that never ends
+  (a statement waiting on a lock, a replica that stopped answering mid-read: no client-side
+  query timeout exists in libpq) is stopped, recorded failed with the reason, and its
+  worker process freed for the next run instead of being held for ever.
 - Purge: runs asked more than ``GROWTH["ANALYTICS_RUN_KEEP_DAYS"]`` (7) days ago are deleted
   by a daily beat task (``analytics_runs_purge``); a result is kept in full on its run.
 - Owners: ``key:<id>`` for an API key (a key sees only its own runs), ``admin`` for the
@@ -37,9 +42,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, router, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -155,7 +161,8 @@ def analytics_run_request(
         return existing, False
     from segments import tasks  # the task module imports this one
 
-    transaction.on_commit(lambda: tasks.analytics_run.delay(str(run.pk)), using=same.db)
+    limits = {"soft_time_limit": stuck_seconds(), "time_limit": stuck_seconds() + 60}  # see the module doc
+    transaction.on_commit(lambda: tasks.analytics_run.apply_async(args=[str(run.pk)], **limits), using=same.db)
     return run, True
 
 
@@ -208,15 +215,43 @@ def analytics_run_execute(*, run_id: Any) -> str:
             body = _compute(run)
     except Exception as error:  # recorded on the run for its caller; logged with the traceback
         logger.exception("analytics run %s failed", run_id)
-        _runs().filter(pk=run_id).update(
-            status=AnalyticsRun.Status.FAILED, finished_at=timezone.now(), error=f"{type(error).__name__}: {error}"
-        )
+        _close_busy_connections()
+        why = f"{type(error).__name__}: {error}"
+        if isinstance(error, SoftTimeLimitExceeded):
+            why = (
+                f"Stopped after {stuck_seconds()} s (GROWTH_ANALYTICS_RUN_STUCK_SECONDS): the database did not answer "
+                "in time (a lock, an unresponsive replica); ask again."
+            )
+        _runs().filter(pk=run_id).update(status=AnalyticsRun.Status.FAILED, finished_at=timezone.now(), error=why)
         return AnalyticsRun.Status.FAILED
     # A result outlives a stuck verdict given meanwhile: the numbers are right either way.
     _runs().filter(pk=run_id).update(
         status=AnalyticsRun.Status.DONE, finished_at=timezone.now(), result=json.loads(body), error=""
     )
     return AnalyticsRun.Status.DONE
+
+
+def _close_busy_connections() -> None:
+    """Close every connection still waiting for a statement's answer. A time limit stops the
+    run inside psycopg's wait for the answer, and psycopg cancels a statement only on
+    KeyboardInterrupt: the connection stays busy ("another command is already in progress")
+    for the failure record below and for the worker's next task. The server is asked to
+    cancel the statement (bounded: its postmaster may not answer either), then the
+    connection is closed; Django opens a new one when next asked."""
+    for conn in connections.all(initialized_only=True):
+        raw = conn.connection
+        pgconn = getattr(raw, "pgconn", None)  # psycopg 3
+        if pgconn is None:
+            continue
+        from psycopg import pq
+
+        if pgconn.transaction_status != pq.TransactionStatus.ACTIVE:
+            continue
+        try:
+            raw.cancel_safe(timeout=3)
+        except Exception:  # the server did not take the cancel request: closing is enough
+            logger.warning("could not cancel the statement on %s", conn.alias, exc_info=True)
+        conn.close()
 
 
 def run_as_dict(run: AnalyticsRun, status_url: str) -> dict[str, Any]:

@@ -188,10 +188,11 @@ def app_server(transactional_db: None) -> Iterator[str]:
         yield base
 
 
-@pytest.fixture
-def celery_worker_process(transactional_db: None) -> Iterator[None]:
+@contextlib.contextmanager
+def celery_worker(*, pool: str = "solo", **env: str) -> Iterator[None]:
     """A real ``celery worker`` process consuming this run's broker (Redis DB N on the
-    PostgreSQL pass, files under GROWTH_VAR_DIR on SQLite) and reading the test database."""
+    PostgreSQL pass, files under GROWTH_VAR_DIR on SQLite) and reading the test database;
+    ``pool="prefork"`` (one child) where Celery's time limits must apply (solo ignores them)."""
     hostname = f"experiments-test-{os.getpid()}@%h"
     log_marker = {"ready": False}
 
@@ -209,7 +210,8 @@ def celery_worker_process(transactional_db: None) -> Iterator[None]:
         "config",
         "worker",
         "--pool",
-        "solo",
+        pool,
+        *(["--concurrency", "1"] if pool == "prefork" else []),
         "--hostname",
         hostname,
         "--loglevel",
@@ -217,7 +219,14 @@ def celery_worker_process(transactional_db: None) -> Iterator[None]:
         "--without-mingle",
         "--without-gossip",
     ]
-    with running_process(args, env=child_env(), ready=ready, what="celery worker"):
+    with running_process(args, env=child_env(**env), ready=ready, what="celery worker"):
+        yield
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db: None) -> Iterator[None]:
+    """A real ``celery worker`` process (solo pool), see ``celery_worker``."""
+    with celery_worker():
         yield
 
 

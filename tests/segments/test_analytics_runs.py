@@ -12,7 +12,7 @@ from config.celery import app
 from segments import tasks
 from segments.analytics import runs
 from segments.models import AnalyticsRun
-from tests.experiments.conftest import celery_worker_process, wait_until  # noqa: F401  (a fixture)
+from tests.experiments.conftest import celery_worker, celery_worker_process, wait_until  # noqa: F401  (a fixture)
 from tests.factories import CustomerFactory, EventFactory, event_type
 
 UTC = dt.UTC
@@ -212,6 +212,71 @@ def test_analytics_run_api__real_worker__done_with_the_synchronous_json(  # type
     wait_until(lambda: client.get(body["status_url"]).json()["status"] == "done", timeout=60, message="the run")
 
     assert client.get(body["status_url"]).json()["result"] == client.get(FUNNEL).json()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_analytics_run__statement_never_answers__stopped_at_the_stuck_bound_and_worker_freed(  # type: ignore[no-untyped-def]
+    api_client_factory, data: None, settings
+) -> None:
+    """A run whose statement waits for ever (here a lock held on the events; in production a
+    replica that stopped answering) is stopped by its time limit, recorded failed with the
+    reason, and the worker's next run computes normally on a fresh connection."""
+    import psycopg
+    from django.db import connection
+
+    settings.GROWTH = {**settings.GROWTH, "ANALYTICS_RUN_STUCK_SECONDS": 2}
+    client = api_client_factory("reports:read")
+    s = connection.settings_dict
+    blocker = psycopg.connect(
+        f"host={s['HOST']} port={s['PORT']} dbname={s['NAME']} user={s['USER']} password={s['PASSWORD']}"
+    )
+    with celery_worker(pool="prefork", GROWTH_ANALYTICS_RUN_STUCK_SECONDS="2"):
+        try:
+            blocker.execute("BEGIN")
+            blocker.execute("LOCK TABLE segments_event IN ACCESS EXCLUSIVE MODE")
+            stuck = client.get(FUNNEL + "&async=true").json()
+
+            wait_until(
+                lambda: client.get(stuck["status_url"]).json()["status"] == "failed", timeout=30, message="the stop"
+            )
+            blocker.rollback()
+        finally:
+            blocker.close()
+        run = client.get(stuck["status_url"]).json()
+        assert run["error"].startswith("Stopped after 2 s") and run["result"] is None
+        assert run["run_seconds"] < 10
+
+        settings.GROWTH = {**settings.GROWTH, "ANALYTICS_RUN_STUCK_SECONDS": 60}
+        after = client.get(RETENTION + "&async=true").json()
+        wait_until(lambda: client.get(after["status_url"]).json()["status"] == "done", timeout=30, message="the next")
+        assert client.get(after["status_url"]).json()["result"] == client.get(RETENTION).json()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_close_busy_connections__statement_still_running__cancelled_and_next_statement_works() -> None:
+    """What a time limit leaves behind outside a transaction block (Django's atomic closes the
+    connection itself when its rollback fails): a statement sent, its answer never read."""
+    import time
+
+    import psycopg
+    from django.db import connection
+
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    pgconn.send_query(b"SELECT pg_sleep(60) /* busy-close-test */")
+    assert pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
+
+    started = time.monotonic()
+    runs._close_busy_connections()
+
+    with connection.cursor() as cursor:  # a fresh connection
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND state = 'active'", ["%busy-close%"]
+        )
+        still_running = cursor.fetchone()[0] - 1  # this statement matches itself
+    assert still_running == 0 and time.monotonic() - started < 10
 
 
 @pytest.mark.postgres
