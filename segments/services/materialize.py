@@ -705,7 +705,11 @@ def _first_insert(
         clock.lap(phase)
         cursor.execute("SELECT current_setting('maintenance_work_mem')")
         before = cursor.fetchone()[0]
-        cursor.execute("SELECT set_config('maintenance_work_mem', %s, true)", [BULK_MAINTENANCE_WORK_MEM])
+        cursor.execute(  # raised for the builds, never lowered
+            "SELECT set_config('maintenance_work_mem', %s, true) "
+            "WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes(%s)",
+            [BULK_MAINTENANCE_WORK_MEM, BULK_MAINTENANCE_WORK_MEM],
+        )
         for ix in indexes:
             cursor.execute(ix.definition)
             if ix.constraint:
