@@ -15,7 +15,9 @@ A *first run* of a dimension (none of its rows exists yet: a new install, a new 
 skips the diff: the stage (sorted by customer, so each index is filled in key order) is
 the change set, and memberships, history and tier tags are each one plain ``INSERT … SELECT``
 from it (no MERGE, no ON CONFLICT unless someone already
-holds one of the tier tags). It skips the MECE pre-check too (the memberships insert's unique
+holds one of the tier tags). On PostgreSQL, a table with no row at all (a new install) is
+loaded bare and its indexes built afterwards (see "a first run's bulk load" below). It
+skips the MECE pre-check too (the memberships insert's unique
 index and the count after the write are the check), and a nightly run on PostgreSQL folds
 it into the diff (see ``dimension_write``): only a violation pays it, to report it. The
 bulk tables carry only the indexes their readers need (migration 0011): each index costs a
@@ -587,26 +589,49 @@ def _write_history(
 # --- a first run's bulk load (PostgreSQL) ----------------------------------------------------
 #
 # A first run into a table that holds no row at all (a new install, a re-load after TRUNCATE)
-# loads it the way PostgreSQL's "Populating a Database" advises: drop the indexes, insert, then
-# build each index once from a sort of the whole table, instead of descending each B-tree once
-# per row. Measured at 1M customers (bench/segments.py, cold RFM, under the benchmark lock):
-# see BULK_MEASURED below. Who pays: the run holds ACCESS EXCLUSIVE on the table from the lock
-# to its commit (DROP INDEX needs it anyway), so any reader of that table — the API, the admin,
-# a report — waits for the rest of the new install's first run (a few seconds at 1M); a
-# streaming replica replays the lock, so its readers wait too. Taken only with NOWAIT: if any
-# session holds a lock on the table (an open transaction that read it), the run writes through
-# the indexes as before and never waits. A table with rows (another dimension's: a new
-# dimension on a populated install) is written through its indexes as before.
+# loads it the way PostgreSQL's manual advises ("Populating a Database": remove indexes, load,
+# re-create them): drop the indexes, insert, then build each index once from a sort of the
+# whole table, instead of inserting into each B-tree once per row (with its WAL record and
+# buffer lookups). Each of the three tables is decided on its own (_bulk_target), when it is
+# written.
+#
+# Measured at 1M customers (bench/segments.py --dimensions rfm --pairs 3 --populated-cold,
+# under the benchmark lock, load average 1.0-1.4 on the shared 2-core machine): the cold run
+# 12.9-14.7 s -> 9.6-10.2 s, median 3.41x -> 2.79x the anchor (pairs 2.69 / 2.79 / 2.82). Per
+# table, insert + builds: memberships 2.9 s -> 0.85 + 0.85-0.98 s, history 2.8 s -> 0.8 +
+# 0.6-0.95 s, tier tags 3.2 s -> 1.1-1.2 + 1.0-1.1 s (tags carry four indexes). Also measured:
+# - keeping the primary key (a sequential bigint, filled at its right edge) instead of
+#   rebuilding it, 3 pairs each in separate lock sessions: memberships + history (insert +
+#   builds) 3.7-3.9 s kept against 3.1-3.7 s rebuilt (a kept key adds ~0.5 s to each insert,
+#   its build costs ~0.2 s), tier tags even (2.0-2.3 s): it is rebuilt. BULK_KEEP_PRIMARY_KEY
+#   keeps it (a primary key another table's foreign key uses is kept anyway);
+# - max_parallel_maintenance_workers 0 against the server's 2: the builds within the run-to-run
+#   spread on 2 cores (memberships 0.87-0.95 s against 0.75-1.07 s): left to the server;
+# - maintenance_work_mem: raised to BULK_MAINTENANCE_WORK_MEM for the builds (never lowered;
+#   the benchmark server runs 512MB), so the largest build (1M history entries, ~100 MB) sorts
+#   in memory rather than in 64MB runs on disk. Not measured at 64MB.
+# A new dimension on a populated install (another dimension's rows present) is not covered:
+# 3.41x (14.7 s; write 3.2, history 3.3, tags 3.5 s through the indexes), bench JSON
+# floors.cold_populated.
+#
+# Who pays: the run holds ACCESS EXCLUSIVE on each bulk-loaded table from its LOCK to the
+# commit (DROP INDEX needs it anyway), so every reader of that table — the API, the admin, a
+# report, the next dimension's recompute — waits for the rest of the new install's first run
+# (about 6 s of the 10 at 1M); a streaming replica replays the lock, so its readers wait too.
+# Taken only with NOWAIT: if any session holds a lock on the table (an open transaction that
+# read it), the run writes through the indexes as before and never waits. A table with rows
+# (another dimension's: a new dimension on a running install) is written through its indexes.
 #
 # Generic over the catalog: every index of the table is read back (pg_index,
 # pg_get_indexdef; pg_constraint for those backing a UNIQUE / PRIMARY KEY constraint: name,
 # type, deferrability) and rebuilt with that exact definition and name, so an index a later
 # migration adds is covered. Kept in place (not dropped): an index another table's foreign key
 # or an exclusion constraint depends on, the clustered or replica-identity index, an invalid
-# one, one with a comment, and the primary key when BULK_KEEP_PRIMARY_KEY (see there). DDL is
+# one, one with a comment, and the primary key when BULK_KEEP_PRIMARY_KEY. DDL is
 # transactional: the drop, the insert and the builds run in one savepoint, so a refused build
-# (a customer staged twice fails the unique build as it failed the insert before) rolls the
-# catalog back to its indexes, and the caller reports the MECE violation as before.
+# (a customer staged twice fails the unique build as it failed the insert before; likewise the
+# history's one-open-row index and the tags' (customer, tag) one) rolls the catalog back to its
+# indexes, and the caller reports the MECE violation (or fails the run) as before.
 BULK_MAINTENANCE_WORK_MEM = "256MB"
 BULK_KEEP_PRIMARY_KEY = False
 LOCK_NOT_AVAILABLE = "55P03"
