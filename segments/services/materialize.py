@@ -692,6 +692,11 @@ def _bulk_target(cursor: Any, table_name: str, *, portable: bool) -> bool:
     running install) is not read at all. A table emptied by DELETE takes the indexed path."""
     if _vendor() != "postgresql" or portable:
         return False
+    # Dropping and creating indexes needs the table's owner: an application role that was only
+    # granted its rows (migrations run by the owner) writes through the indexes.
+    cursor.execute("SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = %s::regclass", [table_name])
+    if not cursor.fetchone()[0]:
+        return False
     try:
         with transaction.atomic():
             cursor.execute(f"LOCK TABLE {table_name} IN ACCESS EXCLUSIVE MODE NOWAIT")

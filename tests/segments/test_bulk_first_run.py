@@ -269,3 +269,35 @@ def test_first_run__next_night__diffs_against_the_rebuilt_indexes(customers: Wor
     outcome = recompute("expiry", as_of=AS_OF + 10 * DAY)
     assert outcome.status == "succeeded" and outcome.changed == 20
     assert LayerHistory.objects.filter(left_at__isnull=True).count() == 30
+
+
+@pytest.fixture
+def app_role() -> Iterator[str]:
+    """A role granted the tables' rows but not owning them (migrations ran as the owner)."""
+    role = "bulk20_app_role"
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP ROLE IF EXISTS {role}")
+        cursor.execute(f"CREATE ROLE {role}")
+        cursor.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        cursor.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    yield role
+    with connection.cursor() as cursor:
+        cursor.execute("RESET ROLE")
+        cursor.execute(f"DROP OWNED BY {role}")
+        cursor.execute(f"DROP ROLE {role}")
+
+
+def test_first_run__role_not_owning_the_tables__indexed_path(customers: World, app_role: str) -> None:
+    # Given the application connected as a role that may write the rows but not drop indexes
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET ROLE {app_role}")
+
+    # When the first run writes the empty tables
+    outcome = recompute("expiry")
+
+    # Then it writes through the indexes instead of failing on DROP INDEX
+    with connection.cursor() as cursor:
+        cursor.execute("RESET ROLE")
+    assert outcome.status == "succeeded", outcome.error
+    assert not set(BUILDS) & set(RecomputeRun.objects.get(pk=outcome.run_id).details["timings_ms"])
+    assert len(layers_of("expiry")) == 30
