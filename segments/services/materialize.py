@@ -693,8 +693,14 @@ def _bulk_target(cursor: Any, table_name: str, *, portable: bool) -> bool:
     if _vendor() != "postgresql" or portable:
         return False
     # Dropping and creating indexes needs the table's owner: an application role that was only
-    # granted its rows (migrations run by the owner) writes through the indexes.
-    cursor.execute("SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = %s::regclass", [table_name])
+    # granted its rows (migrations run by the owner) writes through the indexes. A plain table
+    # only: a partitioned one has an empty heap of its own whatever its partitions hold, and a
+    # partition's indexes belong to its parent's.
+    cursor.execute(
+        "SELECT pg_has_role(relowner, 'USAGE') AND relkind = 'r' AND NOT relispartition FROM pg_class "
+        "WHERE oid = %s::regclass",
+        [table_name],
+    )
     if not cursor.fetchone()[0]:
         return False
     try:

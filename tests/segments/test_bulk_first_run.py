@@ -301,3 +301,26 @@ def test_first_run__role_not_owning_the_tables__indexed_path(customers: World, a
     assert outcome.status == "succeeded", outcome.error
     assert not set(BUILDS) & set(RecomputeRun.objects.get(pk=outcome.run_id).details["timings_ms"])
     assert len(layers_of("expiry")) == 30
+
+
+@pytest.fixture
+def partitioned() -> Iterator[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE bulk20_parted (id bigint, k int) PARTITION BY LIST (k)")
+        cursor.execute("CREATE TABLE bulk20_parted_1 PARTITION OF bulk20_parted FOR VALUES IN (1)")
+        cursor.execute("CREATE UNIQUE INDEX bulk20_parted_uniq ON bulk20_parted (id, k)")
+        cursor.execute("INSERT INTO bulk20_parted VALUES (1, 1)")
+    yield "bulk20_parted"
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE bulk20_parted")
+
+
+def test_bulk_target__partitioned_table_or_its_partition__never_bulk_loaded(partitioned: str, db: None) -> None:
+    # A partitioned table's own heap is empty whatever its partitions hold; a partition's
+    # indexes belong to the parent's: neither is loaded bare.
+    with connection.cursor() as cursor:
+        assert materialize._bulk_target(cursor, partitioned, portable=False) is False
+        assert materialize._bulk_target(cursor, f"{partitioned}_1", portable=False) is False
+        cursor.execute("CREATE TABLE bulk20_plain (id bigint PRIMARY KEY)")
+        assert materialize._bulk_target(cursor, "bulk20_plain", portable=False) is True
+        cursor.execute("DROP TABLE bulk20_plain")
