@@ -17,7 +17,10 @@ on 1,000,000 customers and 10,000,000 events, against a hand-written RFM stateme
      bulk load): nothing moved, so nothing is written;
    - ``nightly``: the next two nights (as_of + 1 and + 2 days): only movers are written;
    with the per-phase timings the run records and the WAL each run wrote. Then one rule
-   segment. ``--dimensions rfm`` recomputes RFM only (the floors are on RFM).
+   segment. ``--populated-cold`` adds RFM's first run on a populated install (expiry's rows
+   present: no bulk load), one pair, as ``floors.cold_populated`` (the floor is judged on
+   the new install's cold run, ``floors.cold_floor_case``). ``--dimensions rfm`` recomputes
+   RFM only (the floors are on RFM).
 4. SQLite (the embedded default), in a subprocess: ``--sqlite-customers`` customers and
    ``--sqlite-events`` events generated with a recursive CTE, same recomputes.
 
@@ -182,7 +185,8 @@ ENGINE_DOES = (
     "REPEATABLE READ transaction: the same statement (layer ids instead of names, plus the "
     "scores) into a temporary stage table, per-tier statistics, the MECE pre-check (one row "
     "per customer, no foreign layer), then the durable writes: one CustomerLayer row per "
-    "customer who moved (cold: every customer; 3 indexes, WAL), its LayerHistory rows (close "
+    "customer who moved (cold: every customer; into an empty table loaded bare and its indexes built "
+    "afterwards, else through 3 indexes; WAL), its LayerHistory rows (close "
     "+ open; 3 indexes), its tier CustomerTag (delete + insert; 3 indexes), the layer sizes "
     "and MECE count over the written rows, and the run record with timings."
 )
