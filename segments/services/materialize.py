@@ -689,7 +689,9 @@ def _bulk_target(cursor: Any, table_name: str, *, portable: bool) -> bool:
     TRUNCATE), asked under the lock, not ``SELECT 1 … LIMIT 1``: the run's REPEATABLE READ
     snapshot would not see a row committed between its start and the lock (the heap
     has it, and the unique builds would meet it), and a populated table (a new dimension on a
-    running install) is not read at all. A table emptied by DELETE takes the indexed path."""
+    running install) is not read at all. A table emptied by DELETE, or whose first load was
+    rolled back (a refused run leaves its pages), takes the indexed path until VACUUM truncates
+    the empty pages."""
     if _vendor() != "postgresql" or portable:
         return False
     # Dropping and creating indexes needs the table's owner: an application role that was only
