@@ -25,7 +25,11 @@ On PostgreSQL, RFM's cold and nightly runs alternate with the anchor (anchor, en
 engine …; ``--pairs``, default 3; the cold run is undone between pairs by TRUNCATE): each
 ratio divides an engine run by the anchor run just before it, so both ran under the same
 load; the floors are judged on the median of those ratios (``floors.cold`` /
-``floors.nightly``: pairs, median, spread, best-of). ``floors.anchor_does`` /
+``floors.nightly``: pairs, median, spread, best-of). The nightly pairs are light nights (a few
+thousand movers); the first *heavy* night (≥ ``HEAVY_SHARE`` of the customers move: a score
+boundary crossing a large tie group) is run ``--pairs`` times from the same state (undone from
+its own history between runs) and reported apart (``floors.nightly.heavy_*``), with any later
+heavy night; nights continue past ``--pairs`` (up to ``MAX_NIGHT_DAY``) until both are found. ``floors.anchor_does`` /
 ``engine_does`` say what each one computes and writes.
 
 Floors (issue 3), on the nightly RFM run: the computation (stage statement) ≤ 2× the
