@@ -28,7 +28,11 @@ On PostgreSQL, RFM's cold and nightly runs alternate with the anchor (anchor, en
 engine …; ``--pairs``, default 3; the cold run is undone between pairs by TRUNCATE): each
 ratio divides an engine run by the anchor run just before it, so both ran under the same
 load; the floors are judged on the median of those ratios (``floors.cold`` /
-``floors.nightly``: pairs, median, spread, best-of). ``floors.anchor_does`` /
+``floors.nightly``: pairs, median, spread, best-of). The nightly pairs are light nights (a few
+thousand movers); the first *heavy* night (≥ ``HEAVY_SHARE`` of the customers move: a score
+boundary crossing a large tie group) is run ``--pairs`` times from the same state (undone from
+its own history between runs) and reported apart (``floors.nightly.heavy_*``), with any later
+heavy night; nights continue past ``--pairs`` (up to ``MAX_NIGHT_DAY``) until both are found. ``floors.anchor_does`` /
 ``engine_does`` say what each one computes and writes.
 
 Floors (issue 3), on the nightly RFM run: the computation (stage statement) ≤ 2× the
@@ -303,6 +307,103 @@ def populated_cold(anchor_conn: Any, other: str = "expiry") -> dict[str, Any]:
     }
 
 
+# A heavy night: at least this share of the customers changed tier. Such a night (~10% of
+# 1M on the generated data: a quintile or mean boundary crossing a large tie group) is rare
+# among the successive nights, so it is repeated from the same starting state (``_undo_night``)
+# to give its ratio as a median of pairs, reported apart from the light nights.
+HEAVY_SHARE = 0.05
+# Successive nights tried (beyond --pairs) looking for a heavy one.
+MAX_NIGHT_DAY = 8
+
+
+def _undo_night(connection: Any, dimension_pk: int, as_of: dt.datetime, *, vacuum: bool = True) -> int:
+    """Undo the nightly run of ``as_of`` of a dimension without validity dates (RFM), from its
+    own history: each mover's closed row (``left_at = as_of``) says its previous layer and
+    since; the open rows entered at ``as_of`` go, the closed ones reopen, the memberships and
+    computed tier tags go back. Then VACUUM ANALYZE, so the undo's dead rows do not weigh on
+    the repeat (autovacuum would have run between two nights). Returns the customers put back."""
+    undo = "bench_undo_night"
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{undo}")
+        cursor.execute(
+            f"CREATE TEMP TABLE {undo} AS SELECT o.customer_id, o.layer_id AS old_layer_id, o.entered_at AS old_since, "
+            "n.layer_id AS new_layer_id FROM segments_layerhistory o JOIN segments_layerhistory n "
+            "ON n.customer_id = o.customer_id AND n.dimension_id = o.dimension_id AND n.left_at IS NULL "
+            "AND n.entered_at = %s WHERE o.dimension_id = %s AND o.left_at = %s",
+            [as_of, dimension_pk, as_of],
+        )
+        moved = cursor.rowcount
+        cursor.execute(
+            "SELECT COUNT(*) FROM segments_layerhistory "
+            "WHERE dimension_id = %s AND left_at IS NULL AND entered_at = %s",
+            [dimension_pk, as_of],
+        )
+        if cursor.fetchone()[0] != moved:
+            raise RuntimeError("the night placed new customers: undoing it needs more than its history")
+        cursor.execute(
+            f"DELETE FROM segments_layerhistory h USING {undo} u WHERE h.customer_id = u.customer_id "
+            "AND h.dimension_id = %s AND h.left_at IS NULL AND h.entered_at = %s",
+            [dimension_pk, as_of],
+        )
+        cursor.execute(
+            f"UPDATE segments_layerhistory h SET left_at = NULL FROM {undo} u WHERE h.customer_id = u.customer_id "
+            "AND h.dimension_id = %s AND h.left_at = %s",
+            [dimension_pk, as_of],
+        )
+        cursor.execute(
+            f"UPDATE segments_customerlayer c SET layer_id = u.old_layer_id, since = u.old_since FROM {undo} u "
+            "WHERE c.customer_id = u.customer_id AND c.dimension_id = %s",
+            [dimension_pk],
+        )
+        cursor.execute(
+            f"DELETE FROM segments_customertag t USING {undo} u, segments_layer l WHERE t.customer_id = u.customer_id "
+            "AND l.id = u.new_layer_id AND t.tag_id = l.tag_id AND t.source = 'computed'"
+        )
+        cursor.execute(
+            "INSERT INTO segments_customertag (customer_id, tag_id, assigned_at, source) "
+            f"SELECT u.customer_id, l.tag_id, u.old_since, 'computed' FROM {undo} u "
+            "JOIN segments_layer l ON l.id = u.old_layer_id WHERE l.tag_id IS NOT NULL "
+            "ON CONFLICT (customer_id, tag_id) DO NOTHING"
+        )
+        cursor.execute(f"DROP TABLE pg_temp.{undo}")
+        if vacuum:  # not inside a transaction (the tests')
+            cursor.execute("VACUUM ANALYZE segments_customerlayer, segments_layerhistory, segments_customertag")
+    return moved
+
+
+def _heavy(run: dict[str, Any], customers: int) -> bool:
+    return run["changed"] >= HEAVY_SHARE * customers
+
+
+def _extend(plan: list[tuple[str, dt.datetime]], found: dict[str, bool], day: int) -> Any:
+    """The plan's runs, then further nights (day, day + 1 … MAX_NIGHT_DAY) until a heavy one
+    and enough light ones were found."""
+    yield from plan
+    while (not found["heavy"] or found["light_missing"] > 0) and day <= MAX_NIGHT_DAY:
+        yield f"nightly+{day}d", AS_OF + dt.timedelta(days=day)
+        day += 1
+
+
+def _night_run(connection: Any, dimension_pk: int, as_of: dt.datetime) -> dict[str, Any]:
+    """One timed nightly run, as recorded in ``runs``."""
+    from segments.services.recompute import dimension_recompute
+
+    wal_before = _wal_bytes(connection)
+    with timed() as t:
+        outcome = dimension_recompute(dimension_id=dimension_pk, as_of=as_of)
+    wal_after = _wal_bytes(connection)
+    if outcome.status != "succeeded":
+        raise RuntimeError(f"nightly {as_of}: {outcome.error}")
+    return {
+        "seconds": round(t["seconds"], 3),
+        "changed": outcome.changed,
+        "phases_ms": outcome.details["timings_ms"],
+        "wal_mb": None if wal_before is None else round((wal_after - wal_before) / 1e6, 1),
+        "mece_ok": outcome.details["mece"]["ok"],
+        "layer_sizes": outcome.details["layer_sizes"],
+    }
+
+
 def run_engine(
     nightly_days: tuple[int, ...] = (1, 2),
     dimensions: tuple[str, ...] = DIMENSIONS,
@@ -331,7 +432,9 @@ def run_engine(
         plan = [*cold_plan, ("rerun", AS_OF)]
         plan += [(f"nightly+{d}d", AS_OF + dt.timedelta(days=d)) for d in days]
         colds = 0
-        for label, as_of in plan:
+        # Only paired (PostgreSQL) RFM runs look for a heavy night and `pairs` light ones.
+        found = {"heavy": not paired, "light_missing": pairs if paired else 0}
+        for label, as_of in _extend(plan, found, pairs + 1):
             if label == "cold" and colds:
                 _reset_cold(connection, pk)
             if label == "rerun" and connection.vendor == "postgresql":
@@ -358,6 +461,23 @@ def run_engine(
                     "layer_sizes": outcome.details["layer_sizes"],
                 }
             )
+            heavy = paired and label.startswith("nightly") and _heavy(runs[-1], outcome.customers)
+            if paired and label.startswith("nightly") and not heavy:
+                found["light_missing"] -= 1
+            if heavy:
+                runs[-1]["heavy"] = True
+            if heavy and not found["heavy"]:
+                # The first heavy night again from the same state (pairs in all), right away so
+                # the later nights start from where it left off.
+                found["heavy"] = True
+                for _ in range(pairs - 1):
+                    undone = _undo_night(connection, pk, as_of)
+                    anchor_s = anchor_once(anchor_conn)
+                    log(f"{connection.vendor}: {key} {label} again ({undone:,} undone; anchor {anchor_s:.2f} s)")
+                    again = _night_run(connection, pk, as_of)
+                    runs.append({**again, "run": label, "anchor_seconds": round(anchor_s, 3), "heavy": True})
+                    if again["changed"] != runs[-2]["changed"] or again["layer_sizes"] != runs[-2]["layer_sizes"]:
+                        raise RuntimeError(f"{label} repeated did not move the same customers")
         out[key] = {"runs": runs}
     # The first fill, three times (three segments with the same rule, each filled for the
     # first time): one run of a ~1 s statement swung by a quarter between runs, enough to move
@@ -450,9 +570,35 @@ def summarize(anchor_result: dict[str, Any], engine: dict[str, Any]) -> dict[str
     colds = [r for r in runs if r["run"] == "cold"]
     nightly = [r for r in runs if r["run"].startswith("nightly")]
     cold, rerun = colds[0], next(r for r in runs if r["run"] == "rerun")
-    cold_pairs, nightly_pairs = pair_summary(_pairs(colds)), pair_summary(_pairs(nightly))
+    # Light nights (the usual few movers) and the heavy night's repeats (HEAVY_SHARE or more
+    # of the customers moved, see _undo_night), each a median of alternating pairs.
+    light = [r for r in nightly if not r.get("heavy")]
+    heavy_runs = [r for r in nightly if r.get("heavy")]
+    heavy = pair_summary(_pairs(heavy_runs)) if heavy_runs else None
+    cold_pairs, nightly_pairs = pair_summary(_pairs(colds)), pair_summary(_pairs(light))
+    nightly_pairs["changed"] = [r["changed"] for r in light]
+    if heavy is not None:
+        nightly_pairs.update(
+            {
+                "heavy_share": HEAVY_SHARE,
+                "heavy_night": next(r["run"] for r in nightly if r.get("heavy")),
+                "heavy_changed": next(r["changed"] for r in nightly if r.get("heavy")),
+                "heavy_pairs": heavy["pairs"],
+                "heavy_median_ratio": heavy["median_ratio"],
+                "heavy_ratio_spread": heavy["ratio_spread"],
+                "heavy_best_of_ratio": heavy["best_of_ratio"],
+                "heavy_phases_ms": [r["phases_ms"] for r in nightly if r.get("heavy")],
+                "heavy_wal_mb": [r.get("wal_mb") for r in nightly if r.get("heavy")],
+            }
+        )
+    heavy_anchors = heavy["anchor_seconds"] if heavy else []
+    nightly_met = nightly_pairs["median_ratio"] <= NIGHTLY_FLOOR and (
+        heavy is None or heavy["median_ratio"] <= NIGHTLY_FLOOR
+    )
     # The anchor's best over all its runs (3 up front, then one per pair).
-    anchor_s = min([anchor_result["seconds"], *cold_pairs["anchor_seconds"], *nightly_pairs["anchor_seconds"]])
+    anchor_s = min(
+        [anchor_result["seconds"], *cold_pairs["anchor_seconds"], *nightly_pairs["anchor_seconds"], *heavy_anchors]
+    )
     compute_s = min(r["phases_ms"]["compute"] for r in nightly) / 1000
     full_s = min(r["seconds"] for r in nightly)
     return {
@@ -483,7 +629,8 @@ def summarize(anchor_result: dict[str, Any], engine: dict[str, Any]) -> dict[str
         "cold_floor": COLD_FLOOR,
         "cold_floor_met": cold_pairs["median_ratio"] <= COLD_FLOOR,
         "nightly_floor": NIGHTLY_FLOOR,
-        "nightly_floor_met": nightly_pairs["median_ratio"] <= NIGHTLY_FLOOR,
+        # light nights' median and the heavy night's median, each within the floor
+        "nightly_floor_met": nightly_met,
         "rfm_cold_phases_ms": [r["phases_ms"] for r in colds],
         "rfm_cold_wal_mb": [r.get("wal_mb") for r in colds],
         "rfm_nightly_phases_ms": [r["phases_ms"] for r in nightly],
@@ -594,7 +741,7 @@ def main() -> None:
                     "segments_segmentmembership"
                 )
                 conn.execute("DELETE FROM segments_recomputerun")
-                # the SEGMENT_FIRST_RUNS segments (bench, bench1, …)
+                # the SEGMENT_FIRST_RUNS segments (bench, bench1, …), or the next run cannot create them
                 conn.execute("DELETE FROM segments_segment WHERE key ~ '^bench[0-9]*$'")
                 conn.execute("VACUUM ANALYZE")
                 result["postgres"]["generate"] = "reused"
