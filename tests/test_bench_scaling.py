@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench.scaling import combine, floor, growth_exponent, summarize
+from bench.scaling import combine, floor, growth_exponent, segments_times, summarize
 
 pytestmark = pytest.mark.pure
 
@@ -93,3 +93,30 @@ def test_scaling_combine__different_sizes__refused() -> None:
     second = {**_run(["segments"], {"segment_first": [1.0, 2.0, 4.0]}, load=1.0), "sizes_customers": [1, 2, 4]}
     with pytest.raises(SystemExit):
         combine([first, second])
+
+
+def test_segments_times__heavy_night_at_one_size__light_nights_median_and_cold_median() -> None:
+    def run(label: str, seconds: float, **extra: object) -> dict[str, object]:
+        return {"run": label, "seconds": seconds, **extra}
+
+    rfm = [run("cold", 10.0), run("cold", 12.0), run("cold", 11.0), run("rerun", 5.0)]
+    rfm += [run("nightly+1d", 8.0, heavy=True), run("nightly+1d", 7.8, heavy=True), run("nightly+1d", 7.9, heavy=True)]
+    rfm += [run("nightly+2d", 4.0), run("nightly+3d", 4.4), run("nightly+4d", 4.2)]
+    other = [run("cold", 3.0), run("rerun", 1.0), run("nightly+1d", 1.5), run("nightly+2d", 1.7)]
+    result = {
+        "postgres": {
+            "anchor": {"seconds": 3.5},
+            "engine": {
+                "rfm": {"runs": rfm},
+                "lifecycle": {"runs": other},
+                "expiry": {"runs": other},
+                "segment": {"first_seconds": 0.9},
+            },
+        }
+    }
+
+    times = segments_times(result)
+
+    assert times["recompute_first:rfm"] == 11.0 and times["recompute_nightly:rfm"] == 4.2
+    assert times["recompute_nightly:lifecycle"] == 1.5 and times["recompute_first:expiry"] == 3.0
+    assert times["segment_first"] == 0.9 and times["anchor_rfm_statement"] == 3.5
