@@ -384,8 +384,8 @@ def _extend(plan: list[tuple[str, dt.datetime]], found: dict[str, bool], day: in
         day += 1
 
 
-def _night_run(connection: Any, dimension_pk: int, as_of: dt.datetime) -> dict[str, Any]:
-    """One timed nightly run, as recorded in ``runs``."""
+def _night_run(connection: Any, dimension_pk: int, as_of: dt.datetime, what: str = "nightly") -> dict[str, Any]:
+    """One timed recompute, as recorded in ``runs`` (plus ``customers``, popped by the caller)."""
     from segments.services.recompute import dimension_recompute
 
     wal_before = _wal_bytes(connection)
@@ -393,7 +393,7 @@ def _night_run(connection: Any, dimension_pk: int, as_of: dt.datetime) -> dict[s
         outcome = dimension_recompute(dimension_id=dimension_pk, as_of=as_of)
     wal_after = _wal_bytes(connection)
     if outcome.status != "succeeded":
-        raise RuntimeError(f"nightly {as_of}: {outcome.error}")
+        raise RuntimeError(f"{what} {as_of}: {outcome.error}")
     return {
         "seconds": round(t["seconds"], 3),
         "changed": outcome.changed,
@@ -401,6 +401,7 @@ def _night_run(connection: Any, dimension_pk: int, as_of: dt.datetime) -> dict[s
         "wal_mb": None if wal_before is None else round((wal_after - wal_before) / 1e6, 1),
         "mece_ok": outcome.details["mece"]["ok"],
         "layer_sizes": outcome.details["layer_sizes"],
+        "customers": outcome.customers,
     }
 
 
@@ -418,7 +419,7 @@ def run_engine(
     from django.db import connection
 
     from segments.models import Dimension
-    from segments.services.recompute import dimension_recompute, segment_recompute
+    from segments.services.recompute import segment_recompute
     from segments.services.segments import segment_create
 
     out: dict[str, Any] = {}
@@ -442,26 +443,11 @@ def run_engine(
                     cursor.execute("VACUUM ANALYZE segments_customerlayer, segments_layerhistory, segments_customertag")
             anchor_s = anchor_once(anchor_conn) if paired and label != "rerun" else None
             log(f"{connection.vendor}: {key} {label}" + (f" (anchor {anchor_s:.2f} s)" if anchor_s else ""))
-            wal_before = _wal_bytes(connection)
-            with timed() as t:
-                outcome = dimension_recompute(dimension_id=pk, as_of=as_of)
-            wal_after = _wal_bytes(connection)
-            if outcome.status != "succeeded":
-                raise RuntimeError(f"{key} {label}: {outcome.error}")
+            record = _night_run(connection, pk, as_of, what=f"{key} {label}")
+            customers = record.pop("customers")
             colds += label == "cold"
-            runs.append(
-                {
-                    "run": label,
-                    "seconds": round(t["seconds"], 3),
-                    **({"anchor_seconds": round(anchor_s, 3)} if anchor_s else {}),
-                    "changed": outcome.changed,
-                    "phases_ms": outcome.details["timings_ms"],
-                    "wal_mb": None if wal_before is None else round((wal_after - wal_before) / 1e6, 1),
-                    "mece_ok": outcome.details["mece"]["ok"],
-                    "layer_sizes": outcome.details["layer_sizes"],
-                }
-            )
-            heavy = paired and label.startswith("nightly") and _heavy(runs[-1], outcome.customers)
+            runs.append({"run": label, **({"anchor_seconds": round(anchor_s, 3)} if anchor_s else {}), **record})
+            heavy = paired and label.startswith("nightly") and _heavy(runs[-1], customers)
             if paired and label.startswith("nightly") and not heavy:
                 found["light_missing"] -= 1
             if heavy:
@@ -475,6 +461,7 @@ def run_engine(
                     anchor_s = anchor_once(anchor_conn)
                     log(f"{connection.vendor}: {key} {label} again ({undone:,} undone; anchor {anchor_s:.2f} s)")
                     again = _night_run(connection, pk, as_of)
+                    again.pop("customers")
                     runs.append({**again, "run": label, "anchor_seconds": round(anchor_s, 3), "heavy": True})
                     if again["changed"] != runs[-2]["changed"] or again["layer_sizes"] != runs[-2]["layer_sizes"]:
                         raise RuntimeError(f"{label} repeated did not move the same customers")
