@@ -17,10 +17,10 @@ synchronous endpoint would and stores that JSON on the run.
   is told "created".
 - The instant: a spec without ``as_of`` (retention) or ``end`` (funnel) is computed at the
   run's ``created_at``, the moment it was asked, not when a worker got to it.
-- Stuck runs: queued or running longer than ``GROWTH["ANALYTICS_RUN_STUCK_SECONDS"]``
-  (1800 s) is marked failed when read (a worker killed mid-run: with ``acks_late`` the
-  message comes back, but the run is no longer ``queued`` and is not claimed twice); asking
-  again then starts a new run.
+- Stuck runs: a run queued longer than ``GROWTH["ANALYTICS_RUN_STUCK_SECONDS"]`` (1800 s),
+  or running past the task's hard time limit (below) and a grace, is marked failed when read
+  (a worker killed mid-run: with ``acks_late`` the message comes back, but the run is no
+  longer ``queued`` and is not claimed twice); asking again then starts a new run.
 - Bounded: the task is queued with Celery's time limits (``soft_time_limit`` =
   ``ANALYTICS_RUN_STUCK_SECONDS``, ``time_limit`` a minute more), so a run that never ends
   (a statement waiting on a lock, a replica that stopped answering mid-read: no client-side
@@ -107,15 +107,28 @@ def canonical_spec(kind: str, params: Mapping[str, str]) -> tuple[dict[str, Any]
     return json.loads(text), hashlib.sha256(f"{kind}:{text}".encode()).hexdigest()
 
 
+# The task's hard time limit is this much after its soft one (``stuck_seconds()``): a worker
+# stopped at the soft limit records the failure itself; one killed at the hard limit (or by
+# anything else) records nothing, and a read reports the run failed once even that bound has
+# passed (plus a grace for the kill and the pool's bookkeeping).
+HARD_LIMIT_EXTRA_SECONDS = 60
+KILLED_GRACE_SECONDS = 30
+
+
 def _expire_stuck(runs: QuerySet[AnalyticsRun]) -> None:
     now = timezone.now()
-    bound = now - dt.timedelta(seconds=stuck_seconds())
-    why = f"No result after {stuck_seconds()} s: the worker was probably stopped mid-run or never got it; ask again."
-    runs.filter(status=AnalyticsRun.Status.RUNNING, started_at__lt=bound).update(
-        status=AnalyticsRun.Status.FAILED, finished_at=now, error=why
+
+    def why(seconds: int) -> str:
+        return f"No result after {seconds} s: the worker was probably stopped mid-run or never got it; ask again."
+
+    # A running run is not given up on while its worker may still stop it at the soft limit and
+    # say why (a read at the same instant must not win that race with a vaguer reason).
+    running = stuck_seconds() + HARD_LIMIT_EXTRA_SECONDS + KILLED_GRACE_SECONDS
+    runs.filter(status=AnalyticsRun.Status.RUNNING, started_at__lt=now - dt.timedelta(seconds=running)).update(
+        status=AnalyticsRun.Status.FAILED, finished_at=now, error=why(running)
     )
-    runs.filter(status=AnalyticsRun.Status.QUEUED, created_at__lt=bound).update(
-        status=AnalyticsRun.Status.FAILED, finished_at=now, error=why
+    runs.filter(status=AnalyticsRun.Status.QUEUED, created_at__lt=now - dt.timedelta(seconds=stuck_seconds())).update(
+        status=AnalyticsRun.Status.FAILED, finished_at=now, error=why(stuck_seconds())
     )
 
 
@@ -161,7 +174,7 @@ def analytics_run_request(
         return existing, False
     from segments import tasks  # the task module imports this one
 
-    limits = {"soft_time_limit": stuck_seconds(), "time_limit": stuck_seconds() + 60}  # see the module doc
+    limits = {"soft_time_limit": stuck_seconds(), "time_limit": stuck_seconds() + HARD_LIMIT_EXTRA_SECONDS}
     transaction.on_commit(lambda: tasks.analytics_run.apply_async(args=[str(run.pk)], **limits), using=same.db)
     return run, True
 
