@@ -280,7 +280,10 @@ def main() -> None:
             if counter is not None:
                 counter.reset()
             bouncer_cpu = _pgbouncer_cpu_seconds() if bouncer_port is not None else None
+            cpu_before = _cpu_by_part(worker, redis)
             send = run_send(campaign, args.customers, timeout=args.timeout)
+            cpu_after = _cpu_by_part(worker, redis)
+            send["cpu_seconds"] = {part: round(cpu_after[part] - cpu_before.get(part, 0.0), 2) for part in cpu_after}
             if bouncer_cpu is not None:
                 send["pgbouncer_cpu_seconds"] = round(_pgbouncer_cpu_seconds() - bouncer_cpu, 2)
             round_trips = counter.collect(args.customers) if counter is not None else None
@@ -367,6 +370,7 @@ def compare_pgbouncer(args: argparse.Namespace) -> None:
             "phases_seconds_after_launch": result["send"]["phases_seconds_after_launch"],
             **({"pgbouncer_cpu_seconds": result["send"]["pgbouncer_cpu_seconds"]}
                if "pgbouncer_cpu_seconds" in result["send"] else {}),
+            "cpu_seconds": result["send"].get("cpu_seconds"),
         })  # fmt: skip
         log(f"run {number}: {via} {result['send']['seconds']} s")
     ratios = []
@@ -561,6 +565,52 @@ class RoundTrips:
 
 def _via(bouncer_port: int | None) -> str:
     return f", the worker through PgBouncer on :{bouncer_port} (transaction pooling)" if bouncer_port else ""
+
+
+def _proc_cpu(pid: int | str, *, children: bool = False) -> float:
+    """User + system CPU seconds of one process (/proc), plus its reaped children's with ``children``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(pid: int | str) -> float:
+    """A process's CPU with its live children's and the children it has reaped (PostgreSQL's
+    backends, a prefork worker's processes)."""
+    total = _proc_cpu(pid, children=True)
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        total += sum(_tree_cpu(kid) for kid in kids)
+    return total
+
+
+def _cpu_by_part(worker: Any, redis: Any) -> dict[str, float]:
+    """CPU seconds so far of each part of the send, so a run says where the machine's two cores
+    went (the worker's processes, PostgreSQL's backends, this process with the SMTP peer, Redis,
+    PgBouncer) and a comparison shows which part a change moves. ``machine_busy`` is the whole
+    machine's non-idle time (/proc/stat), other processes included."""
+    env = {**os.environ, "PG_PORT": str(PG_PORT)}
+    script = str(ROOT / "scripts" / "services.sh")
+    datadir = subprocess.run([script, "pg-datadir"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    postmaster = (Path(datadir.stdout.strip()) / "postmaster.pid").read_text().split()[0]
+    parts = {
+        "worker": _tree_cpu(worker.process.pid),
+        "postgresql": _tree_cpu(postmaster),
+        "bench_and_smtp_peer": sum(os.times()[:2]),
+        "redis": _proc_cpu(redis.process.pid) if getattr(redis, "process", None) else 0.0,
+    }
+    bouncer = Path(datadir.stdout.strip()).parent / "pgbouncer" / "pgbouncer.pid"
+    if bouncer.exists():
+        parts["pgbouncer"] = _proc_cpu(bouncer.read_text().strip())
+    stat = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    parts["machine_busy"] = (sum(stat) - stat[3] - stat[4]) / os.sysconf("SC_CLK_TCK")
+    return parts
 
 
 def _pgbouncer_cpu_seconds() -> float:
