@@ -469,12 +469,27 @@ def dimension_write(
                     f"SELECT c.customer_id, l.tag_id, %s, 'computed' "
                     f"FROM {CHANGES_TABLE} c JOIN {layer_t} l ON l.id = c.layer_id "
                     "WHERE l.tag_id IS NOT NULL AND (c.old_layer_id IS NULL OR c.old_layer_id <> c.layer_id)"
-                    + (" ON CONFLICT (customer_id, tag_id) DO NOTHING" if held else "")
                 )
+                skip_held = " ON CONFLICT (customer_id, tag_id) DO NOTHING"
                 if bulk:
                     _first_insert(cursor, ctag, tags_sql, [now_p], bulk=True, clock=clock, phase="tags")
+                elif first_run:
+                    cursor.execute(tags_sql + (skip_held if held else ""), [now_p])
                 else:
-                    cursor.execute(tags_sql, [now_p])
+                    # A nightly run has just deleted its movers' computed tier tags, so only a
+                    # manual row can still hold a tag it inserts (the customer kept it by hand):
+                    # the insert goes in plain, in a savepoint (the unique index checks each row
+                    # as it inserts it anyway), and is repeated with ON CONFLICT only when such a
+                    # row refused it. Speculative insertion probes the unique index before each
+                    # row, then inserts and confirms it: 0.63-0.70 s against 0.44-0.48 s plain for
+                    # 107k movers at 1M customers (alternating, in one transaction). A refused
+                    # plain insert costs its work up to the refusal, once, on a night where a
+                    # mover enters a tier whose tag they hold by hand.
+                    try:
+                        with transaction.atomic():
+                            cursor.execute(tags_sql, [now_p])
+                    except IntegrityError:
+                        cursor.execute(tags_sql + skip_held, [now_p])
         if probes:
             cursor.execute("SET LOCAL enable_hashjoin TO DEFAULT")
             cursor.execute("SET LOCAL enable_mergejoin TO DEFAULT")

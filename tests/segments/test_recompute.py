@@ -119,6 +119,39 @@ def test_recompute__first_run__one_insert_per_table_and_no_diff(members: dict, g
     assert rows == [("a", "computed"), ("b", "manual" if held else "computed"), ("c", "computed")]
 
 
+@pytest.mark.parametrize("portable", [False, True], ids=["fast-path", "portable-path"])
+@pytest.mark.parametrize("manual", [False, True], ids=["no-manual-row", "a-mover-holds-its-new-tier-tag-by-hand"])
+def test_recompute__nightly_tier_tags__plain_insert_repeated_skipping_held_rows_only_when_a_manual_row_refuses_it(
+    members: dict, growth_user: Any, manual: bool, portable: bool
+) -> None:
+    # Given a first run, and (for the second case) 'b' holding by hand the tier tag of the
+    # layer they move into at T1 ('valid' -> 'expiring_soon')
+    recompute("expiry", portable=portable)
+    if manual:
+        CustomerTag.objects.create(
+            customer=members["b"], tag=Tag.objects.get(code="expiry.expiring_soon"), source="manual",
+            assigned_by=growth_user,
+        )  # fmt: skip
+    # When the next night runs
+    with CaptureQueriesContext(connection) as queries:
+        outcome = recompute("expiry", as_of=T1, portable=portable)
+    # Then the movers' tier tags went in with one plain INSERT, repeated with ON CONFLICT only
+    # when the manual row refused it, and the manual row stayed as it was
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT INTO segments_customertag")]
+    assert ["ON CONFLICT" in sql for sql in inserts] == ([False, True] if manual else [False])
+    assert outcome.changed == 2
+    rows = sorted(
+        CustomerTag.objects.filter(tag__family="tier").values_list(
+            "customer__external_id", "tag__code", "source", "assigned_by"
+        )
+    )
+    assert rows == [
+        ("a", "expiry.expired_recently", "computed", None),
+        ("b", "expiry.expiring_soon", "manual" if manual else "computed", growth_user.pk if manual else None),
+        ("c", "expiry.none", "computed", None),
+    ]
+
+
 def test_recompute__first_run_from_a_stage_in_any_order__rows_written_in_customer_order(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
