@@ -12,7 +12,7 @@ A kind module exposes:
   materializes it with ``CREATE TEMP TABLE … AS`` — on PostgreSQL that form may run in
   parallel, where ``INSERT … SELECT`` may not.
 - optionally ``stage_stats(ctx, table) -> dict``: statistics for the run record. On a
-  nightly run on PostgreSQL the stage also holds the dimension's current rows (columns
+  nightly run on PostgreSQL of an ``IN_CUSTOMER_ORDER`` kind the stage also holds the dimension's current rows (columns
   ``staged``, ``old_layer_id``, ``old_valid_until``), including a row for each current row
   whose customer the kind did not stage, with every kind column NULL: statistics count rows
   by a kind column (``WHERE r IS NOT NULL``, ``WHERE layer_id <> …``), never all rows.

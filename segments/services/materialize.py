@@ -4,8 +4,8 @@
    (one ``INSERT … SELECT``).
 2. A *changes* table keeps only the customers whose layer (or level validity) differs
    from the current ``CustomerLayer`` row, or who have none yet. A nightly run on PostgreSQL
-   joins the current rows while it fills the stage (``dimension_write``, "fused"), so the
-   changes are a filter of the stage.
+   of a kind that hands its rows out in customer order (RFM) merges the current rows while it
+   fills the stage (``dimension_write``, "merged"), so the changes are a filter of the stage.
 3. Only those rows are written: ``MERGE`` on PostgreSQL 15+, ``UPDATE … FROM`` +
    ``INSERT … SELECT`` elsewhere (the portable path, also used on PostgreSQL when
    ``portable=True``); history rows are closed and opened, and tier tags swapped, for
@@ -189,8 +189,9 @@ def dimension_write(
         # nothing to diff: every staged row is new (see below).
         cursor.execute(f"SELECT 1 FROM {cl} WHERE dimension_id = %s LIMIT 1", [dimension_id])
         first_run = cursor.fetchone() is None
-        # A nightly run on PostgreSQL (unscoped) folds the diff's join and the MECE pre-check
-        # into the stage statement (see "fused" below).
+        # A nightly run on PostgreSQL (unscoped) folds the MECE pre-check into the diff (see
+        # "fused" below); for a kind that hands its rows out in customer order, the diff's join
+        # is folded into the stage statement too ("merged").
         fused = not first_run and scope is None and _vendor() == "postgresql" and not portable
         merged = fused and getattr(kind_module, "IN_CUSTOMER_ORDER", False)
         ctx = StageContext(
@@ -225,7 +226,7 @@ def dimension_write(
             # in hash order against rows now in customer order, 0.3 s slower than when both
             # came in the same hash order.
             select_sql = f"SELECT k.* FROM ({select_sql}) k ORDER BY k.customer_id"
-        if fused:
+        if merged:
             # The diff's join, done while the stage is written: each staged row carries the
             # customer's current row of the dimension (``old_*``), and a FULL JOIN adds a row
             # for each current row whose customer the kind did not stage (``staged`` NULL, every
@@ -241,7 +242,11 @@ def dimension_write(
             # movers; old and new code one after the other in one benchmark-lock session): the
             # diff phase 0.93-1.02 s (a hash full join of the 1M-row stage with the 1M current
             # rows) -> 0.25-0.31 s (a 0.12 s filter of the stage), the compute phase (RFM's own
-            # customers ⋈ scores join merged too) 4.1-4.5 -> 4.2-4.6 s.
+            # customers ⋈ scores join merged too) 4.1-4.5 -> 4.2-4.6 s. Only for such a kind:
+            # folded as a hash FULL JOIN into another kind's statement (expiry, lifecycle at 1M:
+            # light nights, old and new code alternately) it made expiry's stage statement
+            # serial, 0.2-0.4 s slower than its parallel stage plus the separate diff, and
+            # lifecycle even; those keep the separate diff below.
             select_sql = (
                 f"SELECT k.*, o.layer_id AS old_layer_id, o.valid_until AS old_valid_until "
                 f"FROM (SELECT k0.*, TRUE AS staged FROM ({select_sql}) k0) k FULL JOIN (SELECT customer_id, "
@@ -277,7 +282,7 @@ def dimension_write(
         # is MECE. Elsewhere the pre-check aggregates the stage by customer first (SQLite, the
         # portable path, a scoped dimension whose lost rows are customers leaving the scope).
         if fused:
-            staged = staged_distinct = stage_rows  # less the lost rows, counted below
+            staged = staged_distinct = stage_rows  # less the merged stage's lost rows, counted below
         elif not first_run:
             precheck = _precheck(cursor, layers, customers)
             if not precheck.ok:
@@ -298,7 +303,7 @@ def dimension_write(
             # movers of 200k customers, alternating runs: backend CPU of the whole nightly
             # run 2.59 -> 2.14 s (write + history + tags 2.04 -> 1.62 s); the sort is of the
             # changed rows only.
-            if fused:
+            if merged:
                 # The stage already holds each customer's current row (see above).
                 cursor.execute(
                     f"CREATE TEMP TABLE {CHANGES_TABLE}{on_commit} AS "
@@ -307,23 +312,29 @@ def dimension_write(
                     f"{_distinct('old_valid_until', 'valid_until')} ORDER BY customer_id"
                 )
             else:
+                # The diff is a FULL JOIN when fused, so a row of the dimension whose customer
+                # the stage lost shows up in it (NULL customer).
+                join = (
+                    f"FULL JOIN (SELECT customer_id, layer_id, valid_until FROM {cl} WHERE dimension_id = %s) c "
+                    "ON c.customer_id = s.customer_id WHERE s.customer_id IS NULL OR "
+                    if fused
+                    else f"LEFT JOIN {cl} c ON c.customer_id = s.customer_id AND c.dimension_id = %s WHERE "
+                )
                 cursor.execute(
                     f"CREATE TEMP TABLE {CHANGES_TABLE}{on_commit} AS "
-                    f"SELECT s.customer_id, s.layer_id, s.valid_until, c.layer_id AS old_layer_id "
-                    f"FROM {STAGE_TABLE} s LEFT JOIN {cl} c ON c.customer_id = s.customer_id AND c.dimension_id = %s "
-                    f"WHERE c.layer_id IS NULL OR c.layer_id <> s.layer_id OR "
+                    f"SELECT s.customer_id, s.layer_id, s.valid_until, c.layer_id AS old_layer_id FROM {STAGE_TABLE} s "
+                    f"{join}c.layer_id IS NULL OR c.layer_id <> s.layer_id OR "
                     f"{_distinct('c.valid_until', 's.valid_until')} ORDER BY s.customer_id",
                     [dimension_id],
                 )
             if fused:
-                cursor.execute(
-                    f"SELECT COUNT(*), COUNT(*) FILTER (WHERE staged IS NULL) FROM {CHANGES_TABLE} "
-                    "WHERE customer_id IS NULL"
-                )
+                # Lost rows are in the merged stage itself (staged NULL): not staged rows.
+                lost_sql = ", COUNT(*) FILTER (WHERE staged IS NULL)" if merged else ", 0"
+                cursor.execute(f"SELECT COUNT(*){lost_sql} FROM {CHANGES_TABLE} WHERE customer_id IS NULL")
                 unplaced_rows, lost = cursor.fetchone()
                 staged = staged_distinct = stage_rows - lost
                 if unplaced_rows or staged != customers:
-                    precheck = _precheck(cursor, layers, customers, staged_only=True)
+                    precheck = _precheck(cursor, layers, customers, staged_only=merged)
                     if not precheck.ok:
                         result.mece = precheck
                         return result
@@ -516,7 +527,7 @@ def dimension_write(
         if not result.mece.ok and (first_run or fused):
             # Not pre-checked: say whether the stage itself placed someone twice or nowhere.
             precheck = _precheck(
-                cursor, layers, customers, stage=CHANGES_TABLE if first_run else STAGE_TABLE, staged_only=fused
+                cursor, layers, customers, stage=CHANGES_TABLE if first_run else STAGE_TABLE, staged_only=merged
             )
             if not precheck.ok:
                 result.mece = precheck

@@ -375,6 +375,24 @@ def test_recompute__nightly_postgres_rfm__current_rows_read_once_by_the_stage_sa
         assert fast.details[key] == portable.details[key]
 
 
+@pytest.mark.postgres
+def test_recompute__nightly_postgres_kind_not_in_customer_order__stage_alone_then_a_full_join_diff(
+    members: dict,
+) -> None:
+    # Given expiry (no IN_CUSTOMER_ORDER: its stage statement runs in parallel, a FULL JOIN in it would not)
+    recompute("expiry")
+    # When the next night runs
+    with CaptureQueriesContext(connection) as queries:
+        outcome = recompute("expiry", as_of=T1)
+    # Then the stage is the kind's statement alone, the diff joins the current rows, hash joins stay on
+    sqls = [q["sql"] for q in queries.captured_queries]
+    stage = next(sql for sql in sqls if "CREATE TEMP TABLE segments_stage_layer" in sql)
+    changes = next(sql for sql in sqls if "CREATE TEMP TABLE segments_stage_changes" in sql)
+    assert "segments_customerlayer" not in stage and "FULL JOIN" in changes and "segments_customerlayer" in changes
+    assert "SET LOCAL enable_hashjoin = off" not in sqls[: sqls.index(stage)]
+    assert outcome.changed == 2 and layers_of("expiry") == {"a": "expired_recently", "b": "expiring_soon", "c": "none"}
+
+
 def test_recompute__first_run_with_history_left_open__closes_it_and_places_everyone(members: dict) -> None:
     # Memberships removed behind the engine's back (raw SQL) leave open history rows: the
     # next run is a first run again, and must not open a second row for the same customer.
