@@ -11,7 +11,16 @@ A kind module exposes:
   has no use for them; typed with ``ctx.null_ts`` / ``ctx.null_int``). The recompute
   materializes it with ``CREATE TEMP TABLE … AS`` — on PostgreSQL that form may run in
   parallel, where ``INSERT … SELECT`` may not.
-- optionally ``stage_stats(ctx, table) -> dict``: statistics for the run record.
+- optionally ``stage_stats(ctx, table) -> dict``: statistics for the run record. On a
+  nightly run on PostgreSQL of an ``IN_CUSTOMER_ORDER`` kind the stage also holds the dimension's current rows (columns
+  ``staged``, ``old_layer_id``, ``old_valid_until``), including a row for each current row
+  whose customer the kind did not stage, with every kind column NULL: statistics count rows
+  by a kind column (``WHERE r IS NOT NULL``, ``WHERE layer_id <> …``), never all rows.
+- optionally ``IN_CUSTOMER_ORDER = True``: the kind's final join can hand its rows out in
+  customer order at no cost when hash joins are off (the customers' primary key merged with
+  per-customer aggregates). When ``ctx.in_customer_order`` is set the statement must end with
+  ``ORDER BY`` the customer id; a nightly run on PostgreSQL then merges the rows with the
+  dimension's current rows (materialize.dimension_write).
 
 A dimension scoped to a role (``Dimension.role``) layers only the customers holding it:
 the recompute keeps only their rows of ``stage_select``, and a kind whose layers depend
@@ -70,6 +79,8 @@ class StageContext:
     cursor: Any
     # A table of the customer ids in scope (``customer_id``) when the dimension is scoped to a role.
     scope_table: str | None = None
+    # Rows wanted in customer order (kinds with IN_CUSTOMER_ORDER; see the contract above).
+    in_customer_order: bool = False
 
     def scope_filter(self, column: str) -> str:
         """``AND <column> IN (customers in scope)``, or nothing when the dimension is unscoped."""

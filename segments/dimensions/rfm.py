@@ -35,6 +35,9 @@ from segments.dimensions.base import DAYS, LayerSpec, StageContext, check_event_
 from segments.rules.validation import RuleIssue
 
 KIND = "rfm"
+# The final join (customers ⋈ scores) merges the customers' primary key with the sorted
+# scores when hash joins are off, so the rows come out in customer order (base.py).
+IN_CUSTOMER_ORDER = True
 
 TIERS: list[tuple[str, str, tuple[bool, bool, bool]]] = [
     # key, name, (R high, F high, M high)
@@ -149,6 +152,8 @@ def stage_select(ctx: StageContext) -> tuple[str, list[Any]]:
         CROSS JOIN means mm
         LEFT JOIN scored s ON s.customer_id = c.id
     """
+    if ctx.in_customer_order:
+        sql += "ORDER BY c.id"
     params = [
         event_type_id,
         start,

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext, override_settings
 from django_celery_beat.models import PeriodicTask
 
-from segments.dimensions import expiry
+from segments.dimensions import expiry, kind_module
 from segments.models import (
     Customer,
     CustomerLayer,
@@ -117,6 +117,39 @@ def test_recompute__first_run__one_insert_per_table_and_no_diff(members: dict, g
     assert layers_of("expiry") == {"a": "expiring_soon", "b": "valid", "c": "none"}
     rows = sorted(CustomerTag.objects.filter(tag__family="tier").values_list("customer__external_id", "source"))
     assert rows == [("a", "computed"), ("b", "manual" if held else "computed"), ("c", "computed")]
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["fast-path", "portable-path"])
+@pytest.mark.parametrize("manual", [False, True], ids=["no-manual-row", "a-mover-holds-its-new-tier-tag-by-hand"])
+def test_recompute__nightly_tier_tags__plain_insert_repeated_skipping_held_rows_only_when_a_manual_row_refuses_it(
+    members: dict, growth_user: Any, manual: bool, portable: bool
+) -> None:
+    # Given a first run, and (for the second case) 'b' holding by hand the tier tag of the
+    # layer they move into at T1 ('valid' -> 'expiring_soon')
+    recompute("expiry", portable=portable)
+    if manual:
+        CustomerTag.objects.create(
+            customer=members["b"], tag=Tag.objects.get(code="expiry.expiring_soon"), source="manual",
+            assigned_by=growth_user,
+        )  # fmt: skip
+    # When the next night runs
+    with CaptureQueriesContext(connection) as queries:
+        outcome = recompute("expiry", as_of=T1, portable=portable)
+    # Then the movers' tier tags went in with one plain INSERT, repeated with ON CONFLICT only
+    # when the manual row refused it, and the manual row stayed as it was
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT INTO segments_customertag")]
+    assert ["ON CONFLICT" in sql for sql in inserts] == ([False, True] if manual else [False])
+    assert outcome.changed == 2
+    rows = sorted(
+        CustomerTag.objects.filter(tag__family="tier").values_list(
+            "customer__external_id", "tag__code", "source", "assigned_by"
+        )
+    )
+    assert rows == [
+        ("a", "expiry.expired_recently", "computed", None),
+        ("b", "expiry.expiring_soon", "manual" if manual else "computed", growth_user.pk if manual else None),
+        ("c", "expiry.none", "computed", None),
+    ]
 
 
 def test_recompute__first_run_from_a_stage_in_any_order__rows_written_in_customer_order(
@@ -250,6 +283,114 @@ def test_recompute__nightly_postgres__check_folded_into_the_diff_and_a_violation
     assert (mece["ok"], mece["duplicates"], mece["unplaced"]) == (False, 1, 1)
     assert {k: v for k, v in layers_of("expiry").items() if k != "d"} == before
     assert not CustomerLayer.objects.filter(customer__external_id="d").exists()
+
+
+def _rfm_state() -> dict[str, Any]:
+    """Everything a nightly RFM run writes, by customer."""
+    return {
+        "layers": sorted(
+            CustomerLayer.objects.filter(dimension__key="rfm").values_list(
+                "customer__external_id", "layer__key", "since", "valid_until"
+            )
+        ),
+        "history": sorted(
+            LayerHistory.objects.filter(dimension__key="rfm").values_list(
+                "customer__external_id", "layer__key", "entered_at", "left_at"
+            )
+        ),
+        "tags": sorted(
+            CustomerTag.objects.filter(tag__code__startswith="rfm.").values_list(
+                "customer__external_id", "tag__code", "source"
+            )
+        ),
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("fault", [None, "twice-and-one-lost"])
+def test_recompute__nightly_postgres_rfm__current_rows_read_once_by_the_stage_same_result_as_portable(
+    world: World, growth_user: Any, monkeypatch: pytest.MonkeyPatch, fault: str | None
+) -> None:
+    # Given RFM placed for eight customers (one with no order, one holding a tier tag by hand),
+    # then orders that change the scores and a new customer
+    customers = {name: world.customer(name) for name in "abcdefgh"}
+    for i, name in enumerate("abcdefg"):
+        world.orders(customers[name], [5 + i * 7] * (1 + i % 3), str(20 + 15 * i))
+    recompute("rfm")
+    CustomerTag.objects.create(
+        customer=customers["h"], tag=Tag.objects.get(code="rfm.general_value"), source="manual", assigned_by=growth_user
+    )
+    world.orders(customers["g"], [-3, -4, -5], "400")
+    world.orders(customers["a"], [-2], "5")
+    world.orders(world.customer("n"), [-1], "50")
+    before = _rfm_state()
+    if fault == "twice-and-one-lost":
+        rfm = Dimension.objects.get(key="rfm")
+        real_select = kind_module(rfm.kind).stage_select
+
+        def faulty_select(ctx: Any) -> tuple[str, list]:
+            # As many rows as customers, but 'a' twice and 'c' (placed) missing
+            sql, params = real_select(ctx)
+            return (
+                f"SELECT * FROM ({sql}) x WHERE x.customer_id <> %s UNION ALL SELECT * FROM ({sql}) y "
+                "WHERE y.customer_id = %s",
+                [*params, customers["c"].pk, *params, customers["a"].pk],
+            )
+
+        monkeypatch.setattr(kind_module(rfm.kind), "stage_select", faulty_select)
+
+    # When the next night runs on the fast path, and again from the same state on the portable one
+    savepoint = transaction.savepoint()
+    with CaptureQueriesContext(connection) as queries:
+        fast = dimension_recompute(dimension_id=Dimension.objects.get(key="rfm").pk, as_of=T1)
+    fast_state = _rfm_state()
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW enable_hashjoin")
+        hash_joins_after = cursor.fetchone()[0]
+    transaction.savepoint_rollback(savepoint)
+    portable = dimension_recompute(dimension_id=Dimension.objects.get(key="rfm").pk, as_of=T1, portable=True)
+
+    # Then the current rows were read once, by the stage statement (merged in customer order,
+    # hash joins off for it alone), the changes filtered from the stage, no pre-check aggregated it
+    sqls = [q["sql"] for q in queries.captured_queries]
+    stage = next(i for i, sql in enumerate(sqls) if "CREATE TEMP TABLE segments_stage_layer" in sql)
+    assert "segments_customerlayer" in sqls[stage] and "ORDER BY c.id" in sqls[stage]
+    assert sqls[stage - 1] == "SET LOCAL enable_hashjoin = off" and hash_joins_after == "on"
+    changes = [sql for sql in sqls if "CREATE TEMP TABLE segments_stage_changes" in sql]
+    assert len(changes) == 1 and all("segments_customerlayer" not in sql for sql in changes)
+    prechecks = [sql for sql in sqls if "COUNT(*) AS n" in sql]
+    if fault:
+        # and the violation is reported as one (only the lost row can tell), nothing changed
+        assert fast.status == portable.status == "failed" and "MECE violation" in fast.error
+        mece = RecomputeRun.objects.get(pk=portable.run_id).details["mece"]
+        assert (mece["ok"], mece["duplicates"], mece["unplaced"]) == (False, 1, 1)
+        assert fast_state == before == _rfm_state() and len(prechecks) == 1
+        return
+    # and both paths wrote the same rows, transitions and statistics; the manual tag stayed
+    assert fast.status == portable.status == "succeeded" and prechecks == []
+    assert fast.changed == portable.changed >= 3
+    assert fast_state == _rfm_state() != before
+    assert ("h", "rfm.general_value", "manual") in fast_state["tags"]
+    for key in ("transitions", "layer_sizes", "stats", "mece"):
+        assert fast.details[key] == portable.details[key]
+
+
+@pytest.mark.postgres
+def test_recompute__nightly_postgres_kind_not_in_customer_order__stage_alone_then_a_full_join_diff(
+    members: dict,
+) -> None:
+    # Given expiry (no IN_CUSTOMER_ORDER: its stage statement runs in parallel, a FULL JOIN in it would not)
+    recompute("expiry")
+    # When the next night runs
+    with CaptureQueriesContext(connection) as queries:
+        outcome = recompute("expiry", as_of=T1)
+    # Then the stage is the kind's statement alone, the diff joins the current rows, hash joins stay on
+    sqls = [q["sql"] for q in queries.captured_queries]
+    stage = next(sql for sql in sqls if "CREATE TEMP TABLE segments_stage_layer" in sql)
+    changes = next(sql for sql in sqls if "CREATE TEMP TABLE segments_stage_changes" in sql)
+    assert "segments_customerlayer" not in stage and "FULL JOIN" in changes and "segments_customerlayer" in changes
+    assert "SET LOCAL enable_hashjoin = off" not in sqls[: sqls.index(stage)]
+    assert outcome.changed == 2 and layers_of("expiry") == {"a": "expired_recently", "b": "expiring_soon", "c": "none"}
 
 
 def test_recompute__first_run_with_history_left_open__closes_it_and_places_everyone(members: dict) -> None:
