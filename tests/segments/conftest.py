@@ -13,7 +13,18 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from segments.models import Customer, CustomerLayer, Dimension, Event, EventType, Layer, Membership, Tag
+from segments.models import (
+    Customer,
+    CustomerLayer,
+    CustomerTag,
+    Dimension,
+    Event,
+    EventType,
+    Layer,
+    LayerHistory,
+    Membership,
+    Tag,
+)
 from segments.services.recompute import RecomputeOutcome, dimension_recompute
 
 AS_OF = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
@@ -102,6 +113,26 @@ def recompute(key: str, *, as_of: dt.datetime = AS_OF, **kwargs: Any) -> Recompu
 def layers_of(key: str) -> dict[str, str]:
     """``{external_id: layer key}`` for a dimension."""
     return dict(CustomerLayer.objects.filter(dimension__key=key).values_list("customer__external_id", "layer__key"))
+
+
+def dimension_state(key: str, **tag_filter: Any) -> dict[str, Any]:
+    """Everything a nightly run of dimension ``key`` writes, by customer: memberships, history,
+    and the tags matched by ``tag_filter`` (a ``CustomerTag`` filter, e.g. its tier family)."""
+    return {
+        "layers": sorted(
+            CustomerLayer.objects.filter(dimension__key=key).values_list(
+                "customer__external_id", "layer__key", "since", "valid_until"
+            )
+        ),
+        "history": sorted(
+            LayerHistory.objects.filter(dimension__key=key).values_list(
+                "customer__external_id", "layer__key", "entered_at", "left_at"
+            )
+        ),
+        "tags": sorted(
+            CustomerTag.objects.filter(**tag_filter).values_list("customer__external_id", "tag__code", "source")
+        ),
+    }
 
 
 def layer_id(qualified: str) -> int:

@@ -9,29 +9,15 @@ import pytest
 from django.db import connection
 
 from bench import segments as bench
-from segments.models import CustomerLayer, CustomerTag, Dimension, LayerHistory
-from tests.segments.conftest import AS_OF, DAY, World, layers_of, recompute
+from segments.models import CustomerTag, Dimension
+from tests.segments.conftest import AS_OF, DAY, World, dimension_state, layers_of, recompute
 
 T1 = AS_OF + 10 * DAY
 
 
 def _state() -> dict[str, Any]:
     """Everything a nightly run of the expiry dimension reads or writes, by customer."""
-    return {
-        "layers": sorted(
-            CustomerLayer.objects.filter(dimension__key="expiry").values_list(
-                "customer__external_id", "layer__key", "since", "valid_until"
-            )
-        ),
-        "history": sorted(
-            LayerHistory.objects.filter(dimension__key="expiry").values_list(
-                "customer__external_id", "layer__key", "entered_at", "left_at"
-            )
-        ),
-        "tags": sorted(
-            CustomerTag.objects.filter(tag__family="tier").values_list("customer__external_id", "tag__code", "source")
-        ),
-    }
+    return dimension_state("expiry", tag__family="tier")
 
 
 @pytest.mark.postgres

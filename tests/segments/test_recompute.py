@@ -31,7 +31,7 @@ from segments.services import materialize
 from segments.services.recompute import dimension_recompute, recompute_all, segment_recompute
 from segments.services.segments import segment_create
 from segments.tasks import recompute_dimension, recompute_segment
-from tests.segments.conftest import AS_OF, DAY, World, layers_of, recompute
+from tests.segments.conftest import AS_OF, DAY, World, dimension_state, layers_of, recompute
 
 pytestmark = pytest.mark.django_db
 
@@ -287,23 +287,7 @@ def test_recompute__nightly_postgres__check_folded_into_the_diff_and_a_violation
 
 def _rfm_state() -> dict[str, Any]:
     """Everything a nightly RFM run writes, by customer."""
-    return {
-        "layers": sorted(
-            CustomerLayer.objects.filter(dimension__key="rfm").values_list(
-                "customer__external_id", "layer__key", "since", "valid_until"
-            )
-        ),
-        "history": sorted(
-            LayerHistory.objects.filter(dimension__key="rfm").values_list(
-                "customer__external_id", "layer__key", "entered_at", "left_at"
-            )
-        ),
-        "tags": sorted(
-            CustomerTag.objects.filter(tag__code__startswith="rfm.").values_list(
-                "customer__external_id", "tag__code", "source"
-            )
-        ),
-    }
+    return dimension_state("rfm", tag__code__startswith="rfm.")
 
 
 @pytest.mark.postgres
