@@ -279,13 +279,12 @@ def main() -> None:
             counter = RoundTrips(database, bouncer_port) if args.statements else None
             if counter is not None:
                 counter.reset()
-            bouncer_cpu = _pgbouncer_cpu_seconds() if bouncer_port is not None else None
             cpu_before = _cpu_by_part(worker, redis)
             send = run_send(campaign, args.customers, timeout=args.timeout)
             cpu_after = _cpu_by_part(worker, redis)
             send["cpu_seconds"] = {part: round(cpu_after[part] - cpu_before.get(part, 0.0), 2) for part in cpu_after}
-            if bouncer_cpu is not None:
-                send["pgbouncer_cpu_seconds"] = round(_pgbouncer_cpu_seconds() - bouncer_cpu, 2)
+            if bouncer_port is not None:  # the key earlier results carry
+                send["pgbouncer_cpu_seconds"] = send["cpu_seconds"]["pgbouncer"]
             round_trips = counter.collect(args.customers) if counter is not None else None
             keys = set(Delivery.objects.filter(campaign=campaign, status="sent").values_list("key", flat=True))
             received = smtp.unique
@@ -611,16 +610,6 @@ def _cpu_by_part(worker: Any, redis: Any) -> dict[str, float]:
     stat = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     parts["machine_busy"] = (sum(stat) - stat[3] - stat[4]) / os.sysconf("SC_CLK_TCK")
     return parts
-
-
-def _pgbouncer_cpu_seconds() -> float:
-    """PgBouncer's own CPU time so far (user + system, /proc): what its hop costs the machine."""
-    env = {**os.environ, "PG_PORT": str(PG_PORT)}
-    script = str(ROOT / "scripts" / "services.sh")
-    datadir = subprocess.run([script, "pg-datadir"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    pid = (Path(datadir.stdout.strip()).parent / "pgbouncer" / "pgbouncer.pid").read_text().strip()
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pgbouncer_start() -> int:
