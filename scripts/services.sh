@@ -158,7 +158,7 @@ pgbouncer_start() {
   echo '"growth" "growth"' > "$BOUNCER_DIR/userlist.txt"
   cat > "$BOUNCER_DIR/pgbouncer.ini" <<INI
 [databases]
-* = $(pgbouncer_server)
+* = $(pgbouncer_server) connect_query='SELECT campaigns_delivery_prepare_mark()'
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -185,13 +185,19 @@ INI
       >/dev/null 2>&1; then
     echo "PgBouncer on 127.0.0.1:$PGBOUNCER_PORT"; return
   fi
+  # A port someone else listens on (another helper's PostgreSQL, with the same password) would
+  # answer a "SELECT 1": only PgBouncer's admin console proves it is ours.
+  if PGPASSWORD=growth "$PG_BIN/psql" -h 127.0.0.1 -p "$PGBOUNCER_PORT" -U growth -d growth -tAc "SELECT 1" \
+      >/dev/null 2>&1; then
+    echo "port $PGBOUNCER_PORT is taken by another server (set PGBOUNCER_PORT)" >&2; exit 1
+  fi
   as_pg "$bin" -d -q "$BOUNCER_DIR/pgbouncer.ini"
   for _ in $(seq 50); do
-    PGPASSWORD=growth "$PG_BIN/psql" -h 127.0.0.1 -p "$PGBOUNCER_PORT" -U growth -d growth -tAc "SELECT 1" \
-      >/dev/null 2>&1 && break
+    PGPASSWORD=growth "$PG_BIN/psql" -h 127.0.0.1 -p "$PGBOUNCER_PORT" -U growth -d pgbouncer -tAc "SHOW VERSION" \
+      >/dev/null 2>&1 && { echo "PgBouncer on 127.0.0.1:$PGBOUNCER_PORT"; return; }
     sleep 0.1
   done
-  echo "PgBouncer on 127.0.0.1:$PGBOUNCER_PORT"
+  echo "PgBouncer did not start on 127.0.0.1:$PGBOUNCER_PORT (see $BOUNCER_DIR/pgbouncer.log)" >&2; exit 1
 }
 
 pgbouncer_stop() {

@@ -4,6 +4,8 @@ connection, so nothing may rely on session state."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import time
 from collections.abc import Iterator
@@ -13,12 +15,14 @@ from django.db import connection
 from django.db.models import Count
 
 from campaigns.models import AudienceBatch, Campaign, Delivery
-from campaigns.services import lifecycle
+from campaigns.services import delivery, lifecycle
 from campaigns.services.delivery import claim_token
 from campaigns.tasks import campaigns_tick
 from tests.campaigns.builders import campaign, customers, run_broadcast, send_pending
 from tests.campaigns.peers import database_url
 from tests.pgservers import default_connection_on, pgbouncer_port, pgbouncer_release, warm_pool
+
+prepare_mark_migration = importlib.import_module("campaigns.migrations.0009_delivery_prepare_mark_function")
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -29,7 +33,9 @@ def bouncer(settings) -> Iterator[int]:  # type: ignore[no-untyped-def]
     port = pgbouncer_port(db)
     warm_pool(db, port=port)
     settings.DATABASE_TRANSACTION_POOLING = True
+    delivery._POOLED_EXECUTE["off_until"] = 0.0
     yield port
+    delivery._POOLED_EXECUTE["off_until"] = 0.0
     pgbouncer_release(db, port=port)
 
 
@@ -83,42 +89,89 @@ def test_worker__database_behind_pgbouncer__campaign_sent_once(  # type: ignore[
     assert "asynchronously failed" not in worker.log()
 
 
-def _mark_function_calls() -> int:
+def _function_calls(name: str) -> int:
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = 'campaigns_delivery_mark_sent'"
-        )
+        cursor.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = %s", [name])
         return int(cursor.fetchone()[0])
 
 
-def test_deliveries_send__behind_transaction_pooling__marks_through_the_plan_cached_function(  # type: ignore[no-untyped-def]
-    bouncer, no_caps, smtp_sink
-) -> None:
-    # Given the server counting PL/pgSQL calls in new sessions, and PgBouncer's server
-    # connections opened afresh (they take the setting)
+@contextlib.contextmanager
+def _functions_counted(port: int) -> Iterator[None]:
+    """The server counts PL/pgSQL calls in the test database's new sessions; PgBouncer's
+    server connections are opened afresh on entry (they take the setting) and closed on exit
+    (their counts are reported when their sessions end)."""
     db = dict(connection.settings_dict)
     with connection.cursor() as cursor:
         cursor.execute(f"ALTER DATABASE \"{db['NAME']}\" SET track_functions = 'pl'")
     try:
-        pgbouncer_release(db, port=bouncer)
-        before = _mark_function_calls()
-        with default_connection_on(bouncer):
-            customers(12)
-            row = campaign(key="pooled-function")
-            run_broadcast(row)
-            # When they are sent through PgBouncer
-            report = send_pending(row)
-        # Then each acceptance was recorded by the function (counted once its sessions end)
-        pgbouncer_release(db, port=bouncer)
-        deadline = time.monotonic() + 10
-        while _mark_function_calls() - before < 12 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        pgbouncer_release(db, port=port)
+        yield
+        pgbouncer_release(db, port=port)
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f'ALTER DATABASE "{db["NAME"]}" RESET track_functions')
+
+
+def _counted(name: str, at_least: int, before: int) -> int:
+    deadline = time.monotonic() + 10
+    while (calls := _function_calls(name) - before) < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return calls
+
+
+def test_deliveries_send__behind_transaction_pooling__marks_by_the_statement_pgbouncer_prepared(  # type: ignore[no-untyped-def]
+    bouncer, no_caps, smtp_sink, caplog
+) -> None:
+    # Given PgBouncer's connect_query (scripts/services.sh) preparing the mark on each server
+    # connection it opens
+    before_mark, before_prepare = (
+        _function_calls("campaigns_delivery_mark_sent"),
+        _function_calls("campaigns_delivery_prepare_mark"),
+    )
+    with _functions_counted(bouncer):
+        with default_connection_on(bouncer):
+            customers(12)
+            row = campaign(key="pooled-execute")
+            run_broadcast(row)
+            # When 12 emails are sent through it
+            with caplog.at_level(logging.WARNING, logger="campaigns.services.delivery"):
+                report = send_pending(row)
+    # Then each acceptance is recorded by EXECUTE of that statement: the server connections
+    # prepared it, no mark went through the fallback function, none was recorded synchronously
     assert report.sent == 12 and len(smtp_sink.unique) == 12
     assert Delivery.objects.filter(campaign=row, status="sent").count() == 12
-    assert _mark_function_calls() - before == 12
+    assert _counted("campaigns_delivery_prepare_mark", 1, before_prepare) >= 1
+    assert _function_calls("campaigns_delivery_mark_sent") - before_mark == 0
+    assert not [r for r in caplog.records if "asynchronously failed" in r.getMessage()]
+
+
+def test_deliveries_send__pgbouncer_without_the_connect_query__first_mark_synchronous_then_the_function(  # type: ignore[no-untyped-def]
+    bouncer, no_caps, smtp_sink, caplog
+) -> None:
+    # Given server connections that lack the prepared mark (PgBouncer configured without the
+    # connect_query: here the function it calls is gone, so its call fails and is ignored)
+    with connection.cursor() as cursor:
+        cursor.execute("DROP FUNCTION campaigns_delivery_prepare_mark()")
+    before = _function_calls("campaigns_delivery_mark_sent")
+    try:
+        with _functions_counted(bouncer):
+            with default_connection_on(bouncer):
+                customers(12)
+                row = campaign(key="pooled-no-statement")
+                run_broadcast(row)
+                # When 12 emails are sent through it
+                with caplog.at_level(logging.WARNING, logger="campaigns.services.delivery"):
+                    report = send_pending(row)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(prepare_mark_migration.FUNCTION)
+    # Then every message is sent and recorded once: the first mark's EXECUTE failed and was
+    # recorded synchronously, and this process sent the other 11 as the function call
+    assert report.sent == 12 and smtp_sink.total == 12 and len(smtp_sink.unique) == 12
+    assert Delivery.objects.filter(campaign=row, status="sent").count() == 12
+    fallbacks = [r.getMessage() for r in caplog.records if "asynchronously failed" in r.getMessage()]
+    assert len(fallbacks) == 1, fallbacks
+    assert _counted("campaigns_delivery_mark_sent", 11, before) == 11
 
 
 def test_mark_sent_function__claims_of_this_worker_or_pending__marked_others_untouched(  # type: ignore[no-untyped-def]
