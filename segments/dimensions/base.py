@@ -20,7 +20,8 @@ A kind module exposes:
   customer order at no cost when hash joins are off (the customers' primary key merged with
   per-customer aggregates). When ``ctx.in_customer_order`` is set the statement must end with
   ``ORDER BY`` the customer id; a nightly run on PostgreSQL then merges the rows with the
-  dimension's current rows (materialize.dimension_write).
+  dimension's current rows, and a first run (unscoped) takes them in that order instead of
+  sorting its stage (materialize.dimension_write).
 
 A dimension scoped to a role (``Dimension.role``) layers only the customers holding it:
 the recompute keeps only their rows of ``stage_select``, and a kind whose layers depend

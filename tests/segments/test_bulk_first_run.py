@@ -20,7 +20,7 @@ from segments.dimensions import expiry
 from segments.models import CustomerLayer, CustomerTag, Dimension, LayerHistory, RecomputeRun
 from segments.services import materialize
 from segments.services.recompute import dimension_recompute
-from tests.segments.conftest import AS_OF, DAY, World, layers_of, recompute
+from tests.segments.conftest import AS_OF, DAY, World, layers_of, plan_nodes, recompute, statement_plans
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -206,6 +206,58 @@ def test_first_run__tables_hold_another_dimensions_rows__indexed_path(customers:
     )
     assert catalog() == before
     assert len(layers_of("lifecycle")) == 30
+
+
+def _forget(key: str) -> None:
+    """Delete a dimension's rows and runs, so that its next run is a first run again."""
+    dimension = Dimension.objects.get(key=key)
+    CustomerLayer.objects.filter(dimension=dimension).delete()
+    LayerHistory.objects.filter(dimension=dimension).delete()
+    CustomerTag.objects.filter(tag__layer__dimension=dimension).delete()
+    RecomputeRun.objects.filter(target=f"dimension:{key}").delete()
+
+
+@pytest.mark.parametrize("install", ["new", "populated"])
+def test_first_run__kind_in_customer_order__stage_merged_in_that_order_not_sorted(
+    customers: World, install: str
+) -> None:
+    # Given customers with and without orders in RFM's window; on a populated install another
+    # dimension's rows are in the three tables already
+    for i, customer in enumerate(customers.customer(f"o{i:02d}") for i in range(12)):
+        customers.orders(customer, [3 + i, 20 + 2 * i][: 1 + i % 2], f"{15 + 10 * i}.00")
+    truncate()
+    if install == "populated":
+        recompute("expiry")
+    portable = recompute("rfm", portable=True)
+    expected = rows()
+    _forget("rfm")
+
+    # When RFM (IN_CUSTOMER_ORDER) runs for the first time
+    with (
+        CaptureQueriesContext(connection) as queries,
+        statement_plans(lambda sql: sql.startswith("CREATE TEMP TABLE segments_stage_layer")) as plans,
+    ):
+        outcome = recompute("rfm")
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW enable_hashjoin")
+        hash_joins_after = cursor.fetchone()[0]
+
+    # Then its stage statement asked the kind for its rows in customer order, with hash joins
+    # off for that statement alone, and no sort of the whole stage above the join
+    sqls = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith("EXPLAIN")]
+    stage = next(i for i, sql in enumerate(sqls) if sql.startswith("CREATE TEMP TABLE segments_stage_layer"))
+    assert "ORDER BY c.id" in sqls[stage] and "segments_customerlayer" not in sqls[stage]
+    assert sqls[stage - 1] == "SET LOCAL enable_hashjoin = off" and hash_joins_after == "on"
+    ((_, plan),) = plans
+    nodes = list(plan_nodes(plan))
+    assert not any(n["Node Type"] == "Hash Join" for n in nodes)
+    top = plan
+    while "Join" not in top["Node Type"] and top["Node Type"] != "Nested Loop":
+        assert top["Node Type"] not in ("Sort", "Incremental Sort"), top
+        top = top["Plans"][0]
+    # and it wrote the rows the portable path writes
+    assert outcome.status == "succeeded" and outcome.details["layer_sizes"] == portable.details["layer_sizes"]
+    assert rows() == expected and len(layers_of("rfm")) == 42
 
 
 @pytest.fixture
