@@ -9,6 +9,7 @@ import importlib
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -119,6 +120,17 @@ def _counted(name: str, at_least: int, before: int) -> int:
     return calls
 
 
+def _send_twelve(port: int, key: str, caplog: pytest.LogCaptureFixture) -> tuple[Campaign, Any]:
+    """12 emails decided and sent through PgBouncer on fresh server connections that count
+    PL/pgSQL calls, the delivery module's warnings captured."""
+    with _functions_counted(port), default_connection_on(port):
+        customers(12)
+        row = campaign(key=key)
+        run_broadcast(row)
+        with caplog.at_level(logging.WARNING, logger="campaigns.services.delivery"):
+            return row, send_pending(row)
+
+
 def test_deliveries_send__behind_transaction_pooling__marks_by_the_statement_pgbouncer_prepared(  # type: ignore[no-untyped-def]
     bouncer, no_caps, smtp_sink, caplog
 ) -> None:
@@ -128,14 +140,8 @@ def test_deliveries_send__behind_transaction_pooling__marks_by_the_statement_pgb
         _function_calls("campaigns_delivery_mark_sent"),
         _function_calls("campaigns_delivery_prepare_mark"),
     )
-    with _functions_counted(bouncer):
-        with default_connection_on(bouncer):
-            customers(12)
-            row = campaign(key="pooled-execute")
-            run_broadcast(row)
-            # When 12 emails are sent through it
-            with caplog.at_level(logging.WARNING, logger="campaigns.services.delivery"):
-                report = send_pending(row)
+    # When 12 emails are sent through it
+    row, report = _send_twelve(bouncer, "pooled-execute", caplog)
     # Then each acceptance is recorded by EXECUTE of that statement: the server connections
     # prepared it, no mark went through the fallback function, none was recorded synchronously
     assert report.sent == 12 and len(smtp_sink.unique) == 12
@@ -154,14 +160,8 @@ def test_deliveries_send__pgbouncer_without_the_connect_query__first_mark_synchr
         cursor.execute("DROP FUNCTION campaigns_delivery_prepare_mark()")
     before = _function_calls("campaigns_delivery_mark_sent")
     try:
-        with _functions_counted(bouncer):
-            with default_connection_on(bouncer):
-                customers(12)
-                row = campaign(key="pooled-no-statement")
-                run_broadcast(row)
-                # When 12 emails are sent through it
-                with caplog.at_level(logging.WARNING, logger="campaigns.services.delivery"):
-                    report = send_pending(row)
+        # When 12 emails are sent through it
+        row, report = _send_twelve(bouncer, "pooled-no-statement", caplog)
     finally:
         with connection.cursor() as cursor:
             cursor.execute(prepare_mark_migration.FUNCTION)
