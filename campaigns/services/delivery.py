@@ -355,18 +355,14 @@ class _SentMarks:
         from psycopg import pq
 
         try:
+            values = [(p.isoformat() if isinstance(p, dt.datetime) else str(p)).encode() for p in params]
             if _transaction_pooled() and time.monotonic() >= _POOLED_EXECUTE["off_until"]:
                 # PgBouncer's connect_query prepared the mark on every server connection
                 # (migration campaigns 0009, README "PgBouncer"): one simple-protocol EXECUTE.
                 escaping = pq.Escaping(pgconn)
-                values = [p.isoformat() if isinstance(p, dt.datetime) else str(p) for p in params]
-                literals = b", ".join(escaping.escape_literal(v.encode()) for v in values)
+                literals = b", ".join(escaping.escape_literal(v) for v in values)
                 pgconn.send_query(b"EXECUTE " + _MARK_SENT_POOLED + b"(" + literals + b")")
-                while pgconn.flush():
-                    select.select([], [pgconn.socket], [], 1.0)
-                self.pending = (pgconn, key, params)
-                return
-            if _transaction_pooled():
+            elif _transaction_pooled():
                 # Behind PgBouncer (transaction pooling, before 1.21's protocol-level support) a
                 # statement prepared by name lives on ONE server connection, and the next
                 # autocommit statement may run on another: "prepared statement … does not
@@ -377,19 +373,14 @@ class _SentMarks:
                 # It calls the mark's PL/pgSQL function: an unnamed UPDATE would be parsed,
                 # analysed and planned again for every message, where the function's UPDATE
                 # is planned once per server backend (bench/delivery.py --round-trips).
-                values = [p.isoformat() if isinstance(p, dt.datetime) else str(p) for p in params]
-                pgconn.send_query_params(_MARK_SENT_CALL, [v.encode() for v in values])
-                while pgconn.flush():
-                    select.select([], [pgconn.socket], [], 1.0)
-                self.pending = (pgconn, key, params)
-                return
-            if pgconn not in _PREPARED:  # once per connection, kept across tasks
-                result = pgconn.prepare(_MARK_SENT_NAME, _MARK_SENT_NUMBERED.encode())
-                if result.status != pq.ExecStatus.COMMAND_OK:
-                    raise DatabaseError(result.error_message.decode(errors="replace"))
-                _PREPARED[pgconn] = True
-            values = [p.isoformat() if isinstance(p, dt.datetime) else str(p) for p in params]
-            pgconn.send_query_prepared(_MARK_SENT_NAME, [v.encode() for v in values])
+                pgconn.send_query_params(_MARK_SENT_CALL, values)
+            else:
+                if pgconn not in _PREPARED:  # once per connection, kept across tasks
+                    result = pgconn.prepare(_MARK_SENT_NAME, _MARK_SENT_NUMBERED.encode())
+                    if result.status != pq.ExecStatus.COMMAND_OK:
+                        raise DatabaseError(result.error_message.decode(errors="replace"))
+                    _PREPARED[pgconn] = True
+                pgconn.send_query_prepared(_MARK_SENT_NAME, values)
             while pgconn.flush():  # the whole statement is in the kernel before we go on
                 select.select([], [pgconn.socket], [], 1.0)
         except Exception as exc:  # noqa: BLE001 - recovered synchronously below
