@@ -1,8 +1,10 @@
 """A first run into empty tables loads them bare and builds their indexes afterwards
-(PostgreSQL; segments.services.materialize, "a first run's bulk load").
+(PostgreSQL; segments.services.materialize, "a first run's bulk load"): tier tags in place;
+memberships and history, partitioned by dimension (migration 0016), into a new partition of
+the dimension's own, attached after its indexes are built.
 
-Transactional tests: the three tables start each test TRUNCATEd (an empty heap, as on a new
-install), and another connection can hold a lock on them.
+Transactional tests: the three tables start each test TRUNCATEd and without any dimension's
+partition (an empty heap, as on a new install), and another connection can hold a lock on them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,40 @@ from tests.segments.conftest import AS_OF, DAY, World, layers_of, plan_nodes, re
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
 TABLES = [m._meta.db_table for m in (CustomerLayer, LayerHistory, CustomerTag)]
+PARTITIONED = TABLES[:2]
 BUILDS = ("write_indexes", "history_indexes", "tags_indexes")
+
+
+def partitions(table: str) -> dict[str, str]:
+    """``table``'s partitions: name -> bound."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+            [table],
+        )
+        return dict(cursor.fetchall())
+
+
+def partition_catalog(name: str) -> list[tuple[Any, ...]]:
+    """A partition's indexes, each with the parent index it is attached to (definition without
+    the index's own name), and its constraints."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT p.relname, regexp_replace(pg_get_indexdef(x.indexrelid), '^(CREATE (UNIQUE )?INDEX) \\S+ ON \\S+', "
+            "'\\1 ON'), c.contype FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+            "LEFT JOIN pg_inherits h ON h.inhrelid = x.indexrelid LEFT JOIN pg_class p ON p.oid = h.inhparent "
+            "LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid "
+            "WHERE x.indrelid = %s::regclass ORDER BY 1",
+            [name],
+        )
+        indexes = cursor.fetchall()
+        cursor.execute(
+            "SELECT contype, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass "
+            "AND contype NOT IN ('p', 'u') ORDER BY 1, 2",
+            [name],
+        )
+        return indexes + cursor.fetchall()
 
 
 def catalog() -> dict[str, list[tuple[Any, ...]]]:
@@ -67,6 +102,10 @@ def rows() -> dict[str, list[tuple[Any, ...]]]:
 def truncate() -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {', '.join(TABLES)}")
+        for table in PARTITIONED:
+            for name, bound in partitions(table).items():
+                if bound != "DEFAULT":
+                    cursor.execute(f"DROP TABLE {name}")
 
 
 @pytest.fixture
@@ -87,19 +126,37 @@ def test_first_run__empty_tables__loaded_bare_and_indexes_rebuilt_identical(cust
     with CaptureQueriesContext(connection) as queries:
         outcome = recompute("expiry")
 
-    # Then each table was loaded bare and its indexes built afterwards (the run says so) ...
+    # Then each table was loaded bare and its indexes built afterwards (the run says so):
+    # tier tags in place, memberships and history into a partition of the dimension's own ...
     assert outcome.status == "succeeded"
     timings = RecomputeRun.objects.get(pk=outcome.run_id).details["timings_ms"]
     assert set(BUILDS) <= set(timings)
     statements = [q["sql"] for q in queries.captured_queries]
-    for name in TABLES:
-        assert f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE NOWAIT" in statements
-        inserted = next(i for i, s in enumerate(statements) if s.startswith(f"INSERT INTO {name} "))
-        assert any(s.startswith("DROP INDEX") or f"ALTER TABLE {name} DROP" in s for s in statements[:inserted])
-        assert any(s.startswith("CREATE") and f" ON public.{name} " in s for s in statements[inserted:])
-    # ... with every index, constraint name, type and deferrability as before
+    tags = TABLES[2]
+    assert f"LOCK TABLE {tags} IN ACCESS EXCLUSIVE MODE NOWAIT" in statements
+    inserted = next(i for i, s in enumerate(statements) if s.startswith(f"INSERT INTO {tags} "))
+    assert any(s.startswith("DROP INDEX") or f"ALTER TABLE {tags} DROP" in s for s in statements[:inserted])
+    assert any(s.startswith("CREATE") and f" ON public.{tags} " in s for s in statements[inserted:])
+    dimension = Dimension.objects.get(key="expiry").pk
+    for name in PARTITIONED:
+        own = f"{name}_d{dimension}"
+        created = statements.index(f"CREATE TABLE {own} (LIKE {name} INCLUDING DEFAULTS)")
+        inserted = next(i for i, s in enumerate(statements) if s.startswith(f"INSERT INTO {own} "))
+        attached = statements.index(f"ALTER TABLE {name} ATTACH PARTITION {own} FOR VALUES IN ({dimension})")
+        assert created < inserted < attached
+        assert any(s.startswith("CREATE") and f" ON {own} " in s for s in statements[inserted:attached])
+        assert not any(s.startswith(f"INSERT INTO {name} ") for s in statements)
+        # attached with an index for each of the parent's, as PostgreSQL would have made it
+        assert partitions(name)[own] == f"FOR VALUES IN ('{dimension}')"
+        assert [row[:1] + row[1:] for row in partition_catalog(own)] == [
+            row for row in partition_catalog(f"{name}_default")
+        ]
+    # ... with every index, constraint name, type and deferrability of the tables as before
     assert catalog() == before
     assert layers_of("expiry") == {f"c{i:02d}": ("none", "expiring_soon", "valid")[i % 3] for i in range(30)}
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {PARTITIONED[0]}_d{dimension}")
+        assert cursor.fetchone()[0] == 30
 
 
 def test_first_run__bulk_and_indexed_paths__write_the_same_rows(customers: World) -> None:
@@ -141,9 +198,10 @@ def test_first_run__customer_staged_twice__refused_with_the_mece_report_and_cata
     # Then the unique index, built after the bare load, refused it: the run is refused with
     # the MECE report, nothing is written and the catalog is as before
     statements = [q["sql"] for q in queries.captured_queries]
-    assert any("DROP CONSTRAINT" in s and "customer_layer_unique" in s for s in statements)
-    assert any(s.startswith("CREATE UNIQUE INDEX customer_layer_unique") for s in statements)
+    own = f"{PARTITIONED[0]}_d{Dimension.objects.get(key='expiry').pk}"
+    assert any(s.startswith(f'CREATE UNIQUE INDEX "{own}_customer_layer_unique"') for s in statements)
     assert outcome.status == "failed" and "MECE violation" in outcome.error
+    assert set(partitions(PARTITIONED[0])) == {f"{PARTITIONED[0]}_default"}  # rolled back with the rest
     mece = RecomputeRun.objects.get(pk=outcome.run_id).details["mece"]
     assert (mece["ok"], mece["duplicates"], mece["unplaced"]) == (False, 1, 0)
     assert rows() == {"layers": [], "history": [], "tags": []}
@@ -165,47 +223,79 @@ def reader() -> Iterator[psycopg.Connection]:
     other.close()
 
 
-def test_first_run__table_read_by_an_open_transaction__indexed_path_without_waiting(
+def test_first_run__table_read_by_an_open_transaction__bounded_wait_then_through_the_parent(
     customers: World, reader: psycopg.Connection
 ) -> None:
-    # Given another session in a transaction that read the memberships table (its lock is held)
+    # Given another session in a transaction that read the memberships table (it holds ACCESS
+    # SHARE on every partition, the default one too)
     started = time.monotonic()
 
     # When the first run writes
     outcome = recompute("expiry")
 
-    # Then it writes the memberships through their indexes without waiting for that session
-    # (LOCK … NOWAIT refused), and still bulk-loads the two tables nobody holds
+    # Then it waits for that session at most ATTACH_LOCK_TIMEOUT to attach the memberships'
+    # partition, then copies them through the parent (into the default partition) and says so;
+    # the history's partition (nobody holds that table) is attached, the tier tags bulk-loaded
     assert time.monotonic() - started < 10
     assert outcome.status == "succeeded"
-    timings = RecomputeRun.objects.get(pk=outcome.run_id).details["timings_ms"]
-    assert "write_indexes" not in timings
-    assert {"history_indexes", "tags_indexes"} <= set(timings)
+    run = RecomputeRun.objects.get(pk=outcome.run_id).details
+    expiry = Dimension.objects.get(key="expiry").pk
+    assert run["stats"]["partitions_copied_through_parent"] == [f"{PARTITIONED[0]}_d{expiry}"]
+    assert set(BUILDS) <= set(run["timings_ms"])
+    assert f"{PARTITIONED[0]}_d{expiry}" not in partitions(PARTITIONED[0])
+    assert f"{PARTITIONED[1]}_d{expiry}" in partitions(PARTITIONED[1])
     assert len(layers_of("expiry")) == 30
     # and the session is still in its transaction, unharmed
     assert reader.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-    assert reader.execute(f"SELECT COUNT(*) FROM {CustomerLayer._meta.db_table}").fetchone()[0] == 30
+    assert reader.execute(f"SELECT COUNT(*) FROM {PARTITIONED[0]}_default").fetchone()[0] == 30
 
 
-def test_first_run__tables_hold_another_dimensions_rows__indexed_path(customers: World) -> None:
+def test_first_run__tables_hold_another_dimensions_rows__own_partition_loaded_tags_indexed(
+    customers: World,
+) -> None:
     # Given a new install's first dimension, bulk-loaded
     first = recompute("expiry")
     assert set(BUILDS) <= set(RecomputeRun.objects.get(pk=first.run_id).details["timings_ms"])
     before = catalog()
+    expiry_partition = partition_catalog(f"{PARTITIONED[0]}_d{Dimension.objects.get(key='expiry').pk}")
 
-    # When another dimension runs for the first time (its first run, on populated tables)
+    # When another dimension runs for the first time (a new dimension on a populated install)
     with CaptureQueriesContext(connection) as queries:
         second = recompute("lifecycle")
 
-    # Then its rows go in through the indexes: no index dropped, nothing rebuilt
+    # Then memberships and history are loaded into partitions of its own, and tier tags (a
+    # populated table) go in through their indexes: no index dropped
     assert second.status == "succeeded"
-    assert not set(BUILDS) & set(RecomputeRun.objects.get(pk=second.run_id).details["timings_ms"])
-    assert not any(
-        s.startswith(("DROP INDEX", "CREATE INDEX", "CREATE UNIQUE"))
-        for s in (q["sql"] for q in queries.captured_queries)
-    )
+    timings = RecomputeRun.objects.get(pk=second.run_id).details["timings_ms"]
+    assert {"write_indexes", "history_indexes"} <= set(timings) and "tags_indexes" not in timings
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert not any(s.startswith(("DROP INDEX", "ALTER TABLE segments_customertag DROP")) for s in statements)
+    lifecycle = Dimension.objects.get(key="lifecycle").pk
+    for name in PARTITIONED:
+        assert f"{name}_d{lifecycle}" in partitions(name)
+    # and the other dimension's partition is untouched
+    assert partition_catalog(f"{PARTITIONED[0]}_d{Dimension.objects.get(key='expiry').pk}") == expiry_partition
     assert catalog() == before
-    assert len(layers_of("lifecycle")) == 30
+    assert len(layers_of("lifecycle")) == 30 and len(layers_of("expiry")) == 30
+
+
+def test_first_run__dimension_rows_waiting_in_the_default_partition__indexed_path(customers: World) -> None:
+    # Given a membership row of a dimension written before its first run (no partition of its own:
+    # it lives in the default partition)
+    dimension = Dimension.objects.get(key="expiry")
+    CustomerLayer.objects.create(
+        customer=customers.customer("early"), dimension=dimension, layer=dimension.layers.get(key="none")
+    )
+
+    # When the dimension runs (not a first run: it has a row) and again the next night
+    first = recompute("expiry")
+    later = recompute("expiry", as_of=AS_OF + 10 * DAY)
+
+    # Then everyone is placed through the parent, in the default partition, and no partition
+    # of its own was made for the dimension
+    assert first.status == later.status == "succeeded"
+    assert len(layers_of("expiry")) == 31
+    assert set(partitions(PARTITIONED[0])) == {f"{PARTITIONED[0]}_default"}
 
 
 def _forget(key: str) -> None:
@@ -266,10 +356,10 @@ def later_migration() -> Iterator[None]:
     primary key another table's foreign key points at (kept in place)."""
     statements = [
         "CREATE INDEX bulk20_open_by_layer ON segments_layerhistory (layer_id) WHERE left_at IS NULL",
+        "CREATE INDEX bulk20_manual_by_tag ON segments_customertag (tag_id) WHERE source = 'manual'",
         "ALTER TABLE segments_customertag ADD CONSTRAINT bulk20_tag_source_unique "
         "UNIQUE (customer_id, tag_id, source) DEFERRABLE INITIALLY DEFERRED",
-        "CREATE TABLE bulk20_referrer (id bigint PRIMARY KEY, "
-        "layer_row_id bigint REFERENCES segments_customerlayer (id))",
+        "CREATE TABLE bulk20_referrer (id bigint PRIMARY KEY, tag_row_id bigint REFERENCES segments_customertag (id))",
     ]
     with connection.cursor() as cursor:
         for sql in statements:
@@ -278,6 +368,7 @@ def later_migration() -> Iterator[None]:
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE IF EXISTS bulk20_referrer")
         cursor.execute("DROP INDEX IF EXISTS bulk20_open_by_layer")
+        cursor.execute("DROP INDEX IF EXISTS bulk20_manual_by_tag")
         cursor.execute("ALTER TABLE segments_customertag DROP CONSTRAINT IF EXISTS bulk20_tag_source_unique")
 
 
@@ -291,13 +382,17 @@ def test_first_run__indexes_a_later_migration_adds__rebuilt_from_the_catalog(
     with CaptureQueriesContext(connection) as queries:
         outcome = recompute("expiry")
 
-    # Then they were dropped and rebuilt too (the referenced primary key kept in place), and
-    # the catalog is as before
+    # Then they were dropped and rebuilt too (the referenced primary key kept in place), or
+    # built on the dimension's new partition, and the catalog is as before
     assert outcome.status == "succeeded"
     statements = [q["sql"] for q in queries.captured_queries]
-    assert 'DROP INDEX "bulk20_open_by_layer"' in statements
+    assert 'DROP INDEX "bulk20_manual_by_tag"' in statements
     assert any('DROP CONSTRAINT "bulk20_tag_source_unique"' in s for s in statements)
-    assert not any('DROP CONSTRAINT "segments_customerlayer_pkey"' in s for s in statements)
+    assert not any('DROP CONSTRAINT "segments_customertag_pkey"' in s for s in statements)
+    own = f"segments_layerhistory_d{Dimension.objects.get(key='expiry').pk}"
+    assert ("bulk20_open_by_layer", "CREATE INDEX ON btree (layer_id) WHERE (left_at IS NULL)", None) in [
+        (p, d.replace(" USING ", " "), c) for p, d, c in partition_catalog(own)
+    ]
     assert catalog() == before
     assert len(layers_of("expiry")) == 30
 
@@ -309,8 +404,9 @@ def test_table_indexes__catalog_read__names_types_and_what_is_kept(later_migrati
     deferred = tags["bulk20_tag_source_unique"]
     assert (deferred.constraint, deferred.deferrable, deferred.deferred, deferred.keep) == ("u", True, True, False)
     assert deferred.definition.startswith("CREATE UNIQUE INDEX bulk20_tag_source_unique ON public.segments_customertag")
+    assert tags["segments_customertag_pkey"].constraint == "p"
+    assert tags["segments_customertag_pkey"].keep  # a foreign key depends on it
     assert layers["segments_customerlayer_pkey"].constraint == "p"
-    assert layers["segments_customerlayer_pkey"].keep  # a foreign key depends on it
     assert not layers["customer_layer_unique"].keep
 
 
