@@ -19,6 +19,10 @@ partitioned table must contain the partition key: both unique constraints alread
 (customer, dimension); the primary key becomes ``(id, dimension_id)``, and Django still
 addresses rows by ``id`` (one sequence per table, so ``id`` stays unique). No foreign key
 points at either table.
+
+Both tables are locked (ACCESS EXCLUSIVE) while they are copied: at 1M customers with three
+dimensions (3M rows per table) ``migrate`` took 15.5 s forwards and 14.1 s backwards
+(bench/segments.py data, 2026-12-06): run it in a quiet window on a large install.
 """
 
 from django.db import migrations
