@@ -137,22 +137,21 @@ def _convert(cursor, table: str, spec: dict, *, partitioned: bool) -> None:
     cursor.execute(f"ANALYZE {table}")
 
 
-def forwards(apps, schema_editor):
+def _convert_all(schema_editor, *, partitioned: bool) -> None:
     if schema_editor.connection.vendor != "postgresql":
         return
     with schema_editor.connection.cursor() as cursor:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         for table, spec in TABLES.items():
-            _convert(cursor, table, spec, partitioned=True)
+            _convert(cursor, table, spec, partitioned=partitioned)
+
+
+def forwards(apps, schema_editor):
+    _convert_all(schema_editor, partitioned=True)
 
 
 def backwards(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
-    with schema_editor.connection.cursor() as cursor:
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        for table, spec in TABLES.items():
-            _convert(cursor, table, spec, partitioned=False)
+    _convert_all(schema_editor, partitioned=False)
 
 
 class Migration(migrations.Migration):
