@@ -759,9 +759,10 @@ def _write_history(
 # indexes holding the other dimensions' rows: 3.46x (13.1-13.4 s; write 3.0-3.2, history
 # 3.0-3.1, tags 3.1-3.2 s), bench JSON floors.cold_populated. Memberships and history are
 # partitioned by dimension since (migration 0016), so a dimension's first run loads a partition
-# of its own (_partition_target, _partition_insert, _attach_partitions): 2.75x (10.2-10.4 s;
-# write 0.9 + 0.8, history 0.85 + 0.7 s; tier tags, one table for every dimension, still 3.1 s
-# through its indexes), 3 alternating pairs, 2026-12-06. The partition path needs no lock until
+# of its own (_partition_target, _partition_insert, _attach_partitions): 2.85x, median of 5
+# alternating pairs (2.70-2.95; 10.3-10.7 s: write 0.9 + 0.9, history 0.85 + 0.7 s; tier tags,
+# one table for every dimension, still 3.2 s through its indexes), 2.75x in 3 pairs before,
+# 2026-12-06. The partition path needs no lock until
 # the attach at the end of the run (see ATTACH_LOCK_TIMEOUT).
 #
 # Who pays: the run holds ACCESS EXCLUSIVE on each bulk-loaded plain table (tier tags) from its
