@@ -763,7 +763,9 @@ def _write_history(
 # alternating pairs (2.70-2.95; 10.3-10.7 s: write 0.9 + 0.9, history 0.85 + 0.7 s; tier tags,
 # one table for every dimension, still 3.2 s through its indexes), 2.75x in 3 pairs before,
 # 2026-12-06. The partition path needs no lock until
-# the attach at the end of the run (see ATTACH_LOCK_TIMEOUT).
+# the attach at the end of the run (see ATTACH_LOCK_TIMEOUT). Written here, not left to
+# pg_partman: it manages time and number ranges, not a LIST partition per key, and the point
+# is to load the table before it becomes a partition.
 #
 # Who pays: the run holds ACCESS EXCLUSIVE on each bulk-loaded plain table (tier tags) from its
 # LOCK to the commit (DROP INDEX needs it anyway), so every reader of that table — the API, the
