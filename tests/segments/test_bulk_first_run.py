@@ -148,9 +148,7 @@ def test_first_run__empty_tables__loaded_bare_and_indexes_rebuilt_identical(cust
         assert not any(s.startswith(f"INSERT INTO {name} ") for s in statements)
         # attached with an index for each of the parent's, as PostgreSQL would have made it
         assert partitions(name)[own] == f"FOR VALUES IN ('{dimension}')"
-        assert [row[:1] + row[1:] for row in partition_catalog(own)] == [
-            row for row in partition_catalog(f"{name}_default")
-        ]
+        assert partition_catalog(own) == partition_catalog(f"{name}_default")
     # ... with every index, constraint name, type and deferrability of the tables as before
     assert catalog() == before
     assert layers_of("expiry") == {f"c{i:02d}": ("none", "expiring_soon", "valid")[i % 3] for i in range(30)}
